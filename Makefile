@@ -1,0 +1,65 @@
+# streamscore: `make demo` and `make test` set everything up from nothing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: setup system-deps kafka-jars demo test unit integration bench chaos lint dev-up dev-down clean
+
+setup: system-deps $(STAMP) kafka-jars
+
+# Debian packages: redis-server for Redis, Maven + a JDK to fetch and run the Kafka broker.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
+	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+# Apache Kafka broker jars, resolved once with mvn into ~/.cache/streamscore (outside the repo).
+kafka-jars: $(STAMP)
+	@$(BIN)/python -c "from streamscore.dev.kafka import kafka_libs; print('kafka jars:', kafka_libs())"
+
+demo: setup
+	$(BIN)/streamscore demo --seconds 30 --rate 20000
+
+# Unit tests (no services) then integration tests (a real broker and Redis, started by the fixtures).
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
+integration: setup
+	$(BIN)/python -m pytest -q tests/integration $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m bench.run
+
+chaos: setup
+	$(BIN)/python -m bench.chaos
+
+lint: $(STAMP)
+	$(BIN)/python -m mypy consumers sinks schemas models streamscore
+
+dev-up: setup
+	$(BIN)/streamscore dev up
+
+dev-down:
+	$(BIN)/streamscore dev down
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

@@ -1,0 +1,504 @@
+"""The scoring loop: consume -> decode -> model -> encode -> produce -> commit.
+
+Three threads, joined by bounded queues, so stages overlap (batch k+1 decodes while batch
+k is in the model and batch k-1 is being produced):
+
+    source (caller's thread)   consume(n, timeout), micro-batch, decode, register offsets
+    model                      assemble features, predict (bad rows isolated by bisection)
+    sink                       encode, produce, serve acks, store committable offsets
+
+Commit protocol (at-least-once), in order:
+ 1. the source registers each batch's offset ranges with the OffsetTracker before the
+    batch enters the queue, so registration order is consumption order;
+ 2. the sink produces every output of the batch (predictions and dead letters) and seals
+    its BatchAck; the ack fires when every output is acknowledged by the broker;
+ 3. only then is the batch complete in the tracker; the committable position of a
+    partition advances over the prefix of complete batches;
+ 4. the sink stores those positions (``enable.auto.offset.store=false``) and the
+    consumer's committer commits them; revoke and shutdown commit synchronously.
+A delivery error stops the scorer without storing anything further: the batch is
+replayed by whoever owns the partition next.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from consumers.batcher import AdaptiveBatcher
+from consumers.offsets import OffsetTracker
+from consumers.runtime import ActiveModel, PipelineRuntime
+from schemas.errors import DeliveryError, PredictError, StreamscoreError
+from sinks.kafka_sink import BatchAck, KafkaSink, error_headers
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+TP = tuple[str, int]
+
+
+@dataclass
+class Work:
+    """One pipeline's share of one micro-batch, as it moves through the stages."""
+
+    batch_id: int
+    rt: PipelineRuntime
+    ranges: dict[TP, tuple[int, int]]
+    msgs: list[Message]
+    decoded: Any = None                       # schemas.columnar.DecodedBatch
+    keys: list[bytes | None] = field(default_factory=list)
+    in_parts: np.ndarray | None = None
+    dead: list[tuple[int, str, str]] = field(default_factory=list)  # (msg index, reason, message)
+    ok_rows: np.ndarray | None = None         # rows of `decoded` that were scored
+    scores: np.ndarray | None = None
+    active: ActiveModel | None = None
+    consumed_at: float = 0.0
+
+
+@dataclass
+class ScorerStats:
+    consumed: int = 0
+    produced: int = 0
+    dead: int = 0
+    batches: int = 0
+    committed: dict[TP, int] = field(default_factory=dict)
+    latency_ms: list[float] = field(default_factory=list)   # recent e2e samples (event_time -> scored_at)
+    dead_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Scorer:
+    def __init__(
+        self,
+        *,
+        consumer: Consumer,
+        sink: KafkaSink,
+        pipelines: list[PipelineRuntime],
+        batcher: AdaptiveBatcher,
+        queue_depth: int = 4,
+        store_interval_s: float = 0.05,
+        revoke_timeout_s: float = 30.0,
+        on_batch: Callable[[Work], None] | None = None,
+    ) -> None:
+        self.consumer = consumer
+        self.sink = sink
+        self.by_topic = {p.input_topic: p for p in pipelines}
+        self.pipelines = pipelines
+        self.batcher = batcher
+        self.tracker = OffsetTracker()
+        self.stats = ScorerStats()
+        self._q_model: queue.Queue[Any] = queue.Queue(queue_depth)
+        self._q_sink: queue.Queue[Any] = queue.Queue(queue_depth)
+        self._stop = threading.Event()
+        self._failure: BaseException | None = None
+        self._store_interval_s = store_interval_s
+        self._revoke_timeout_s = revoke_timeout_s
+        self._next_batch = 0
+        self._buf: list[Message] = []
+        self._on_batch = on_batch
+        self._paused = False
+        self._lat_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ control
+    def stop(self) -> None:
+        """Ask the scorer to finish in-flight batches, commit and return (signal-safe)."""
+        self._stop.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+            log.error("scorer failing: %s", exc)
+        self._stop.set()
+
+    def run(self, *, max_seconds: float | None = None) -> None:
+        """Run until stop() (or max_seconds); raises the first stage failure."""
+        self.consumer.subscribe(list(self.by_topic), on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        model_t = threading.Thread(target=self._guard(self._model_loop), name="model", daemon=True)
+        sink_t = threading.Thread(target=self._guard(self._sink_loop), name="sink", daemon=True)
+        model_t.start()
+        sink_t.start()
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        try:
+            self._source_loop(deadline)
+        except BaseException as exc:  # noqa: BLE001 - reported after cleanup
+            self._fail(exc)
+        finally:
+            self._put(self._q_model, _STOP, force=True)
+            model_t.join()
+            sink_t.join()
+        if self._failure is not None:
+            self.consumer.close()
+            raise self._failure
+        self._commit_sync(None)
+        self.consumer.close()
+
+    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001
+                self._fail(exc)
+                # keep draining so the other stages can finish
+                if fn == self._model_loop:
+                    self._drain(self._q_model, self._q_sink)
+        return run
+
+    def _drain(self, src: queue.Queue[Any], dst: queue.Queue[Any] | None) -> None:
+        while True:
+            item = src.get()
+            if item is _STOP:
+                if dst is not None:
+                    self._put(dst, _STOP, force=True)
+                return
+
+    # ------------------------------------------------------------------ source stage
+    def _source_loop(self, deadline: float | None) -> None:
+        batcher = self.batcher
+        while not self._stop.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            now = time.monotonic()
+            timeout = batcher.time_left(now) if self._buf else 0.1
+            want = max(1, batcher.max_size - len(self._buf))
+            msgs = self.consumer.consume(want, timeout)
+            if msgs:
+                self._accept(msgs)
+            reason = batcher.should_close(time.monotonic())
+            if reason is not None:
+                self._dispatch(reason)
+        if self._buf and self._failure is None:
+            self._dispatch("flush")
+
+    def _accept(self, msgs: list[Message]) -> None:
+        good = msgs
+        if any(m.error() is not None for m in msgs):
+            good = []
+            for m in msgs:
+                err = m.error()
+                if err is None:
+                    good.append(m)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                elif err.fatal():
+                    raise DeliveryError(f"consumer fatal error: {err}")
+                else:
+                    log.warning("consumer error: %s", err)
+        if not good:
+            return
+        ts = good[0].timestamp()[1]
+        age = max(0.0, time.time() - ts / 1000.0) if ts > 0 else 0.0
+        self._buf.extend(good)
+        self.batcher.add(len(good), time.monotonic(), oldest_age_s=age)
+
+    def _dispatch(self, reason: str) -> None:
+        msgs, self._buf = self._buf, []
+        self.batcher.close(time.monotonic(), reason)  # type: ignore[arg-type]
+        if len(self.by_topic) == 1:
+            groups = {next(iter(self.by_topic)): msgs}
+        else:
+            groups = {}
+            for m in msgs:
+                groups.setdefault(m.topic(), []).append(m)
+        for topic, group in groups.items():
+            rt = self.by_topic.get(topic)
+            if rt is None:
+                continue
+            work = self._decode(rt, group)
+            self.tracker.begin(work.batch_id, work.ranges)
+            self._put(self._q_model, work)
+
+    def _decode(self, rt: PipelineRuntime, msgs: list[Message]) -> Work:
+        self._next_batch += 1
+        n = len(msgs)
+        parts = np.fromiter((m.partition() for m in msgs), dtype=np.int32, count=n)
+        offs = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=n)
+        ranges: dict[TP, tuple[int, int]] = {}
+        for p in np.unique(parts).tolist():
+            sel = offs[parts == p]
+            ranges[(rt.input_topic, p)] = (int(sel.min()), int(sel.max()))
+        values = [m.value() for m in msgs]
+        work = Work(batch_id=self._next_batch, rt=rt, ranges=ranges, msgs=msgs, consumed_at=time.monotonic())
+        limit = rt.max_message_bytes
+        oversized = [i for i, v in enumerate(values) if v is not None and len(v) > limit]
+        for i in oversized:
+            values[i] = None
+        decoded = rt.decoder.decode(values)
+        over = set(oversized)
+        for idx, err in decoded.errors:
+            if idx in over:
+                work.dead.append((idx, "oversized", f"value of {len(msgs[idx].value() or b'')} bytes exceeds {limit}"))
+            else:
+                work.dead.append((idx, err.reason, str(err)))
+        work.decoded = decoded
+        ok = decoded.ok_index
+        work.keys = [msgs[i].key() for i in ok.tolist()]
+        work.in_parts = parts[ok]
+        self.stats.consumed += n
+        return work
+
+    def _put(self, q: queue.Queue[Any], item: Any, *, force: bool = False) -> None:
+        """Blocking put; pauses the assignment if the queue stays full (bounded memory)."""
+        waited = 0.0
+        while True:
+            try:
+                q.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                if self._failure is not None and not force:
+                    return
+                waited += 0.1
+                if waited >= 0.5 and not self._paused and q is self._q_model:
+                    self._pause(True)
+        if self._paused:
+            self._pause(False)
+
+    def _pause(self, on: bool) -> None:
+        try:
+            assignment = self.consumer.assignment()
+            if on:
+                self.consumer.pause(assignment)
+            else:
+                self.consumer.resume(assignment)
+            self._paused = on
+        except Exception as exc:  # noqa: BLE001 - pausing is an optimisation
+            log.debug("pause(%s) failed: %s", on, exc)
+
+    # ------------------------------------------------------------------ rebalances
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        log.info("revoking %s", tps)
+        gone = set(tps)
+        # Rows not yet handed to the stages are simply not processed: the next owner reads them.
+        self._buf = [m for m in self._buf if (m.topic(), m.partition()) not in gone]
+        if not self.tracker.wait_drained(tps, self._revoke_timeout_s):
+            log.warning("revoke: in-flight batches for %s did not finish in %.0fs", tps, self._revoke_timeout_s)
+        if self._failure is None:
+            self._commit_sync(tps)
+        self.tracker.revoke(tps)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        log.warning("partitions lost %s", tps)
+        gone = set(tps)
+        self._buf = [m for m in self._buf if (m.topic(), m.partition()) not in gone]
+        self.tracker.revoke(tps)
+
+    def _commit_sync(self, tps: list[TP] | None) -> None:
+        positions = self.tracker.positions()
+        if tps is not None:
+            positions = {tp: o for tp, o in positions.items() if tp in set(tps)}
+        if not positions:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.stats.committed.update(positions)
+        except Exception as exc:  # noqa: BLE001 - nothing to commit is not an error
+            if "NO_OFFSET" not in str(exc):
+                log.warning("commit failed: %s", exc)
+
+    # ------------------------------------------------------------------ model stage
+    def _model_loop(self) -> None:
+        while True:
+            work = self._q_model.get()
+            if work is _STOP:
+                self._put(self._q_sink, _STOP, force=True)
+                return
+            if self._failure is None:
+                self._score(work)
+            self._put(self._q_sink, work, force=True)
+
+    def _score(self, work: Work) -> None:
+        active = work.rt.slot.active
+        work.active = active
+        n = len(work.decoded.ok_index)
+        if n == 0:
+            work.ok_rows = np.zeros(0, dtype=np.int64)
+            work.scores = np.zeros(0, dtype=np.float32)
+            return
+        try:
+            feats = active.assembler.assemble(work.decoded.columns)
+        except StreamscoreError as exc:
+            for i in work.decoded.ok_index.tolist():
+                work.dead.append((i, "features", str(exc)))
+            work.ok_rows = np.zeros(0, dtype=np.int64)
+            work.scores = np.zeros(0, dtype=np.float32)
+            return
+        t0 = time.perf_counter()
+        rows = np.arange(n)
+        scores, bad = _predict_isolating(active.model, feats, rows)
+        self.batcher.observe_model(n, time.perf_counter() - t0)
+        if bad:
+            bad_set = {r for r, _ in bad}
+            keep = np.array([r not in bad_set for r in range(n)], dtype=bool)
+            for r, msg in bad:
+                work.dead.append((int(work.decoded.ok_index[r]), "model_error", msg))
+            work.ok_rows = rows[keep]
+            work.scores = scores[keep]
+        else:
+            work.ok_rows = rows
+            work.scores = scores
+
+    # ------------------------------------------------------------------ sink stage
+    def _sink_loop(self) -> None:
+        last_store = time.monotonic()
+        while True:
+            try:
+                work = self._q_sink.get(timeout=0.02)
+            except queue.Empty:
+                work = None
+            if work is _STOP:
+                break
+            if work is not None and self._failure is None:
+                self._emit(work)
+            self.sink.poll(0)
+            now = time.monotonic()
+            if now - last_store >= self._store_interval_s:
+                self._store()
+                last_store = now
+        if self._failure is None:
+            remaining = self.sink.flush(60.0)
+            if remaining:
+                self._fail(DeliveryError(f"{remaining} outputs still unacknowledged at shutdown"))
+            self._store()
+
+    def _emit(self, work: Work) -> None:
+        rt = work.rt
+        ack = BatchAck(work.batch_id, self._on_batch_done)
+        n = 0 if work.scores is None else len(work.scores)
+        if n:
+            self._emit_predictions(work, ack)
+        for idx, reason, message in work.dead:
+            m = work.msgs[idx]
+            hdrs = error_headers(error=reason, message=message, topic=m.topic(), partition=m.partition(),
+                                 offset=m.offset(), pipeline=rt.name, when_ms=int(time.time() * 1000))
+            self.sink.produce_one(rt.dlq_topic, m.value(), m.key(), ack, headers=hdrs)
+            self.stats.dead_by_reason[reason] = self.stats.dead_by_reason.get(reason, 0) + 1
+        self.stats.produced += n
+        self.stats.dead += len(work.dead)
+        self.stats.batches += 1
+        rt.counters["in"] += len(work.msgs)
+        rt.counters["out"] += n
+        rt.counters["dead"] += len(work.dead)
+        ack.seal()
+        if self._on_batch is not None:
+            self._on_batch(work)
+
+    def _emit_predictions(self, work: Work, ack: BatchAck) -> None:
+        rt, active = work.rt, work.active
+        assert active is not None and work.scores is not None and work.ok_rows is not None
+        rows = work.ok_rows
+        n = len(rows)
+        cols = work.decoded.columns
+        keys = work.keys if n == len(work.keys) else [work.keys[i] for i in rows.tolist()]
+        now_ms = int(time.time() * 1000)
+        event_time = _take(cols.get(rt.time_field) if rt.time_field else None, rows, n)
+        if event_time is None:
+            event_time = np.full(n, now_ms, dtype=np.int64)
+        out = {
+            "event_id": _take(cols["event_id"], rows, n),
+            "key": _str_column(keys),
+            "model": _const_str(active.model.name, n),
+            "version": _const_str(str(active.model.version), n),
+            "variant": np.full(n, active.variant, dtype=object),
+            "score": work.scores.astype(np.float64, copy=False),
+            "decision": work.scores >= active.threshold,
+            "event_time": event_time,
+            "scored_at": np.full(n, now_ms, dtype=np.int64),
+        }
+        values = rt.encoder.encode(out, n)
+        parts = None
+        if rt.partitioning == "input" and rt.out_partitions > 0 and work.in_parts is not None:
+            parts = work.in_parts[rows] % rt.out_partitions
+        headers = [("model", active.model.name.encode()), ("version", str(active.model.version).encode()),
+                   ("variant", active.variant.encode())]
+        self.sink.produce_batch(rt.output_topic, values, keys, ack, partitions=parts, headers=headers)
+        lat = now_ms - event_time[-min(n, 64):]
+        with self._lat_lock:
+            self.stats.latency_ms.extend(lat.tolist())
+            if len(self.stats.latency_ms) > 20000:
+                del self.stats.latency_ms[:10000]
+
+    def _on_batch_done(self, ack: BatchAck) -> None:
+        if ack.error is not None:
+            self._fail(DeliveryError(f"batch {ack.batch_id}: delivery failed: {ack.error}"))
+            return
+        self.tracker.complete(ack.batch_id)
+
+    def _store(self) -> None:
+        if self._failure is not None:
+            return
+        advanced = self.tracker.to_commit()
+        if not advanced:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in advanced.items()]
+        try:
+            self.consumer.store_offsets(offsets=offsets)
+            self.stats.committed.update(advanced)
+        except Exception as exc:  # noqa: BLE001 - a partition revoked meanwhile
+            log.debug("store_offsets: %s", exc)
+
+    def take_latencies(self) -> list[float]:
+        with self._lat_lock:
+            out, self.stats.latency_ms = self.stats.latency_ms, []
+        return out
+
+
+def _predict_isolating(model: Any, feats: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Score ``feats``; if the model raises, split the batch until the bad rows stand alone."""
+    scores = np.zeros(len(feats), dtype=np.float32)
+    bad: list[tuple[int, str]] = []
+    stack = [(0, len(feats))]
+    while stack:
+        lo, hi = stack.pop()
+        try:
+            out = np.asarray(model.predict(feats[lo:hi]), dtype=np.float32).reshape(-1)
+            if len(out) != hi - lo:
+                raise PredictError(f"model returned {len(out)} scores for {hi - lo} rows")
+            scores[lo:hi] = out
+        except Exception as exc:  # noqa: BLE001 - isolate, then dead-letter
+            if hi - lo == 1:
+                bad.append((lo, f"{type(exc).__name__}: {exc}"))
+            else:
+                mid = (lo + hi) // 2
+                stack.append((mid, hi))
+                stack.append((lo, mid))
+    return scores, bad
+
+
+def _take(col: Any, rows: np.ndarray, n: int) -> Any:
+    if col is None:
+        return None
+    if hasattr(col, "take"):
+        return col if len(col) == n else col.take(rows)
+    return col if len(col) == n else col[rows]
+
+
+def _str_column(items: list[bytes | None]) -> Any:
+    from schemas.columnar import StrColumn
+
+    parts = [b or b"" for b in items]
+    lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    start = np.zeros(len(parts), dtype=np.int64)
+    if len(parts) > 1:
+        np.cumsum(lengths[:-1], out=start[1:])
+    buf = np.frombuffer(b"".join(parts), dtype=np.uint8)
+    return StrColumn(buf=buf, start=start, length=lengths)
+
+
+def _const_str(s: str, n: int) -> Any:
+    from schemas.columnar import StrColumn
+
+    raw = s.encode()
+    return StrColumn(buf=np.frombuffer(raw, dtype=np.uint8), start=np.zeros(n, dtype=np.int64),
+                     length=np.full(n, len(raw), dtype=np.int64))

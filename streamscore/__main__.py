@@ -1,0 +1,3 @@
+from streamscore.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,241 @@
+"""``streamscore``: the command line. Each subcommand parses, builds via the app, and runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from schemas.errors import StreamscoreError
+
+log = logging.getLogger("streamscore")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------- dev services
+def cmd_dev(args: argparse.Namespace) -> int:
+    from streamscore.dev.services import services_down, services_status, services_up
+
+    if args.action == "up":
+        state = services_up()
+        print(json.dumps(state, indent=2))
+        print(f"\nexport KAFKA_BOOTSTRAP={state['kafka_bootstrap']} REDIS_URL={state['redis_url']}")
+        return 0 if state.get("running") else 1
+    if args.action == "down":
+        print(json.dumps(services_down()))
+        return 0
+    state = services_status()
+    print(json.dumps(state, indent=2))
+    return 0 if state.get("running") else 3
+
+
+# ---------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    from streamscore.config import load_config
+
+    cfg = load_config(args.config)
+    if args.processes > 1:
+        return _serve_many(args)
+    from streamscore.app import build_scorer
+
+    scorer = build_scorer(cfg, instance=args.instance)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: finishing in-flight batches", signum)
+        scorer.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    t0 = time.monotonic()
+    scorer.run(max_seconds=args.max_seconds)
+    s = scorer.stats
+    print(json.dumps({"consumed": s.consumed, "produced": s.produced, "dead_letters": s.dead,
+                      "batches": s.batches, "seconds": round(time.monotonic() - t0, 3)}), flush=True)
+    return 0
+
+
+def _serve_many(args: argparse.Namespace) -> int:
+    """N single-consumer processes in one group; signals are forwarded, exit code is the worst."""
+    procs = []
+    for i in range(args.processes):
+        cmd = [sys.executable, "-m", "streamscore", "serve", "-c", args.config, "--instance", f"{args.instance or 'scorer'}-{i}"]
+        if args.max_seconds is not None:
+            cmd += ["--max-seconds", str(args.max_seconds)]
+        procs.append(subprocess.Popen(cmd))
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return max(p.wait() for p in procs)
+
+
+# ---------------------------------------------------------------- produce
+def cmd_produce(args: argparse.Namespace) -> int:
+    from models.demo_data import DriftSpec
+    from streamscore.config import KafkaConfig, apply_env
+    from streamscore.produce import produce_events
+
+    kafka = KafkaConfig.model_validate(apply_env({"kafka": {"bootstrap_servers": args.bootstrap}} if args.bootstrap else {}).get("kafka", {}))
+    drift = DriftSpec.parse(args.drift) if args.drift else None
+    if args.partitions:
+        from consumers.kafka_client import ensure_topics
+
+        ensure_topics(kafka.client_settings(), {args.topic: args.partitions})
+    last = [time.monotonic()]
+
+    def progress(n: int) -> None:
+        if time.monotonic() - last[0] >= 2:
+            last[0] = time.monotonic()
+            print(f"  produced {n:,}/{args.count:,}", file=sys.stderr, flush=True)
+
+    res = produce_events(kafka.client_settings(), args.topic, args.count, rate=args.rate, seed=args.seed,
+                         start=args.start, drift=drift, fmt=args.format, progress=progress)
+    print(json.dumps({"topic": args.topic, "events": res.events, "seconds": round(res.seconds, 3),
+                      "events_per_s": round(res.rate)}))
+    return 0
+
+
+# ---------------------------------------------------------------- models
+def cmd_models(args: argparse.Namespace) -> int:
+    from models import DEMO_REGISTRY
+    from models.registry import ModelRegistry
+
+    root = Path(args.registry) if args.registry else DEMO_REGISTRY
+    reg = ModelRegistry(root)
+    if args.action == "train-demo":
+        from models.train import train_demo
+
+        res = train_demo(root, seed=args.seed)
+        print(json.dumps(_jsonable(res), indent=2, default=str))
+        return 0
+    if args.action == "list":
+        for e in reg.list(args.name):
+            print(f"{e.name:24} {e.version:>6}  {e.stage:11} {e.format:12} {e.sha256[:12]}  {e.created_at}")
+        return 0
+    if args.action == "show":
+        e = reg.get(args.name, args.version, stage=None if args.version else "production")
+        print(json.dumps(_jsonable(e), indent=2, default=str))
+        return 0
+    if args.action == "register":
+        from models.base import InputSpec
+
+        spec = json.loads(Path(args.input_spec).read_text()) if args.input_spec else None
+        if spec is None:
+            prev = reg.get(args.name, None, stage=None)
+            input_spec, output_spec, profile = prev.input_spec, prev.output_spec, prev.reference_profile
+        else:
+            input_spec, output_spec, profile = InputSpec.from_dict(spec), spec.get("output_spec", {}), spec.get("reference_profile")
+        e = reg.register(args.name, Path(args.artifact), format=args.format, input_spec=input_spec,
+                         output_spec=output_spec, reference_profile=profile, stage=args.stage or "staging", version=args.version)
+        print(f"registered {e.name}:{e.version} ({e.stage}) sha256={e.sha256}")
+        return 0
+    if args.action == "promote":
+        e = reg.promote(args.name, args.version, args.stage or "production")
+        print(f"{e.name}:{e.version} is now {e.stage}")
+        return 0
+    if args.action == "rollback":
+        e = reg.rollback(args.name)
+        print(f"{e.name}:{e.version} is now {e.stage}")
+        return 0
+    raise AssertionError(args.action)
+
+
+def _jsonable(obj: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return obj
+
+
+# ---------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamscore.demo import run_demo
+
+    return run_demo(seconds=args.seconds, rate=args.rate, partitions=args.partitions)
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="streamscore", description="Streaming inference over Kafka.")
+    ap.add_argument("-v", "--verbose", action="count", default=0)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="local Kafka + Redis for development")
+    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.set_defaults(fn=cmd_dev)
+
+    serve = sub.add_parser("serve", help="run the scoring service")
+    serve.add_argument("-c", "--config", required=True, help="pipeline YAML file")
+    serve.add_argument("--processes", type=int, default=1, help="consumers in the group (one process each)")
+    serve.add_argument("--instance", default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--max-seconds", type=float, default=None, help="stop after this long (tests, benchmarks)")
+    serve.set_defaults(fn=cmd_serve)
+
+    prod = sub.add_parser("produce", help="write demo Transaction events")
+    prod.add_argument("--topic", default="transactions")
+    prod.add_argument("-n", "--count", type=int, default=100_000)
+    prod.add_argument("--rate", type=float, default=None, help="events/s (default: flat out)")
+    prod.add_argument("--seed", type=int, default=0)
+    prod.add_argument("--start", type=int, default=0, help="global index of the first event")
+    prod.add_argument("--drift", default=None, help='e.g. "start=5000,shift=f03:2.0,scale=amount:3"')
+    prod.add_argument("--format", choices=["avro", "json"], default="avro")
+    prod.add_argument("--partitions", type=int, default=None, help="create the topic with this many partitions")
+    prod.add_argument("--bootstrap", default=None, help="bootstrap servers (default: $KAFKA_BOOTSTRAP)")
+    prod.set_defaults(fn=cmd_produce)
+
+    mod = sub.add_parser("models", help="the model registry")
+    mod.add_argument("action", choices=["train-demo", "list", "show", "register", "promote", "rollback"])
+    mod.add_argument("name", nargs="?")
+    mod.add_argument("version", nargs="?")
+    mod.add_argument("--registry", default=None, help="registry directory (default: the bundled demo registry)")
+    mod.add_argument("--artifact", help="register: the artifact file")
+    mod.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "torch_export"])
+    mod.add_argument("--input-spec", help="register: JSON file with input_spec/output_spec (default: copy from the latest version)")
+    mod.add_argument("--stage", default=None, help="register: staging (default); promote: production (default)")
+    mod.add_argument("--seed", type=int, default=7)
+    mod.set_defaults(fn=cmd_models)
+
+    demo = sub.add_parser("demo", help="run producer + scorer + live summary, bounded")
+    demo.add_argument("--seconds", type=float, default=30.0)
+    demo.add_argument("--rate", type=float, default=20000.0)
+    demo.add_argument("--partitions", type=int, default=4)
+    demo.set_defaults(fn=cmd_demo)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.fn(args))
+    except StreamscoreError as exc:
+        print(f"streamscore: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""The pipeline file: YAML, validated by pydantic, frozen.
+
+Our own keys are validated strictly (unknown keys are errors that name the valid ones);
+librdkafka settings under ``kafka.consumer`` / ``kafka.producer`` pass through untouched
+and are merged over our defaults. The environment is read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from schemas.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Strict):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    consumer: dict[str, Any] = Field(default_factory=dict)   # librdkafka consumer settings
+    producer: dict[str, Any] = Field(default_factory=dict)   # librdkafka producer settings
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+
+    def client_settings(self) -> dict[str, Any]:
+        """Connection settings common to consumers, producers and admin clients."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security_protocol != "PLAINTEXT":
+            conf["security.protocol"] = self.security_protocol
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        return conf
+
+
+class InputConfig(_Strict):
+    topic: str
+    format: Literal["avro", "json"] = "avro"
+    schema_name: str = Field("transaction", alias="schema")
+    dead_letter_topic: str | None = None       # default: "<topic>.dlq"
+    max_message_bytes: int = Field(1_000_000, gt=0)
+    validate_finite: bool = True               # NaN/inf in model features -> dead letter
+    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.dead_letter_topic or f"{self.topic}.dlq"
+
+
+class ModelRef(_Strict):
+    name: str
+    version: str | None = None                 # None: the version in stage `stage`
+    stage: Literal["staging", "production"] = "production"
+    backend: Literal["auto", "onnx", "torch"] = "auto"
+    device: str = "cpu"
+
+
+class OutputConfig(_Strict):
+    topic: str
+    partitioning: Literal["input", "key"] = "input"   # see README: "input" keeps per-key order cheaply
+
+
+class BatchingConfig(_Strict):
+    max_size: int = Field(2048, ge=1, le=65536)
+    max_wait_ms: float = Field(5.0, ge=0)
+    latency_target_ms: float | None = Field(20.0, gt=0)
+
+
+class PipelineConfig(_Strict):
+    name: str
+    input: InputConfig
+    model: ModelRef
+    output: OutputConfig
+    batching: BatchingConfig = BatchingConfig()
+    decision_threshold: float | None = Field(None, ge=0, le=1)   # None: the registry entry's
+
+
+class PipelineFile(_Strict):
+    kafka: KafkaConfig = KafkaConfig()
+    group_id: str = "streamscore"
+    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    commit_interval_ms: int = Field(100, ge=1)
+    registry: str | None = None                 # default: the bundled demo registry
+    queue_depth: int = Field(4, ge=1, le=64)    # batches buffered between stages
+    metrics_port: int | None = None
+    pipelines: list[PipelineConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "PipelineFile":
+        names = [p.name for p in self.pipelines]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pipeline names must be unique, got {names}")
+        topics = [p.input.topic for p in self.pipelines]
+        if len(set(topics)) != len(topics):
+            raise ValueError(f"each input topic may feed one pipeline, got {topics}")
+        return self
+
+    @field_validator("group_id")
+    @classmethod
+    def _group(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("group_id must not be empty")
+        return v
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid pipeline config ({source}):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(err["loc"][:-1])
+            valid = ", ".join(sorted(f.alias or n for n, f in parent.model_fields.items())) if parent else "?"
+            msg = f"unknown key (valid keys here: {valid})"
+        lines.append(f"  {loc or '<root>'}: {msg}")
+    return "\n".join(lines)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = PipelineFile
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None)
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = getattr(ann, "__args__", (ann,))
+        nxt = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def apply_env(raw: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Environment overrides, read in this one place: KAFKA_BOOTSTRAP, KAFKA_SASL_*, STREAMSCORE_SECRETS_FILE."""
+    env = dict(os.environ if env is None else env)
+    kafka = dict(raw.get("kafka") or {})
+    if env.get("KAFKA_BOOTSTRAP"):
+        kafka["bootstrap_servers"] = env["KAFKA_BOOTSTRAP"]
+    secrets_file = env.get("STREAMSCORE_SECRETS_FILE")
+    if secrets_file:
+        secrets = yaml.safe_load(Path(secrets_file).read_text()) or {}
+        for key in ("sasl_username", "sasl_password"):
+            if key in secrets:
+                kafka[key] = secrets[key]
+    for key in ("sasl_username", "sasl_password", "sasl_mechanism", "security_protocol", "ssl_ca_location"):
+        val = env.get(f"KAFKA_{key.upper()}")
+        if val:
+            kafka[key] = val
+    out = dict(raw)
+    if kafka:
+        out["kafka"] = kafka
+    return out
+
+
+def parse_config(raw: Any, *, source: str = "<dict>", env: dict[str, str] | None = None) -> PipelineFile:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid pipeline config ({source}): the top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return PipelineFile.model_validate(apply_env(raw, env))
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from exc
+
+
+def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> PipelineFile:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"pipeline config {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"pipeline config {p} is not valid YAML: {exc}") from exc
+    return parse_config(raw, source=str(p), env=env)

@@ -1,0 +1,234 @@
+"""A single-node KRaft Apache Kafka broker on loopback, built from Maven Central jars.
+
+The broker's jars (``org.apache.kafka:kafka_2.13`` and its runtime dependencies, the
+same set the Kafka distribution ships in ``libs/``) are resolved once with ``mvn`` into a
+cache outside the repository and reused by every later start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.errors import ServiceError
+from streamscore.dev.util import cache_root, free_port, wait_until
+
+KAFKA_VERSION = os.environ.get("STREAMSCORE_KAFKA_VERSION", "4.4.0")
+# log4j-slf4j-impl binds the broker's slf4j logging to log4j2, so its logs reach the file.
+_EXTRA_ARTIFACTS = ("org.apache.logging.log4j:log4j-slf4j-impl:2.25.5",)
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>streamscore.dev</groupId><artifactId>kafka-broker-libs</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{version}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J2 = """Configuration:
+  Appenders:
+    File:
+      name: FILE
+      fileName: "{log}"
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Logger:
+      - name: kafka
+        level: INFO
+      - name: org.apache.kafka
+        level: WARN
+      - name: state.change.logger
+        level: WARN
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: FILE
+"""
+
+
+def kafka_libs(version: str = KAFKA_VERSION) -> Path:
+    """Return the directory holding the broker's jars, resolving them with mvn if needed."""
+    libs = cache_root() / f"kafka-{version}" / "libs"
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ServiceError("mvn not found: install Maven (the Makefile does: apt-get install maven)")
+    work = libs.parent
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pom.xml").write_text(_POM.format(version=version))
+    tmp = work / "libs.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    commands = [
+        [mvn, "-q", "-B", "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"],
+        *[[mvn, "-q", "-B", "dependency:copy", f"-Dartifact={a}", f"-DoutputDirectory={tmp}"] for a in _EXTRA_ARTIFACTS],
+    ]
+    for cmd in commands:
+        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise ServiceError(f"resolving Kafka {version} jars with mvn failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    if not any(tmp.glob(f"kafka_2.13-{version}.jar")):
+        raise ServiceError(f"mvn finished but kafka_2.13-{version}.jar is missing from {tmp}")
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    marker.write_text(version)
+    return libs
+
+
+@dataclass
+class KafkaBroker:
+    """A broker process owned by this run; ``bootstrap`` is host:port of its client listener."""
+
+    home: Path
+    bootstrap: str
+    process: subprocess.Popen[bytes] | None
+    log: Path
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def _server_properties(data: Path, port: int, controller_port: int, extra: dict[str, str]) -> str:
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(data),
+        "num.partitions": "4",
+        # One broker: every internal topic has one replica. Few partitions keep startup fast.
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "8",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "8",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "true",
+        "log.retention.hours": "6",
+        "log.segment.bytes": str(64 * 1024 * 1024),
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+    }
+    props.update(extra)
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def start_kafka(
+    home: Path,
+    *,
+    port: int | None = None,
+    heap: str = "512m",
+    extra: dict[str, str] | None = None,
+    timeout: float = 120.0,
+) -> KafkaBroker:
+    """Format storage under ``home`` (first time only) and start the broker; wait until it serves."""
+    java = shutil.which("java")
+    if java is None:
+        raise ServiceError("java not found: a JDK 17+ is needed to run the Kafka broker")
+    libs = kafka_libs()
+    home.mkdir(parents=True, exist_ok=True)
+    data = home / "data"
+    props_file = home / "server.properties"
+    port_file = home / "ports"
+    if port_file.exists() and (data / "meta.properties").exists():
+        port, controller_port = (int(x) for x in port_file.read_text().split())  # restart: same ports
+    else:
+        port = port or free_port()
+        controller_port = free_port()
+        port_file.write_text(f"{port} {controller_port}")
+    props_file.write_text(_server_properties(data, port, controller_port, extra or {}))
+    log = home / "kafka.log"
+    (home / "log4j2.yaml").write_text(_LOG4J2.format(log=log))
+    classpath = f"{libs}/*"
+    if not (data / "meta.properties").exists():
+        cluster_id = uuid.uuid4().bytes
+        import base64
+
+        cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
+        fmt = subprocess.run(
+            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(props_file)],
+            capture_output=True, text=True, timeout=120,
+        )
+        if fmt.returncode != 0:
+            raise ServiceError(f"formatting Kafka storage failed: {fmt.stdout}{fmt.stderr}")
+    env = dict(os.environ)
+    cmd = [
+        java, f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={home / 'log4j2.yaml'}",
+        "-cp", classpath, "kafka.Kafka", str(props_file),
+    ]
+    out = open(home / "kafka.out", "ab")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    out.close()
+    (home / "kafka.pid").write_text(str(proc.pid))
+    broker = KafkaBroker(home=home, bootstrap=f"127.0.0.1:{port}", process=proc, log=log)
+    try:
+        wait_until(lambda: _broker_ready(broker), timeout=timeout, what=f"Kafka broker on {broker.bootstrap}",
+                   alive=lambda: proc.poll() is None, log=log)
+    except ServiceError:
+        broker.kill()
+        raise
+    return broker
+
+
+def _broker_ready(broker: KafkaBroker) -> bool:
+    return broker_answers(broker.bootstrap, timeout=2.0)
+
+
+def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _null_logger()})
+    try:
+        md = admin.list_topics(timeout=timeout)
+        return bool(md.brokers)
+    except Exception:
+        return False
+
+
+def _null_logger() -> object:
+    import logging
+
+    logger = logging.getLogger("streamscore.dev.kafka.probe")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    return logger
+
+
+def wait_stopped(pid: int, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False

@@ -1,0 +1,58 @@
+"""Debian's ``redis-server`` on a free loopback port."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.errors import ServiceError
+from streamscore.dev.util import free_port, wait_until
+
+
+@dataclass
+class RedisServer:
+    url: str
+    process: subprocess.Popen[bytes] | None
+    log: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+def redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1.0).ping())
+    except Exception:
+        return False
+
+
+def start_redis(home: Path, *, port: int | None = None, timeout: float = 30.0) -> RedisServer:
+    binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if binary is None:
+        raise ServiceError("redis-server not found: install it (the Makefile does: apt-get install redis-server)")
+    home.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log = home / "redis.log"
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+           "--dir", str(home), "--logfile", str(log), "--daemonize", "no"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    (home / "redis.pid").write_text(str(proc.pid))
+    server = RedisServer(url=f"redis://127.0.0.1:{port}/0", process=proc, log=log)
+    try:
+        wait_until(lambda: redis_answers(server.url), timeout=timeout, what=f"redis-server on port {port}",
+                   alive=lambda: proc.poll() is None, log=log)
+    except ServiceError:
+        server.stop()
+        raise
+    return server

@@ -1,0 +1,187 @@
+"""Kafka + Redis for development and tests.
+
+Resolution order for each service (the same for ``streamscore dev up`` and the test
+fixtures): an address in the environment (``KAFKA_BOOTSTRAP`` / ``REDIS_URL``); else
+testcontainers when a Docker engine answers; else a local process we start ourselves
+(the Apache Kafka broker from Maven Central jars, Debian's redis-server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import ServiceError
+from streamscore.dev.kafka import KafkaBroker, broker_answers, start_kafka, wait_stopped
+from streamscore.dev.redis import RedisServer, redis_answers, start_redis
+from streamscore.dev.util import cache_root
+
+
+@dataclass
+class Services:
+    kafka_bootstrap: str
+    redis_url: str
+    source: dict[str, str]                 # service -> "env" | "testcontainers" | "local"
+    home: Path | None = None
+    _owned: list[Any] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for thing in reversed(self._owned):
+            thing.stop()
+        self._owned.clear()
+
+    @property
+    def broker(self) -> KafkaBroker | None:
+        return next((o for o in self._owned if isinstance(o, KafkaBroker)), None)
+
+
+def docker_engine_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+class _Container:
+    def __init__(self, container: Any) -> None:
+        self.container = container
+
+    def stop(self) -> None:
+        self.container.stop()
+
+
+def _testcontainers_kafka() -> tuple[str, _Container]:
+    from testcontainers.kafka import KafkaContainer  # type: ignore[import-not-found]
+
+    c = KafkaContainer(f"apache/kafka:{os.environ.get('STREAMSCORE_KAFKA_VERSION', '4.0.0')}").with_kraft()
+    c.start()
+    return c.get_bootstrap_server(), _Container(c)
+
+
+def _testcontainers_redis() -> tuple[str, _Container]:
+    from testcontainers.redis import RedisContainer  # type: ignore[import-not-found]
+
+    c = RedisContainer("redis:7")
+    c.start()
+    return f"redis://{c.get_container_host_ip()}:{c.get_exposed_port(6379)}/0", _Container(c)
+
+
+def ensure_services(home: Path, *, kafka_heap: str = "512m", kafka_extra: dict[str, str] | None = None) -> Services:
+    """Start (or find) Kafka and Redis. The caller owns the result and must ``stop()`` it."""
+    owned: list[Any] = []
+    source: dict[str, str] = {}
+    docker: bool | None = None
+    try:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+        if bootstrap:
+            source["kafka"] = "env"
+        else:
+            docker = docker_engine_answers()
+            if docker:
+                bootstrap, c = _testcontainers_kafka()
+                owned.append(c)
+                source["kafka"] = "testcontainers"
+            else:
+                broker = start_kafka(home / "kafka", heap=kafka_heap, extra=kafka_extra)
+                owned.append(broker)
+                bootstrap = broker.bootstrap
+                source["kafka"] = "local"
+        redis_url = os.environ.get("REDIS_URL")
+        if redis_url:
+            source["redis"] = "env"
+        else:
+            if docker is None:
+                docker = docker_engine_answers()
+            if docker:
+                redis_url, c = _testcontainers_redis()
+                owned.append(c)
+                source["redis"] = "testcontainers"
+            else:
+                server = start_redis(home / "redis")
+                owned.append(server)
+                redis_url = server.url
+                source["redis"] = "local"
+    except BaseException:
+        for thing in reversed(owned):
+            thing.stop()
+        raise
+    return Services(kafka_bootstrap=bootstrap, redis_url=redis_url, source=source, home=home, _owned=owned)
+
+
+# --- `streamscore dev up|down|status`: services that outlive the command -----------------
+
+def dev_home() -> Path:
+    return cache_root() / "dev"
+
+
+def _state_file() -> Path:
+    return dev_home() / "state.json"
+
+
+def services_up() -> dict[str, Any]:
+    """Start detached dev services (idempotent) and record them in the state file."""
+    state = services_status()
+    if state.get("kafka_ok") and state.get("redis_ok"):
+        return state
+    services_down()
+    svc = ensure_services(dev_home())
+    pids = {}
+    for thing in svc._owned:
+        if isinstance(thing, (KafkaBroker, RedisServer)) and thing.process is not None:
+            pids["kafka" if isinstance(thing, KafkaBroker) else "redis"] = thing.process.pid
+    state = {
+        "kafka_bootstrap": svc.kafka_bootstrap,
+        "redis_url": svc.redis_url,
+        "source": svc.source,
+        "pids": pids,
+        "kafka_log": str(dev_home() / "kafka" / "kafka.log"),
+        "redis_log": str(dev_home() / "redis" / "redis.log"),
+    }
+    _state_file().parent.mkdir(parents=True, exist_ok=True)
+    _state_file().write_text(json.dumps(state, indent=2))
+    # Processes were started in their own session, so they outlive this command.
+    svc._owned.clear()
+    return services_status()
+
+
+def services_status() -> dict[str, Any]:
+    if not _state_file().exists():
+        return {"running": False}
+    state: dict[str, Any] = json.loads(_state_file().read_text())
+    state["kafka_ok"] = broker_answers(state["kafka_bootstrap"])
+    state["redis_ok"] = redis_answers(state["redis_url"])
+    state["running"] = state["kafka_ok"] and state["redis_ok"]
+    return state
+
+
+def services_down() -> dict[str, Any]:
+    if not _state_file().exists():
+        return {"stopped": []}
+    state = json.loads(_state_file().read_text())
+    stopped = []
+    for name, pid in state.get("pids", {}).items():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        if not wait_stopped(pid, 30):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        stopped.append(name)
+    _state_file().unlink(missing_ok=True)
+    return {"stopped": stopped}
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ServiceError(message)

@@ -1,0 +1,1 @@
+"""Shared fixtures. Integration services live in tests/integration/conftest.py."""

@@ -1,0 +1,60 @@
+"""A session-scoped real broker and Redis; a fresh topic set and group per test.
+
+Set KAFKA_BOOTSTRAP / REDIS_URL to use existing services; otherwise they are started by
+streamscore.dev (testcontainers when a Docker engine answers, else local processes).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from streamscore.dev.services import Services, ensure_services
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    home = Path(tempfile.mkdtemp(prefix="streamscore-test-"))
+    svc = ensure_services(home)
+    os.environ.setdefault("STREAMSCORE_TEST_HOME", str(home))
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="session")
+def bootstrap(services: Services) -> str:
+    return services.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: Services) -> str:
+    return services.redis_url
+
+
+@pytest.fixture
+def names() -> Callable[[str], str]:
+    """Unique topic / group names for this test."""
+    run = uuid.uuid4().hex[:10]
+    return lambda base: f"t-{base}-{run}"
+
+
+@pytest.fixture
+def topics(bootstrap: str) -> Callable[..., None]:
+    from consumers.kafka_client import ensure_topics
+
+    def make(spec: dict[str, int]) -> None:
+        ensure_topics({"bootstrap.servers": bootstrap}, spec)
+
+    return make
+
+
+@pytest.fixture
+def kafka_conf(bootstrap: str) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap}

@@ -1,0 +1,134 @@
+"""The walking skeleton end to end: real broker, real scorer process, model checked directly."""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from confluent_kafka import Producer
+
+from models import DEMO_REGISTRY
+from models.demo_data import generate
+from models.registry import ModelRegistry
+from streamscore.produce import produce_events
+from tests.integration.helpers import ScorerProcess, decode_prediction, read_all, wait_for, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def _pipeline(topic_in: str, topic_out: str, **kw: Any) -> dict[str, Any]:
+    return {"name": "fraud", "input": {"topic": topic_in}, "model": {"name": "fraud-mlp"},
+            "output": {"topic": topic_out}, **kw}
+
+
+def _expected_scores(n: int, seed: int) -> dict[str, float]:
+    entry = ModelRegistry(DEMO_REGISTRY).get("fraud-mlp")
+    cols = generate(n, seed=seed)
+    feats = np.stack([np.asarray(cols[f], dtype=np.float32) for f in entry.input_spec.names], axis=1)
+    sess = ort.InferenceSession(str(entry.artifact_path), providers=["CPUExecutionProvider"])
+    scores = np.asarray(sess.run(None, {sess.get_inputs()[0].name: feats})[0]).reshape(-1)
+    return dict(zip(cols["event_id"].tolist(), scores.tolist()))
+
+
+def test_50k_events_one_prediction_each_matching_onnx(tmp_path: Path, bootstrap: str, names: Callable[[str], str],
+                                                      topics: Callable[..., None]) -> None:
+    n, seed = 50_000, 11
+    t_in, t_out = names("tx"), names("pred")
+    topics({t_in: 4, t_out: 4})
+    produce_events({"bootstrap.servers": bootstrap}, t_in, n, seed=seed)
+    cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"), [_pipeline(t_in, t_out)])
+    scorer = ScorerProcess(cfg, tmp_path / "scorer.log")
+    try:
+        msgs = read_all(bootstrap, t_out, expect=n, timeout=180, idle=2.0)
+        assert scorer.terminate() == 0, scorer.output()
+    finally:
+        scorer.close()
+    preds = [decode_prediction(m.value()) for m in msgs]
+    counts = collections.Counter(p["event_id"] for p in preds)
+    expected = _expected_scores(n, seed)
+    assert len(counts) == n, f"{n - len(counts)} events without a prediction"
+    assert max(counts.values()) == 1, "some event scored twice"
+    assert set(counts) == set(expected)
+    diffs = np.array([abs(p["score"] - expected[p["event_id"]]) for p in preds])
+    assert diffs.max() <= 1e-5, f"max score difference {diffs.max()}"
+    p0 = preds[0]
+    assert p0["model"] == "fraud-mlp" and p0["variant"] == "primary" and p0["version"]
+    assert all(p["decision"] == (p["score"] >= 0.5) for p in preds[:1000])
+    # the prediction carries the event's key, in the Kafka key and in the record
+    assert all(m.key().decode() == decode_prediction(m.value())["key"] for m in msgs[:1000])
+    assert dict(msgs[0].headers())["model"] == b"fraud-mlp"
+
+
+def test_sigkill_midstream_then_restart_loses_nothing(tmp_path: Path, bootstrap: str,
+                                                      names: Callable[[str], str], topics: Callable[..., None]) -> None:
+    n = 40_000
+    t_in, t_out, group = names("tx"), names("pred"), names("g")
+    topics({t_in: 4, t_out: 4})
+    produce_events({"bootstrap.servers": bootstrap}, t_in, n, seed=3)
+    cfg = write_config(tmp_path / "p.yaml", bootstrap, group, [_pipeline(t_in, t_out, batching={"max_size": 500})])
+    first = ScorerProcess(cfg, tmp_path / "s1.log")
+    try:
+        # kill it once it is visibly part-way through
+        wait_for(lambda: len(read_all(bootstrap, t_out, expect=1, timeout=5)) > 0, 120, "first predictions")
+        time.sleep(0.5)
+        first.kill()
+    finally:
+        first.close()
+    partial = read_all(bootstrap, t_out, expect=n, timeout=5)
+    assert 0 < len(partial) < n, f"kill was not mid-stream ({len(partial)} of {n} scored)"
+    second = ScorerProcess(cfg, tmp_path / "s2.log")
+    try:
+        ids: set[str] = set()
+
+        def all_scored(msgs: list[Any]) -> bool:
+            return len({decode_prediction(m.value())["event_id"] for m in msgs}) >= n
+
+        msgs = read_all(bootstrap, t_out, expect=all_scored, timeout=180)
+        ids = {decode_prediction(m.value())["event_id"] for m in msgs}
+        assert second.terminate() == 0, second.output()
+    finally:
+        second.close()
+    want = set(generate(n, seed=3)["event_id"].tolist())
+    assert want <= ids, f"{len(want - ids)} events lost"
+
+
+def test_undecodable_record_goes_to_dlq_and_batch_mates_are_scored(tmp_path: Path, bootstrap: str,
+                                                                   names: Callable[[str], str],
+                                                                   topics: Callable[..., None]) -> None:
+    n = 2_000
+    t_in, t_out = names("tx"), names("pred")
+    dlq = f"{t_in}.dlq"
+    topics({t_in: 1, t_out: 1, dlq: 1})
+    cols = generate(n, seed=5)
+    from streamscore.produce import encode_transactions
+
+    good = encode_transactions(cols, n)
+    bad = {100: b"\x00\x00\x00\x00\x01garbage", 500: b"not avro at all", 1500: good[1500][:20]}
+    p = Producer({"bootstrap.servers": bootstrap})
+    for i, v in enumerate(good):
+        p.produce(t_in, bad.get(i, v), cols["account_id"][i].encode())
+    assert p.flush(30) == 0
+    cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"), [_pipeline(t_in, t_out)])
+    scorer = ScorerProcess(cfg, tmp_path / "scorer.log")
+    try:
+        preds = read_all(bootstrap, t_out, expect=n - len(bad), timeout=120, idle=1.0)
+        dead = read_all(bootstrap, dlq, expect=len(bad), timeout=60)
+        assert scorer.proc.poll() is None, "scorer died on a bad record"
+        assert scorer.terminate() == 0
+    finally:
+        scorer.close()
+    scored = {decode_prediction(m.value())["event_id"] for m in preds}
+    want = {e for i, e in enumerate(cols["event_id"].tolist()) if i not in bad}
+    assert scored == want
+    assert len(dead) == len(bad)
+    by_offset = {int(dict(m.headers())["source.offset"]): m for m in dead}
+    assert set(by_offset) == set(bad)
+    for off, m in by_offset.items():
+        h = dict(m.headers())
+        assert m.value() == bad[off], "dead letter must carry the original bytes"
+        assert h["source.topic"].decode() == t_in and h["error.class"] and h["error.message"]

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from schemas.errors import ConfigError
+from streamscore.config import load_config, parse_config
+
+MINIMAL = {"pipelines": [{"name": "fraud", "input": {"topic": "tx"}, "model": {"name": "fraud-mlp"},
+                          "output": {"topic": "pred"}}]}
+
+
+def test_minimal_config_gets_working_defaults() -> None:
+    cfg = parse_config(MINIMAL, env={})
+    p = cfg.pipelines[0]
+    assert cfg.delivery == "at_least_once"
+    assert p.input.format == "avro" and p.input.schema_name == "transaction"
+    assert p.input.dlq_topic == "tx.dlq"
+    assert p.batching.max_size >= 1 and p.batching.latency_target_ms == 20.0
+
+
+def test_unknown_key_is_named_with_the_valid_ones() -> None:
+    bad = {**MINIMAL, "pipelines": [{**MINIMAL["pipelines"][0], "batching": {"max_sise": 10}}]}
+    with pytest.raises(ConfigError) as e:
+        parse_config(bad, env={})
+    msg = str(e.value)
+    assert "pipelines[0].batching.max_sise" in msg
+    assert "max_size" in msg and "max_wait_ms" in msg
+
+
+def test_bad_values_name_their_key() -> None:
+    with pytest.raises(ConfigError, match=r"delivery"):
+        parse_config({**MINIMAL, "delivery": "sometimes"}, env={})
+    with pytest.raises(ConfigError, match=r"pipelines"):
+        parse_config({"pipelines": []}, env={})
+    with pytest.raises(ConfigError, match="unique"):
+        parse_config({"pipelines": MINIMAL["pipelines"] * 2}, env={})
+
+
+def test_librdkafka_settings_pass_through_and_env_overrides_bootstrap() -> None:
+    raw = {**MINIMAL, "kafka": {"bootstrap_servers": "a:1", "consumer": {"fetch.wait.max.ms": 3}}}
+    cfg = parse_config(raw, env={"KAFKA_BOOTSTRAP": "b:2"})
+    assert cfg.kafka.bootstrap_servers == "b:2"
+    assert cfg.kafka.consumer == {"fetch.wait.max.ms": 3}
+
+
+def test_secret_is_not_printed(tmp_path: Path) -> None:
+    raw = {**MINIMAL, "kafka": {"sasl_username": "u", "sasl_password": "hunter2", "sasl_mechanism": "PLAIN",
+                                "security_protocol": "SASL_PLAINTEXT"}}
+    cfg = parse_config(raw, env={})
+    assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg)
+    assert cfg.kafka.client_settings()["sasl.password"] == "hunter2"
+
+
+def test_load_config_reports_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pipelines: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    top = tmp_path / "list.yaml"
+    top.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(top)
