@@ -26,7 +26,7 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "session.timeout.ms": 10000,
     "heartbeat.interval.ms": 2000,
     # Low latency at low load, big fetches at high load.
-    "fetch.wait.max.ms": 10,
+    "fetch.wait.max.ms": 5,
     "fetch.min.bytes": 1,
     "queued.max.messages.kbytes": 65536,
     "statistics.interval.ms": 0,
@@ -36,8 +36,8 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     # No duplicates or reordering from retries; implies acks=all.
     "enable.idempotence": True,
     "acks": "all",
-    # Batching: wait up to 2 ms to fill large batches, compress them cheaply.
-    "linger.ms": 2,
+    # Batching: wait up to 1 ms to fill large batches, compress them cheaply.
+    "linger.ms": 1,
     "batch.num.messages": 10000,
     "batch.size": 1048576,
     "compression.type": "lz4",

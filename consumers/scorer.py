@@ -59,7 +59,10 @@ class Work:
     ok_rows: np.ndarray | None = None         # rows of `decoded` that were scored
     scores: np.ndarray | None = None
     active: ActiveModel | None = None
-    consumed_at: float = 0.0
+    consumed_at: float = 0.0                  # time.monotonic() at each stage, for stage latency metrics
+    scored_at: float = 0.0
+    emitted_at: float = 0.0
+    first_ts_ms: int = 0                      # broker/producer timestamp of the batch's first message
 
 
 @dataclass
@@ -164,10 +167,18 @@ class Scorer:
         while not self._stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            now = time.monotonic()
-            timeout = batcher.time_left(now) if self._buf else 0.1
             want = max(1, batcher.max_size - len(self._buf))
-            msgs = self.consumer.consume(want, timeout)
+            if self._buf:
+                # a batch is open: wait for more rows, but no longer than its deadline
+                msgs = self.consumer.consume(want, batcher.time_left(time.monotonic()))
+            else:
+                # idle: wake on the first message, then take whatever else is already here
+                msgs = self.consumer.consume(want, 0)
+                if not msgs:
+                    first = self.consumer.poll(0.1)
+                    msgs = [first] if first is not None else []
+                    if msgs and want > 1:
+                        msgs.extend(self.consumer.consume(want - 1, 0))
             if msgs:
                 self._accept(msgs)
             reason = batcher.should_close(time.monotonic())
@@ -224,7 +235,8 @@ class Scorer:
             sel = offs[parts == p]
             ranges[(rt.input_topic, p)] = (int(sel.min()), int(sel.max()))
         values = [m.value() for m in msgs]
-        work = Work(batch_id=self._next_batch, rt=rt, ranges=ranges, msgs=msgs, consumed_at=time.monotonic())
+        work = Work(batch_id=self._next_batch, rt=rt, ranges=ranges, msgs=msgs, consumed_at=time.monotonic(),
+                    first_ts_ms=msgs[0].timestamp()[1])
         limit = rt.max_message_bytes
         oversized = [i for i, v in enumerate(values) if v is not None and len(v) > limit]
         for i in oversized:
@@ -316,6 +328,7 @@ class Scorer:
                 return
             if self._failure is None:
                 self._score(work)
+            work.scored_at = time.monotonic()
             self._put(self._q_sink, work, force=True)
 
     def _score(self, work: Work) -> None:
@@ -391,6 +404,7 @@ class Scorer:
         rt.counters["out"] += n
         rt.counters["dead"] += len(work.dead)
         ack.seal()
+        work.emitted_at = time.monotonic()
         if self._on_batch is not None:
             self._on_batch(work)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import os
 import signal
@@ -92,7 +93,12 @@ def decode_prediction(value: bytes) -> dict[str, Any]:
 
         _PRED_SCHEMA = fastavro.parse_schema(json.loads((ROOT / "schemas" / "prediction.avsc").read_text()))
     assert value[0] == 0, "magic byte"
-    return fastavro.schemaless_reader(io.BytesIO(value[5:]), _PRED_SCHEMA)  # type: ignore[return-value]
+    rec: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(value[5:]), _PRED_SCHEMA)  # type: ignore[assignment]
+    for k in ("event_time", "scored_at"):   # fastavro turns timestamp-millis into datetimes
+        v = rec.get(k)
+        if isinstance(v, datetime.datetime):
+            rec[k] = round(v.timestamp() * 1000)
+    return rec
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:

@@ -1,0 +1,390 @@
+"""``make bench``: streamscore against its peers, in ONE run, on one broker, one model, one event set.
+
+Throughput: every contender reads the same pre-produced Avro events from the start of the
+input topic with its own consumer group and writes predictions to its own topic. We time
+from its first output to its N-th by polling the output topic's high watermarks, so
+startup (model load, group join) is excluded for everybody alike.
+
+Latency: at an offered load of 50% of streamscore's throughput, a producer writes fresh
+events (event_time = send time) while the contender runs; the output topic stamps
+LogAppendTime, and end-to-end latency = append time - event_time.
+
+Results: a table on stdout, bench/results/latest.json and bench/results/latest.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+PARTITIONS = 4
+
+
+def host_info() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cores": os.cpu_count(), "cpu": model or platform.processor(), "mem_gib": round(mem, 1),
+            "python": platform.python_version(), "kernel": platform.release()}
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = PARTITIONS, append_time: bool = False) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    cfg = {"message.timestamp.type": "LogAppendTime"} if append_time else {}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futs = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1, config=cfg)])
+    for f in futs.values():
+        f.result()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:   # usable once every partition has a leader
+        t = admin.list_topics(name, timeout=5).topics.get(name)
+        if t is not None and t.error is None and len(t.partitions) == partitions and \
+                all(p.leader >= 0 for p in t.partitions.values()):
+            return
+        time.sleep(0.1)
+
+
+def high_watermark(consumer: Any, topic: str, partitions: int = PARTITIONS) -> int:
+    from confluent_kafka import TopicPartition
+
+    from confluent_kafka import KafkaException
+
+    total = 0
+    for p in range(partitions):
+        for _ in range(50):
+            try:
+                _lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
+                break
+            except KafkaException:   # leadership still settling: ask again
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"no watermark for {topic}[{p}]")
+        total += max(hi, 0)
+    return total
+
+
+class RssSampler(threading.Thread):
+    """Peak resident memory of a process tree, sampled every 0.2 s."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.samples: list[tuple[float, float]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        t0 = time.monotonic()
+        while not self._halt.wait(0.2):
+            try:
+                procs = [root, *root.children(recursive=True)]
+                rss = sum(p.memory_info().rss for p in procs if p.is_running())
+            except psutil.Error:
+                continue
+            self.samples.append((time.monotonic() - t0, rss / 2**20))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(2)
+
+    @property
+    def peak_mb(self) -> float:
+        return max((s for _, s in self.samples), default=0.0)
+
+
+def scorer_config(path: Path, bootstrap: str, t_in: str, t_out: str, group: str) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "kafka": {"bootstrap_servers": bootstrap}, "group_id": group,
+        "pipelines": [{"name": "fraud", "input": {"topic": t_in}, "model": {"name": "fraud-mlp"},
+                       "output": {"topic": t_out}}],
+    }))
+    return path
+
+
+def contender_cmd(name: str, bootstrap: str, t_in: str, t_out: str, group: str, count: int, work: Path,
+                  seconds: float) -> list[str]:
+    if name.startswith("streamscore"):
+        procs = 2 if name.endswith("2proc") else 1
+        cfg = scorer_config(work / f"{group}.yaml", bootstrap, t_in, t_out, group)
+        return [sys.executable, "-m", "streamscore", "serve", "-c", str(cfg), "--processes", str(procs),
+                "--max-seconds", str(seconds)]
+    module = {"passthrough": "passthrough", "naive": "naive", "batched": "batched", "quix": "quix",
+              "faust": "faust_app"}[name]
+    return [sys.executable, "-m", f"bench.peers.{module}", "--bootstrap", bootstrap, "--input", t_in,
+            "--output", t_out, "--group", group, "--count", str(count), "--seconds", str(seconds)]
+
+
+def run_throughput(name: str, bootstrap: str, t_in: str, count: int, work: Path, timeout: float) -> dict[str, Any]:
+    from confluent_kafka import Consumer
+
+    run = uuid.uuid4().hex[:6]
+    t_out = f"bench-out-{name}-{run}"
+    create_topic(bootstrap, t_out)
+    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": f"watch-{run}"})
+    log = open(work / f"{name}.log", "wb")
+    proc = subprocess.Popen(contender_cmd(name, bootstrap, t_in, t_out, f"bench-{name}-{run}", count, work, timeout),
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    rss = RssSampler(proc.pid)
+    rss.start()
+    first_t = first_n = None
+    last_n = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            n = high_watermark(watcher, t_out)
+            now = time.monotonic()
+            if n > 0 and first_t is None:
+                first_t, first_n = now, n
+            last_n = n
+            if n >= count:
+                break
+            if proc.poll() is not None and n < count:
+                time.sleep(0.5)
+                last_n = high_watermark(watcher, t_out)
+                if last_n < count:
+                    break
+            time.sleep(0.02)
+        end_t = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        rss.stop()
+        log.close()
+        watcher.close()
+    ok = last_n >= count
+    eps = (last_n - (first_n or 0)) / (end_t - first_t) if first_t and end_t > first_t else 0.0
+    return {"name": name, "eps": round(eps), "outputs": last_n, "complete": ok, "rss_mb": round(rss.peak_mb, 1)}
+
+
+def model_only_eps(batch: int = 1024, seconds: float = 3.0) -> int:
+    from bench.peers.common import model_session
+    from models.demo_data import generate
+
+    sess, names = model_session()
+    inp = sess.get_inputs()[0].name
+    cols = generate(batch * 8, seed=99)
+    x = np.stack([np.asarray(cols[n], dtype=np.float32) for n in names], axis=1)
+    batches = [np.ascontiguousarray(x[i:i + batch]) for i in range(0, len(x), batch)]
+    rates = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        rows = 0
+        while time.perf_counter() - t0 < seconds / 5:
+            for b in batches:
+                sess.run(None, {inp: b})
+                rows += len(b)
+        rates.append(rows / (time.perf_counter() - t0))
+    return int(np.median(rates))
+
+
+def run_latency(name: str, bootstrap: str, rate: float, seconds: float, work: Path,
+                soak: bool = False) -> dict[str, Any]:
+    """Offered load ``rate`` for ``seconds``; e2e latency from event_time to LogAppendTime."""
+    from confluent_kafka import Consumer
+
+    from streamscore.produce import produce_events
+    from tests.integration.helpers import decode_prediction
+
+    run = uuid.uuid4().hex[:6]
+    t_in, t_out = f"bench-lat-in-{name}-{run}", f"bench-lat-out-{name}-{run}"
+    create_topic(bootstrap, t_in)
+    create_topic(bootstrap, t_out, append_time=True)
+    log = open(work / f"lat-{name}.log", "wb")
+    total = int(rate * seconds)
+    proc = subprocess.Popen(contender_cmd(name, bootstrap, t_in, t_out, f"bench-lat-{name}-{run}", total, work,
+                                          seconds + 120), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    rss = RssSampler(proc.pid)
+    rss.start()
+    try:
+        watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": f"watch-{run}"})
+        # wait until the contender has joined its group: a probe batch gets scored
+        produce_events({"bootstrap.servers": bootstrap, "linger.ms": 1}, t_in, 200, rate=2000, seed=7, start=10**8)
+        deadline = time.monotonic() + 90
+        while high_watermark(watcher, t_out) < 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        warm = high_watermark(watcher, t_out)
+        produce_events({"bootstrap.servers": bootstrap, "linger.ms": 1}, t_in, total, rate=rate, seed=8)
+        deadline = time.monotonic() + 60
+        while high_watermark(watcher, t_out) < warm + total and time.monotonic() < deadline:
+            time.sleep(0.1)
+        watcher.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        rss.stop()
+        log.close()
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{run}", "auto.offset.reset": "earliest"})
+    reader.subscribe([t_out])
+    lat: list[float] = []
+    idle = time.monotonic()
+    while time.monotonic() - idle < 3:
+        msgs = reader.consume(10000, 0.5)
+        for m in msgs:
+            if m.error() is None:
+                rec = decode_prediction(m.value())
+                if not rec["event_id"].startswith("evt-7-"):
+                    lat.append(m.timestamp()[1] - rec["event_time"])
+                idle = time.monotonic()
+    reader.close()
+    arr = np.asarray(lat, dtype=np.float64)
+    out: dict[str, Any] = {"name": name, "offered_eps": round(rate), "scored": len(lat), "expected": total,
+                           "p50_ms": round(float(np.percentile(arr, 50)), 2) if len(arr) else None,
+                           "p99_ms": round(float(np.percentile(arr, 99)), 2) if len(arr) else None,
+                           "rss_peak_mb": round(rss.peak_mb, 1)}
+    if soak and rss.samples:
+        first = [s for t, s in rss.samples if 30 <= t < 90]
+        last = [s for t, s in rss.samples if t >= rss.samples[-1][0] - 60]
+        out["rss_first_min_mb"] = round(float(np.median(first)), 1) if first else None
+        out["rss_last_min_mb"] = round(float(np.median(last)), 1) if last else None
+        if first and last:
+            out["rss_growth"] = round(float(np.median(last)) / float(np.median(first)) - 1, 4)
+    return out
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["passthrough_eps", "streamscore_eps_2proc", "streamscore_eps", "batched_eps", "naive_eps",
+             "quix_eps", "faust_eps"]
+    vals = [results.get(n) or 0 for n in names]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bars = ax.barh([n.replace("_eps", "") for n in names], vals,
+                   color=["#999", "#2a7", "#2a7", "#47c", "#47c", "#47c", "#47c"])
+    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in vals], padding=3)
+    ax.invert_yaxis()
+    ax.set_xlabel("events/s (Avro in, Avro predictions out, acks=all)")
+    ax.set_title(f"streamscore vs peers - {results['host']['cores']} cores, {results['host']['cpu'][:40]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=600_000, help="pre-produced events (fast contenders use all)")
+    ap.add_argument("--only", default=None, help="comma-separated contenders")
+    ap.add_argument("--latency-seconds", type=float, default=30.0)
+    ap.add_argument("--soak-seconds", type=float, default=float(os.environ.get("SOAK_SECONDS", 300)),
+                    help="RSS soak at 50%% load (0 to skip)")
+    ap.add_argument("--out", default=str(RESULTS / "latest.json"))
+    a = ap.parse_args()
+
+    from streamscore.dev.services import ensure_services
+    from streamscore.produce import produce_events
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="streamscore-bench-"))
+    svc = ensure_services(work / "services", kafka_heap="1g")
+    print(f"broker {svc.kafka_bootstrap} ({svc.source['kafka']}); work dir {work}", flush=True)
+    try:
+        bootstrap = svc.kafka_bootstrap
+        t_in = f"bench-in-{uuid.uuid4().hex[:6]}"
+        create_topic(bootstrap, t_in)
+        t0 = time.monotonic()
+        produce_events({"bootstrap.servers": bootstrap}, t_in, a.events, seed=42)
+        print(f"pre-produced {a.events:,} events in {time.monotonic() - t0:.1f}s", flush=True)
+        counts = {"passthrough": a.events, "streamscore": a.events, "streamscore_2proc": a.events,
+                  "batched": min(a.events, 300_000), "naive": min(a.events, 100_000),
+                  "quix": min(a.events, 60_000), "faust": min(a.events, 30_000)}
+        wanted = a.only.split(",") if a.only else list(counts)
+        results: dict[str, Any] = {"host": host_info(), "events": a.events, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        runs: dict[str, Any] = {}
+        for name in wanted:
+            r = run_throughput(name, bootstrap, t_in, counts[name], work, timeout=300)
+            runs[name] = r
+            key = "streamscore_eps_2proc" if name == "streamscore_2proc" else f"{name}_eps"
+            results[key] = r["eps"] if r["complete"] else None
+            print(f"  {key:24} {r['eps']:>10,} events/s  ({r['outputs']:,} outputs, complete={r['complete']}, "
+                  f"peak rss {r['rss_mb']} MB)", flush=True)
+        results["model_only_eps"] = model_only_eps()
+        print(f"  {'model_only_eps':24} {results['model_only_eps']:>10,} rows/s (batch 1024)", flush=True)
+        if results.get("streamscore_eps"):
+            rate = 0.5 * results["streamscore_eps"]
+            for name in ("streamscore", "batched"):
+                if name not in wanted:
+                    continue
+                lat = run_latency(name, bootstrap, rate, a.latency_seconds, work)
+                runs[f"latency_{name}"] = lat
+                results[f"{name}_p50_ms"] = lat["p50_ms"]
+                results[f"{name}_p99_ms"] = lat["p99_ms"]
+                if name == "streamscore":
+                    results["streamscore_rss_mb"] = lat["rss_peak_mb"]
+                print(f"  latency {name:11} at {rate:,.0f}/s: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
+                      f"({lat['scored']:,}/{lat['expected']:,} scored, peak rss {lat['rss_peak_mb']} MB)", flush=True)
+            if a.soak_seconds > 0 and "streamscore" in wanted:
+                soak = run_latency("streamscore", bootstrap, rate, a.soak_seconds, work, soak=True)
+                runs["soak"] = soak
+                results["soak_rss_growth"] = soak.get("rss_growth")
+                print(f"  soak {a.soak_seconds:.0f}s at {rate:,.0f}/s: rss {soak.get('rss_first_min_mb')} -> "
+                      f"{soak.get('rss_last_min_mb')} MB (growth {soak.get('rss_growth')}), p99 {soak['p99_ms']} ms",
+                      flush=True)
+        s, b, pt = results.get("streamscore_eps"), results.get("batched_eps"), results.get("passthrough_eps")
+        if s and b:
+            results["ratio_vs_batched"] = round(s / b, 2)
+        if s and pt:
+            results["ratio_vs_passthrough"] = round(s / pt, 2)
+        results["runs"] = runs
+        Path(a.out).write_text(json.dumps(results, indent=2))
+        try:
+            chart(results, Path(a.out).with_suffix(".png"))
+        except Exception as exc:  # noqa: BLE001 - the numbers matter more than the picture
+            print(f"chart failed: {exc}")
+        print("\n" + table(results))
+        print(f"\nwrote {a.out}")
+        return 0
+    finally:
+        svc.stop()
+
+
+def table(r: dict[str, Any]) -> str:
+    rows = ["passthrough_eps", "model_only_eps", "naive_eps", "batched_eps", "quix_eps", "faust_eps",
+            "streamscore_eps", "streamscore_eps_2proc", "streamscore_p50_ms", "streamscore_p99_ms",
+            "batched_p99_ms", "streamscore_rss_mb", "ratio_vs_batched", "ratio_vs_passthrough", "soak_rss_growth"]
+    lines = ["| metric | value |", "|---|---:|"]
+    for k in rows:
+        v = r.get(k)
+        lines.append(f"| {k} | {v:,} |" if isinstance(v, (int, float)) else f"| {k} | {v} |")
+    h = r["host"]
+    lines.append(f"| host | {h['cores']} cores, {h['cpu']}, {h['mem_gib']} GiB |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

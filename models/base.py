@@ -1,0 +1,137 @@
+"""The model seam: what every backend looks like, and how a batch becomes its input.
+
+A model is anything that follows ``load() / predict(features) / close()``.
+``predict`` takes one float32 C-contiguous ``(n, f)`` matrix assembled by its
+``InputSpec`` and returns ``n`` float32 scores, one per row, in row order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from schemas.errors import ModelError, PredictError
+
+Dtype = Literal["float32", "float64", "int32", "int64"]
+DTYPES: tuple[str, ...] = ("float32", "float64", "int32", "int64")
+
+
+class InputError(ModelError):
+    """A batch does not match a model's input spec (missing column, ragged lengths, bad type)."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Feature names, dtypes and order of a model's input matrix.
+
+    Invariant: ``assemble`` puts feature ``features[j]`` in column ``j``; the order
+    here is the order the artifact was trained and exported with.
+    """
+
+    features: tuple[FeatureSpec, ...]
+    input_name: str = "features"
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.features]
+        if not names:
+            raise ModelError("an input spec needs at least one feature")
+        if len(set(names)) != len(names):
+            raise ModelError(f"duplicate feature names in input spec: {names}")
+        bad = [f"{f.name}:{f.dtype}" for f in self.features if f.dtype not in DTYPES]
+        if bad:
+            raise ModelError(f"unsupported feature dtypes {bad}; valid dtypes are {list(DTYPES)}")
+
+    @classmethod
+    def of(cls, names: Sequence[str], dtype: str = "float32", *, input_name: str = "features") -> InputSpec:
+        return cls(tuple(FeatureSpec(n, dtype) for n in names), input_name=input_name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def assemble(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Stack the named columns into a float32 C-contiguous ``(n, f)`` matrix.
+
+        Raises ``InputError`` naming every missing column, or the column whose
+        length differs from the first feature's, or which cannot become float32.
+        Values are not range-checked here (NaN passes through); that is the decoder's job.
+        """
+        missing = [name for name in self.names if name not in columns]
+        if missing:
+            raise InputError(
+                f"batch is missing input column(s) {missing}; "
+                f"the model needs {list(self.names)}, the batch has {sorted(columns)}"
+            )
+        n = len(columns[self.names[0]])
+        out = np.empty((n, len(self.features)), dtype=np.float32)
+        for j, name in enumerate(self.names):
+            col = columns[name]
+            if len(col) != n:
+                raise InputError(
+                    f"input column {name!r} has {len(col)} rows, "
+                    f"but {self.names[0]!r} has {n}"
+                )
+            try:
+                out[:, j] = col
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"input column {name!r} cannot be converted to float32: {exc}") from exc
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_name": self.input_name,
+            "features": [{"name": f.name, "dtype": f.dtype} for f in self.features],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InputSpec:
+        try:
+            feats = tuple(FeatureSpec(str(f["name"]), str(f.get("dtype", "float32"))) for f in data["features"])
+            return cls(feats, input_name=str(data.get("input_name", "features")))
+        except (KeyError, TypeError) as exc:
+            raise ModelError(f"malformed input_spec {data!r}: {exc!r}") from exc
+
+
+@runtime_checkable
+class Model(Protocol):
+    """load / predict(batch) / close. ``predict`` returns exactly one float32 score per row."""
+
+    name: str
+    version: str
+    input_spec: InputSpec
+
+    def load(self) -> None: ...
+
+    def predict(self, features: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def check_features(model_label: str, features: np.ndarray, n_features: int) -> None:
+    """Raise ``PredictError`` unless ``features`` is a 2-D ``(n, n_features)`` array."""
+    if not isinstance(features, np.ndarray) or features.ndim != 2 or features.shape[1] != n_features:
+        shape = getattr(features, "shape", type(features).__name__)
+        raise PredictError(f"{model_label}: expected features of shape (n, {n_features}), got {shape}")
+
+
+def check_scores(model_label: str, scores: Any, n_rows: int) -> np.ndarray:
+    """Flatten backend output to float32 ``(n,)``; raise ``PredictError`` if it is not one score per row."""
+    out = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if out.shape[0] != n_rows:
+        raise PredictError(
+            f"{model_label}: model returned {out.shape[0]} scores for {n_rows} input rows "
+            f"(raw output shape {np.shape(scores)})"
+        )
+    return out

@@ -1,0 +1,354 @@
+"""A file-based model registry: a plain directory a team can keep in object storage or git-lfs.
+
+Layout::
+
+    <root>/<name>/stages.json               current stage of every version + promotion log
+    <root>/<name>/<version>/model.json      immutable metadata (everything except the stage)
+    <root>/<name>/<version>/model.onnx      the artifact (model.pt for TorchScript,
+                                            model.pt2 for torch.export)
+
+Invariants:
+- A version directory is published whole: it is built in ``<name>/.tmp-*`` and renamed
+  into place, so a reader never sees a half-written version. ``model.json`` and the
+  artifact never change after that.
+- The stage lives only in ``stages.json`` so that a promotion (new production, old
+  production archived) is one atomic ``os.replace``. At most one version per name is
+  in ``production``. Mutations of a name hold ``<name>/.lock`` (``fcntl.flock``).
+- ``load`` hashes the artifact and compares it with the recorded sha256 before any
+  byte of it reaches a deserializer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+
+from models.base import InputSpec, Model
+from schemas.errors import ArtifactIntegrityError, ConfigError, ModelError, ModelLoadError, PredictError
+
+Stage = Literal["staging", "production", "archived"]
+Format = Literal["onnx", "torchscript", "torch_export"]
+STAGES: tuple[str, ...] = ("staging", "production", "archived")
+FORMATS: dict[str, str] = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2"}
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class UnknownModelError(ModelError, LookupError):
+    """No registry entry matches the requested name / version / stage."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    version: str
+    stage: str
+    format: str
+    artifact_path: Path
+    sha256: str
+    input_spec: InputSpec
+    output_spec: dict[str, Any]
+    reference_profile: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+    decision_threshold: float = 0.5
+
+
+Entries = list[ModelEntry]  # (``ModelRegistry.list`` shadows the builtin inside the class)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def version_key(version: str) -> tuple[int, int, str]:
+    """Numeric versions sort numerically and after nothing else; others sort as text."""
+    return (1, int(version), "") if version.isdigit() else (0, 0, version)
+
+
+def _atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; registry files are meant to be shared
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _check_choice(kind: str, value: str | None, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"unknown model {kind} {value!r}; valid: {list(valid)}")
+
+
+def _check_safe(kind: str, value: str) -> None:
+    if not _SAFE.match(value):
+        raise ConfigError(f"model {kind} {value!r} must match {_SAFE.pattern} (it becomes a directory name)")
+
+
+class ModelRegistry:
+    """Register, look up, promote, roll back and load models under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # --- reading ---------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def list(self, name: str | None = None) -> Entries:
+        """All complete entries, by name then version (oldest first)."""
+        names = self.names() if name is None else [name]
+        return [entry for n in names for entry in self._entries(n)]
+
+    def get(self, name: str, version: str | None = None, *, stage: str | None = "production") -> ModelEntry:
+        """``version`` wins if given (``"latest"`` = highest); else the highest version in ``stage``;
+        with neither, the highest version."""
+        entries = self._entries(name)
+        if not entries:
+            raise UnknownModelError(f"no model named {name!r} in registry {self.root}; known: {self.names()}")
+        versions = [e.version for e in entries]
+        if version == "latest" or (version is None and stage is None):
+            return entries[-1]
+        if version is not None:
+            for e in entries:
+                if e.version == version:
+                    return e
+            raise UnknownModelError(f"model {name!r} has no version {version!r}; versions: {versions}")
+        _check_choice("stage", stage, STAGES)
+        in_stage = [e for e in entries if e.stage == stage]
+        if not in_stage:
+            have = {e.version: e.stage for e in entries}
+            raise UnknownModelError(f"model {name!r} has no version in stage {stage!r}; stages: {have}")
+        return in_stage[-1]
+
+    def _entries(self, name: str) -> Entries:
+        _check_safe("name", name)
+        base = self.root / name
+        if not base.is_dir():
+            return []
+        stages = self._read_stages(name)["stages"]
+        out = [self._read_entry(d, stages.get(d.name, "staging"))
+               for d in base.iterdir() if not d.name.startswith(".") and (d / "model.json").is_file()]
+        return sorted(out, key=lambda e: version_key(e.version))
+
+    def _read_entry(self, vdir: Path, stage: str) -> ModelEntry:
+        meta_path = vdir / "model.json"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            return ModelEntry(
+                name=meta["name"],
+                version=meta["version"],
+                stage=stage,
+                format=meta["format"],
+                artifact_path=vdir / meta["artifact"],
+                sha256=meta["sha256"],
+                input_spec=InputSpec.from_dict(meta["input_spec"]),
+                output_spec=dict(meta["output_spec"]),
+                reference_profile=dict(meta.get("reference_profile") or {}),
+                metrics=dict(meta.get("metrics") or {}),
+                created_at=meta.get("created_at", ""),
+                decision_threshold=float(meta.get("decision_threshold", 0.5)),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"unreadable registry metadata {meta_path}: {exc!r}") from exc
+
+    def _read_stages(self, name: str) -> dict[str, Any]:
+        path = self.root / name / "stages.json"
+        if not path.is_file():
+            return {"stages": {}, "events": []}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return {"stages": dict(data["stages"]), "events": list(data["events"])}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"unreadable stage file {path}: {exc!r}") from exc
+
+    # --- writing ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        base = self.root / name
+        base.mkdir(parents=True, exist_ok=True)
+        with open(base / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def register(
+        self,
+        name: str,
+        artifact: Path,
+        *,
+        format: str,
+        input_spec: InputSpec,
+        output_spec: Mapping[str, Any],
+        reference_profile: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        stage: str = "staging",
+        version: str | None = None,
+        decision_threshold: float = 0.5,
+    ) -> ModelEntry:
+        """Copy ``artifact`` in as a new version (next integer if ``version`` is None)."""
+        _check_safe("name", name)
+        _check_choice("format", format, tuple(FORMATS))
+        _check_choice("stage", stage, STAGES)
+        if version is not None:
+            _check_safe("version", version)
+        artifact = Path(artifact)
+        if not artifact.is_file():
+            raise ModelError(f"artifact to register does not exist: {artifact}")
+        base = self.root / name
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
+        try:
+            os.chmod(tmp, 0o755)  # mkdtemp makes 0700; this directory becomes the version directory
+            shutil.copyfile(artifact, tmp / FORMATS[format])
+            meta = {
+                "name": name,
+                "format": format,
+                "artifact": FORMATS[format],
+                "sha256": sha256_file(tmp / FORMATS[format]),
+                "input_spec": input_spec.to_dict(),
+                "output_spec": dict(output_spec),
+                "reference_profile": dict(reference_profile or {}),
+                "metrics": dict(metrics or {}),
+                "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "decision_threshold": float(decision_threshold),
+            }
+            with self._locked(name):
+                state = self._read_stages(name)
+                if version is None:
+                    taken = [d.name for d in base.iterdir() if d.name.isdigit()]
+                    version = str(max((int(v) for v in taken), default=0) + 1)
+                final = base / version
+                if final.exists():
+                    raise ModelError(f"model {name!r} version {version!r} already exists at {final}")
+                meta["version"] = version
+                _atomic_write_json(tmp / "model.json", meta)
+                os.rename(tmp, final)
+                self._set_stage(name, state, version, stage)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self.get(name, version)
+
+    def promote(self, name: str, version: str, stage: str = "production") -> ModelEntry:
+        """Move ``version`` to ``stage``; a previous production version becomes archived."""
+        _check_choice("stage", stage, STAGES)
+        self.get(name, version)  # raises with the valid versions named
+        with self._locked(name):
+            self._set_stage(name, self._read_stages(name), version, stage)
+        return self.get(name, version)
+
+    def rollback(self, name: str) -> ModelEntry:
+        """Re-promote the most recently archived version that was once in production.
+
+        The version it replaces is archived, so (like ``kubectl rollout undo``) a second
+        rollback returns to it; promote an explicit version to go further back.
+        """
+        self.get(name, stage=None)
+        with self._locked(name):
+            state = self._read_stages(name)
+            stages = state["stages"]
+            current = [v for v, s in stages.items() if s == "production"]
+            for ev in reversed(state["events"]):
+                v = ev["version"]
+                if (ev["from"], ev["to"]) == ("production", "archived") and v not in current \
+                        and stages.get(v) == "archived":
+                    self._set_stage(name, state, v, "production")
+                    break
+            else:
+                raise UnknownModelError(
+                    f"model {name!r} has no archived former production version to roll back to; stages: {stages}")
+        return self.get(name, v)
+
+    def _set_stage(self, name: str, state: dict[str, Any], version: str, stage: str) -> None:
+        """Caller holds the lock. One atomic write covers the whole transition."""
+        stages: dict[str, str] = state["stages"]
+        events: list[dict[str, Any]] = state["events"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+        def move(v: str, to: str) -> None:
+            events.append({"seq": len(events), "version": v, "from": stages.get(v), "to": to, "at": now})
+            stages[v] = to
+
+        if stage == "production":
+            for v, s in list(stages.items()):
+                if s == "production" and v != version:
+                    move(v, "archived")
+        if stages.get(version) != stage:
+            move(version, stage)
+        _atomic_write_json(self.root / name / "stages.json", {"stages": stages, "events": events})
+
+    # --- loading ---------------------------------------------------------------------
+
+    def verify(self, entry: ModelEntry) -> None:
+        """Raise ``ArtifactIntegrityError`` unless the artifact's sha256 matches the registry."""
+        try:
+            actual = sha256_file(entry.artifact_path)
+        except OSError as exc:
+            raise ArtifactIntegrityError(
+                f"artifact {entry.artifact_path} of {entry.name}:{entry.version} cannot be read "
+                f"(expected sha256 {entry.sha256}): {exc}") from exc
+        if actual != entry.sha256:
+            raise ArtifactIntegrityError(
+                f"artifact {entry.artifact_path} of {entry.name}:{entry.version} failed its integrity check: "
+                f"expected sha256 {entry.sha256}, actual {actual}")
+
+    def load(self, entry: ModelEntry, *, device: str = "cpu", **options: Any) -> Model:
+        """Verify, load and smoke-check ``entry``; ``options`` go to the backend constructor."""
+        self.verify(entry)
+        model = _backend(entry, device=device, **options)
+        try:
+            model.load()
+            probe = np.zeros((2, len(entry.input_spec)), dtype=np.float32)
+            model.predict(probe)
+        except PredictError as exc:
+            model.close()
+            raise ModelLoadError(f"{entry.name}:{entry.version} failed its smoke check: {exc}") from exc
+        except BaseException:
+            model.close()
+            raise
+        return model
+
+
+def _backend(entry: ModelEntry, *, device: Any, **options: Any) -> Model:
+    if entry.format == "onnx":
+        from models.onnx_backend import OnnxModel
+
+        return OnnxModel(entry.artifact_path, name=entry.name, version=entry.version,
+                         input_spec=entry.input_spec, device=device, **options)
+    if entry.format == "torchscript" or entry.format == "torch_export":
+        from models.torch_backend import TorchFormat, TorchModel
+
+        return TorchModel(entry.artifact_path, name=entry.name, version=entry.version,
+                          input_spec=entry.input_spec, format=cast(TorchFormat, entry.format),
+                          device=device, **options)
+    raise ConfigError(f"entry {entry.name}:{entry.version} has unknown format {entry.format!r}; "
+                      f"valid: {list(FORMATS)}")

@@ -1,0 +1,196 @@
+"""Batch Avro codec: wire-format values straight to numpy columns and back.
+
+The decoder works across records, field by field (see ``_program``), so a 1,000-row
+batch costs a few hundred numpy calls instead of 1,000 dicts. Schemas it cannot
+compile go through fastavro per record and end in the very same columns.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from schemas._encode import BatchEncoder
+from schemas._groups import CompiledGroup, FailedGroup, FallbackGroup, GroupDecoder, Rows
+from schemas._program import Program
+from schemas._decode import ResolutionError
+from schemas._pycolumns import records_to_columns
+from schemas._types import Field, compilable, record_fields, strip_logical
+from schemas._validate import Rules
+from schemas._vec import PAD, Buffer
+from schemas.columns import BytesColumn, Column, DecodedBatch, RaggedColumn, StrColumn, concat, take
+from schemas.errors import DecodeError, RecordValidationError, SchemaError, UnknownSchemaError, WireFormatError
+from schemas.registry import SchemaRegistry, parse_schema
+from schemas.wire import HEADER_SIZE
+
+__all__ = [
+    "BatchDecoder",
+    "BatchEncoder",
+    "BytesColumn",
+    "DecodedBatch",
+    "RaggedColumn",
+    "StrColumn",
+]
+
+Engine = Literal["auto", "numpy", "fastavro"]
+
+
+def _join(values: Sequence[bytes | None], pad: int) -> tuple[bytes, np.ndarray]:
+    """All values end to end (None as empty) plus ``pad`` zero bytes, and their lengths."""
+    n = len(values)
+    try:
+        lengths = np.fromiter(map(len, values), np.int64, n)  # type: ignore[arg-type]
+        data = b"".join([*values, bytes(pad)])  # type: ignore[list-item]
+    except TypeError:
+        clean = [b"" if v is None else v for v in values]
+        lengths = np.fromiter(map(len, clean), np.int64, n)
+        data = b"".join([*clean, bytes(pad)])
+    return data, lengths
+
+
+class BatchDecoder:
+    """Decode micro-batches of wire-format Avro (or JSON) values into reader columns."""
+
+    def __init__(
+        self,
+        reader_schema: dict[str, Any],
+        registry: SchemaRegistry,
+        *,
+        fmt: Literal["avro", "json"] = "avro",
+        validate: dict[str, Any] | None = None,
+        engine: Engine = "auto",
+    ) -> None:
+        if fmt not in ("avro", "json"):
+            raise SchemaError(f"fmt must be 'avro' or 'json', not {fmt!r}")
+        self.reader = strip_logical(parse_schema(reader_schema))
+        self.fields: list[Field] = record_fields(self.reader)
+        self.registry = registry
+        self.fmt = fmt
+        self.engine = engine
+        if engine == "numpy" and not compilable(self.fields):
+            raise SchemaError("reader schema has types the vectorised decoder cannot compile")
+        self.rules = Rules(validate, self.fields)
+        self.symbols = {f.name: f.type.symbols for f in self.fields if f.type is not None and f.type.kind == "enum"}
+        self._groups: dict[int, GroupDecoder] = {}
+        self._json_id = registry.find(reader_schema) if fmt == "json" else None
+
+    def _group(self, schema_id: int) -> GroupDecoder:
+        group = self._groups.get(schema_id)
+        if group is None:
+            group = self._compile(schema_id)
+            self._groups[schema_id] = group
+        return group
+
+    def _compile(self, schema_id: int) -> GroupDecoder:
+        writer = strip_logical(self.registry.by_id(schema_id))
+        writer_fields = record_fields(writer)
+        vectorised = self.engine != "fastavro" and compilable(writer_fields) and compilable(self.fields)
+        if vectorised:
+            try:
+                return CompiledGroup(Program(writer_fields, self.fields))
+            except ResolutionError as exc:
+                return FailedGroup("schema_resolution", f"writer schema {schema_id}: {exc}")
+        same = writer == self.reader
+        return FallbackGroup(writer, None if same else self.reader, self.fields)
+
+    def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
+        """Decode ``values``; a bad value becomes an entry in ``errors``, never an exception."""
+        if self.fmt == "json":
+            return self._decode_json(values)
+        data, lengths = _join(values, PAD)
+        buf = Buffer(np.frombuffer(data, np.uint8))
+        starts = np.cumsum(lengths) - lengths
+        errors: list[tuple[int, DecodeError]] = []
+        framed = lengths >= HEADER_SIZE
+        head = np.where(framed, starts, 0)
+        framed &= buf.u8[head] == 0
+        ids = ((buf.words(head) >> np.uint64(8)) & np.uint64(0xFFFFFFFF)).astype(np.uint32).byteswap().astype(np.int64)
+        if not framed.all():
+            for i in np.flatnonzero(~framed).tolist():
+                errors.append((i, self._wire_error(values[i])))
+        results: list[tuple[np.ndarray, dict[str, Column], dict[str, np.ndarray]]] = []
+        good_rows = np.flatnonzero(framed)
+        uniq = np.unique(ids[good_rows]) if good_rows.size else np.empty(0, np.int64)
+        for schema_id in uniq.tolist():
+            rows = good_rows if uniq.size == 1 else good_rows[ids[good_rows] == schema_id]
+            try:
+                group = self._group(schema_id)
+            except UnknownSchemaError:
+                errors += [(i, UnknownSchemaError(f"unknown schema id {schema_id}", raw=values[i])) for i in rows.tolist()]
+                continue
+            if group.pad > PAD:
+                data = data + bytes(group.pad)
+                buf = Buffer(np.frombuffer(data, np.uint8))
+            cols, nulls, local_ok, local_errors = group.decode(Rows(buf, data, starts[rows] + HEADER_SIZE, starts[rows] + lengths[rows]))
+            for j, reason, message in local_errors:
+                i = int(rows[j])
+                errors.append((i, DecodeError(f"schema id {schema_id}: {message}", raw=values[i], reason=reason)))
+            if local_ok.size:
+                results.append((rows[local_ok], cols, nulls))
+        return self._finish(results, errors, ids, values)
+
+    @staticmethod
+    def _wire_error(value: bytes | None) -> WireFormatError:
+        if not value:
+            return WireFormatError("empty message value", raw=value)
+        if len(value) < HEADER_SIZE:
+            return WireFormatError(f"value is {len(value)} bytes, shorter than the 5-byte header", raw=value)
+        return WireFormatError(f"bad magic byte {value[0]}", raw=value)
+
+    def _decode_json(self, values: Sequence[bytes | None]) -> DecodedBatch:
+        errors: list[tuple[int, DecodeError]] = []
+        parsed: list[Any] = []
+        index: list[int] = []
+        for i, v in enumerate(values):
+            if not v:
+                errors.append((i, WireFormatError("empty message value", raw=v)))
+                continue
+            try:
+                parsed.append(json.loads(v))
+            except (ValueError, TypeError) as exc:
+                errors.append((i, DecodeError(f"bad JSON: {exc}", raw=v)))
+                continue
+            index.append(i)
+        cols, nulls, good, bad = records_to_columns(parsed, self.fields)
+        rows = np.array(index, np.int64)
+        errors += [(int(rows[j]), DecodeError(msg, raw=values[int(rows[j])])) for j, msg in bad.items()]
+        results = [(rows[good], cols, nulls)] if good.size else []
+        ids = np.full(len(values), -1 if self._json_id is None else self._json_id, np.int64)
+        return self._finish(results, errors, ids, values)
+
+    def _empty_columns(self) -> tuple[dict[str, Column], dict[str, np.ndarray]]:
+        cols, nulls, _, _ = records_to_columns([], self.fields)
+        return cols, nulls
+
+    def _finish(
+        self,
+        results: list[tuple[np.ndarray, dict[str, Column], dict[str, np.ndarray]]],
+        errors: list[tuple[int, DecodeError]],
+        ids: np.ndarray,
+        values: Sequence[bytes | None],
+    ) -> DecodedBatch:
+        if not results:
+            ok = np.empty(0, np.int64)
+            cols, nulls = self._empty_columns()
+        elif len(results) == 1:
+            ok, cols, nulls = results[0]
+        else:
+            ok = np.concatenate([r[0] for r in results])
+            order = np.argsort(ok, kind="stable")
+            ok = ok[order]
+            cols = {k: take(concat([r[1][k] for r in results]), order) for k in results[0][1]}
+            nulls = {k: np.concatenate([r[2][k] for r in results])[order] for k in results[0][2]}
+        if self.rules and ok.size:
+            bad = self.rules.check(cols, nulls, ok.shape[0])
+            if bad:
+                for j, msg in bad.items():
+                    i = int(ok[j])
+                    errors.append((i, RecordValidationError(msg, raw=values[i])))
+                keep = np.setdiff1d(np.arange(ok.shape[0]), np.fromiter(bad, np.int64, len(bad)))
+                ok = ok[keep]
+                cols = {k: take(c, keep) for k, c in cols.items()}
+                nulls = {k: m[keep] for k, m in nulls.items()}
+        errors.sort(key=lambda e: e[0])
+        return DecodedBatch(cols, ok, errors, ids[ok], nulls, dict(self.symbols))
