@@ -107,6 +107,7 @@ class Scorer:
         self._on_batch = on_batch
         self._paused = False
         self._lat_lock = threading.Lock()
+        self.assigned = threading.Event()        # set once the group has given us partitions
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -285,6 +286,8 @@ class Scorer:
     # ------------------------------------------------------------------ rebalances
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        if partitions:
+            self.assigned.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -460,7 +463,7 @@ class Scorer:
             self.consumer.store_offsets(offsets=offsets)
             self.stats.committed.update(advanced)
         except Exception as exc:  # noqa: BLE001 - a partition revoked meanwhile
-            log.debug("store_offsets: %s", exc)
+            log.warning("store_offsets failed: %s", exc)
 
     def take_latencies(self) -> list[float]:
         with self._lat_lock:

@@ -67,7 +67,6 @@ class ModelRef(_Strict):
     name: str
     version: str | None = None                 # None: the version in stage `stage`
     stage: Literal["staging", "production"] = "production"
-    backend: Literal["auto", "onnx", "torch"] = "auto"
     device: str = "cpu"
 
 

@@ -5,7 +5,8 @@ Everything it starts it stops again, on success, on error and on Ctrl-C.
 
 from __future__ import annotations
 
-import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -51,17 +52,6 @@ def run_demo(*, seconds: float = 30.0, rate: float = 20000.0, partitions: int = 
         }, env={})
         scorer = build_scorer(cfg)
         total = int(rate * seconds)
-        stop = threading.Event()
-        produced = [0]
-        prod_err: list[BaseException] = []
-
-        def producer() -> None:
-            try:
-                produce_events(conf, topic_in, total, rate=rate, seed=1,
-                               progress=lambda n: produced.__setitem__(0, n), stop=stop.is_set)
-            except BaseException as exc:  # noqa: BLE001
-                prod_err.append(exc)
-
         scorer_err: list[BaseException] = []
 
         def scoring() -> None:
@@ -71,9 +61,14 @@ def run_demo(*, seconds: float = 30.0, rate: float = 20000.0, partitions: int = 
                 scorer_err.append(exc)
 
         st = threading.Thread(target=scoring, daemon=True)
-        pt = threading.Thread(target=producer, daemon=True)
         st.start()
-        pt.start()
+        if not scorer.assigned.wait(60):
+            raise RuntimeError("the scorer was not assigned partitions within 60 s")
+        # The producer is a separate process, as a real one would be (and so it has its own GIL).
+        producer = subprocess.Popen(
+            [sys.executable, "-m", "streamscore", "produce", "--topic", topic_in, "-n", str(total),
+             "--rate", str(rate), "--seed", "1", "--bootstrap", bootstrap],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         print(f"\nscoring {total:,} events at {rate:,.0f}/s over {partitions} partitions "
               f"(model fraud-mlp, at-least-once); Ctrl-C stops early\n")
         print(f"{'t(s)':>5} {'in/s':>9} {'out/s':>9} {'batches':>8} {'avg batch':>9} {'p50 ms':>7} {'p99 ms':>7} {'scored':>10} {'dead':>5}")
@@ -93,19 +88,20 @@ def run_demo(*, seconds: float = 30.0, rate: float = 20000.0, partitions: int = 
                       f"{s.batches:8,} {avg:9.0f} {_percentile(lat, 50):7.1f} {_percentile(lat, 99):7.1f} "
                       f"{s.produced:10,} {s.dead:5}", flush=True)
                 last_t, last_in, last_out = now, s.consumed, s.produced
-                done = not pt.is_alive() and s.produced + s.dead >= produced[0]
+                done = producer.poll() is not None and s.produced + s.dead >= total
                 if done or scorer_err or now - t0 > seconds + 30:
                     break
         except KeyboardInterrupt:
             print("\ninterrupted: stopping")
-            stop.set()
+        if producer.poll() is None:
+            producer.terminate()
+        producer.wait(30)
         scorer.stop()
         st.join(120)
-        pt.join(30)
         s = scorer.stats
         elapsed = time.monotonic() - t0
         print("\nsummary")
-        print(f"  events produced   {produced[0]:,}")
+        print(f"  events produced   {s.consumed:,} consumed of {total:,} offered (producer exit {producer.returncode})")
         print(f"  predictions       {s.produced:,}   dead letters {s.dead}")
         print(f"  batches           {s.batches:,}   mean size {s.produced / max(1, s.batches):.0f}   "
               f"closed by {scorer.batcher.stats.closed_by}")
@@ -113,8 +109,8 @@ def run_demo(*, seconds: float = 30.0, rate: float = 20000.0, partitions: int = 
         print(f"  e2e latency       p50 {_percentile(all_lat, 50):.1f} ms   p99 {_percentile(all_lat, 99):.1f} ms   "
               f"(event_time -> scored_at, {len(all_lat):,} samples)")
         print(f"  committed         {sum(s.committed.values()) if s.committed else 0:,} offsets over {len(s.committed)} partitions")
-        if prod_err or scorer_err:
-            print(f"  errors            producer={prod_err[:1]} scorer={scorer_err[:1]}")
+        if producer.returncode not in (0, -15) or scorer_err:
+            print(f"  errors            producer exit={producer.returncode} scorer={scorer_err[:1]}")
             return 1
         return 0
     finally:

@@ -174,7 +174,7 @@ def start_kafka(
 
         cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
         fmt = subprocess.run(
-            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(props_file)],
+            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(props_file)],
             capture_output=True, text=True, timeout=120,
         )
         if fmt.returncode != 0:
