@@ -10,10 +10,13 @@ PYTEST_ARGS ?=
 
 setup: system-deps $(STAMP) kafka-jars
 
-# Debian packages: redis-server for Redis, Maven + a JDK to fetch and run the Kafka broker.
+# Debian packages: redis-server for Redis, Maven + a JDK to fetch and run the Kafka broker,
+# prometheus (promtool + the server) and chromium for the operations tests.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
 	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
 	if [ -n "$$missing" ]; then \

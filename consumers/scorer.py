@@ -7,17 +7,14 @@ k is in the model and batch k-1 is being produced):
     model                      assemble features, predict (bad rows isolated by bisection)
     sink                       encode, produce, serve acks, store committable offsets
 
-Commit protocol (at-least-once), in order:
- 1. the source registers each batch's offset ranges with the OffsetTracker before the
-    batch enters the queue, so registration order is consumption order;
- 2. the sink produces every output of the batch (predictions and dead letters) and seals
-    its BatchAck; the ack fires when every output is acknowledged by the broker;
- 3. only then is the batch complete in the tracker; the committable position of a
-    partition advances over the prefix of complete batches;
- 4. the sink stores those positions (``enable.auto.offset.store=false``) and the
-    consumer's committer commits them; revoke and shutdown commit synchronously.
-A delivery error stops the scorer without storing anything further: the batch is
-replayed by whoever owns the partition next.
+The commit protocol of both delivery modes lives in consumers/commit.py. The source
+registers each batch's offset ranges before the batch enters the queue, so registration
+order is consumption order; the sink opens and closes each batch with the protocol.
+
+Every Work item carries the *generation* it was consumed in. An exactly-once abort
+(failure or revoke) raises the minimum generation the stages accept, and the source
+rewinds every partition to its committed offset and starts the next generation: work of
+the aborted generation is dropped, never produced into a later transaction.
 """
 
 from __future__ import annotations
@@ -30,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from consumers.batcher import AdaptiveBatcher
+from consumers.commit import AtLeastOnce, CommitProtocol, ExactlyOnce
 from consumers.offsets import OffsetTracker
 from consumers.runtime import ActiveModel, PipelineRuntime
 from schemas.errors import DeliveryError, PredictError, StreamscoreError
@@ -59,6 +57,7 @@ class Work:
     ok_rows: np.ndarray | None = None         # rows of `decoded` that were scored
     scores: np.ndarray | None = None
     active: ActiveModel | None = None
+    generation: int = 0
     consumed_at: float = 0.0                  # time.monotonic() at each stage, for stage latency metrics
     scored_at: float = 0.0
     emitted_at: float = 0.0
@@ -88,6 +87,9 @@ class Scorer:
         store_interval_s: float = 0.05,
         revoke_timeout_s: float = 30.0,
         on_batch: Callable[[Work], None] | None = None,
+        delivery: str = "at_least_once",
+        make_producer: Callable[[], Any] | None = None,
+        commit_interval_s: float = 0.1,
     ) -> None:
         self.consumer = consumer
         self.sink = sink
@@ -108,6 +110,18 @@ class Scorer:
         self._paused = False
         self._lat_lock = threading.Lock()
         self.assigned = threading.Event()        # set once the group has given us partitions
+        self.generation = 0                      # bumped by the source on every rewind
+        self._min_generation = 0                 # stages drop work older than this
+        self._rewind_requested = threading.Event()
+        self.commit: CommitProtocol
+        if delivery == "exactly_once":
+            if make_producer is None:
+                raise ValueError("exactly_once needs make_producer")
+            self.commit = ExactlyOnce(consumer=consumer, sink=sink, make_producer=make_producer, fail=self._fail,
+                                      request_rewind=self._request_rewind, interval_s=commit_interval_s)
+        else:
+            self.commit = AtLeastOnce(consumer=consumer, sink=sink, tracker=self.tracker, fail=self._fail,
+                                      store_interval_s=store_interval_s, revoke_timeout_s=revoke_timeout_s)
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -140,7 +154,6 @@ class Scorer:
         if self._failure is not None:
             self.consumer.close()
             raise self._failure
-        self._commit_sync(None)
         self.consumer.close()
 
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
@@ -168,6 +181,9 @@ class Scorer:
         while not self._stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 break
+            if self._rewind_requested.is_set():
+                self._rewind_requested.clear()
+                self._rewind(set())
             want = max(1, batcher.max_size - len(self._buf))
             if self._buf:
                 # a batch is open: wait for more rows, but no longer than its deadline
@@ -223,7 +239,8 @@ class Scorer:
             if rt is None:
                 continue
             work = self._decode(rt, group)
-            self.tracker.begin(work.batch_id, work.ranges)
+            if self.commit.mode == "at_least_once":
+                self.tracker.begin(work.batch_id, work.ranges)
             self._put(self._q_model, work)
 
     def _decode(self, rt: PipelineRuntime, msgs: list[Message]) -> Work:
@@ -236,7 +253,8 @@ class Scorer:
             sel = offs[parts == p]
             ranges[(rt.input_topic, p)] = (int(sel.min()), int(sel.max()))
         values = [m.value() for m in msgs]
-        work = Work(batch_id=self._next_batch, rt=rt, ranges=ranges, msgs=msgs, consumed_at=time.monotonic(),
+        work = Work(batch_id=self._next_batch, rt=rt, ranges=ranges, msgs=msgs, generation=self.generation,
+                    consumed_at=time.monotonic(),
                     first_ts_ms=msgs[0].timestamp()[1])
         limit = rt.max_message_bytes
         oversized = [i for i, v in enumerate(values) if v is not None and len(v) > limit]
@@ -295,11 +313,13 @@ class Scorer:
         gone = set(tps)
         # Rows not yet handed to the stages are simply not processed: the next owner reads them.
         self._buf = [m for m in self._buf if (m.topic(), m.partition()) not in gone]
-        if not self.tracker.wait_drained(tps, self._revoke_timeout_s):
-            log.warning("revoke: in-flight batches for %s did not finish in %.0fs", tps, self._revoke_timeout_s)
-        if self._failure is None:
-            self._commit_sync(tps)
-        self.tracker.revoke(tps)
+        if self.commit.mode == "exactly_once":
+            self._min_generation = self.generation + 1
+            self.commit.on_revoke(tps)
+            if not self._stop.is_set():
+                self._rewind(gone)
+        else:
+            self.commit.on_revoke(tps)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -307,20 +327,32 @@ class Scorer:
         gone = set(tps)
         self._buf = [m for m in self._buf if (m.topic(), m.partition()) not in gone]
         self.tracker.revoke(tps)
+        if self.commit.mode == "exactly_once":
+            self._min_generation = self.generation + 1
+            self.commit.on_revoke(tps)
 
-    def _commit_sync(self, tps: list[TP] | None) -> None:
-        positions = self.tracker.positions()
-        if tps is not None:
-            positions = {tp: o for tp, o in positions.items() if tp in set(tps)}
-        if not positions:
+    def _request_rewind(self) -> None:
+        """Sink thread: the transaction was aborted; drop this generation and rewind."""
+        self._min_generation = self.generation + 1
+        self._rewind_requested.set()
+
+    def _rewind(self, exclude: set[TP]) -> None:
+        """Source thread: every owned partition goes back to its committed offset."""
+        self._min_generation = self.generation + 1
+        self.generation += 1
+        self._buf = []
+        self.tracker.discard_pending()
+        assignment = [tp for tp in self.consumer.assignment() if (tp.topic, tp.partition) not in exclude]
+        if not assignment:
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
-            self.stats.committed.update(positions)
-        except Exception as exc:  # noqa: BLE001 - nothing to commit is not an error
-            if "NO_OFFSET" not in str(exc):
-                log.warning("commit failed: %s", exc)
+            for tp in self.consumer.committed(assignment, timeout=30):
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        except Exception as exc:  # noqa: BLE001 - without a rewind we must not go on
+            self._fail(DeliveryError(f"rewind to committed offsets failed: {exc}"))
+            return
+        log.info("rewound %d partitions to committed offsets (generation %d)", len(assignment), self.generation)
 
     # ------------------------------------------------------------------ model stage
     def _model_loop(self) -> None:
@@ -329,7 +361,7 @@ class Scorer:
             if work is _STOP:
                 self._put(self._q_sink, _STOP, force=True)
                 return
-            if self._failure is None:
+            if self._failure is None and work.generation >= self._min_generation:
                 self._score(work)
             work.scored_at = time.monotonic()
             self._put(self._q_sink, work, force=True)
@@ -367,7 +399,6 @@ class Scorer:
 
     # ------------------------------------------------------------------ sink stage
     def _sink_loop(self) -> None:
-        last_store = time.monotonic()
         while True:
             try:
                 work = self._q_sink.get(timeout=0.02)
@@ -375,22 +406,16 @@ class Scorer:
                 work = None
             if work is _STOP:
                 break
-            if work is not None and self._failure is None:
+            if work is not None and self._failure is None and work.generation >= self._min_generation:
                 self._emit(work)
-            self.sink.poll(0)
-            now = time.monotonic()
-            if now - last_store >= self._store_interval_s:
-                self._store()
-                last_store = now
+            self.commit.tick()
         if self._failure is None:
-            remaining = self.sink.flush(60.0)
-            if remaining:
-                self._fail(DeliveryError(f"{remaining} outputs still unacknowledged at shutdown"))
-            self._store()
+            self.commit.finish()
+        self.stats.committed.update(self.commit.committed_positions())
 
     def _emit(self, work: Work) -> None:
         rt = work.rt
-        ack = BatchAck(work.batch_id, self._on_batch_done)
+        ack = self.commit.open_batch(work.batch_id)
         n = 0 if work.scores is None else len(work.scores)
         if n:
             self._emit_predictions(work, ack)
@@ -406,7 +431,7 @@ class Scorer:
         rt.counters["in"] += len(work.msgs)
         rt.counters["out"] += n
         rt.counters["dead"] += len(work.dead)
-        ack.seal()
+        self.commit.close_batch(work.ranges, ack)
         work.emitted_at = time.monotonic()
         if self._on_batch is not None:
             self._on_batch(work)
@@ -445,25 +470,6 @@ class Scorer:
             self.stats.latency_ms.extend(lat.tolist())
             if len(self.stats.latency_ms) > 20000:
                 del self.stats.latency_ms[:10000]
-
-    def _on_batch_done(self, ack: BatchAck) -> None:
-        if ack.error is not None:
-            self._fail(DeliveryError(f"batch {ack.batch_id}: delivery failed: {ack.error}"))
-            return
-        self.tracker.complete(ack.batch_id)
-
-    def _store(self) -> None:
-        if self._failure is not None:
-            return
-        advanced = self.tracker.to_commit()
-        if not advanced:
-            return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in advanced.items()]
-        try:
-            self.consumer.store_offsets(offsets=offsets)
-            self.stats.committed.update(advanced)
-        except Exception as exc:  # noqa: BLE001 - a partition revoked meanwhile
-            log.warning("store_offsets failed: %s", exc)
 
     def take_latencies(self) -> list[float]:
         with self._lat_lock:

@@ -286,7 +286,7 @@ class GpuMetrics(Collector):
         self._nvml: Any = None
         self._handles: list[Any] = []
         try:
-            import pynvml  # nvidia-ml-py
+            import pynvml  # type: ignore[import-untyped]  # nvidia-ml-py
 
             pynvml.nvmlInit()
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
@@ -361,4 +361,4 @@ def _float_str(b: float) -> str:
     # the same text prometheus_client uses for `le`
     from prometheus_client.utils import floatToGoString
 
-    return floatToGoString(b)
+    return str(floatToGoString(b))

@@ -88,8 +88,6 @@ class Process:
 
 
 def build_scorer(cfg: PipelineFile, *, instance: str | None = None) -> Scorer:
-    if cfg.delivery == "exactly_once":
-        raise ConfigError("delivery: exactly_once is not available yet in this build; use at_least_once")
     prepare_topics(cfg)
     base = cfg.kafka.client_settings()
     admin = AdminClient(base)
@@ -99,10 +97,19 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None) -> Scorer:
                                                      "auto.commit.interval.ms": cfg.commit_interval_ms})
     if instance:
         consumer_conf["client.id"] = instance
+    producer_conf = merged(PRODUCER_DEFAULTS, base, {})
+    if cfg.delivery == "exactly_once":
+        # Offsets travel inside the transaction; input written by transactions is read once committed.
+        consumer_conf.update({"enable.auto.commit": False, "isolation.level": "read_committed"})
+        # A stable id per process slot: a restarted slot fences its predecessor's open transaction.
+        producer_conf.update({"transactional.id": f"streamscore-{cfg.group_id}-{instance or 'scorer'}",
+                              "transaction.timeout.ms": 10000, "message.timeout.ms": 10000})
     consumer_conf.update(cfg.kafka.consumer)
-    producer_conf = merged(PRODUCER_DEFAULTS, base, cfg.kafka.producer)
+    producer_conf.update(cfg.kafka.producer)
     b = cfg.pipelines[0].batching
     batcher = AdaptiveBatcher(max_size=b.max_size, max_wait_s=b.max_wait_ms / 1000.0,
                               latency_target_s=None if b.latency_target_ms is None else b.latency_target_ms / 1000.0)
     return Scorer(consumer=make_consumer(consumer_conf), sink=KafkaSink(make_producer(producer_conf)),
-                  pipelines=runtimes, batcher=batcher, queue_depth=cfg.queue_depth)
+                  pipelines=runtimes, batcher=batcher, queue_depth=cfg.queue_depth, delivery=cfg.delivery,
+                  make_producer=lambda: make_producer(producer_conf),
+                  commit_interval_s=cfg.commit_interval_ms / 1000.0)

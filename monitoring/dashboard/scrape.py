@@ -70,7 +70,7 @@ def bucket_quantile(q: float, buckets: dict[float, float]) -> float | None:
 
 def _fetch(url: str, timeout: float) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.read().decode("utf-8", "replace")
+        return str(resp.read().decode("utf-8", "replace"))
 
 
 class MetricsPoller:

@@ -56,7 +56,7 @@ def _wait(cond: Callable[[], Any], timeout: float, what: str, alive: Callable[[]
 
 
 @pytest.fixture
-def scorer() -> Iterator[tuple[MetricsServer, threading.Event]]:
+def scorer() -> Iterator[tuple[MetricsServer, Callable[[], None], threading.Event]]:
     reg = CollectorRegistry()
     metrics = ScorerMetrics(registry=reg, instance="scorer-0")
     server = MetricsServer(0, reg, host="127.0.0.1")
@@ -73,9 +73,8 @@ def scorer() -> Iterator[tuple[MetricsServer, threading.Event]]:
         done.set()
 
     t = threading.Thread(target=feed, daemon=True)
-    server.start_feeding = t.start  # type: ignore[attr-defined]  # once Prometheus scrapes the target
     try:
-        yield server, done
+        yield server, t.start, done          # the test starts feeding once Prometheus scrapes the target
     finally:
         if t.is_alive():
             t.join(10)
@@ -83,8 +82,8 @@ def scorer() -> Iterator[tuple[MetricsServer, threading.Event]]:
 
 
 @pytest.fixture
-def prometheus(tmp_path: Path, scorer: tuple[MetricsServer, threading.Event]) -> Iterator[str]:
-    server, _ = scorer
+def prometheus(tmp_path: Path, scorer: tuple[MetricsServer, Callable[[], None], threading.Event]) -> Iterator[str]:
+    server, _, _ = scorer
     port = _free_port()
     shutil.copyfile(ALERTS, tmp_path / "alerts.yml")
     (tmp_path / "prometheus.yml").write_text(
@@ -118,10 +117,10 @@ def _query(base: str, expr: str) -> list[dict[str, Any]]:
     return body["data"]["result"]
 
 
-def test_prometheus_scrapes_events_and_e2e_p99(prometheus: str, scorer: tuple[MetricsServer, threading.Event]) -> None:
-    server, done = scorer
+def test_prometheus_scrapes_events_and_e2e_p99(prometheus: str, scorer: tuple[MetricsServer, Callable[[], None], threading.Event]) -> None:
+    _, start_feeding, done = scorer
     _wait(lambda: [r for r in _query(prometheus, 'up{job="streamscore"}') if r["value"][1] == "1"], 30, "first scrape")
-    server.start_feeding()  # type: ignore[attr-defined]
+    start_feeding()
     assert done.wait(30), "feeder did not finish"
     total = float(STEPS * (FAST + SLOW))
 

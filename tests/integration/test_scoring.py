@@ -79,7 +79,11 @@ def test_sigkill_midstream_then_restart_loses_nothing(tmp_path: Path, bootstrap:
     first = ScorerProcess(cfg, tmp_path / "s1.log")
     try:
         producer.start()
-        wait_for(lambda: len(read_all(bootstrap, t_out, expect=5_000, timeout=2)) >= 5_000, 120, "first predictions")
+        def progressed() -> bool:   # scored some and committed some, with more still arriving
+            done = sum(max(0, o) for o in committed(bootstrap, group, t_in, 4).values())
+            return done > 0 and len(read_all(bootstrap, t_out, expect=5_000, timeout=2)) >= 5_000
+
+        wait_for(progressed, 120, "first predictions and commits")
         first.kill()
     finally:
         first.close()

@@ -18,8 +18,8 @@ from monitoring.metrics import GpuMetrics, ScorerMetrics
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "monitoring" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "streamscore.json"
-# gauges the drift monitor exports (another process); see monitoring/prometheus/alerts.yml
-MONITOR_METRICS = {"streamscore_drift_value", "streamscore_drift_status", "streamscore_shadow_agreement"}
+# gauges the drift monitor exports (another process), if monitoring.monitor_metrics is not importable
+MONITOR_METRICS = {"streamscore_drift_value", "streamscore_drift_status", "streamscore_shadow_agreement_rate"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -44,7 +44,20 @@ def exported_metric_names() -> set[str]:
     gpu = GpuMetrics(registry=CollectorRegistry())
     names |= {fam.name for fam in gpu.describe()}
     gpu.close()
-    return names | MONITOR_METRICS | {"up"}
+    return names | monitor_metric_names() | {"up"}
+
+
+def monitor_metric_names() -> set[str]:
+    try:
+        from monitoring.monitor_metrics import MonitorMetrics
+    except ImportError:
+        return MONITOR_METRICS
+    reg = CollectorRegistry()
+    MonitorMetrics(registry=reg)
+    names = set()
+    for fam in reg.collect():
+        names.add(fam.name + "_total" if fam.type == "counter" else fam.name)
+    return names
 
 
 def _walk_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -117,7 +130,7 @@ def test_every_dashboard_query_names_an_exported_metric(dash: dict[str, Any]) ->
         seen |= refs
     # the dashboard covers the headline series
     for name in ("streamscore_events_total", "streamscore_e2e_latency_seconds_bucket", "streamscore_consumer_lag",
-                 "streamscore_dead_letters_total", "streamscore_drift_status", "streamscore_shadow_agreement"):
+                 "streamscore_dead_letters_total", "streamscore_drift_status", "streamscore_shadow_agreement_rate"):
         assert name in seen, name
 
 
