@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -60,7 +60,7 @@ class AtLeastOnce:
 
     def __init__(self, *, consumer: Consumer, sink: KafkaSink, tracker: OffsetTracker,
                  fail: Callable[[BaseException], None], store_interval_s: float = 0.05,
-                 revoke_timeout_s: float = 30.0) -> None:
+                 revoke_timeout_s: float = 30.0, on_error: Callable[[], None] | None = None) -> None:
         self.consumer = consumer
         self.sink = sink
         self.tracker = tracker
@@ -69,6 +69,7 @@ class AtLeastOnce:
         self._revoke_timeout_s = revoke_timeout_s
         self._last_store = time.monotonic()
         self._stored: dict[TP, int] = {}
+        self._on_error = on_error
         self.failed = False
 
     def open_batch(self, batch_id: int) -> BatchAck:
@@ -77,6 +78,8 @@ class AtLeastOnce:
     def _on_done(self, ack: BatchAck) -> None:
         if ack.error is not None:
             self.failed = True
+            if self._on_error is not None:
+                self._on_error()
             self._fail(DeliveryError(f"batch {ack.batch_id}: delivery failed: {ack.error}"))
             return
         self.tracker.complete(ack.batch_id)

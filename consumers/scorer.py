@@ -19,6 +19,7 @@ the aborted generation is dropped, never produced into a later transaction.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -90,6 +91,7 @@ class Scorer:
         delivery: str = "at_least_once",
         make_producer: Callable[[], Any] | None = None,
         commit_interval_s: float = 0.1,
+        metrics: Any = None,
     ) -> None:
         self.consumer = consumer
         self.sink = sink
@@ -110,6 +112,13 @@ class Scorer:
         self._paused = False
         self._lat_lock = threading.Lock()
         self.assigned = threading.Event()        # set once the group has given us partitions
+        if metrics is None:
+            from prometheus_client import CollectorRegistry
+
+            from monitoring.metrics import ScorerMetrics
+
+            metrics = ScorerMetrics(registry=CollectorRegistry())   # private: nothing serves it
+        self.metrics = metrics
         self.generation = 0                      # bumped by the source on every rewind
         self._min_generation = 0                 # stages drop work older than this
         self._rewind_requested = threading.Event()
@@ -121,7 +130,8 @@ class Scorer:
                                       request_rewind=self._request_rewind, interval_s=commit_interval_s)
         else:
             self.commit = AtLeastOnce(consumer=consumer, sink=sink, tracker=self.tracker, fail=self._fail,
-                                      store_interval_s=store_interval_s, revoke_timeout_s=revoke_timeout_s)
+                                      store_interval_s=store_interval_s, revoke_timeout_s=revoke_timeout_s,
+                                      on_error=lambda: self.metrics.delivery_error(self.pipelines[0].name))
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -228,6 +238,8 @@ class Scorer:
     def _dispatch(self, reason: str) -> None:
         msgs, self._buf = self._buf, []
         self.batcher.close(time.monotonic(), reason)  # type: ignore[arg-type]
+        label = self.pipelines[0].name if len(self.pipelines) == 1 else "all"
+        self.metrics.batch_closed(label, len(msgs), self.batcher.stats.last_wait_s, reason)
         if len(self.by_topic) == 1:
             groups = {next(iter(self.by_topic)): msgs}
         else:
@@ -272,6 +284,7 @@ class Scorer:
         work.keys = [msgs[i].key() for i in ok.tolist()]
         work.in_parts = parts[ok]
         self.stats.consumed += n
+        self.metrics.batch_consumed(rt.name, n)
         return work
 
     def _put(self, q: queue.Queue[Any], item: Any, *, force: bool = False) -> None:
@@ -385,7 +398,9 @@ class Scorer:
         t0 = time.perf_counter()
         rows = np.arange(n)
         scores, bad = _predict_isolating(active.model, feats, rows)
-        self.batcher.observe_model(n, time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        self.batcher.observe_model(n, took)
+        self.metrics.model_latency(work.rt.name, active.model.name, took, n)
         if bad:
             bad_set = {r for r, _ in bad}
             keep = np.array([r not in bad_set for r in range(n)], dtype=bool)
@@ -427,6 +442,15 @@ class Scorer:
             self.stats.dead_by_reason[reason] = self.stats.dead_by_reason.get(reason, 0) + 1
         self.stats.produced += n
         self.stats.dead += len(work.dead)
+        m = self.metrics
+        m.batch_produced(rt.name, n)
+        if work.dead:
+            for reason, k in collections.Counter(r for _, r, _ in work.dead).items():
+                m.dead_letters(rt.name, reason, k)
+        m.stage_latency("model", work.scored_at - work.consumed_at)
+        m.stage_latency("sink", time.monotonic() - work.scored_at)
+        m.queue_depth("model", self._q_model.qsize())
+        m.queue_depth("sink", self._q_sink.qsize())
         self.stats.batches += 1
         rt.counters["in"] += len(work.msgs)
         rt.counters["out"] += n
@@ -465,6 +489,7 @@ class Scorer:
         headers = [("model", active.model.name.encode()), ("version", str(active.model.version).encode()),
                    ("variant", active.variant.encode())]
         self.sink.produce_batch(rt.output_topic, values, keys, ack, partitions=parts, headers=headers)
+        self.metrics.e2e_latency(rt.name, (now_ms - event_time) / 1000.0)
         lat = now_ms - event_time[-min(n, 64):]
         with self._lat_lock:
             self.stats.latency_ms.extend(lat.tolist())

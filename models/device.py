@@ -283,7 +283,9 @@ class DeviceWorker:
                 self._step(plan.dev_in)
             self.stream.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.stream):
+            # thread_local: CUDA calls other threads make meanwhile (the completer's event
+            # waits, other models) neither break nor join this capture
+            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
                 out = self._step(plan.dev_in)
             plan.graph, plan.graph_out = graph, out
         except Exception as exc:  # noqa: BLE001 - eager still works

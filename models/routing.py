@@ -150,7 +150,7 @@ class RouteSpec:
         arms_raw = data.get("arms")
         _check(isinstance(arms_raw, Sequence) and not isinstance(arms_raw, (str, bytes)), "arms",
                f"route.arms must be a list of arms, got {arms_raw!r}")
-        arms = tuple(_arm_from(i, a) for i, a in enumerate(arms_raw))
+        arms = tuple(_arm_from(i, a) for i, a in enumerate(arms_raw or ()))
         shadow_raw = data.get("shadow") or ()
         _check(isinstance(shadow_raw, Sequence) and not isinstance(shadow_raw, (str, bytes)), "shadow",
                f"route.shadow must be a list, got {shadow_raw!r}")
@@ -211,11 +211,11 @@ def _ragged(keys: Keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(keys, StrColumn):
         return (np.asarray(keys.buf, dtype=np.uint8).reshape(-1), np.asarray(keys.start, dtype=np.int64),
                 np.maximum(np.asarray(keys.length, dtype=np.int64), 0))
-    items = list(keys)
+    items: list[Any] = list(keys)
     try:
-        lengths = np.fromiter(map(len, items), np.int64, len(items))  # type: ignore[arg-type]
-        data = b"".join(items)  # type: ignore[arg-type]
-    except TypeError:
+        lengths = np.fromiter(map(len, items), np.int64, len(items))
+        data = b"".join(items)
+    except TypeError:  # None (or str) keys among them
         items = [b"" if k is None else (k.encode() if isinstance(k, str) else bytes(k)) for k in items]
         lengths = np.fromiter(map(len, items), np.int64, len(items))
         data = b"".join(items)
@@ -299,6 +299,19 @@ class Router:
                 enumerate(zip(self.spec.arms, split_rows(self.assign(keys), len(self.spec.arms))))]
 
 
+def merge_rows(n: int, parts: Sequence[tuple[np.ndarray, np.ndarray]], dtype: Any = np.float32) -> np.ndarray:
+    """Scatter per-arm outputs ``(rows, values)`` back into one batch-ordered array of ``n`` rows."""
+    out = np.zeros(n, dtype=dtype)
+    for rows, values in parts:
+        out[rows] = values
+    return out
+
+
+def row_labels(assignment: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    """Per-row label (e.g. ``[a.variant for a in spec.arms]`` or versions) as an object array."""
+    return np.asarray(list(labels), dtype=object)[np.asarray(assignment, dtype=np.int64)]
+
+
 def split_rows(assignment: np.ndarray, n_arms: int) -> list[np.ndarray]:
     """Group row indices by arm index: ``out[a]`` = ascending rows with ``assignment == a``."""
     assignment = np.asarray(assignment, dtype=np.int64)
@@ -309,6 +322,6 @@ def split_rows(assignment: np.ndarray, n_arms: int) -> list[np.ndarray]:
     return list(np.split(order, np.cumsum(counts)[:-1]))
 
 
-__all__ = ["Arm", "ArmRows", "Keys", "RouteSpec", "Router", "ShadowArm", "key_hash", "split_rows",
-           "unit_interval"]
+__all__ = ["Arm", "ArmRows", "Keys", "RouteSpec", "Router", "ShadowArm", "key_hash", "merge_rows", "row_labels",
+           "split_rows", "unit_interval"]
 

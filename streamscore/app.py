@@ -87,7 +87,9 @@ class Process:
     cfg: PipelineFile
 
 
-def build_scorer(cfg: PipelineFile, *, instance: str | None = None) -> Scorer:
+def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int = 0) -> Scorer:
+    from monitoring.metrics import GpuMetrics, ScorerMetrics, metrics_port_for, start_metrics_server
+
     prepare_topics(cfg)
     base = cfg.kafka.client_settings()
     admin = AdminClient(base)
@@ -106,10 +108,22 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None) -> Scorer:
                               "transaction.timeout.ms": 10000, "message.timeout.ms": 10000})
     consumer_conf.update(cfg.kafka.consumer)
     producer_conf.update(cfg.kafka.producer)
+    metrics = ScorerMetrics(instance=instance or "")
+    port = metrics_port_for(cfg.metrics_port, index)
+    if port is not None:
+        bound = start_metrics_server(port, host=cfg.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, bound)
+    consumer_conf.setdefault("statistics.interval.ms", 5000)
+    consumer_conf["stats_cb"] = metrics.consumer_stats      # consumer lag per partition
+    if any(p.model.device.startswith("cuda") for p in cfg.pipelines):
+        GpuMetrics(instance=instance or "")
+    for rt in runtimes:
+        a = rt.slot.active
+        metrics.model_info(rt.name, a.model.name, str(a.model.version), a.variant)
     b = cfg.pipelines[0].batching
     batcher = AdaptiveBatcher(max_size=b.max_size, max_wait_s=b.max_wait_ms / 1000.0,
                               latency_target_s=None if b.latency_target_ms is None else b.latency_target_ms / 1000.0)
     return Scorer(consumer=make_consumer(consumer_conf), sink=KafkaSink(make_producer(producer_conf)),
                   pipelines=runtimes, batcher=batcher, queue_depth=cfg.queue_depth, delivery=cfg.delivery,
                   make_producer=lambda: make_producer(producer_conf),
-                  commit_interval_s=cfg.commit_interval_ms / 1000.0)
+                  commit_interval_s=cfg.commit_interval_ms / 1000.0, metrics=metrics)

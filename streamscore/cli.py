@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -49,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_many(args)
     from streamscore.app import build_scorer
 
-    scorer = build_scorer(cfg, instance=args.instance)
+    scorer = build_scorer(cfg, instance=args.instance, index=args.process_index)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: finishing in-flight batches", signum)
@@ -69,7 +68,8 @@ def _serve_many(args: argparse.Namespace) -> int:
     """N single-consumer processes in one group; signals are forwarded, exit code is the worst."""
     procs = []
     for i in range(args.processes):
-        cmd = [sys.executable, "-m", "streamscore", "serve", "-c", args.config, "--instance", f"{args.instance or 'scorer'}-{i}"]
+        cmd = [sys.executable, "-m", "streamscore", "serve", "-c", args.config,
+               "--instance", f"{args.instance or 'scorer'}-{i}", "--process-index", str(i)]
         if args.max_seconds is not None:
             cmd += ["--max-seconds", str(args.max_seconds)]
         procs.append(subprocess.Popen(cmd))
@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the scoring service")
     serve.add_argument("-c", "--config", required=True, help="pipeline YAML file")
     serve.add_argument("--processes", type=int, default=1, help="consumers in the group (one process each)")
-    serve.add_argument("--instance", default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--instance", default=None, help="this process's name in the group (stable across restarts)")
+    serve.add_argument("--process-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--max-seconds", type=float, default=None, help="stop after this long (tests, benchmarks)")
     serve.set_defaults(fn=cmd_serve)
 

@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -26,7 +25,6 @@ def run_demo(*, seconds: float = 30.0, rate: float = 20000.0, partitions: int = 
     from streamscore.app import build_scorer
     from streamscore.config import parse_config
     from streamscore.dev.services import ensure_services, services_status
-    from streamscore.produce import produce_events
 
     status = services_status()
     owned = None

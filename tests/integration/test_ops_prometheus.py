@@ -1,11 +1,13 @@
-"""A real Prometheus (Debian's binary) scrapes a scorer metrics endpoint; values read back via its HTTP API.
+"""A real Prometheus (Debian's binary) scrapes scorer metrics; values read back via its HTTP API.
 
-The endpoint is a ScorerMetrics server fed synthetic batches, standing in for a real
-`streamscore serve` until the scorer is wired to monitoring.metrics.
+The first test feeds a ScorerMetrics endpoint known batches, so the bucket arithmetic of
+the p99 can be checked exactly; the second scrapes a real `streamscore serve` scoring
+real events from a real broker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -84,13 +86,19 @@ def scorer() -> Iterator[tuple[MetricsServer, Callable[[], None], threading.Even
 @pytest.fixture
 def prometheus(tmp_path: Path, scorer: tuple[MetricsServer, Callable[[], None], threading.Event]) -> Iterator[str]:
     server, _, _ = scorer
+    with _prometheus(tmp_path, server.port) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def _prometheus(tmp_path: Path, target_port: int) -> Iterator[str]:
     port = _free_port()
     shutil.copyfile(ALERTS, tmp_path / "alerts.yml")
     (tmp_path / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "rule_files: [alerts.yml]\n"
         "scrape_configs:\n  - job_name: streamscore\n    honor_labels: true\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{server.port}']}}]\n")
+        f"    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n")
     log = (tmp_path / "prometheus.log").open("w")
     proc = subprocess.Popen([shutil.which("prometheus") or "prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
                              f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
@@ -142,3 +150,38 @@ def test_prometheus_scrapes_events_and_e2e_p99(prometheus: str, scorer: tuple[Me
     loaded = {r["name"] for g in rules for r in g["rules"]}
     assert {"StreamscoreE2ELatencyP99High", "StreamscoreConsumerStalled", "StreamscoreFeatureDrift"} <= loaded
     assert all(r["health"] in ("ok", "unknown") for g in rules for r in g["rules"])
+
+
+def test_prometheus_scrapes_a_real_scorer(tmp_path: Path, bootstrap: str, names: Callable[[str], str],
+                                          topics: Callable[..., None]) -> None:
+    from streamscore.produce import produce_events
+    from tests.integration.helpers import ScorerProcess, read_all, write_config
+
+    n = 5_000
+    t_in, t_out = names("tx"), names("pred")
+    topics({t_in: 2, t_out: 2})
+    metrics_port = _free_port()
+    cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"),
+                       [{"name": "fraud", "input": {"topic": t_in}, "model": {"name": "fraud-mlp"},
+                         "output": {"topic": t_out}}], metrics_port=metrics_port)
+    proc = ScorerProcess(cfg, tmp_path / "scorer.log", "--instance", "scorer-real")
+    try:
+        with _prometheus(tmp_path, metrics_port) as prom:
+            _wait(lambda: [r for r in _query(prom, 'up{job="streamscore"}') if r["value"][1] == "1"], 60,
+                  "first scrape of the scorer", alive=lambda: proc.proc.poll() is None)
+            produce_events({"bootstrap.servers": bootstrap, "linger.ms": 1}, t_in, n, rate=2_500, seed=31)
+            assert len(read_all(bootstrap, t_out, expect=n, timeout=60)) == n
+
+            def scraped_all() -> list[dict[str, Any]] | None:
+                res = _query(prom, 'streamscore_events_total{direction="out",instance="scorer-real"}')
+                return res if res and float(res[0]["value"][1]) == n else None
+
+            _wait(scraped_all, 30, f"streamscore_events_total == {n}")
+            (p99,) = _query(prom, "histogram_quantile(0.99, sum(rate(streamscore_e2e_latency_seconds_bucket[1m])) by (le))")
+            value = float(p99["value"][1])
+            assert 0.0 < value < 10.0, f"p99 end-to-end latency {value}s"
+            (info,) = _query(prom, "streamscore_model_info")
+            assert info["metric"]["model"] == "fraud-mlp" and info["metric"]["variant"] == "primary"
+        assert proc.terminate() == 0
+    finally:
+        proc.close()

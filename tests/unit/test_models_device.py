@@ -161,8 +161,8 @@ def test_bad_configuration_is_rejected() -> None:
     w.close()
     with pytest.raises(PredictError, match="after close"):
         w.submit(rows(2))
-    with pytest.raises(PredictError, match="first dimension"):
-        DeviceWorker(Recorder(), device="cpu").submit(rows(2), rows(3))
+    with DeviceWorker(Recorder(), device="cpu") as w2, pytest.raises(PredictError, match="first dimension"):
+        w2.submit(rows(2), rows(3))
 
 
 def test_device_model_from_registry_matches_torch_backend(tmp_path: Path) -> None:

@@ -40,13 +40,23 @@ def test_default_registry_has_fixed_ids() -> None:
 def test_register_is_idempotent_and_allocates_max_plus_one() -> None:
     reg = SchemaRegistry.default()
     assert reg.register(load_schema("prediction")) == 2
+    top = max(reg.id_for(n) for n in ("transaction", "prediction", "drift_alert", "text_event", "embedding"))
+    top = max(top, *(reg.id_for(n) for n in ("telemetry",) if _has(reg, n)))
     schema = {"type": "record", "name": "X", "fields": [{"name": "a", "type": "long"}]}
     new_id = reg.register(schema, name="x")
-    assert new_id == 6
-    assert reg.register(dict(schema)) == 6
-    assert reg.id_for("x") == 6
+    assert new_id == top + 1
+    assert reg.register(dict(schema)) == top + 1
+    assert reg.id_for("x") == top + 1
     other = {"type": "record", "name": "Y", "fields": [{"name": "a", "type": "long"}]}
-    assert reg.register(other) == 7
+    assert reg.register(other) == top + 2
+
+
+def _has(reg: SchemaRegistry, name: str) -> bool:
+    try:
+        reg.id_for(name)
+        return True
+    except Exception:
+        return False
 
 
 def test_unknown_id_and_name() -> None:
