@@ -31,7 +31,6 @@ from schemas.columns import StrColumn
 from schemas.errors import DecodeError, SchemaError
 from schemas.registry import bundled_ids, load_schema
 from schemas.wire import frame, unframe
-from schemas._vec import Buffer
 
 OTHER = "__other__"
 SCORE = "__score__"
@@ -63,24 +62,28 @@ def _interior(edges: Sequence[float | None]) -> np.ndarray:
     return np.asarray(edges[1:-1], dtype=np.float64)
 
 
+_AR8 = np.arange(8, dtype=np.int64)
+
+
+def _words_at(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Little-endian uint64 of the 8 bytes at each offset (bytes past the buffer read as the last byte;
+    callers mask them off). Gathers only these bytes, never copies the shared buffer."""
+    idx = np.minimum(pos[:, None] + _AR8, buf.shape[0] - 1) if buf.shape[0] else np.zeros((pos.shape[0], 8), np.int64)
+    raw = buf[idx] if buf.shape[0] else np.zeros((pos.shape[0], 8), np.uint8)
+    return np.ascontiguousarray(raw).view("<u8").reshape(-1)
+
+
 def _str_keys(col: StrColumn) -> np.ndarray:
     """A 64-bit key per row from (first 8 bytes, last 8 bytes, length); null rows get key 0."""
     length = col.length.astype(np.int64, copy=False)
-    buf = col.buf
-    need = int(col.start.max(initial=0)) + 24
-    if buf.shape[0] < need or buf.ctypes.data % 8:
-        padded = np.zeros(max(need, buf.shape[0] + 24), np.uint8)
-        padded[: buf.shape[0]] = buf
-        buf = padded
-    words = Buffer(buf)
     start = col.start.astype(np.int64, copy=False)
     n8 = np.clip(length, 0, 8).astype(np.uint64)
     mask = np.where(n8 == 8, np.uint64(0xFFFFFFFFFFFFFFFF), (np.uint64(1) << (n8 * np.uint64(8))) - np.uint64(1))
-    first = words.words(start) & mask
+    first = _words_at(col.buf, start) & mask
     long_rows = length > 8
     last = np.zeros_like(first)
     if long_rows.any():
-        last[long_rows] = words.words(start[long_rows] + length[long_rows] - 8)
+        last[long_rows] = _words_at(col.buf, start[long_rows] + length[long_rows] - 8)
     key = first ^ (last * _K1) ^ (length.astype(np.uint64) * _K2)
     key[length < 0] = 0
     return key

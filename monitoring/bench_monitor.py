@@ -1,0 +1,158 @@
+"""Bench: telemetry cost per batch, and the monitor's CPU while it keeps up with a flat-out scorer.
+
+    python -m monitoring.bench_monitor telemetry            # µs per 2,000-row summarize
+    python -m monitoring.bench_monitor monitor -s 60        # needs KAFKA_BOOTSTRAP and REDIS_URL
+
+``monitor`` runs the monitor as a child process and publishes telemetry at ``--rate``
+records/s (default 50: 100k events/s in 2,000-event batches, with a shadow model), event
+time advancing as in real time; it reports the child's CPU (user + system, from
+/proc) over the measured span and how far behind the monitor's heartbeat was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _scored_batch(n: int = 2000, seed: int = 1) -> tuple[Any, Any, Any, np.ndarray]:
+    """A decoded demo Transaction batch (the scorer's columnar form), its builder inputs and scores."""
+    import fastavro
+
+    from models import DEMO_REGISTRY
+    from models.demo_data import generate
+    from models.registry import ModelRegistry
+    from schemas.columnar import BatchDecoder
+    from schemas.registry import SchemaRegistry
+    from schemas.wire import frame
+
+    reg = ModelRegistry(DEMO_REGISTRY)
+    entry = reg.get("fraud-mlp")
+    sr = SchemaRegistry.default()
+    schema = sr.schema("transaction")
+    cols = generate(n, seed=seed)
+    values = []
+    for row in zip(*[c.tolist() for c in cols.values()]):
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, schema, dict(zip(cols, row)))
+        values.append(frame(sr.id_for("transaction"), out.getvalue()))
+    batch = BatchDecoder(schema, sr).decode(values)
+    scores = reg.load(entry).predict(entry.input_spec.assemble(batch.columns))
+    return entry, batch, cols, scores
+
+
+def bench_telemetry(repeat: int = 7, number: int = 300) -> dict[str, float]:
+    from monitoring.telemetry import TelemetryBuilder
+
+    entry, batch, _cols, scores = _scored_batch()
+    shadow = scores.copy()
+    shadow[::14] = 1.0 - shadow[::14]
+    et = batch.columns["event_time"]
+    out: dict[str, float] = {}
+    for label, sample in (("sampled_512", 512), ("all_rows", None)):
+        tb = TelemetryBuilder(pipeline="bench", model=entry.name, version=entry.version,
+                              reference_profile=entry.reference_profile, feature_names=list(entry.input_spec.names),
+                              threshold=entry.decision_threshold, sample=sample)
+        for tag, kw in (("", {}), ("+shadow", {"shadow_scores": shadow})):
+            fn = lambda: tb.summarize(batch.columns, scores, event_time_ms=et, symbols=batch.symbols, **kw)  # noqa: E731
+            out[f"summarize_{label}{tag}_us"] = min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
+        summary = tb.summarize(batch.columns, scores, event_time_ms=et, symbols=batch.symbols, shadow_scores=shadow)
+        out[f"encode_{label}_us"] = min(timeit.repeat(lambda: tb.encode(summary), number=number, repeat=repeat)) / number * 1e6
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_monitor(seconds: float, rate: float, window_ms: int, warmup: float = 10.0) -> dict[str, Any]:
+    from confluent_kafka import Producer
+
+    from monitoring.redis_state import Keys, connect
+    from monitoring.telemetry import TelemetryBuilder, encode_telemetry
+
+    bootstrap, redis_url = os.environ["KAFKA_BOOTSTRAP"], os.environ["REDIS_URL"]
+    run = uuid.uuid4().hex[:8]
+    topic, prefix = f"bench-telemetry-{run}", f"bench-{run}"
+    entry, batch, _cols, scores = _scored_batch()
+    tb = TelemetryBuilder(pipeline="bench", model=entry.name, version=entry.version,
+                          reference_profile=entry.reference_profile, feature_names=list(entry.input_spec.names),
+                          threshold=entry.decision_threshold)
+    shadow = scores.copy()
+    shadow[::14] = 1.0 - shadow[::14]
+    base = tb.summarize(batch.columns, scores, symbols=batch.symbols, shadow_scores=shadow, shadow_model="shadow")
+    cfg = {"broker": bootstrap, "telemetry_topic": topic, "redis_url": redis_url, "redis_prefix": prefix,
+           "app_id": f"bench-monitor-{run}", "window_ms": window_ms}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
+    (tmp / "c.json").write_text(json.dumps(cfg))
+    log = open(tmp / "monitor.log", "ab")
+    child = subprocess.Popen([sys.executable, "-m", "monitoring.monitor_app", "-c", str(tmp / "c.json")],
+                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    r, keys = connect(redis_url), Keys(prefix)
+    sent, t0 = 0, time.time()
+    mark: tuple[float, float, int] | None = None
+    lag: list[float] = []
+    try:
+        while time.time() - t0 < warmup + seconds:
+            due = int((time.time() - t0) * rate)
+            while sent < due:
+                rec = {**base, "batch_id": f"{run}-{sent}", "window_ts": int(t0 * 1000 + sent * 1000 / rate),
+                       "created_at": int(time.time() * 1000)}
+                producer.produce(topic, encode_telemetry(rec), key=tb.key())
+                sent += 1
+            producer.poll(0)
+            if mark is None and time.time() - t0 >= warmup and r.get(keys.heartbeat):
+                mark = (time.time(), _cpu_seconds(child.pid), sent)
+            if mark is not None:
+                beat = r.get(keys.heartbeat)
+                if beat:
+                    lag.append(time.time() - int(beat) / 1000)
+            if child.poll() is not None:
+                raise RuntimeError(f"monitor exited; see {tmp / 'monitor.log'}")
+            time.sleep(0.05)
+        producer.flush(10)
+        if mark is None:
+            raise RuntimeError(f"monitor never processed telemetry; see {tmp / 'monitor.log'}")
+        wall, cpu = time.time() - mark[0], _cpu_seconds(child.pid) - mark[1]
+        windows = r.hlen(keys.windows)
+    finally:
+        child.terminate()
+        child.wait(30)
+        log.close()
+    return {"seconds": round(wall, 1), "records": sent - mark[2], "rate_per_s": round((sent - mark[2]) / wall, 1),
+            "cpu_percent_of_one_core": round(100 * cpu / wall, 1), "windows_closed": windows,
+            "heartbeat_age_p50_s": round(float(np.median(lag)), 3) if lag else None,
+            "heartbeat_age_max_s": round(float(np.max(lag)), 3) if lag else None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.bench_monitor")
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("telemetry")
+    mon = sub.add_parser("monitor")
+    mon.add_argument("-s", "--seconds", type=float, default=60.0)
+    mon.add_argument("--rate", type=float, default=50.0, help="telemetry records per second")
+    mon.add_argument("--window-ms", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    result = bench_telemetry() if args.what == "telemetry" else bench_monitor(args.seconds, args.rate, args.window_ms)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""The side-stream monitor: a Faust app from telemetry to drift / shadow state in Redis.
+
+Crash safety (why a SIGKILL + restart ends with the same window results):
+1. All of a partition's state -- open window accumulators, watermark, alert hysteresis
+   and the last applied telemetry offset -- is ONE key of a changelog-backed table, so it
+   is restored as a unit, never half-updated.
+2. A record at or below the restored ``offset`` is a replay and is skipped
+   (``MonitorCore.apply``), so Faust committing behind the changelog cannot double-count.
+3. Faust flushes the producer (changelog writes) before it commits consumer offsets, and
+   the agent handles one record at a time (concurrency 1, no buffering), so the
+   committed offset never passes a record whose state change is not in the changelog;
+   records after the committed offset are simply read again.
+4. Closing a window is a pure function of the restored state and the replayed records,
+   and Redis writes are idempotent per window (``RedisState``), so a window closed
+   before the crash and closed again after it leaves one result and one alert.
+
+Telemetry must be keyed by model (``TelemetryBuilder.key()``) so each model's windows
+live in one partition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import faust
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from monitoring.alerts import Hysteresis
+from monitoring.drift import DEFAULT_ALPHA, PSI_DRIFT, PSI_WARNING
+from monitoring.monitor_core import MonitorCore
+from monitoring.monitor_metrics import MonitorMetrics
+from monitoring.redis_state import RedisState, redact
+from monitoring.telemetry import decode_telemetry
+from monitoring.windows import WindowSpec
+from schemas.errors import ConfigError, DecodeError
+
+log = logging.getLogger(__name__)
+STATE_TABLE = "monitor-state"
+
+
+class MonitorConfig(BaseModel):
+    """The monitor's settings (``streamscore monitor -c FILE`` reads these from YAML or JSON)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    broker: str = Field(description="Kafka bootstrap servers, host:port[,host:port]")
+    telemetry_topic: str = "streamscore-telemetry"
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    redis_prefix: str = "streamscore"
+    app_id: str = "streamscore-monitor"
+    registry: str | None = Field(None, description="model registry root holding the reference profiles")
+    window_ms: int = Field(60_000, gt=0, description="window size: ms of event time, or events if window_kind=count")
+    window_kind: Literal["time", "count"] = "time"
+    slide_ms: int | None = Field(None, gt=0, description="sliding windows: the slide; None = tumbling")
+    lateness_ms: int = Field(0, ge=0, description="how far behind the max event time a window may still fill")
+    k: int = Field(2, ge=1, description="raise an alert after k drifted windows in a row")
+    m: int = Field(3, ge=1, description="clear it after m clean windows in a row")
+    alpha: float = Field(DEFAULT_ALPHA, gt=0, lt=1)
+    psi_warning: float = PSI_WARNING
+    psi_drift: float = PSI_DRIFT
+    partitions: int | None = Field(None, ge=1, description="telemetry partitions; None = ask the broker")
+    raw_topic: str | None = Field(None, description="reserved: a raw Transaction topic to profile (not implemented)")
+    metrics_port: int | None = None
+    commit_interval_s: float = 1.0
+    session_timeout_s: float = Field(10.0, gt=0, description="how soon a dead monitor's partitions move on")
+    loglevel: str = "warning"
+
+    @field_validator("raw_topic")
+    @classmethod
+    def _no_raw(cls, v: str | None) -> str | None:
+        if v is not None:
+            raise ValueError("raw_topic is not implemented yet; publish telemetry from the scorer instead")
+        return v
+
+    def window_spec(self) -> WindowSpec:
+        return WindowSpec(size=self.window_ms, kind=self.window_kind, slide=self.slide_ms, lateness=self.lateness_ms)
+
+
+def load_config(path: str | Path) -> MonitorConfig:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+        return MonitorConfig.model_validate(data.get("monitor", data) if isinstance(data, dict) else data)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read monitor config {path}: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"invalid monitor config {path}: {exc}") from exc
+
+
+class ProfileCache:
+    """Reference profiles by (model, version) from a model registry directory."""
+
+    def __init__(self, root: str | Path | None) -> None:
+        from models import DEMO_REGISTRY
+        from models.registry import ModelRegistry
+
+        self.registry = ModelRegistry(Path(root) if root else DEMO_REGISTRY)
+        self._cache: dict[tuple[str, str], Mapping[str, Any] | None] = {}
+
+    def __call__(self, model: str, version: str) -> Mapping[str, Any] | None:
+        key = (model, version)
+        if key not in self._cache:
+            try:
+                self._cache[key] = self.registry.get(model, version).reference_profile or None
+            except Exception as exc:  # unknown model/version: judged once, logged once
+                log.warning("no reference profile for %s:%s: %s", model, version, exc)
+                self._cache[key] = None
+        return self._cache[key]
+
+
+def ensure_topic(config: MonitorConfig) -> int:
+    """Partitions of the telemetry topic, creating it (1 partition) if missing."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": config.broker})
+    md = admin.list_topics(config.telemetry_topic, timeout=15)
+    topic = md.topics.get(config.telemetry_topic)
+    if topic is not None and topic.error is None and topic.partitions:
+        return len(topic.partitions)
+    futures = admin.create_topics([NewTopic(config.telemetry_topic, config.partitions or 1, 1)])
+    for fut in futures.values():
+        try:
+            fut.result(30)
+        except Exception as exc:  # TOPIC_ALREADY_EXISTS from a racing creator is fine
+            if "already exists" not in str(exc).lower():
+                raise ConfigError(f"cannot create telemetry topic {config.telemetry_topic}: {exc}") from exc
+    return config.partitions or 1
+
+
+class TelemetryHandler:
+    """One telemetry record at a time: state table update, Redis writes, metrics."""
+
+    def __init__(self, core: MonitorCore, table: Any, sink: RedisState, metrics: MonitorMetrics) -> None:
+        self.core, self.table, self.sink, self.metrics = core, table, sink, metrics
+
+    async def handle(self, partition: int, offset: int, value: bytes) -> None:
+        key = str(partition)
+        try:
+            summary = decode_telemetry(value)
+        except DecodeError as exc:
+            log.warning("skipping undecodable telemetry at %s/%s: %s", partition, offset, exc)
+            return
+        out = self.core.apply(self.table.get(key), offset, summary)
+        if out is None:
+            self.metrics.replayed.inc()
+            return
+        state, results = out
+        self.table[key] = state  # one changelog record carries the whole partition state
+        self.metrics.telemetry.inc()
+        for result in results:
+            await self._retry(lambda: self.sink.write_window(result))
+            self.metrics.observe(result, state["alerts"])
+        await self._retry(lambda: self.sink.heartbeat())
+
+    @staticmethod
+    async def _retry(fn: Any) -> None:
+        delay = 0.2
+        while True:
+            try:
+                fn()
+                return
+            except Exception as exc:  # redis down: hold the stream (offsets stay uncommitted) and retry
+                log.warning("redis write failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+def _broker_url(bootstrap: str) -> list[str]:
+    return [f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip()]
+
+
+def build_app(config: MonitorConfig, *, partitions: int | None = None) -> faust.App:
+    """The Faust app: one agent on the telemetry topic and the changelog-backed state table."""
+    parts = partitions or config.partitions or 1
+    app = faust.App(
+        config.app_id, broker=_broker_url(config.broker), store="memory://", web_enabled=False,
+        topic_partitions=parts, topic_replication_factor=1, consumer_auto_offset_reset="earliest",
+        broker_commit_interval=config.commit_interval_s, producer_acks=-1, table_standby_replicas=0,
+        broker_session_timeout=config.session_timeout_s, broker_heartbeat_interval=config.session_timeout_s / 5,
+    )
+    topic = app.topic(config.telemetry_topic, value_serializer="raw", key_serializer="raw", partitions=parts)
+    table = app.Table(STATE_TABLE, default=None, partitions=parts)  # json values (the app default)
+    core = MonitorCore(windows=config.window_spec(), hysteresis=Hysteresis(config.k, config.m),
+                       profiles=ProfileCache(config.registry), alpha=config.alpha,
+                       psi_warning=config.psi_warning, psi_drift=config.psi_drift)
+    sink = RedisState(config.redis_url.get_secret_value(), prefix=config.redis_prefix)
+    handler = TelemetryHandler(core, table, sink, MonitorMetrics())
+
+    @app.agent(topic, concurrency=1)
+    async def monitor(stream: Any) -> None:
+        async for event in stream.events():
+            await handler.handle(event.message.partition, event.message.offset, event.value)
+
+    app.monitor_handler = handler  # type: ignore[attr-defined]  # for tests and the bench
+    return app
+
+
+def run_monitor(config: MonitorConfig, *, stop_event: threading.Event | None = None) -> None:
+    """Run the monitor until SIGINT / SIGTERM, or until ``stop_event`` is set (from another thread)."""
+    logging.basicConfig(level=config.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parts = ensure_topic(config)
+    log.info("monitor %s: %s -> %s (%d partitions)", config.app_id, config.telemetry_topic,
+             redact(config.redis_url.get_secret_value()), parts)
+    if config.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port)
+    app = build_app(config, partitions=parts)
+    from faust.worker import Worker
+
+    worker = Worker(app, loglevel=config.loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
+    if stop_event is not None:
+        def watch() -> None:
+            stop_event.wait()
+            worker.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(worker.stop(), loop=worker.loop))
+
+        threading.Thread(target=watch, name="monitor-stop", daemon=True).start()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.monitor_app")
+    parser.add_argument("-c", "--config", required=True, help="monitor config (YAML or JSON)")
+    args = parser.parse_args(argv)
+    run_monitor(load_config(args.config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Prometheus gauges mirroring the monitor's current state (what Redis holds, for scraping)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+_STATUS = {"ok": 0, "warning": 1, "drift": 2}
+
+
+class MonitorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        kw: dict[str, Any] = {"registry": registry} if registry is not None else {}
+        self.drift_value = Gauge("streamscore_drift_value", "Latest closed-window drift statistic",
+                                 ["model", "feature", "statistic"], **kw)
+        self.drift_status = Gauge("streamscore_drift_status", "Latest drift status (0 ok, 1 warning, 2 drift)",
+                                  ["model", "feature"], **kw)
+        self.alert_active = Gauge("streamscore_drift_alert_active", "1 while a drift alert is raised",
+                                  ["model", "feature"], **kw)
+        self.shadow_agreement = Gauge("streamscore_shadow_agreement_rate", "Shadow decision agreement",
+                                      ["model", "shadow_model"], **kw)
+        self.telemetry = Counter("streamscore_monitor_telemetry_records", "Telemetry records applied", **kw)
+        self.replayed = Counter("streamscore_monitor_replayed_records", "Telemetry records skipped as replays", **kw)
+        self.windows = Counter("streamscore_monitor_windows_closed", "Windows closed", ["model"], **kw)
+
+    def observe(self, result: Mapping[str, Any], alert_states: Mapping[str, Any]) -> None:
+        model = result["model"]
+        self.windows.labels(model).inc()
+        for feature, f in result["features"].items():
+            for stat in ("psi", "js", "ks", "chi2"):
+                v = f.get(stat)
+                if v is not None and not math.isnan(v):
+                    self.drift_value.labels(model, feature, stat).set(v)
+            self.drift_status.labels(model, feature).set(_STATUS[f["status"]])
+            st = alert_states.get(f"{model}|{feature}")
+            self.alert_active.labels(model, feature).set(1 if st and st["raised"] else 0)
+        for shadow_model, s in result["shadow"].items():
+            self.shadow_agreement.labels(model, shadow_model).set(s["agreement_rate"])
