@@ -27,6 +27,7 @@ class ActiveModel:
     assembler: FeatureAssembler
     threshold: float
     variant: str = "primary"
+    telemetry: Any = None            # monitoring.telemetry.TelemetryBuilder for this model, or None
 
 
 class ModelSlot:
@@ -60,4 +61,13 @@ class PipelineRuntime:
     max_message_bytes: int = 1_000_000
     key_field: str | None = None
     time_field: str | None = "event_time"
-    counters: dict[str, int] = field(default_factory=lambda: {"in": 0, "out": 0, "dead": 0})
+    arms: list[ModelSlot] = field(default_factory=list)     # router arm i scores with arms[i]
+    router: Any = None                                       # models.routing.Router; None = one arm
+    shadows: list[ModelSlot] = field(default_factory=list)   # score every row; output to shadow_topic
+    shadow_topic: str | None = None
+    telemetry_topic: str | None = None
+    counters: dict[str, int] = field(default_factory=lambda: {"in": 0, "out": 0, "dead": 0, "shadow_errors": 0})
+
+    def __post_init__(self) -> None:
+        if not self.arms:
+            self.arms = [self.slot]

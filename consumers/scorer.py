@@ -56,7 +56,9 @@ class Work:
     in_parts: np.ndarray | None = None
     dead: list[tuple[int, str, str]] = field(default_factory=list)  # (msg index, reason, message)
     ok_rows: np.ndarray | None = None         # rows of `decoded` that were scored
-    scores: np.ndarray | None = None
+    scores: np.ndarray | None = None          # one per decoded row (valid where ok_rows says)
+    groups: list[tuple[ActiveModel, np.ndarray]] = field(default_factory=list)   # (model, its scored rows)
+    shadow_out: list[tuple[ActiveModel, np.ndarray]] = field(default_factory=list)  # scores for ok_rows
     active: ActiveModel | None = None
     generation: int = 0
     consumed_at: float = 0.0                  # time.monotonic() at each stage, for stage latency metrics
@@ -119,6 +121,7 @@ class Scorer:
 
             metrics = ScorerMetrics(registry=CollectorRegistry())   # private: nothing serves it
         self.metrics = metrics
+        self.closers: list[Callable[[], None]] = []   # run when the scorer stops (e.g. registry watchers)
         self.generation = 0                      # bumped by the source on every rewind
         self._min_generation = 0                 # stages drop work older than this
         self._rewind_requested = threading.Event()
@@ -161,6 +164,11 @@ class Scorer:
             self._put(self._q_model, _STOP, force=True)
             model_t.join()
             sink_t.join()
+            for close in self.closers:
+                try:
+                    close()
+                except Exception as exc:  # noqa: BLE001 - shutting down anyway
+                    log.warning("closing %s failed: %s", close, exc)
         if self._failure is not None:
             self.consumer.close()
             raise self._failure
@@ -172,9 +180,11 @@ class Scorer:
                 fn()
             except BaseException as exc:  # noqa: BLE001
                 self._fail(exc)
-                # keep draining so the other stages can finish
+                # keep draining so the stages upstream never block on a full queue
                 if fn == self._model_loop:
                     self._drain(self._q_model, self._q_sink)
+                else:
+                    self._drain(self._q_sink, None)
         return run
 
     def _drain(self, src: queue.Queue[Any], dst: queue.Queue[Any] | None) -> None:
@@ -324,6 +334,10 @@ class Scorer:
         tps = [(p.topic, p.partition) for p in partitions]
         log.info("revoking %s", tps)
         gone = set(tps)
+        if self._failure is not None:      # failing: commit nothing more, the next owner replays
+            self._buf = []
+            self.tracker.revoke(tps)
+            return
         # Rows not yet handed to the stages are simply not processed: the next owner reads them.
         self._buf = [m for m in self._buf if (m.topic(), m.partition()) not in gone]
         if self.commit.mode == "exactly_once":
@@ -380,37 +394,75 @@ class Scorer:
             self._put(self._q_sink, work, force=True)
 
     def _score(self, work: Work) -> None:
-        active = work.rt.slot.active
-        work.active = active
+        rt = work.rt
         n = len(work.decoded.ok_index)
+        work.scores = np.zeros(n, dtype=np.float32)
+        work.ok_rows = np.zeros(0, dtype=np.int64)
         if n == 0:
-            work.ok_rows = np.zeros(0, dtype=np.int64)
-            work.scores = np.zeros(0, dtype=np.float32)
+            return
+        actives = [slot.active for slot in rt.arms]   # one read per batch: swaps land between batches
+        work.active = actives[0]
+        if rt.router is not None and len(actives) > 1:
+            assignment = rt.router.assign(work.keys)
+            parts = [(a, np.flatnonzero(assignment == i)) for i, a in enumerate(actives)]
+        else:
+            parts = [(actives[0], np.arange(n))]
+        good = np.ones(n, dtype=bool)
+        feats_by_spec: dict[int, np.ndarray] = {}
+        for active, rows in parts:
+            if len(rows) == 0:
+                continue
+            feats = self._features(work, active, feats_by_spec)
+            if feats is None:
+                good[rows] = False
+                continue
+            t0 = time.perf_counter()
+            scores, bad = _predict_isolating(active.model, feats[rows], rows)
+            took = time.perf_counter() - t0
+            self.batcher.observe_model(len(rows), took)
+            self.metrics.model_latency(rt.name, active.model.name, took, len(rows))
+            work.scores[rows] = scores
+            for r, msg in bad:
+                good[rows[r]] = False
+                work.dead.append((int(work.decoded.ok_index[rows[r]]), "model_error", msg))
+            work.groups.append((active, rows[good[rows]]))
+        work.ok_rows = np.flatnonzero(good)
+        for slot in rt.shadows:
+            self._shadow(work, slot.active, feats_by_spec)
+
+    def _features(self, work: Work, active: ActiveModel, cache: dict[int, np.ndarray]) -> np.ndarray | None:
+        key = id(active.assembler)
+        feats = cache.get(key)
+        if feats is None:
+            try:
+                feats = cache[key] = active.assembler.assemble(work.decoded.columns)
+            except StreamscoreError as exc:
+                seen = {i for i, _, _ in work.dead}
+                for i in work.decoded.ok_index.tolist():
+                    if i not in seen:
+                        work.dead.append((i, "features", str(exc)))
+                return None
+        return feats
+
+    def _shadow(self, work: Work, active: ActiveModel, cache: dict[int, np.ndarray]) -> None:
+        """A shadow scores the same rows; whatever it does, primary output is unaffected."""
+        rows = work.ok_rows
+        if rows is None or len(rows) == 0:
             return
         try:
-            feats = active.assembler.assemble(work.decoded.columns)
-        except StreamscoreError as exc:
-            for i in work.decoded.ok_index.tolist():
-                work.dead.append((i, "features", str(exc)))
-            work.ok_rows = np.zeros(0, dtype=np.int64)
-            work.scores = np.zeros(0, dtype=np.float32)
+            feats = cache.get(id(active.assembler))
+            if feats is None:
+                feats = cache[id(active.assembler)] = active.assembler.assemble(work.decoded.columns)
+            scores = np.asarray(active.model.predict(feats[rows]), dtype=np.float32).reshape(-1)
+            if len(scores) != len(rows):
+                raise PredictError(f"shadow returned {len(scores)} scores for {len(rows)} rows")
+        except Exception as exc:  # noqa: BLE001 - a failing shadow never affects primary output
+            work.rt.counters["shadow_errors"] += 1
+            first = str(exc).strip().splitlines()
+            log.warning("shadow %s:%s failed on a batch (primary output unaffected): %s", active.model.name,
+                        active.model.version, first[-1] if first else type(exc).__name__)
             return
-        t0 = time.perf_counter()
-        rows = np.arange(n)
-        scores, bad = _predict_isolating(active.model, feats, rows)
-        took = time.perf_counter() - t0
-        self.batcher.observe_model(n, took)
-        self.metrics.model_latency(work.rt.name, active.model.name, took, n)
-        if bad:
-            bad_set = {r for r, _ in bad}
-            keep = np.array([r not in bad_set for r in range(n)], dtype=bool)
-            for r, msg in bad:
-                work.dead.append((int(work.decoded.ok_index[r]), "model_error", msg))
-            work.ok_rows = rows[keep]
-            work.scores = scores[keep]
-        else:
-            work.ok_rows = rows
-            work.scores = scores
+        work.shadow_out.append((active, scores))
 
     # ------------------------------------------------------------------ sink stage
     def _sink_loop(self) -> None:
@@ -431,7 +483,7 @@ class Scorer:
     def _emit(self, work: Work) -> None:
         rt = work.rt
         ack = self.commit.open_batch(work.batch_id)
-        n = 0 if work.scores is None else len(work.scores)
+        n = 0 if work.ok_rows is None else len(work.ok_rows)
         if n:
             self._emit_predictions(work, ack)
         for idx, reason, message in work.dead:
@@ -461,24 +513,41 @@ class Scorer:
             self._on_batch(work)
 
     def _emit_predictions(self, work: Work, ack: BatchAck) -> None:
-        rt, active = work.rt, work.active
-        assert active is not None and work.scores is not None and work.ok_rows is not None
-        rows = work.ok_rows
+        rt = work.rt
+        assert work.scores is not None and work.ok_rows is not None
+        cols = work.decoded.columns
+        now_ms = int(time.time() * 1000)
+        times = cols.get(rt.time_field) if rt.time_field else None
+        for active, rows in work.groups:
+            if len(rows):
+                self._produce_scores(work, ack, rt.output_topic, active, active.variant, rows,
+                                     work.scores[rows], times, now_ms)
+        shadow_for_primary = None
+        for active, scores in work.shadow_out:
+            if rt.shadow_topic:
+                self._produce_scores(work, ack, rt.shadow_topic, active, "shadow", work.ok_rows, scores, times, now_ms)
+            if shadow_for_primary is None:
+                shadow_for_primary = (active, scores)
+        if rt.telemetry_topic:
+            self._telemetry(work, ack, shadow_for_primary)
+
+    def _produce_scores(self, work: Work, ack: BatchAck, topic: str, active: ActiveModel, variant: str,
+                        rows: np.ndarray, scores: np.ndarray, times: Any, now_ms: int) -> None:
+        rt = work.rt
         n = len(rows)
         cols = work.decoded.columns
-        keys = work.keys if n == len(work.keys) else [work.keys[i] for i in rows.tolist()]
-        now_ms = int(time.time() * 1000)
-        event_time = _take(cols.get(rt.time_field) if rt.time_field else None, rows, n)
+        keys = [work.keys[i] for i in rows.tolist()] if n != len(work.keys) else work.keys
+        event_time = _take(times, rows, len(work.keys)) if times is not None else None
         if event_time is None:
             event_time = np.full(n, now_ms, dtype=np.int64)
         out = {
-            "event_id": _take(cols["event_id"], rows, n),
+            "event_id": _take(cols["event_id"], rows, len(work.keys)),
             "key": _str_column(keys),
             "model": _const_str(active.model.name, n),
             "version": _const_str(str(active.model.version), n),
-            "variant": np.full(n, active.variant, dtype=object),
-            "score": work.scores.astype(np.float64, copy=False),
-            "decision": work.scores >= active.threshold,
+            "variant": np.full(n, variant, dtype=object),
+            "score": scores.astype(np.float64, copy=False),
+            "decision": scores >= active.threshold,
             "event_time": event_time,
             "scored_at": np.full(n, now_ms, dtype=np.int64),
         }
@@ -487,14 +556,41 @@ class Scorer:
         if rt.partitioning == "input" and rt.out_partitions > 0 and work.in_parts is not None:
             parts = work.in_parts[rows] % rt.out_partitions
         headers = [("model", active.model.name.encode()), ("version", str(active.model.version).encode()),
-                   ("variant", active.variant.encode())]
-        self.sink.produce_batch(rt.output_topic, values, keys, ack, partitions=parts, headers=headers)
+                   ("variant", variant.encode())]
+        self.sink.produce_batch(topic, values, keys, ack, partitions=parts, headers=headers)
+        if variant == "shadow":
+            return
         self.metrics.e2e_latency(rt.name, (now_ms - event_time) / 1000.0)
         lat = now_ms - event_time[-min(n, 64):]
         with self._lat_lock:
             self.stats.latency_ms.extend(lat.tolist())
             if len(self.stats.latency_ms) > 20000:
                 del self.stats.latency_ms[:10000]
+
+    def _telemetry(self, work: Work, ack: BatchAck, shadow: tuple[ActiveModel, np.ndarray] | None) -> None:
+        """Per-batch summaries for the side stream; part of the batch, so covered by its ack/transaction."""
+        from schemas.columns import take
+
+        rt = work.rt
+        assert work.scores is not None and work.ok_rows is not None
+        cols = work.decoded.columns
+        all_rows = len(work.ok_rows) == len(work.keys)
+        for active, rows in work.groups:
+            builder = active.telemetry
+            if builder is None or len(rows) == 0:
+                continue
+            sub = cols if len(rows) == len(work.keys) else {k: take(v, rows) for k, v in cols.items()}
+            kw: dict[str, Any] = {}
+            if shadow is not None and active is work.groups[0][0] and all_rows and len(rows) == len(work.ok_rows):
+                kw = {"shadow_scores": shadow[1], "shadow_model": shadow[0].model.name,
+                      "shadow_version": str(shadow[0].model.version)}
+            first_tp = min(work.ranges)
+            summary = builder.summarize(sub, work.scores[rows], variant=active.variant,
+                                        event_time_ms=sub.get(rt.time_field) if rt.time_field else None,
+                                        symbols=work.decoded.symbols,
+                                        batch_id=f"{first_tp[0]}:{first_tp[1]}:{work.ranges[first_tp][0]}:{active.variant}",
+                                        **kw)
+            self.sink.produce_one(rt.telemetry_topic, builder.encode(summary), builder.key(), ack)  # type: ignore[arg-type]
 
     def take_latencies(self) -> list[float]:
         with self._lat_lock:
@@ -525,11 +621,12 @@ def _predict_isolating(model: Any, feats: np.ndarray, rows: np.ndarray) -> tuple
 
 
 def _take(col: Any, rows: np.ndarray, n: int) -> Any:
+    """``col`` restricted to ``rows`` (sorted, unique); the column itself when rows cover all of it."""
     if col is None:
         return None
-    if hasattr(col, "take"):
-        return col if len(col) == n else col.take(rows)
-    return col if len(col) == n else col[rows]
+    if len(rows) == len(col):
+        return col
+    return col.take(rows) if hasattr(col, "take") else col[rows]
 
 
 def _str_column(items: list[bytes | None]) -> Any:

@@ -31,14 +31,40 @@ def registry_for(cfg: PipelineFile) -> Any:
     return ModelRegistry(root)
 
 
-def load_active(registry: Any, p: PipelineConfig, *, version: str | None = None, variant: str = "primary") -> ActiveModel:
-    entry = registry.get(p.model.name, version or p.model.version, stage=p.model.stage)
+def load_active(registry: Any, p: PipelineConfig, *, name: str | None = None, version: str | None = None,
+                variant: str = "primary") -> tuple[Any, ActiveModel]:
+    entry = registry.get(name or p.model.name, version or (p.model.version if name in (None, p.model.name) else None),
+                         stage=p.model.stage)
     model = registry.load(entry, device=p.model.device)
+    return entry, active_for(p, entry, model, variant)
+
+
+def active_for(p: PipelineConfig, entry: Any, model: Any, variant: str) -> ActiveModel:
+    """What the scorer holds for one model version: the model, its input spec, threshold, telemetry."""
     threshold = p.decision_threshold if p.decision_threshold is not None else entry.decision_threshold
-    return ActiveModel(model=model, assembler=entry.input_spec, threshold=threshold, variant=variant)
+    telemetry = None
+    if p.telemetry.enabled and entry.reference_profile and variant != "shadow":
+        from monitoring.telemetry import TelemetryBuilder
+
+        telemetry = TelemetryBuilder(pipeline=p.name, model=entry.name, version=str(entry.version),
+                                     reference_profile=entry.reference_profile,
+                                     feature_names=list(entry.input_spec.names), threshold=threshold,
+                                     sample=p.telemetry.sample)
+    return ActiveModel(model=model, assembler=entry.input_spec, threshold=threshold, variant=variant,
+                       telemetry=telemetry)
 
 
-def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: AdminClient) -> PipelineRuntime:
+def route_for(p: PipelineConfig) -> Any:
+    from models.routing import Arm, RouteSpec
+
+    if p.route is not None:
+        return RouteSpec.from_dict(p.route)
+    return RouteSpec(mode="single", arms=(Arm(p.model.name, p.model.version),))
+
+
+def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: AdminClient,
+                  watchers: list[Any], metrics: Any) -> PipelineRuntime:
+    from models.routing import Router
     from schemas.columnar import BatchDecoder, BatchEncoder
     from schemas.registry import SchemaRegistry
 
@@ -47,11 +73,22 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
         reader = schemas.schema(p.input.schema_name)
     except Exception as exc:
         raise ConfigError(f"pipelines[{p.name}].input.schema: {exc}") from exc
-    active = load_active(registry, p)
+    spec = route_for(p)
+    arms: list[ModelSlot] = []
+    for arm in spec.arms:
+        entry, active = load_active(registry, p, name=arm.name, version=arm.version, variant=arm.variant)
+        slot = ModelSlot(active)
+        arms.append(slot)
+        if p.model.hot_swap and arm.version is None and (arm.name != p.model.name or p.model.version is None):
+            watchers.append(_watch(registry, p, slot, entry, arm.variant, metrics))
+    shadows = []
+    for sh in spec.shadow:
+        entry, active = load_active(registry, p, name=sh.name, version=sh.version, variant="shadow")
+        shadows.append(ModelSlot(active))
     validate: dict[str, Any] = {}
     field_names = {f["name"] for f in reader["fields"]}
     if p.input.validate_finite:
-        validate["finite"] = [n for n in active.assembler.names if n in field_names]
+        validate["finite"] = [n for n in arms[0].active.assembler.names if n in field_names]
     if p.input.ranges:
         unknown = sorted(set(p.input.ranges) - field_names)
         if unknown:
@@ -64,9 +101,39 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
     out_parts = partition_count(admin, p.output.topic)
     return PipelineRuntime(
         name=p.name, input_topic=p.input.topic, output_topic=p.output.topic, dlq_topic=p.input.dlq_topic,
-        decoder=decoder, encoder=encoder, slot=ModelSlot(active), partitioning=p.output.partitioning,
-        out_partitions=out_parts if in_parts else 0, max_message_bytes=p.input.max_message_bytes,
+        decoder=decoder, encoder=encoder, slot=arms[0], arms=arms,
+        router=Router(spec) if len(arms) > 1 else None, shadows=shadows,
+        shadow_topic=(p.output.shadow_topic or f"{p.output.topic}.shadow") if shadows else None,
+        telemetry_topic=p.telemetry.topic if p.telemetry.enabled else None,
+        partitioning=p.output.partitioning, out_partitions=out_parts if in_parts else 0,
+        max_message_bytes=p.input.max_message_bytes,
     )
+
+
+def _watch(registry: Any, p: PipelineConfig, slot: ModelSlot, entry: Any, variant: str, metrics: Any) -> Any:
+    """Hot swap: a newly promoted version replaces the slot's model between two batches."""
+    from models.hotswap import RegistryWatcher
+
+    def on_swap(new_entry: Any, model: Any) -> Any:
+        old = slot.swap(active_for(p, new_entry, model, variant))
+        metrics.model_swap(p.name, True)
+        metrics.model_info(p.name, new_entry.name, str(new_entry.version), variant)
+        log.info("pipeline %s: %s swapped %s -> %s", p.name, new_entry.name, old.model.version, new_entry.version)
+        return old.model
+
+    def on_error(name: str, version: str | None, exc: BaseException) -> None:
+        metrics.model_swap(p.name, False)
+        log.error("pipeline %s: %s:%s not swapped in, the current version keeps serving: %s",
+                  p.name, name, version, exc)
+
+    def same_inputs(new_entry: Any, _model: Any) -> None:
+        if tuple(new_entry.input_spec.names) != tuple(entry.input_spec.names):
+            raise ConfigError(f"{new_entry.name}:{new_entry.version} expects features {list(new_entry.input_spec.names)}, "
+                              f"the pipeline assembles {list(entry.input_spec.names)}")
+
+    return RegistryWatcher(registry, entry.name, on_swap=on_swap, on_error=on_error, stage=p.model.stage,
+                           current_version=entry.version, interval_s=p.model.watch_interval_ms / 1000.0,
+                           validate=same_inputs, load_options={"device": p.model.device})
 
 
 def prepare_topics(cfg: PipelineFile, *, partitions: int = 4) -> None:
@@ -78,6 +145,10 @@ def prepare_topics(cfg: PipelineFile, *, partitions: int = 4) -> None:
         want[p.input.topic] = n
         want[p.output.topic] = n
         want[p.input.dlq_topic] = n
+        if route_for(p).shadow:
+            want[p.output.shadow_topic or f"{p.output.topic}.shadow"] = n
+        if p.telemetry.enabled:
+            want.setdefault(p.telemetry.topic, partitions)
     ensure_topics(cfg.kafka.client_settings(), want)
 
 
@@ -94,7 +165,9 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
     base = cfg.kafka.client_settings()
     admin = AdminClient(base)
     registry = registry_for(cfg)
-    runtimes = [build_runtime(cfg, p, registry, admin) for p in cfg.pipelines]
+    metrics = ScorerMetrics(instance=instance or "")
+    watchers: list[Any] = []
+    runtimes = [build_runtime(cfg, p, registry, admin, watchers, metrics) for p in cfg.pipelines]
     consumer_conf = merged(CONSUMER_DEFAULTS, base, {"group.id": cfg.group_id,
                                                      "auto.commit.interval.ms": cfg.commit_interval_ms})
     if instance:
@@ -108,7 +181,6 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
                               "transaction.timeout.ms": 10000, "message.timeout.ms": 10000})
     consumer_conf.update(cfg.kafka.consumer)
     producer_conf.update(cfg.kafka.producer)
-    metrics = ScorerMetrics(instance=instance or "")
     port = metrics_port_for(cfg.metrics_port, index)
     if port is not None:
         bound = start_metrics_server(port, host=cfg.metrics_host)
@@ -118,12 +190,16 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
     if any(p.model.device.startswith("cuda") for p in cfg.pipelines):
         GpuMetrics(instance=instance or "")
     for rt in runtimes:
-        a = rt.slot.active
-        metrics.model_info(rt.name, a.model.name, str(a.model.version), a.variant)
+        for slot in [*rt.arms, *rt.shadows]:
+            a = slot.active
+            metrics.model_info(rt.name, a.model.name, str(a.model.version), a.variant)
     b = cfg.pipelines[0].batching
     batcher = AdaptiveBatcher(max_size=b.max_size, max_wait_s=b.max_wait_ms / 1000.0,
                               latency_target_s=None if b.latency_target_ms is None else b.latency_target_ms / 1000.0)
-    return Scorer(consumer=make_consumer(consumer_conf), sink=KafkaSink(make_producer(producer_conf)),
-                  pipelines=runtimes, batcher=batcher, queue_depth=cfg.queue_depth, delivery=cfg.delivery,
-                  make_producer=lambda: make_producer(producer_conf),
-                  commit_interval_s=cfg.commit_interval_ms / 1000.0, metrics=metrics)
+    scorer = Scorer(consumer=make_consumer(consumer_conf), sink=KafkaSink(make_producer(producer_conf)),
+                    pipelines=runtimes, batcher=batcher, queue_depth=cfg.queue_depth, delivery=cfg.delivery,
+                    make_producer=lambda: make_producer(producer_conf),
+                    commit_interval_s=cfg.commit_interval_ms / 1000.0, metrics=metrics)
+    for w in watchers:
+        scorer.closers.append(w.start().close)
+    return scorer

@@ -65,14 +65,23 @@ class InputConfig(_Strict):
 
 class ModelRef(_Strict):
     name: str
-    version: str | None = None                 # None: the version in stage `stage`
+    version: str | None = None                 # None: the version in `stage`, followed live (hot swap)
     stage: Literal["staging", "production"] = "production"
     device: str = "cpu"
+    hot_swap: bool = True                      # watch the registry and swap newly promoted versions in
+    watch_interval_ms: int = Field(500, ge=10)
 
 
 class OutputConfig(_Strict):
     topic: str
     partitioning: Literal["input", "key"] = "input"   # see README: "input" keeps per-key order cheaply
+    shadow_topic: str | None = None            # default "<topic>.shadow" when the route has shadows
+
+
+class TelemetryConfig(_Strict):
+    enabled: bool = True
+    topic: str = "streamscore-telemetry"
+    sample: int | None = Field(512, ge=1)      # rows per batch used for feature histograms (None = all)
 
 
 class BatchingConfig(_Strict):
@@ -88,6 +97,20 @@ class PipelineConfig(_Strict):
     output: OutputConfig
     batching: BatchingConfig = BatchingConfig()
     decision_threshold: float | None = Field(None, ge=0, le=1)   # None: the registry entry's
+    route: dict[str, Any] | None = None        # canary / ab / shadow routing (models.routing.RouteSpec)
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+    @field_validator("route")
+    @classmethod
+    def _route(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            from models.routing import RouteSpec
+
+            try:
+                RouteSpec.from_dict(v)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from exc
+        return v
 
 
 class PipelineFile(_Strict):

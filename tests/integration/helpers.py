@@ -55,7 +55,8 @@ class ScorerProcess:
 
 
 def read_all(bootstrap: str, topic: str, *, expect: int | Callable[[list[Any]], bool], timeout: float = 120.0,
-             isolation: str = "read_uncommitted", idle: float = 0.0) -> list[Any]:
+             isolation: str = "read_uncommitted", idle: float = 0.0,
+             alive: "ScorerProcess | None" = None) -> list[Any]:
     """Read ``topic`` from the beginning until ``expect`` messages (or predicate) or the deadline.
 
     With ``idle`` > 0, keep reading until no message arrived for that long (to catch extras).
@@ -70,6 +71,8 @@ def read_all(bootstrap: str, topic: str, *, expect: int | Callable[[list[Any]], 
     done = (lambda xs: len(xs) >= expect) if isinstance(expect, int) else expect
     try:
         while time.monotonic() < deadline:
+            if alive is not None and alive.proc.poll() is not None:
+                raise AssertionError(f"the scorer exited ({alive.proc.returncode}):\n{alive.output()[-3000:]}")
             msgs = c.consume(10000, 0.5)
             for m in msgs:
                 if m.error() is None:

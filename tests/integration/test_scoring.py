@@ -44,7 +44,7 @@ def test_50k_events_one_prediction_each_matching_onnx(tmp_path: Path, bootstrap:
     cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"), [_pipeline(t_in, t_out)])
     scorer = ScorerProcess(cfg, tmp_path / "scorer.log")
     try:
-        msgs = read_all(bootstrap, t_out, expect=n, timeout=180, idle=2.0)
+        msgs = read_all(bootstrap, t_out, expect=n, timeout=180, idle=2.0, alive=scorer)
         assert scorer.terminate() == 0, scorer.output()
     finally:
         scorer.close()
@@ -127,7 +127,7 @@ def test_undecodable_record_goes_to_dlq_and_batch_mates_are_scored(tmp_path: Pat
     cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"), [_pipeline(t_in, t_out)])
     scorer = ScorerProcess(cfg, tmp_path / "scorer.log")
     try:
-        preds = read_all(bootstrap, t_out, expect=n - len(bad), timeout=120, idle=1.0)
+        preds = read_all(bootstrap, t_out, expect=n - len(bad), timeout=120, idle=1.0, alive=scorer)
         dead = read_all(bootstrap, dlq, expect=len(bad), timeout=60)
         assert scorer.proc.poll() is None, "scorer died on a bad record"
         assert scorer.terminate() == 0
