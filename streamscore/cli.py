@@ -8,11 +8,13 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from schemas.errors import StreamscoreError
+from streamscore.config import monitor_env_overrides
 
 log = logging.getLogger("streamscore")
 
@@ -169,6 +171,56 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+# ---------------------------------------------------------------- side stream and ops
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from monitoring.monitor_app import load_config as load_monitor_config
+    from monitoring.monitor_app import run_monitor
+
+    cfg = load_monitor_config(args.config)
+    overrides = monitor_env_overrides()
+    if overrides:
+        cfg = cfg.model_copy(update=overrides)
+    run_monitor(cfg)
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from monitoring.redis_state import alerts_tail
+
+    for line in alerts_tail(_redis_url(args), follow=args.follow, count=args.count, prefix=args.prefix):
+        print(line, flush=True)
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from monitoring.redis_state import drift_show
+
+    print(drift_show(_redis_url(args), prefix=args.prefix))
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from monitoring.dashboard import serve_dashboard
+
+    server, port = serve_dashboard(_redis_url(args), args.metrics_url, args.host, args.port)
+    print(f"streamscore dashboard on http://{args.host}:{port}/ (Ctrl-C stops)", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.close()
+    return 0
+
+
+def _redis_url(args: argparse.Namespace) -> str:
+    from streamscore.config import redis_url_from_env
+
+    return args.redis_url or redis_url_from_env()
+
+
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from streamscore.demo import run_demo
@@ -217,6 +269,31 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--stage", default=None, help="register: staging (default); promote: production (default)")
     mod.add_argument("--seed", type=int, default=7)
     mod.set_defaults(fn=cmd_models)
+
+    mon = sub.add_parser("monitor", help="the side stream: drift and shadow state into Redis (Faust)")
+    mon.add_argument("-c", "--config", required=True, help="monitor config (YAML)")
+    mon.set_defaults(fn=cmd_monitor)
+
+    alerts = sub.add_parser("alerts", help="drift alerts from Redis")
+    alerts.add_argument("action", choices=["tail"])
+    alerts.add_argument("-f", "--follow", action="store_true", help="keep printing new alerts")
+    alerts.add_argument("-n", "--count", type=int, default=20)
+    alerts.add_argument("--redis-url", default=None, help="default: $REDIS_URL, else redis://127.0.0.1:6379/0")
+    alerts.add_argument("--prefix", default="streamscore")
+    alerts.set_defaults(fn=cmd_alerts)
+
+    drift = sub.add_parser("drift", help="current drift state from Redis")
+    drift.add_argument("action", choices=["show"])
+    drift.add_argument("--redis-url", default=None, help="default: $REDIS_URL, else redis://127.0.0.1:6379/0")
+    drift.add_argument("--prefix", default="streamscore")
+    drift.set_defaults(fn=cmd_drift)
+
+    dash = sub.add_parser("dashboard", help="the ops web page (drift, alerts, shadow, throughput, lag)")
+    dash.add_argument("--redis-url", default=None, help="default: $REDIS_URL, else redis://127.0.0.1:6379/0")
+    dash.add_argument("--metrics-url", action="append", default=[], help="a scorer's /metrics URL (repeatable)")
+    dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument("--port", type=int, default=8050)
+    dash.set_defaults(fn=cmd_dashboard)
 
     demo = sub.add_parser("demo", help="run producer + scorer + live summary, bounded")
     demo.add_argument("--seconds", type=float, default=30.0)

@@ -213,3 +213,20 @@ def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> Pipel
     except yaml.YAMLError as exc:
         raise ConfigError(f"pipeline config {p} is not valid YAML: {exc}") from exc
     return parse_config(raw, source=str(p), env=env)
+
+
+def redis_url_from_env(env: dict[str, str] | None = None) -> str:
+    """``$REDIS_URL``, else a local default. May carry a password; print it only through redact()."""
+    env = dict(os.environ if env is None else env)
+    return env.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+
+def monitor_env_overrides(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """KAFKA_BOOTSTRAP / REDIS_URL override the monitor file's broker and redis_url."""
+    env = dict(os.environ if env is None else env)
+    out: dict[str, Any] = {}
+    if env.get("KAFKA_BOOTSTRAP"):
+        out["broker"] = env["KAFKA_BOOTSTRAP"]
+    if env.get("REDIS_URL"):
+        out["redis_url"] = SecretStr(env["REDIS_URL"])
+    return out
