@@ -61,6 +61,7 @@ class PipelineRuntime:
     max_message_bytes: int = 1_000_000
     key_field: str | None = None
     time_field: str | None = "event_time"
+    kind: str = "score"                      # "embed": a text embedder, outputs Embedding records
     arms: list[ModelSlot] = field(default_factory=list)     # router arm i scores with arms[i]
     router: Any = None                                       # models.routing.Router; None = one arm
     shadows: list[ModelSlot] = field(default_factory=list)   # score every row; output to shadow_topic

@@ -59,6 +59,8 @@ class Work:
     scores: np.ndarray | None = None          # one per decoded row (valid where ok_rows says)
     groups: list[tuple[ActiveModel, np.ndarray]] = field(default_factory=list)   # (model, its scored rows)
     shadow_out: list[tuple[ActiveModel, np.ndarray]] = field(default_factory=list)  # scores for ok_rows
+    embeddings: np.ndarray | None = None      # kind=embed: (rows, dim) float32
+    labels: list[str] | None = None
     active: ActiveModel | None = None
     generation: int = 0
     consumed_at: float = 0.0                  # time.monotonic() at each stage, for stage latency metrics
@@ -248,6 +250,8 @@ class Scorer:
     def _dispatch(self, reason: str) -> None:
         msgs, self._buf = self._buf, []
         self.batcher.close(time.monotonic(), reason)  # type: ignore[arg-type]
+        if not msgs:   # a revoke or rewind emptied the open batch: nothing to decode
+            return
         label = self.pipelines[0].name if len(self.pipelines) == 1 else "all"
         self.metrics.batch_closed(label, len(msgs), self.batcher.stats.last_wait_s, reason)
         if len(self.by_topic) == 1:
@@ -400,6 +404,9 @@ class Scorer:
         work.ok_rows = np.zeros(0, dtype=np.int64)
         if n == 0:
             return
+        if rt.kind == "embed":
+            self._embed(work)
+            return
         actives = [slot.active for slot in rt.arms]   # one read per batch: swaps land between batches
         work.active = actives[0]
         if rt.router is not None and len(actives) > 1:
@@ -429,6 +436,27 @@ class Scorer:
         work.ok_rows = np.flatnonzero(good)
         for slot in rt.shadows:
             self._shadow(work, slot.active, feats_by_spec)
+
+    def _embed(self, work: Work) -> None:
+        active = work.rt.slot.active
+        work.active = active
+        embedder = active.model
+        texts = [t or "" for t in work.decoded.columns["text"].to_list()]
+        t0 = time.perf_counter()
+        try:
+            emb = embedder.embed(texts)
+            labels = embedder.head.predict(emb) if getattr(embedder, "head", None) is not None else None
+        except Exception as exc:  # noqa: BLE001 - the whole batch failed: dead-letter it, keep going
+            for i in work.decoded.ok_index.tolist():
+                work.dead.append((i, "model_error", f"{type(exc).__name__}: {exc}"))
+            return
+        took = time.perf_counter() - t0
+        self.batcher.observe_model(len(texts), took)
+        self.metrics.model_latency(work.rt.name, embedder.name, took, len(texts))
+        work.embeddings = emb
+        work.labels = labels
+        work.ok_rows = np.arange(len(texts))
+        work.groups.append((active, work.ok_rows))
 
     def _features(self, work: Work, active: ActiveModel, cache: dict[int, np.ndarray]) -> np.ndarray | None:
         key = id(active.assembler)
@@ -514,6 +542,9 @@ class Scorer:
 
     def _emit_predictions(self, work: Work, ack: BatchAck) -> None:
         rt = work.rt
+        if rt.kind == "embed":
+            self._produce_embeddings(work, ack)
+            return
         assert work.scores is not None and work.ok_rows is not None
         cols = work.decoded.columns
         now_ms = int(time.time() * 1000)
@@ -566,6 +597,35 @@ class Scorer:
             self.stats.latency_ms.extend(lat.tolist())
             if len(self.stats.latency_ms) > 20000:
                 del self.stats.latency_ms[:10000]
+
+    def _produce_embeddings(self, work: Work, ack: BatchAck) -> None:
+        from models.text import embedding_column
+
+        rt, active = work.rt, work.rt.slot.active
+        assert work.embeddings is not None and active is not None
+        n = len(work.embeddings)
+        cols = work.decoded.columns
+        now_ms = int(time.time() * 1000)
+        out = {
+            "event_id": cols["event_id"],
+            "key": cols["key"] if "key" in cols else _str_column(work.keys),
+            "model": _const_str(active.model.name, n),
+            "version": _const_str(str(active.model.version), n),
+            "variant": np.full(n, "primary", dtype=object),
+            "embedding": embedding_column(work.embeddings),
+            "label": np.array(work.labels if work.labels is not None else [None] * n, dtype=object),
+            # TextEvent has no event time: the record's Kafka timestamp stands in for it
+            "event_time": np.fromiter((work.msgs[i].timestamp()[1] for i in work.decoded.ok_index.tolist()),
+                                      dtype=np.int64, count=n),
+            "scored_at": np.full(n, now_ms, dtype=np.int64),
+        }
+        values = rt.encoder.encode(out, n)
+        parts = None
+        if rt.partitioning == "input" and rt.out_partitions > 0 and work.in_parts is not None:
+            parts = work.in_parts % rt.out_partitions
+        headers = [("model", active.model.name.encode()), ("version", str(active.model.version).encode()),
+                   ("variant", b"primary")]
+        self.sink.produce_batch(rt.output_topic, values, work.keys, ack, partitions=parts, headers=headers)
 
     def _telemetry(self, work: Work, ack: BatchAck, shadow: tuple[ActiveModel, np.ndarray] | None) -> None:
         """Per-batch summaries for the side stream; part of the batch, so covered by its ack/transaction."""

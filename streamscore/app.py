@@ -26,6 +26,8 @@ def registry_for(cfg: PipelineFile) -> Any:
     from models.registry import ModelRegistry
 
     root = Path(cfg.registry) if cfg.registry else DEMO_REGISTRY
+    if all(p.kind == "embed" for p in cfg.pipelines):
+        return ModelRegistry(root)
     if not root.is_dir():
         raise ConfigError(f"registry: directory {root} does not exist")
     return ModelRegistry(root)
@@ -73,6 +75,8 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
         reader = schemas.schema(p.input.schema_name)
     except Exception as exc:
         raise ConfigError(f"pipelines[{p.name}].input.schema: {exc}") from exc
+    if p.kind == "embed":
+        return build_embed_runtime(p, schemas, reader, admin)
     spec = route_for(p)
     arms: list[ModelSlot] = []
     for arm in spec.arms:
@@ -107,6 +111,30 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
         telemetry_topic=p.telemetry.topic if p.telemetry.enabled else None,
         partitioning=p.output.partitioning, out_partitions=out_parts if in_parts else 0,
         max_message_bytes=p.input.max_message_bytes,
+    )
+
+
+def build_embed_runtime(p: PipelineConfig, schemas: Any, reader: dict[str, Any], admin: AdminClient) -> PipelineRuntime:
+    """TextEvent -> all-MiniLM-L6-v2 sentence embeddings (+ optional label) -> Embedding records."""
+    from models.text import LabelHead, MiniLMEmbedder
+    from schemas.columnar import BatchDecoder, BatchEncoder
+
+    if "text" not in {f["name"] for f in reader["fields"]}:
+        raise ConfigError(f"pipelines[{p.name}].input.schema: an embed pipeline needs a 'text' field")
+    e = p.embedder
+    head = LabelHead.load(Path(e.head)) if e.head else None
+    embedder = MiniLMEmbedder(device=e.device, dtype=e.dtype, max_length=e.max_length, batch_size=e.batch_size,
+                              head=head)
+    embedder.load()
+    active = ActiveModel(model=embedder, assembler=None, threshold=0.0)  # type: ignore[arg-type]
+    in_parts = partition_count(admin, p.input.topic)
+    return PipelineRuntime(
+        name=p.name, input_topic=p.input.topic, output_topic=p.output.topic, dlq_topic=p.input.dlq_topic,
+        decoder=BatchDecoder(reader, schemas, fmt=p.input.format),
+        encoder=BatchEncoder(schemas.schema("embedding"), schemas.id_for("embedding")),
+        slot=ModelSlot(active), kind="embed", partitioning=p.output.partitioning,
+        out_partitions=partition_count(admin, p.output.topic) if in_parts else 0,
+        max_message_bytes=p.input.max_message_bytes, time_field=None,
     )
 
 
@@ -145,9 +173,9 @@ def prepare_topics(cfg: PipelineFile, *, partitions: int = 4) -> None:
         want[p.input.topic] = n
         want[p.output.topic] = n
         want[p.input.dlq_topic] = n
-        if route_for(p).shadow:
+        if p.kind == "score" and route_for(p).shadow:
             want[p.output.shadow_topic or f"{p.output.topic}.shadow"] = n
-        if p.telemetry.enabled:
+        if p.telemetry.enabled and p.kind == "score":
             want.setdefault(p.telemetry.topic, partitions)
     ensure_topics(cfg.kafka.client_settings(), want)
 
@@ -187,7 +215,7 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
         log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, bound)
     consumer_conf.setdefault("statistics.interval.ms", 5000)
     consumer_conf["stats_cb"] = metrics.consumer_stats      # consumer lag per partition
-    if any(p.model.device.startswith("cuda") for p in cfg.pipelines):
+    if any((p.model.device if p.model else p.embedder.device).startswith("cuda") for p in cfg.pipelines):
         GpuMetrics(instance=instance or "")
     for rt in runtimes:
         for slot in [*rt.arms, *rt.shadows]:

@@ -90,15 +90,35 @@ class BatchingConfig(_Strict):
     latency_target_ms: float | None = Field(20.0, gt=0)
 
 
+class EmbedderConfig(_Strict):
+    """The text pipeline's model: all-MiniLM-L6-v2, whose weights ship in a Python package."""
+
+    device: str = "cpu"                        # cpu | cuda | auto
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_length: int = Field(128, ge=2, le=512)
+    batch_size: int = Field(64, ge=1)          # rows per length-bucketed micro-batch
+    head: str | None = None                    # optional classifier head (.npz from LabelHead.save)
+
+
 class PipelineConfig(_Strict):
     name: str
+    kind: Literal["score", "embed"] = "score"  # embed: TextEvent -> Embedding with MiniLM
     input: InputConfig
-    model: ModelRef
+    model: ModelRef | None = None              # required for kind=score
+    embedder: EmbedderConfig = EmbedderConfig()
     output: OutputConfig
     batching: BatchingConfig = BatchingConfig()
     decision_threshold: float | None = Field(None, ge=0, le=1)   # None: the registry entry's
     route: dict[str, Any] | None = None        # canary / ab / shadow routing (models.routing.RouteSpec)
     telemetry: TelemetryConfig = TelemetryConfig()
+
+    @model_validator(mode="after")
+    def _kind(self) -> "PipelineConfig":
+        if self.kind == "score" and self.model is None:
+            raise ValueError("model is required for a scoring pipeline (kind: score)")
+        if self.kind == "embed" and self.route is not None:
+            raise ValueError("route applies to scoring pipelines only")
+        return self
 
     @field_validator("route")
     @classmethod
