@@ -32,41 +32,17 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 
 from consumers.batcher import AdaptiveBatcher
 from consumers.commit import AtLeastOnce, CommitProtocol, ExactlyOnce
+from consumers.model_stage import ModelStage
+from consumers.outputs import OutputWriter
+from consumers.work import TP, Work
 from consumers.offsets import OffsetTracker
-from consumers.runtime import ActiveModel, PipelineRuntime
-from schemas.errors import DeliveryError, PredictError, StreamscoreError
-from sinks.kafka_sink import BatchAck, KafkaSink, error_headers
+from consumers.runtime import PipelineRuntime
+from schemas.errors import DeliveryError
+from sinks.kafka_sink import KafkaSink, error_headers
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
-TP = tuple[str, int]
-
-
-@dataclass
-class Work:
-    """One pipeline's share of one micro-batch, as it moves through the stages."""
-
-    batch_id: int
-    rt: PipelineRuntime
-    ranges: dict[TP, tuple[int, int]]
-    msgs: list[Message]
-    decoded: Any = None                       # schemas.columnar.DecodedBatch
-    keys: list[bytes | None] = field(default_factory=list)
-    in_parts: np.ndarray | None = None
-    dead: list[tuple[int, str, str]] = field(default_factory=list)  # (msg index, reason, message)
-    ok_rows: np.ndarray | None = None         # rows of `decoded` that were scored
-    scores: np.ndarray | None = None          # one per decoded row (valid where ok_rows says)
-    groups: list[tuple[ActiveModel, np.ndarray]] = field(default_factory=list)   # (model, its scored rows)
-    shadow_out: list[tuple[ActiveModel, np.ndarray]] = field(default_factory=list)  # scores for ok_rows
-    embeddings: np.ndarray | None = None      # kind=embed: (rows, dim) float32
-    labels: list[str] | None = None
-    active: ActiveModel | None = None
-    generation: int = 0
-    consumed_at: float = 0.0                  # time.monotonic() at each stage, for stage latency metrics
-    scored_at: float = 0.0
-    emitted_at: float = 0.0
-    first_ts_ms: int = 0                      # broker/producer timestamp of the batch's first message
 
 
 @dataclass
@@ -123,6 +99,8 @@ class Scorer:
 
             metrics = ScorerMetrics(registry=CollectorRegistry())   # private: nothing serves it
         self.metrics = metrics
+        self.model_stage = ModelStage(batcher=batcher, metrics=metrics)
+        self.outputs = OutputWriter(sink=sink, metrics=metrics, record_latency=self._record_latency)
         self.closers: list[Callable[[], None]] = []   # run when the scorer stops (e.g. registry watchers)
         self.generation = 0                      # bumped by the source on every rewind
         self._min_generation = 0                 # stages drop work older than this
@@ -359,7 +337,7 @@ class Scorer:
         self._buf = [m for m in self._buf if (m.topic(), m.partition()) not in gone]
         self.tracker.revoke(tps)
         if self.commit.mode == "exactly_once":
-            self._min_generation = self.generation + 1
+            self._request_rewind()   # drop this generation AND start the next one (else all later work is dropped)
             self.commit.on_revoke(tps)
 
     def _request_rewind(self) -> None:
@@ -393,104 +371,9 @@ class Scorer:
                 self._put(self._q_sink, _STOP, force=True)
                 return
             if self._failure is None and work.generation >= self._min_generation:
-                self._score(work)
+                self.model_stage.score(work)
             work.scored_at = time.monotonic()
             self._put(self._q_sink, work, force=True)
-
-    def _score(self, work: Work) -> None:
-        rt = work.rt
-        n = len(work.decoded.ok_index)
-        work.scores = np.zeros(n, dtype=np.float32)
-        work.ok_rows = np.zeros(0, dtype=np.int64)
-        if n == 0:
-            return
-        if rt.kind == "embed":
-            self._embed(work)
-            return
-        actives = [slot.active for slot in rt.arms]   # one read per batch: swaps land between batches
-        work.active = actives[0]
-        if rt.router is not None and len(actives) > 1:
-            assignment = rt.router.assign(work.keys)
-            parts = [(a, np.flatnonzero(assignment == i)) for i, a in enumerate(actives)]
-        else:
-            parts = [(actives[0], np.arange(n))]
-        good = np.ones(n, dtype=bool)
-        feats_by_spec: dict[int, np.ndarray] = {}
-        for active, rows in parts:
-            if len(rows) == 0:
-                continue
-            feats = self._features(work, active, feats_by_spec)
-            if feats is None:
-                good[rows] = False
-                continue
-            t0 = time.perf_counter()
-            scores, bad = _predict_isolating(active.model, feats[rows], rows)
-            took = time.perf_counter() - t0
-            self.batcher.observe_model(len(rows), took)
-            self.metrics.model_latency(rt.name, active.model.name, took, len(rows))
-            work.scores[rows] = scores
-            for r, msg in bad:
-                good[rows[r]] = False
-                work.dead.append((int(work.decoded.ok_index[rows[r]]), "model_error", msg))
-            work.groups.append((active, rows[good[rows]]))
-        work.ok_rows = np.flatnonzero(good)
-        for slot in rt.shadows:
-            self._shadow(work, slot.active, feats_by_spec)
-
-    def _embed(self, work: Work) -> None:
-        active = work.rt.slot.active
-        work.active = active
-        embedder = active.model
-        texts = [t or "" for t in work.decoded.columns["text"].to_list()]
-        t0 = time.perf_counter()
-        try:
-            emb = embedder.embed(texts)
-            labels = embedder.head.predict(emb) if getattr(embedder, "head", None) is not None else None
-        except Exception as exc:  # noqa: BLE001 - the whole batch failed: dead-letter it, keep going
-            for i in work.decoded.ok_index.tolist():
-                work.dead.append((i, "model_error", f"{type(exc).__name__}: {exc}"))
-            return
-        took = time.perf_counter() - t0
-        self.batcher.observe_model(len(texts), took)
-        self.metrics.model_latency(work.rt.name, embedder.name, took, len(texts))
-        work.embeddings = emb
-        work.labels = labels
-        work.ok_rows = np.arange(len(texts))
-        work.groups.append((active, work.ok_rows))
-
-    def _features(self, work: Work, active: ActiveModel, cache: dict[int, np.ndarray]) -> np.ndarray | None:
-        key = id(active.assembler)
-        feats = cache.get(key)
-        if feats is None:
-            try:
-                feats = cache[key] = active.assembler.assemble(work.decoded.columns)
-            except StreamscoreError as exc:
-                seen = {i for i, _, _ in work.dead}
-                for i in work.decoded.ok_index.tolist():
-                    if i not in seen:
-                        work.dead.append((i, "features", str(exc)))
-                return None
-        return feats
-
-    def _shadow(self, work: Work, active: ActiveModel, cache: dict[int, np.ndarray]) -> None:
-        """A shadow scores the same rows; whatever it does, primary output is unaffected."""
-        rows = work.ok_rows
-        if rows is None or len(rows) == 0:
-            return
-        try:
-            feats = cache.get(id(active.assembler))
-            if feats is None:
-                feats = cache[id(active.assembler)] = active.assembler.assemble(work.decoded.columns)
-            scores = np.asarray(active.model.predict(feats[rows]), dtype=np.float32).reshape(-1)
-            if len(scores) != len(rows):
-                raise PredictError(f"shadow returned {len(scores)} scores for {len(rows)} rows")
-        except Exception as exc:  # noqa: BLE001 - a failing shadow never affects primary output
-            work.rt.counters["shadow_errors"] += 1
-            first = str(exc).strip().splitlines()
-            log.warning("shadow %s:%s failed on a batch (primary output unaffected): %s", active.model.name,
-                        active.model.version, first[-1] if first else type(exc).__name__)
-            return
-        work.shadow_out.append((active, scores))
 
     # ------------------------------------------------------------------ sink stage
     def _sink_loop(self) -> None:
@@ -513,7 +396,7 @@ class Scorer:
         ack = self.commit.open_batch(work.batch_id)
         n = 0 if work.ok_rows is None else len(work.ok_rows)
         if n:
-            self._emit_predictions(work, ack)
+            self.outputs.emit(work, ack)
         for idx, reason, message in work.dead:
             m = work.msgs[idx]
             hdrs = error_headers(error=reason, message=message, topic=m.topic(), partition=m.partition(),
@@ -540,170 +423,13 @@ class Scorer:
         if self._on_batch is not None:
             self._on_batch(work)
 
-    def _emit_predictions(self, work: Work, ack: BatchAck) -> None:
-        rt = work.rt
-        if rt.kind == "embed":
-            self._produce_embeddings(work, ack)
-            return
-        assert work.scores is not None and work.ok_rows is not None
-        cols = work.decoded.columns
-        now_ms = int(time.time() * 1000)
-        times = cols.get(rt.time_field) if rt.time_field else None
-        for active, rows in work.groups:
-            if len(rows):
-                self._produce_scores(work, ack, rt.output_topic, active, active.variant, rows,
-                                     work.scores[rows], times, now_ms)
-        shadow_for_primary = None
-        for active, scores in work.shadow_out:
-            if rt.shadow_topic:
-                self._produce_scores(work, ack, rt.shadow_topic, active, "shadow", work.ok_rows, scores, times, now_ms)
-            if shadow_for_primary is None:
-                shadow_for_primary = (active, scores)
-        if rt.telemetry_topic:
-            self._telemetry(work, ack, shadow_for_primary)
-
-    def _produce_scores(self, work: Work, ack: BatchAck, topic: str, active: ActiveModel, variant: str,
-                        rows: np.ndarray, scores: np.ndarray, times: Any, now_ms: int) -> None:
-        rt = work.rt
-        n = len(rows)
-        cols = work.decoded.columns
-        keys = [work.keys[i] for i in rows.tolist()] if n != len(work.keys) else work.keys
-        event_time = _take(times, rows, len(work.keys)) if times is not None else None
-        if event_time is None:
-            event_time = np.full(n, now_ms, dtype=np.int64)
-        out = {
-            "event_id": _take(cols["event_id"], rows, len(work.keys)),
-            "key": _str_column(keys),
-            "model": _const_str(active.model.name, n),
-            "version": _const_str(str(active.model.version), n),
-            "variant": np.full(n, variant, dtype=object),
-            "score": scores.astype(np.float64, copy=False),
-            "decision": scores >= active.threshold,
-            "event_time": event_time,
-            "scored_at": np.full(n, now_ms, dtype=np.int64),
-        }
-        values = rt.encoder.encode(out, n)
-        parts = None
-        if rt.partitioning == "input" and rt.out_partitions > 0 and work.in_parts is not None:
-            parts = work.in_parts[rows] % rt.out_partitions
-        headers = [("model", active.model.name.encode()), ("version", str(active.model.version).encode()),
-                   ("variant", variant.encode())]
-        self.sink.produce_batch(topic, values, keys, ack, partitions=parts, headers=headers)
-        if variant == "shadow":
-            return
-        self.metrics.e2e_latency(rt.name, (now_ms - event_time) / 1000.0)
-        lat = now_ms - event_time[-min(n, 64):]
+    def _record_latency(self, samples: list[float]) -> None:
         with self._lat_lock:
-            self.stats.latency_ms.extend(lat.tolist())
+            self.stats.latency_ms.extend(samples)
             if len(self.stats.latency_ms) > 20000:
                 del self.stats.latency_ms[:10000]
-
-    def _produce_embeddings(self, work: Work, ack: BatchAck) -> None:
-        from models.text import embedding_column
-
-        rt, active = work.rt, work.rt.slot.active
-        assert work.embeddings is not None and active is not None
-        n = len(work.embeddings)
-        cols = work.decoded.columns
-        now_ms = int(time.time() * 1000)
-        out = {
-            "event_id": cols["event_id"],
-            "key": cols["key"] if "key" in cols else _str_column(work.keys),
-            "model": _const_str(active.model.name, n),
-            "version": _const_str(str(active.model.version), n),
-            "variant": np.full(n, "primary", dtype=object),
-            "embedding": embedding_column(work.embeddings),
-            "label": np.array(work.labels if work.labels is not None else [None] * n, dtype=object),
-            # TextEvent has no event time: the record's Kafka timestamp stands in for it
-            "event_time": np.fromiter((work.msgs[i].timestamp()[1] for i in work.decoded.ok_index.tolist()),
-                                      dtype=np.int64, count=n),
-            "scored_at": np.full(n, now_ms, dtype=np.int64),
-        }
-        values = rt.encoder.encode(out, n)
-        parts = None
-        if rt.partitioning == "input" and rt.out_partitions > 0 and work.in_parts is not None:
-            parts = work.in_parts % rt.out_partitions
-        headers = [("model", active.model.name.encode()), ("version", str(active.model.version).encode()),
-                   ("variant", b"primary")]
-        self.sink.produce_batch(rt.output_topic, values, work.keys, ack, partitions=parts, headers=headers)
-
-    def _telemetry(self, work: Work, ack: BatchAck, shadow: tuple[ActiveModel, np.ndarray] | None) -> None:
-        """Per-batch summaries for the side stream; part of the batch, so covered by its ack/transaction."""
-        from schemas.columns import take
-
-        rt = work.rt
-        assert work.scores is not None and work.ok_rows is not None
-        cols = work.decoded.columns
-        all_rows = len(work.ok_rows) == len(work.keys)
-        for active, rows in work.groups:
-            builder = active.telemetry
-            if builder is None or len(rows) == 0:
-                continue
-            sub = cols if len(rows) == len(work.keys) else {k: take(v, rows) for k, v in cols.items()}
-            kw: dict[str, Any] = {}
-            if shadow is not None and active is work.groups[0][0] and all_rows and len(rows) == len(work.ok_rows):
-                kw = {"shadow_scores": shadow[1], "shadow_model": shadow[0].model.name,
-                      "shadow_version": str(shadow[0].model.version)}
-            first_tp = min(work.ranges)
-            summary = builder.summarize(sub, work.scores[rows], variant=active.variant,
-                                        event_time_ms=sub.get(rt.time_field) if rt.time_field else None,
-                                        symbols=work.decoded.symbols,
-                                        batch_id=f"{first_tp[0]}:{first_tp[1]}:{work.ranges[first_tp][0]}:{active.variant}",
-                                        **kw)
-            self.sink.produce_one(rt.telemetry_topic, builder.encode(summary), builder.key(), ack)  # type: ignore[arg-type]
 
     def take_latencies(self) -> list[float]:
         with self._lat_lock:
             out, self.stats.latency_ms = self.stats.latency_ms, []
         return out
-
-
-def _predict_isolating(model: Any, feats: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Score ``feats``; if the model raises, split the batch until the bad rows stand alone."""
-    scores = np.zeros(len(feats), dtype=np.float32)
-    bad: list[tuple[int, str]] = []
-    stack = [(0, len(feats))]
-    while stack:
-        lo, hi = stack.pop()
-        try:
-            out = np.asarray(model.predict(feats[lo:hi]), dtype=np.float32).reshape(-1)
-            if len(out) != hi - lo:
-                raise PredictError(f"model returned {len(out)} scores for {hi - lo} rows")
-            scores[lo:hi] = out
-        except Exception as exc:  # noqa: BLE001 - isolate, then dead-letter
-            if hi - lo == 1:
-                bad.append((lo, f"{type(exc).__name__}: {exc}"))
-            else:
-                mid = (lo + hi) // 2
-                stack.append((mid, hi))
-                stack.append((lo, mid))
-    return scores, bad
-
-
-def _take(col: Any, rows: np.ndarray, n: int) -> Any:
-    """``col`` restricted to ``rows`` (sorted, unique); the column itself when rows cover all of it."""
-    if col is None:
-        return None
-    if len(rows) == len(col):
-        return col
-    return col.take(rows) if hasattr(col, "take") else col[rows]
-
-
-def _str_column(items: list[bytes | None]) -> Any:
-    from schemas.columnar import StrColumn
-
-    parts = [b or b"" for b in items]
-    lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-    start = np.zeros(len(parts), dtype=np.int64)
-    if len(parts) > 1:
-        np.cumsum(lengths[:-1], out=start[1:])
-    buf = np.frombuffer(b"".join(parts), dtype=np.uint8)
-    return StrColumn(buf=buf, start=start, length=lengths)
-
-
-def _const_str(s: str, n: int) -> Any:
-    from schemas.columnar import StrColumn
-
-    raw = s.encode()
-    return StrColumn(buf=np.frombuffer(raw, dtype=np.uint8), start=np.zeros(n, dtype=np.int64),
-                     length=np.full(n, len(raw), dtype=np.int64))

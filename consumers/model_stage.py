@@ -1,0 +1,144 @@
+"""The model stage: route rows to arms, score them, isolate bad rows, run shadows and embedders.
+
+A batch reads each slot's active model once, so a hot swap lands between two batches.
+A row that makes a model raise is found by splitting the batch and dead-lettered; a
+shadow that raises is logged and counted, and never touches primary output.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from consumers.runtime import ActiveModel
+from consumers.work import Work
+from schemas.errors import PredictError, StreamscoreError
+
+log = logging.getLogger("consumers.scorer")
+
+
+class ModelStage:
+    def __init__(self, *, batcher: Any, metrics: Any) -> None:
+        self.batcher = batcher
+        self.metrics = metrics
+
+    def score(self, work: Work) -> None:
+        """Fill ``work.scores`` / ``groups`` / ``shadow_out`` (or embeddings); bad rows become dead letters."""
+        rt = work.rt
+        n = len(work.decoded.ok_index)
+        work.scores = np.zeros(n, dtype=np.float32)
+        work.ok_rows = np.zeros(0, dtype=np.int64)
+        if n == 0:
+            return
+        if rt.kind == "embed":
+            self._embed(work)
+            return
+        actives = [slot.active for slot in rt.arms]   # one read per batch: swaps land between batches
+        work.active = actives[0]
+        if rt.router is not None and len(actives) > 1:
+            assignment = rt.router.assign(work.keys)
+            parts = [(a, np.flatnonzero(assignment == i)) for i, a in enumerate(actives)]
+        else:
+            parts = [(actives[0], np.arange(n))]
+        good = np.ones(n, dtype=bool)
+        feats_by_spec: dict[int, np.ndarray] = {}
+        for active, rows in parts:
+            if len(rows) == 0:
+                continue
+            feats = self._features(work, active, feats_by_spec)
+            if feats is None:
+                good[rows] = False
+                continue
+            t0 = time.perf_counter()
+            scores, bad = _predict_isolating(active.model, feats[rows], rows)
+            took = time.perf_counter() - t0
+            self.batcher.observe_model(len(rows), took)
+            self.metrics.model_latency(rt.name, active.model.name, took, len(rows))
+            work.scores[rows] = scores
+            for r, msg in bad:
+                good[rows[r]] = False
+                work.dead.append((int(work.decoded.ok_index[rows[r]]), "model_error", msg))
+            work.groups.append((active, rows[good[rows]]))
+        work.ok_rows = np.flatnonzero(good)
+        for slot in rt.shadows:
+            self._shadow(work, slot.active, feats_by_spec)
+
+    def _embed(self, work: Work) -> None:
+        active = work.rt.slot.active
+        work.active = active
+        embedder = active.model
+        texts = [t or "" for t in work.decoded.columns["text"].to_list()]
+        t0 = time.perf_counter()
+        try:
+            emb = embedder.embed(texts)
+            labels = embedder.head.predict(emb) if getattr(embedder, "head", None) is not None else None
+        except Exception as exc:  # noqa: BLE001 - the whole batch failed: dead-letter it, keep going
+            for i in work.decoded.ok_index.tolist():
+                work.dead.append((i, "model_error", f"{type(exc).__name__}: {exc}"))
+            return
+        took = time.perf_counter() - t0
+        self.batcher.observe_model(len(texts), took)
+        self.metrics.model_latency(work.rt.name, embedder.name, took, len(texts))
+        work.embeddings = emb
+        work.labels = labels
+        work.ok_rows = np.arange(len(texts))
+        work.groups.append((active, work.ok_rows))
+
+    def _features(self, work: Work, active: ActiveModel, cache: dict[int, np.ndarray]) -> np.ndarray | None:
+        key = id(active.assembler)
+        feats = cache.get(key)
+        if feats is None:
+            try:
+                feats = cache[key] = active.assembler.assemble(work.decoded.columns)
+            except StreamscoreError as exc:
+                seen = {i for i, _, _ in work.dead}
+                for i in work.decoded.ok_index.tolist():
+                    if i not in seen:
+                        work.dead.append((i, "features", str(exc)))
+                return None
+        return feats
+
+    def _shadow(self, work: Work, active: ActiveModel, cache: dict[int, np.ndarray]) -> None:
+        """A shadow scores the same rows; whatever it does, primary output is unaffected."""
+        rows = work.ok_rows
+        if rows is None or len(rows) == 0:
+            return
+        try:
+            feats = cache.get(id(active.assembler))
+            if feats is None:
+                feats = cache[id(active.assembler)] = active.assembler.assemble(work.decoded.columns)
+            scores = np.asarray(active.model.predict(feats[rows]), dtype=np.float32).reshape(-1)
+            if len(scores) != len(rows):
+                raise PredictError(f"shadow returned {len(scores)} scores for {len(rows)} rows")
+        except Exception as exc:  # noqa: BLE001 - a failing shadow never affects primary output
+            work.rt.counters["shadow_errors"] += 1
+            first = str(exc).strip().splitlines()
+            log.warning("shadow %s:%s failed on a batch (primary output unaffected): %s", active.model.name,
+                        active.model.version, first[-1] if first else type(exc).__name__)
+            return
+        work.shadow_out.append((active, scores))
+
+
+def _predict_isolating(model: Any, feats: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Score ``feats``; if the model raises, split the batch until the bad rows stand alone."""
+    scores = np.zeros(len(feats), dtype=np.float32)
+    bad: list[tuple[int, str]] = []
+    stack = [(0, len(feats))]
+    while stack:
+        lo, hi = stack.pop()
+        try:
+            out = np.asarray(model.predict(feats[lo:hi]), dtype=np.float32).reshape(-1)
+            if len(out) != hi - lo:
+                raise PredictError(f"model returned {len(out)} scores for {hi - lo} rows")
+            scores[lo:hi] = out
+        except Exception as exc:  # noqa: BLE001 - isolate, then dead-letter
+            if hi - lo == 1:
+                bad.append((lo, f"{type(exc).__name__}: {exc}"))
+            else:
+                mid = (lo + hi) // 2
+                stack.append((mid, hi))
+                stack.append((lo, mid))
+    return scores, bad

@@ -1,0 +1,156 @@
+"""Encoding and producing a batch's outputs: predictions per arm, shadow predictions,
+embeddings and telemetry. Every output shares the batch's acknowledgement, so the
+batch's offsets commit only when all of them are delivered (or in the same transaction).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from consumers.runtime import ActiveModel
+from consumers.work import Work
+from schemas.columns import StrColumn, take
+from sinks.kafka_sink import BatchAck, KafkaSink
+
+
+class OutputWriter:
+    def __init__(self, *, sink: KafkaSink, metrics: Any, record_latency: Callable[[list[float]], None]) -> None:
+        self.sink = sink
+        self.metrics = metrics
+        self._record_latency = record_latency
+
+    def emit(self, work: Work, ack: BatchAck) -> None:
+        """Produce the batch's predictions / embeddings, shadow predictions and telemetry under ``ack``."""
+        rt = work.rt
+        if rt.kind == "embed":
+            self._produce_embeddings(work, ack)
+            return
+        assert work.scores is not None and work.ok_rows is not None
+        cols = work.decoded.columns
+        now_ms = int(time.time() * 1000)
+        times = cols.get(rt.time_field) if rt.time_field else None
+        for active, rows in work.groups:
+            if len(rows):
+                self._produce_scores(work, ack, rt.output_topic, active, active.variant, rows,
+                                     work.scores[rows], times, now_ms)
+        shadow_for_primary = None
+        for active, scores in work.shadow_out:
+            if rt.shadow_topic:
+                self._produce_scores(work, ack, rt.shadow_topic, active, "shadow", work.ok_rows, scores, times, now_ms)
+            if shadow_for_primary is None:
+                shadow_for_primary = (active, scores)
+        if rt.telemetry_topic:
+            self._telemetry(work, ack, shadow_for_primary)
+
+    def _produce_scores(self, work: Work, ack: BatchAck, topic: str, active: ActiveModel, variant: str,
+                        rows: np.ndarray, scores: np.ndarray, times: Any, now_ms: int) -> None:
+        rt = work.rt
+        n = len(rows)
+        cols = work.decoded.columns
+        keys = [work.keys[i] for i in rows.tolist()] if n != len(work.keys) else work.keys
+        event_time = _take(times, rows, len(work.keys)) if times is not None else None
+        if event_time is None:
+            event_time = np.full(n, now_ms, dtype=np.int64)
+        out = {
+            "event_id": _take(cols["event_id"], rows, len(work.keys)),
+            "key": _str_column(keys),
+            "model": _const_str(active.model.name, n),
+            "version": _const_str(str(active.model.version), n),
+            "variant": np.full(n, variant, dtype=object),
+            "score": scores.astype(np.float64, copy=False),
+            "decision": scores >= active.threshold,
+            "event_time": event_time,
+            "scored_at": np.full(n, now_ms, dtype=np.int64),
+        }
+        values = rt.encoder.encode(out, n)
+        parts = None
+        if rt.partitioning == "input" and rt.out_partitions > 0 and work.in_parts is not None:
+            parts = work.in_parts[rows] % rt.out_partitions
+        headers = [("model", active.model.name.encode()), ("version", str(active.model.version).encode()),
+                   ("variant", variant.encode())]
+        self.sink.produce_batch(topic, values, keys, ack, partitions=parts, headers=headers)
+        if variant == "shadow":
+            return
+        self.metrics.e2e_latency(rt.name, (now_ms - event_time) / 1000.0)
+        lat = now_ms - event_time[-min(n, 64):]
+        self._record_latency(lat.tolist())
+
+    def _produce_embeddings(self, work: Work, ack: BatchAck) -> None:
+        from models.text import embedding_column
+
+        rt, active = work.rt, work.rt.slot.active
+        assert work.embeddings is not None and active is not None
+        n = len(work.embeddings)
+        cols = work.decoded.columns
+        now_ms = int(time.time() * 1000)
+        out = {
+            "event_id": cols["event_id"],
+            "key": cols["key"] if "key" in cols else _str_column(work.keys),
+            "model": _const_str(active.model.name, n),
+            "version": _const_str(str(active.model.version), n),
+            "variant": np.full(n, "primary", dtype=object),
+            "embedding": embedding_column(work.embeddings),
+            "label": np.array(work.labels if work.labels is not None else [None] * n, dtype=object),
+            # TextEvent has no event time: the record's Kafka timestamp stands in for it
+            "event_time": np.fromiter((work.msgs[i].timestamp()[1] for i in work.decoded.ok_index.tolist()),
+                                      dtype=np.int64, count=n),
+            "scored_at": np.full(n, now_ms, dtype=np.int64),
+        }
+        values = rt.encoder.encode(out, n)
+        parts = None
+        if rt.partitioning == "input" and rt.out_partitions > 0 and work.in_parts is not None:
+            parts = work.in_parts % rt.out_partitions
+        headers = [("model", active.model.name.encode()), ("version", str(active.model.version).encode()),
+                   ("variant", b"primary")]
+        self.sink.produce_batch(rt.output_topic, values, work.keys, ack, partitions=parts, headers=headers)
+
+    def _telemetry(self, work: Work, ack: BatchAck, shadow: tuple[ActiveModel, np.ndarray] | None) -> None:
+        """Per-batch summaries for the side stream; part of the batch, so covered by its ack/transaction."""
+        rt = work.rt
+        assert work.scores is not None and work.ok_rows is not None
+        cols = work.decoded.columns
+        all_rows = len(work.ok_rows) == len(work.keys)
+        for active, rows in work.groups:
+            builder = active.telemetry
+            if builder is None or len(rows) == 0:
+                continue
+            sub = cols if len(rows) == len(work.keys) else {k: take(v, rows) for k, v in cols.items()}
+            kw: dict[str, Any] = {}
+            if shadow is not None and active is work.groups[0][0] and all_rows and len(rows) == len(work.ok_rows):
+                kw = {"shadow_scores": shadow[1], "shadow_model": shadow[0].model.name,
+                      "shadow_version": str(shadow[0].model.version)}
+            first_tp = min(work.ranges)
+            summary = builder.summarize(sub, work.scores[rows], variant=active.variant,
+                                        event_time_ms=sub.get(rt.time_field) if rt.time_field else None,
+                                        symbols=work.decoded.symbols,
+                                        batch_id=f"{first_tp[0]}:{first_tp[1]}:{work.ranges[first_tp][0]}:{active.variant}",
+                                        **kw)
+            self.sink.produce_one(rt.telemetry_topic, builder.encode(summary), builder.key(), ack)  # type: ignore[arg-type]
+
+
+def _take(col: Any, rows: np.ndarray, n: int) -> Any:
+    """``col`` restricted to ``rows`` (sorted, unique); the column itself when rows cover all of it."""
+    if col is None:
+        return None
+    if len(rows) == len(col):
+        return col
+    return col.take(rows) if hasattr(col, "take") else col[rows]
+
+
+def _str_column(items: list[bytes | None]) -> Any:
+    parts = [b or b"" for b in items]
+    lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    start = np.zeros(len(parts), dtype=np.int64)
+    if len(parts) > 1:
+        np.cumsum(lengths[:-1], out=start[1:])
+    buf = np.frombuffer(b"".join(parts), dtype=np.uint8)
+    return StrColumn(buf=buf, start=start, length=lengths)
+
+
+def _const_str(s: str, n: int) -> Any:
+    raw = s.encode()
+    return StrColumn(buf=np.frombuffer(raw, dtype=np.uint8), start=np.zeros(n, dtype=np.int64),
+                     length=np.full(n, len(raw), dtype=np.int64))
