@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -143,3 +144,23 @@ def test_undecodable_record_goes_to_dlq_and_batch_mates_are_scored(tmp_path: Pat
         h = dict(m.headers())
         assert m.value() == bad[off], "dead letter must carry the original bytes"
         assert h["source.topic"].decode() == t_in and h["error.class"] and h["error.message"]
+
+
+def test_processes_two_consumers_share_the_group(tmp_path: Path, bootstrap: str, names: Callable[[str], str],
+                                                 topics: Callable[..., None]) -> None:
+    n = 20_000
+    t_in, t_out = names("tx"), names("pred")
+    topics({t_in: 4, t_out: 4})
+    produce_events({"bootstrap.servers": bootstrap}, t_in, n, seed=12)
+    cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"), [_pipeline(t_in, t_out)])
+    scorer = ScorerProcess(cfg, tmp_path / "scorer.log", "--processes", "2")
+    try:
+        msgs = read_all(bootstrap, t_out, expect=n, timeout=120, idle=2.0, alive=scorer)
+        assert scorer.terminate() == 0, scorer.output()
+    finally:
+        scorer.close()
+    ids = collections.Counter(decode_prediction(m.value())["event_id"] for m in msgs)
+    assert len(ids) == n and max(ids.values()) == 1
+    # two member processes, each finishing cleanly and reporting its share on exit
+    consumed = [json.loads(line)["consumed"] for line in scorer.output().splitlines() if line.startswith('{"consumed"')]
+    assert len(consumed) == 2 and sum(consumed) >= n
