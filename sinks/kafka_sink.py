@@ -85,11 +85,22 @@ class KafkaSink:
             return
         parts = partitions.tolist()
         # index of the last message of this batch in each partition
-        rev_unique, rev_idx = np.unique(partitions[::-1], return_index=True)
+        _, rev_idx = np.unique(partitions[::-1], return_index=True)
         markers = set((n - 1 - rev_idx).tolist())
         ack.expect(len(markers))
-        for i in range(n):
-            self._produce(produce, topic, values[i], keys[i], parts[i], headers, ack if i in markers else None)
+        i = 0
+        try:
+            for i, (value, key, part) in enumerate(zip(values, keys, parts)):   # the hot loop: keep it bare
+                if i in markers:
+                    produce(topic, value, key, part, on_delivery=ack, headers=headers)
+                else:
+                    produce(topic, value, key, part, headers=headers)
+        except BufferError:
+            # local queue full: finish this message and the rest on the slow path, serving acks
+            for j in range(i, n):
+                self._produce(produce, topic, values[j], keys[j], parts[j], headers, ack if j in markers else None)
+        except KafkaException as exc:
+            raise DeliveryError(f"producing to {topic} failed: {exc}") from exc
 
     def produce_one(self, topic: str, value: bytes | None, key: bytes | None, ack: BatchAck,
                     *, headers: Headers | None = None, partition: int = -1) -> None:
