@@ -53,6 +53,7 @@ class CommitProtocol(Protocol):
     def finish(self) -> None: ...
     def on_revoke(self, tps: list[TP]) -> None: ...
     def committed_positions(self) -> dict[TP, int]: ...
+    def abandon(self) -> None: ...
 
 
 class AtLeastOnce:
@@ -142,6 +143,9 @@ class AtLeastOnce:
 
     def committed_positions(self) -> dict[TP, int]:
         return dict(self._stored)
+
+    def abandon(self) -> None:
+        self.failed = True
 
 
 class ExactlyOnce:
@@ -287,3 +291,7 @@ class ExactlyOnce:
 
     def committed_positions(self) -> dict[TP, int]:
         return dict(self._committed)
+
+    def abandon(self) -> None:
+        """The sink stopped on a failure: revokes must not wait for it to abort anything."""
+        self._closed = True

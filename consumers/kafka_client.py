@@ -86,3 +86,41 @@ def partition_count(client: Consumer | Producer | AdminClient, topic: str, timeo
     if tmd is None or tmd.error is not None or not tmd.partitions:
         return 0
     return len(tmd.partitions)
+
+
+def connection_error(conf: dict[str, Any], *, timeout: float = 15.0) -> str | None:
+    """None when the cluster answers with these settings, else one line saying why not.
+
+    Bounded: a refused login (SASL) or an untrusted certificate ends the wait at once;
+    anything else is retried until ``timeout``. The message never contains a secret.
+    """
+    import time
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    seen: list[KafkaError] = []
+    quiet = logging.getLogger(f"{__name__}.probe")
+    quiet.propagate = False          # the one line returned replaces librdkafka's retry chatter
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+    admin = AdminClient({**conf, "error_cb": seen.append, "logger": quiet})
+    where = conf.get("bootstrap.servers")
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            return None
+        except KafkaException as exc:
+            last = str(exc.args[0].str())
+        admin.poll(0)                # serves error_cb
+        for err in seen:
+            if err.code() == KafkaError._AUTHENTICATION:
+                who = conf.get("sasl.username")
+                mech = conf.get("sasl.mechanism", conf.get("security.protocol", "PLAINTEXT"))
+                return (f"Kafka authentication failed at {where} ({mech}{f' as {who!r}' if who else ''}): "
+                        f"{err.str()}; check kafka.sasl_username / kafka.sasl_password "
+                        f"(or KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD / STREAMSCORE_SECRETS_FILE)")
+            if err.code() == KafkaError._SSL:
+                return f"TLS handshake with Kafka at {where} failed: {err.str()}; check kafka.ssl_ca_location"
+    return f"Kafka at {where} did not answer within {timeout:.0f}s: {last}"

@@ -164,6 +164,7 @@ class Scorer:
                 if fn == self._model_loop:
                     self._drain(self._q_model, self._q_sink)
                 else:
+                    self.commit.abandon()
                     self._drain(self._q_sink, None)
         return run
 
@@ -389,6 +390,8 @@ class Scorer:
             self.commit.tick()
         if self._failure is None:
             self.commit.finish()
+        else:
+            self.commit.abandon()
         self.stats.committed.update(self.commit.committed_positions())
 
     def _emit(self, work: Work) -> None:

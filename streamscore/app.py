@@ -10,7 +10,7 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from consumers.batcher import AdaptiveBatcher
-from consumers.kafka_client import (CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, ensure_topics, make_consumer,
+from consumers.kafka_client import (CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, connection_error, ensure_topics, make_consumer,
                                     make_producer, merged, partition_count)
 from consumers.runtime import ActiveModel, ModelSlot, PipelineRuntime
 from consumers.scorer import Scorer
@@ -189,6 +189,9 @@ class Process:
 def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int = 0) -> Scorer:
     from monitoring.metrics import GpuMetrics, ScorerMetrics, metrics_port_for, start_metrics_server
 
+    problem = connection_error(cfg.kafka.client_settings())   # one clear line for bad credentials / TLS
+    if problem is not None:
+        raise ConfigError(problem)
     prepare_topics(cfg)
     base = cfg.kafka.client_settings()
     admin = AdminClient(base)
