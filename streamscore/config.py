@@ -86,7 +86,7 @@ class TelemetryConfig(_Strict):
 
 class BatchingConfig(_Strict):
     max_size: int = Field(2048, ge=1, le=65536)
-    max_wait_ms: float = Field(3.0, ge=0)
+    max_wait_ms: float = Field(6.0, ge=0)
     latency_target_ms: float | None = Field(20.0, gt=0)
 
 

@@ -35,7 +35,7 @@ def main() -> None:
                 os._exit(0)
 
     logging.getLogger("faust").setLevel(logging.WARNING)
-    sys.argv = [sys.argv[0], "worker", "-l", "warning", "--without-web"]
+    sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
     app.main()
 
 
