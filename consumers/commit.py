@@ -133,9 +133,15 @@ class AtLeastOnce:
             positions = {tp: o for tp, o in positions.items() if tp in wanted}
         if not positions:
             return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
         try:
-            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()],
-                                 asynchronous=False)
+            # store first: librdkafka auto-commits the *stored* offsets of revoked partitions after
+            # this callback, and a stale stored offset would move the commit backwards (duplicates)
+            self.consumer.store_offsets(offsets=offsets)
+        except KafkaException as exc:
+            log.warning("store_offsets before commit failed: %s", exc)
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
             self._stored.update(positions)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:

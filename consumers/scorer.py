@@ -92,6 +92,7 @@ class Scorer:
         self._paused = False
         self._lat_lock = threading.Lock()
         self.assigned = threading.Event()        # set once the group has given us partitions
+        self._revoked_now: set[TP] = set()       # partitions revoked inside the current consume() call
         if metrics is None:
             from prometheus_client import CollectorRegistry
 
@@ -197,6 +198,10 @@ class Scorer:
                     msgs = [first] if first is not None else []
                     if msgs and want > 1:
                         msgs.extend(self.consumer.consume(want - 1, 0))
+            if self._revoked_now:
+                # consume() can return messages it fetched before a revoke it served: drop them
+                gone, self._revoked_now = self._revoked_now, set()
+                msgs = [m for m in msgs if (m.topic(), m.partition()) not in gone]
             if msgs:
                 self._accept(msgs)
             reason = batcher.should_close(time.monotonic())
@@ -310,6 +315,8 @@ class Scorer:
     # ------------------------------------------------------------------ rebalances
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        # given back within one consume() call: keep its messages (a duplicate at worst, never a gap)
+        self._revoked_now -= {(p.topic, p.partition) for p in partitions}
         if partitions:
             self.assigned.set()
 
@@ -317,6 +324,7 @@ class Scorer:
         tps = [(p.topic, p.partition) for p in partitions]
         log.info("revoking %s", tps)
         gone = set(tps)
+        self._revoked_now |= gone
         if self._failure is not None:      # failing: commit nothing more, the next owner replays
             self._buf = []
             self.tracker.revoke(tps)
@@ -335,6 +343,7 @@ class Scorer:
         tps = [(p.topic, p.partition) for p in partitions]
         log.warning("partitions lost %s", tps)
         gone = set(tps)
+        self._revoked_now |= gone
         self._buf = [m for m in self._buf if (m.topic(), m.partition()) not in gone]
         self.tracker.revoke(tps)
         if self.commit.mode == "exactly_once":

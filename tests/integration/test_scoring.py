@@ -164,3 +164,34 @@ def test_processes_two_consumers_share_the_group(tmp_path: Path, bootstrap: str,
     # two member processes, each finishing cleanly and reporting its share on exit
     consumed = [json.loads(line)["consumed"] for line in scorer.output().splitlines() if line.startswith('{"consumed"')]
     assert len(consumed) == 2 and sum(consumed) >= n
+
+
+def test_member_joining_mid_stream_causes_no_duplicates(tmp_path: Path, bootstrap: str,
+                                                        names: Callable[[str], str],
+                                                        topics: Callable[..., None]) -> None:
+    """A graceful rebalance (a second member joins while events flow) hands partitions over
+    after their in-flight batches are committed: at-least-once, yet not one duplicate."""
+    n = 60_000
+    t_in, t_out, group = names("tx"), names("pred"), names("g")
+    topics({t_in: 4, t_out: 4})
+    cfg = write_config(tmp_path / "p.yaml", bootstrap, group, [_pipeline(t_in, t_out, batching={"max_size": 500})])
+    producer = threading.Thread(target=produce_events, args=({"bootstrap.servers": bootstrap}, t_in, n),
+                                kwargs={"seed": 13, "rate": 15_000})
+    first = ScorerProcess(cfg, tmp_path / "a.log", "--instance", "a")
+    second = None
+    try:
+        producer.start()
+        wait_for(lambda: len(read_all(bootstrap, t_out, expect=5_000, timeout=2)) >= 5_000, 120, "first member scoring")
+        second = ScorerProcess(cfg, tmp_path / "b.log", "--instance", "b")
+        producer.join(60)
+        msgs = read_all(bootstrap, t_out, expect=n, timeout=120, idle=3.0, alive=first)
+        assert first.terminate() == 0 and second.terminate() == 0
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+    ids = collections.Counter(decode_prediction(m.value())["event_id"] for m in msgs)
+    assert len(ids) == n
+    dupes = sum(c - 1 for c in ids.values())
+    assert dupes == 0, f"{dupes} events scored twice across a graceful rebalance"
+    assert "revoking" in first.output(), "the second member never took partitions over"
