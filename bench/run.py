@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from streamscore.dev.util import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 PARTITIONS = 4
@@ -174,12 +176,7 @@ def run_throughput(name: str, bootstrap: str, t_in: str, count: int, work: Path,
             time.sleep(0.02)
         end_t = time.monotonic()
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc)
         rss.stop()
         log.close()
         watcher.close()
@@ -241,11 +238,7 @@ def run_latency(name: str, bootstrap: str, rate: float, seconds: float, work: Pa
             time.sleep(0.1)
         watcher.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         rss.stop()
         log.close()
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{run}", "auto.offset.reset": "earliest"})

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.errors import ServiceError
-from streamscore.dev.util import cache_root, free_port, wait_until
+from streamscore.dev.util import cache_root, free_port, java_and_kafka_libs, stop_process, wait_until
 
 KAFKA_VERSION = os.environ.get("STREAMSCORE_KAFKA_VERSION", "4.4.0")
 # log4j-slf4j-impl binds the broker's slf4j logging to log4j2, so its logs reach the file.
@@ -33,7 +33,7 @@ _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 </project>
 """
 
-_LOG4J2 = """Configuration:
+LOG4J2_CONFIG = """Configuration:
   Appenders:
     File:
       name: FILE
@@ -95,14 +95,7 @@ class KafkaBroker:
     log: Path
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_process(self.process, timeout)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -110,7 +103,7 @@ class KafkaBroker:
             self.process.wait(10)
 
 
-def _server_properties(data: Path, port: int, controller_port: int, extra: dict[str, str]) -> str:
+def server_properties(data: Path, port: int, controller_port: int, extra: dict[str, str]) -> str:
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -150,10 +143,7 @@ def start_kafka(
     timeout: float = 120.0,
 ) -> KafkaBroker:
     """Format storage under ``home`` (first time only) and start the broker; wait until it serves."""
-    java = shutil.which("java")
-    if java is None:
-        raise ServiceError("java not found: a JDK 17+ is needed to run the Kafka broker")
-    libs = kafka_libs()
+    java, libs = java_and_kafka_libs()
     home.mkdir(parents=True, exist_ok=True)
     data = home / "data"
     props_file = home / "server.properties"
@@ -164,9 +154,9 @@ def start_kafka(
         port = port or free_port()
         controller_port = free_port()
         port_file.write_text(f"{port} {controller_port}")
-    props_file.write_text(_server_properties(data, port, controller_port, extra or {}))
+    props_file.write_text(server_properties(data, port, controller_port, extra or {}))
     log = home / "kafka.log"
-    (home / "log4j2.yaml").write_text(_LOG4J2.format(log=log))
+    (home / "log4j2.yaml").write_text(LOG4J2_CONFIG.format(log=log))
     classpath = f"{libs}/*"
     if not (data / "meta.properties").exists():
         cluster_id = uuid.uuid4().bytes

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.errors import ServiceError
-from streamscore.dev.util import free_port, wait_until
+from streamscore.dev.util import free_port, stop_process, wait_until
 
 
 @dataclass
@@ -18,14 +18,7 @@ class RedisServer:
     log: Path
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process, timeout)
 
 
 def redis_answers(url: str) -> bool:

@@ -19,7 +19,6 @@ import base64
 import datetime
 import ipaddress
 import secrets
-import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -27,8 +26,8 @@ from pathlib import Path
 from typing import Literal
 
 from schemas.errors import ServiceError
-from streamscore.dev.kafka import _LOG4J2, KafkaBroker, _server_properties, broker_answers, kafka_libs
-from streamscore.dev.util import free_port, wait_until
+from streamscore.dev.kafka import LOG4J2_CONFIG, KafkaBroker, broker_answers, server_properties
+from streamscore.dev.util import free_port, java_and_kafka_libs, wait_until
 
 Protocol = Literal["SASL_PLAINTEXT", "SSL"]
 SCRAM = "SCRAM-SHA-256"
@@ -139,10 +138,7 @@ def start_secure_kafka(
     timeout: float = 120.0,
 ) -> SecureBroker:
     """Format (first time only, with the SCRAM users) and start a broker whose CLIENT listener is secured."""
-    java = shutil.which("java")
-    if java is None:
-        raise ServiceError("java not found: a JDK 17+ is needed to run the Kafka broker")
-    libs = kafka_libs()
+    java, libs = java_and_kafka_libs()
     home.mkdir(parents=True, exist_ok=True)
     data = home / "data"
     port_file = home / "ports"
@@ -152,11 +148,11 @@ def start_secure_kafka(
         client, internal, controller = free_port(), free_port(), free_port()
         port_file.write_text(f"{client} {internal} {controller}")
     props_file = home / "server.properties"
-    props_file.write_text(_server_properties(data, internal, controller,
+    props_file.write_text(server_properties(data, internal, controller,
                                              _listener_props(protocol, client, internal, controller, pki)))
     props_file.chmod(0o600)     # it may hold the keystore password
     log = home / "kafka.log"
-    (home / "log4j2.yaml").write_text(_LOG4J2.format(log=log))
+    (home / "log4j2.yaml").write_text(LOG4J2_CONFIG.format(log=log))
     classpath = f"{libs}/*"
     if not (data / "meta.properties").exists():
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,6 +17,30 @@ def cache_root() -> Path:
     root = Path(os.environ.get("STREAMSCORE_HOME", Path.home() / ".cache" / "streamscore"))
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def stop_process(proc: "subprocess.Popen[bytes] | None", timeout: float = 30.0) -> None:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL; a process already gone is fine."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def java_and_kafka_libs() -> tuple[str, Path]:
+    """The java binary and the cached broker jars (resolved with mvn on first use)."""
+    import shutil
+
+    from streamscore.dev.kafka import kafka_libs
+
+    java = shutil.which("java")
+    if java is None:
+        raise ServiceError("java not found: a JDK 17+ is needed to run the Kafka broker")
+    return java, kafka_libs()
 
 
 def free_port() -> int:
