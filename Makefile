@@ -38,8 +38,9 @@ kafka-jars: $(STAMP)
 demo: setup
 	$(BIN)/streamscore demo --seconds 30 --rate 20000
 
-# Unit tests (no services) then integration tests (a real broker and Redis, started by the fixtures).
+# Type check, unit tests (no services), then integration tests (a real broker and Redis, started by the fixtures).
 test: setup
+	$(BIN)/python -m mypy consumers sinks schemas models streamscore monitoring
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 

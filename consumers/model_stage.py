@@ -69,7 +69,7 @@ class ModelStage:
     def _embed(self, work: Work) -> None:
         active = work.rt.slot.active
         work.active = active
-        embedder = active.model
+        embedder: Any = active.model        # a text embedder (models.text.MiniLMEmbedder)
         texts = [t or "" for t in work.decoded.columns["text"].to_list()]
         t0 = time.perf_counter()
         try:

@@ -18,6 +18,8 @@ class ScoringModel(Protocol):
 
 
 class FeatureAssembler(Protocol):
+    names: tuple[str, ...]
+
     def assemble(self, columns: Any) -> np.ndarray: ...
 
 

@@ -51,7 +51,7 @@ def _scored_batch(n: int = 2000, seed: int = 1) -> tuple[Any, Any, Any, np.ndarr
         fastavro.schemaless_writer(out, schema, dict(zip(cols, row)))
         values.append(frame(sr.id_for("transaction"), out.getvalue()))
     batch = BatchDecoder(schema, sr).decode(values)
-    scores = reg.load(entry).predict(entry.input_spec.assemble(batch.columns))
+    scores = reg.load(entry).predict(entry.input_spec.assemble(batch.columns))  # type: ignore[arg-type]
     return entry, batch, cols, scores
 
 
@@ -67,7 +67,8 @@ def bench_telemetry(repeat: int = 7, number: int = 300) -> dict[str, float]:
         tb = TelemetryBuilder(pipeline="bench", model=entry.name, version=entry.version,
                               reference_profile=entry.reference_profile, feature_names=list(entry.input_spec.names),
                               threshold=entry.decision_threshold, sample=sample)
-        for tag, kw in (("", {}), ("+shadow", {"shadow_scores": shadow})):
+        runs: tuple[tuple[str, dict[str, Any]], ...] = (("", {}), ("+shadow", {"shadow_scores": shadow}))
+        for tag, kw in runs:
             fn = lambda: tb.summarize(batch.columns, scores, event_time_ms=et, symbols=batch.symbols, **kw)  # noqa: E731
             out[f"summarize_{label}{tag}_us"] = min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
         summary = tb.summarize(batch.columns, scores, event_time_ms=et, symbols=batch.symbols, shadow_scores=shadow)

@@ -45,7 +45,7 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str) -> Any:   # redis.Redis with decode_responses=True: every reply is str
     """A client from ``redis://`` / ``rediss://`` (TLS) URLs; the password comes from the URL."""
     return redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, health_check_interval=30)
 
@@ -98,7 +98,7 @@ class RedisState:
         pipe = self.client.pipeline(transaction=True)
         model = result["model"]
         for feature, f in result["features"].items():
-            pipe.hset(k.drift(model, feature), mapping=drift_fields(result, feature, f, now))
+            pipe.hset(k.drift(model, feature), mapping=drift_fields(result, feature, f, now))  # type: ignore[arg-type]
             pipe.sadd(k.drift_index, f"{model}:{feature}")
         for shadow_model, s in result["shadow"].items():
             pipe.hset(k.shadow(model, shadow_model), mapping={
@@ -155,9 +155,9 @@ def format_alert(fields: Mapping[str, str]) -> str:
 
 
 def alerts_tail(redis_url: str, follow: bool = False, count: int = 20, *, prefix: str = "streamscore",
-                block_ms: int = 1000, client: redis.Redis | None = None) -> Iterator[str]:
+                block_ms: int = 1000, client: Any = None) -> Iterator[str]:
     """The last ``count`` alerts, oldest first; with ``follow``, then every new one as it arrives."""
-    r = client or connect(redis_url)
+    r: Any = client or connect(redis_url)
     key = Keys(prefix).alerts
     entries = list(reversed(r.xrevrange(key, count=count))) if count > 0 else []
     last = entries[-1][0] if entries else "$"
@@ -172,9 +172,9 @@ def alerts_tail(redis_url: str, follow: bool = False, count: int = 20, *, prefix
                 yield format_alert(fields)
 
 
-def drift_show(redis_url: str, *, prefix: str = "streamscore", client: redis.Redis | None = None) -> str:
+def drift_show(redis_url: str, *, prefix: str = "streamscore", client: Any = None) -> str:
     """A text table of every model/feature's current drift state, then shadow comparisons."""
-    r = client or connect(redis_url)
+    r: Any = client or connect(redis_url)
     keys = Keys(prefix)
     head = ("MODEL", "FEATURE", "STATUS", "PSI", "THRESHOLD", "JS", "KS/CHI2_P", "N", "WINDOW_END")
     rows: list[tuple[str, ...]] = [head]

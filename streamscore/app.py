@@ -16,9 +16,15 @@ from consumers.runtime import ActiveModel, ModelSlot, PipelineRuntime
 from consumers.scorer import Scorer
 from schemas.errors import ConfigError
 from sinks.kafka_sink import KafkaSink
-from streamscore.config import PipelineConfig, PipelineFile
+from streamscore.config import ModelRef, PipelineConfig, PipelineFile
 
 log = logging.getLogger(__name__)
+
+
+def _model(p: PipelineConfig) -> ModelRef:
+    if p.model is None:
+        raise ConfigError(f"pipelines[{p.name}].model: required for a scoring pipeline")
+    return p.model
 
 
 def registry_for(cfg: PipelineFile) -> Any:
@@ -35,9 +41,9 @@ def registry_for(cfg: PipelineFile) -> Any:
 
 def load_active(registry: Any, p: PipelineConfig, *, name: str | None = None, version: str | None = None,
                 variant: str = "primary") -> tuple[Any, ActiveModel]:
-    entry = registry.get(name or p.model.name, version or (p.model.version if name in (None, p.model.name) else None),
-                         stage=p.model.stage)
-    model = registry.load(entry, device=p.model.device)
+    entry = registry.get(name or _model(p).name, version or (_model(p).version if name in (None, _model(p).name) else None),
+                         stage=_model(p).stage)
+    model = registry.load(entry, device=_model(p).device)
     return entry, active_for(p, entry, model, variant)
 
 
@@ -61,7 +67,7 @@ def route_for(p: PipelineConfig) -> Any:
 
     if p.route is not None:
         return RouteSpec.from_dict(p.route)
-    return RouteSpec(mode="single", arms=(Arm(p.model.name, p.model.version),))
+    return RouteSpec(mode="single", arms=(Arm(_model(p).name, _model(p).version),))
 
 
 def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: AdminClient,
@@ -83,7 +89,7 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
         entry, active = load_active(registry, p, name=arm.name, version=arm.version, variant=arm.variant)
         slot = ModelSlot(active)
         arms.append(slot)
-        if p.model.hot_swap and arm.version is None and (arm.name != p.model.name or p.model.version is None):
+        if _model(p).hot_swap and arm.version is None and (arm.name != _model(p).name or _model(p).version is None):
             watchers.append(_watch(registry, p, slot, entry, arm.variant, metrics))
     shadows = []
     for sh in spec.shadow:
@@ -159,9 +165,9 @@ def _watch(registry: Any, p: PipelineConfig, slot: ModelSlot, entry: Any, varian
             raise ConfigError(f"{new_entry.name}:{new_entry.version} expects features {list(new_entry.input_spec.names)}, "
                               f"the pipeline assembles {list(entry.input_spec.names)}")
 
-    return RegistryWatcher(registry, entry.name, on_swap=on_swap, on_error=on_error, stage=p.model.stage,
-                           current_version=entry.version, interval_s=p.model.watch_interval_ms / 1000.0,
-                           validate=same_inputs, load_options={"device": p.model.device})
+    return RegistryWatcher(registry, entry.name, on_swap=on_swap, on_error=on_error, stage=_model(p).stage,
+                           current_version=entry.version, interval_s=_model(p).watch_interval_ms / 1000.0,
+                           validate=same_inputs, load_options={"device": _model(p).device})
 
 
 def prepare_topics(cfg: PipelineFile, *, partitions: int = 4) -> None:
