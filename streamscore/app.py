@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -186,10 +185,26 @@ def prepare_topics(cfg: PipelineFile, *, partitions: int = 4) -> None:
     ensure_topics(cfg.kafka.client_settings(), want)
 
 
-@dataclass
-class Process:
-    scorer: Scorer
-    cfg: PipelineFile
+def client_settings(cfg: PipelineFile, instance: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """librdkafka settings of one scoring process: our defaults, the mode's needs, then the file's own."""
+    base = cfg.kafka.client_settings()
+    consumer_conf = merged(CONSUMER_DEFAULTS, base, {"group.id": cfg.group_id,
+                                                     "auto.commit.interval.ms": cfg.commit_interval_ms})
+    if instance:
+        consumer_conf["client.id"] = instance
+        if cfg.static_membership:
+            # a restarted member with the same id gets its partitions back without a rebalance
+            consumer_conf["group.instance.id"] = f"{cfg.group_id}-{instance}"
+    producer_conf = merged(PRODUCER_DEFAULTS, base, {})
+    if cfg.delivery == "exactly_once":
+        # Offsets travel inside the transaction; input written by transactions is read once committed.
+        consumer_conf.update({"enable.auto.commit": False, "isolation.level": "read_committed"})
+        # A stable id per process slot: a restarted slot fences its predecessor's open transaction.
+        producer_conf.update({"transactional.id": f"streamscore-{cfg.group_id}-{instance or 'scorer'}",
+                              "transaction.timeout.ms": 10000, "message.timeout.ms": 10000})
+    consumer_conf.update(cfg.kafka.consumer)
+    producer_conf.update(cfg.kafka.producer)
+    return consumer_conf, producer_conf
 
 
 def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int = 0) -> Scorer:
@@ -205,19 +220,7 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
     metrics = ScorerMetrics(instance=instance or "")
     watchers: list[Any] = []
     runtimes = [build_runtime(cfg, p, registry, admin, watchers, metrics) for p in cfg.pipelines]
-    consumer_conf = merged(CONSUMER_DEFAULTS, base, {"group.id": cfg.group_id,
-                                                     "auto.commit.interval.ms": cfg.commit_interval_ms})
-    if instance:
-        consumer_conf["client.id"] = instance
-    producer_conf = merged(PRODUCER_DEFAULTS, base, {})
-    if cfg.delivery == "exactly_once":
-        # Offsets travel inside the transaction; input written by transactions is read once committed.
-        consumer_conf.update({"enable.auto.commit": False, "isolation.level": "read_committed"})
-        # A stable id per process slot: a restarted slot fences its predecessor's open transaction.
-        producer_conf.update({"transactional.id": f"streamscore-{cfg.group_id}-{instance or 'scorer'}",
-                              "transaction.timeout.ms": 10000, "message.timeout.ms": 10000})
-    consumer_conf.update(cfg.kafka.consumer)
-    producer_conf.update(cfg.kafka.producer)
+    consumer_conf, producer_conf = client_settings(cfg, instance)
     port = metrics_port_for(cfg.metrics_port, index)
     if port is not None:
         bound = start_metrics_server(port, host=cfg.metrics_host)

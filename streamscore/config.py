@@ -137,6 +137,7 @@ class PipelineFile(_Strict):
     kafka: KafkaConfig = KafkaConfig()
     group_id: str = "streamscore"
     delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    static_membership: bool = False             # group.instance.id = <group_id>-<--instance> (needs --instance)
     commit_interval_ms: int = Field(100, ge=1)
     registry: str | None = None                 # default: the bundled demo registry
     queue_depth: int = Field(4, ge=1, le=64)    # batches buffered between stages

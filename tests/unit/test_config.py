@@ -62,3 +62,19 @@ def test_load_config_reports_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     top.write_text("- 1\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(top)
+
+
+def test_client_settings_per_mode_and_instance() -> None:
+    from streamscore.app import client_settings
+
+    alo = parse_config({**MINIMAL, "group_id": "g"}, env={})
+    c, p = client_settings(alo, "slot-1")
+    assert c["enable.auto.offset.store"] is False and c["group.id"] == "g" and "group.instance.id" not in c
+    assert p["enable.idempotence"] is True and "transactional.id" not in p
+    eos = parse_config({**MINIMAL, "group_id": "g", "delivery": "exactly_once", "static_membership": True,
+                        "kafka": {"consumer": {"fetch.wait.max.ms": 1}}}, env={})
+    c, p = client_settings(eos, "slot-1")
+    assert c["isolation.level"] == "read_committed" and c["enable.auto.commit"] is False
+    assert c["group.instance.id"] == "g-slot-1" and c["fetch.wait.max.ms"] == 1
+    assert p["transactional.id"] == "streamscore-g-slot-1"
+    assert p["message.timeout.ms"] <= p["transaction.timeout.ms"]
