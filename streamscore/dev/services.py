@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import ServiceError
 from streamscore.dev.kafka import KafkaBroker, broker_answers, start_kafka, wait_stopped
 from streamscore.dev.redis import RedisServer, redis_answers, start_redis
 from streamscore.dev.util import cache_root
@@ -180,8 +179,3 @@ def services_down() -> dict[str, Any]:
         stopped.append(name)
     _state_file().unlink(missing_ok=True)
     return {"stopped": stopped}
-
-
-def require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ServiceError(message)
