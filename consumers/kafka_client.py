@@ -29,6 +29,10 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "fetch.wait.max.ms": 5,
     "fetch.min.bytes": 1,
     "queued.max.messages.kbytes": 65536,
+    # Once the prefetch queue is over its thresholds, librdkafka waits this long before the
+    # next fetch (default 1000 ms). We drain 2,000-row batches in ~10 ms, so the default
+    # emptied the queue and stalled the scorer ~0.3 s of every second: 115k -> 179k events/s.
+    "fetch.queue.backoff.ms": 10,
     "statistics.interval.ms": 0,
 }
 

@@ -51,12 +51,13 @@ class OutputWriter:
         n = len(rows)
         cols = work.decoded.columns
         keys = [work.keys[i] for i in rows.tolist()] if n != len(work.keys) else work.keys
+        kafka_keys = StrColumn.from_bytes(keys)            # length -1: a null Kafka key
         event_time = _take(times, rows, len(work.keys)) if times is not None else None
         if event_time is None:
             event_time = np.full(n, now_ms, dtype=np.int64)
         out = {
             "event_id": _take(cols["event_id"], rows, len(work.keys)),
-            "key": _str_column(keys),
+            "key": _non_null(kafka_keys),
             "model": _const_str(active.model.name, n),
             "version": _const_str(str(active.model.version), n),
             "variant": np.full(n, variant, dtype=object),
@@ -65,13 +66,12 @@ class OutputWriter:
             "event_time": event_time,
             "scored_at": np.full(n, now_ms, dtype=np.int64),
         }
-        values = rt.encoder.encode(out, n)
+        encoded = rt.encoder.encode_buffer(out, n)
         parts = None
         if rt.partitioning == "input" and rt.out_partitions > 0 and work.in_parts is not None:
             parts = work.in_parts[rows] % rt.out_partitions
-        headers = [("model", active.model.name.encode()), ("version", str(active.model.version).encode()),
-                   ("variant", variant.encode())]
-        self.sink.produce_batch(topic, values, keys, ack, partitions=parts, headers=headers)
+        headers = _headers(rt.output_headers, active, variant)
+        self.sink.produce_encoded(topic, encoded, kafka_keys, ack, partitions=parts, headers=headers)
         if variant == "shadow":
             return
         self.metrics.e2e_latency(rt.name, (now_ms - event_time) / 1000.0)
@@ -86,9 +86,10 @@ class OutputWriter:
         n = len(work.embeddings)
         cols = work.decoded.columns
         now_ms = int(time.time() * 1000)
+        kafka_keys = StrColumn.from_bytes(work.keys)
         out = {
             "event_id": cols["event_id"],
-            "key": cols["key"] if "key" in cols else _str_column(work.keys),
+            "key": cols["key"] if "key" in cols else _non_null(kafka_keys),
             "model": _const_str(active.model.name, n),
             "version": _const_str(str(active.model.version), n),
             "variant": np.full(n, "primary", dtype=object),
@@ -99,13 +100,12 @@ class OutputWriter:
                                       dtype=np.int64, count=n),
             "scored_at": np.full(n, now_ms, dtype=np.int64),
         }
-        values = rt.encoder.encode(out, n)
+        encoded = rt.encoder.encode_buffer(out, n)
         parts = None
         if rt.partitioning == "input" and rt.out_partitions > 0 and work.in_parts is not None:
             parts = work.in_parts % rt.out_partitions
-        headers = [("model", active.model.name.encode()), ("version", str(active.model.version).encode()),
-                   ("variant", b"primary")]
-        self.sink.produce_batch(rt.output_topic, values, work.keys, ack, partitions=parts, headers=headers)
+        headers = _headers(rt.output_headers, active, "primary")
+        self.sink.produce_encoded(rt.output_topic, encoded, kafka_keys, ack, partitions=parts, headers=headers)
 
     def _telemetry(self, work: Work, ack: BatchAck, shadow: tuple[ActiveModel, np.ndarray] | None) -> None:
         """Per-batch summaries for the side stream; part of the batch, so covered by its ack/transaction."""
@@ -140,14 +140,17 @@ def _take(col: Any, rows: np.ndarray, n: int) -> Any:
     return col.take(rows) if hasattr(col, "take") else col[rows]
 
 
-def _str_column(items: list[bytes | None]) -> Any:
-    parts = [b or b"" for b in items]
-    lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-    start = np.zeros(len(parts), dtype=np.int64)
-    if len(parts) > 1:
-        np.cumsum(lengths[:-1], out=start[1:])
-    buf = np.frombuffer(b"".join(parts), dtype=np.uint8)
-    return StrColumn(buf=buf, start=start, length=lengths)
+def _non_null(col: StrColumn) -> StrColumn:
+    """The same strings with null rows as empty ones (a record's ``key`` field is not nullable)."""
+    return StrColumn(buf=col.buf, start=col.start, length=np.maximum(col.length, 0))
+
+
+def _headers(enabled: bool, active: ActiveModel, variant: str) -> list[tuple[str, bytes]] | None:
+    """Kafka headers naming model, version and variant (``output.headers: true``); the record has them too."""
+    if not enabled:
+        return None
+    return [("model", active.model.name.encode()), ("version", str(active.model.version).encode()),
+            ("variant", variant.encode())]
 
 
 def _const_str(s: str, n: int) -> Any:

@@ -59,6 +59,7 @@ class PipelineRuntime:
     encoder: Any                     # schemas.columnar.BatchEncoder (Prediction)
     slot: ModelSlot
     partitioning: str = "input"      # "input": output partition = input partition mod N
+    output_headers: bool = False     # also stamp model/version/variant as Kafka headers (per-message path)
     out_partitions: int = 0
     max_message_bytes: int = 1_000_000
     key_field: str | None = None

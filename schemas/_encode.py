@@ -234,6 +234,23 @@ class BatchEncoder:
         nulls = nulls or {}
         if not self.compiled:
             return self._encode_records(columns, n, nulls)
+        out, starts, lengths = self.encode_buffer(columns, n, nulls=nulls)
+        data = out.tobytes()
+        return [data[s:s + k] for s, k in zip(starts.tolist(), lengths.tolist())]
+
+    def encode_buffer(
+        self, columns: Mapping[str, ColumnLike], n: int, *, nulls: Mapping[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The same values end to end in one uint8 array, with each value's start and length.
+
+        This is what a batch producer wants: no Python object per value.
+        """
+        nulls = nulls or {}
+        if not self.compiled:
+            values = self._encode_records(columns, n, nulls)
+            lengths = np.fromiter(map(len, values), np.int64, n)
+            starts = np.cumsum(lengths) - lengths
+            return np.frombuffer(b"".join(values), np.uint8), starts, lengths
         pieces = []
         for f in self.fields:
             ft = f.type
@@ -254,8 +271,7 @@ class BatchEncoder:
         for p in pieces:
             p.write(out, pos)
             pos = pos + p.size
-        data = out.tobytes()
-        return [data[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
+        return out, starts, row_size
 
     def _encode_records(self, columns: Mapping[str, ColumnLike], n: int, nulls: Mapping[str, np.ndarray]) -> list[bytes]:
         lists = {f.name: _python_values(f, self._column(columns, f.name, n), nulls.get(f.name)) for f in self.fields}

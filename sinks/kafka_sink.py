@@ -20,7 +20,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from schemas.columns import StrColumn
 from schemas.errors import DeliveryError
+from sinks.batch_produce import BatchProducer
 
 Headers = list[tuple[str, bytes]]
 
@@ -59,10 +61,74 @@ class BatchAck:
 
 
 class KafkaSink:
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, *, batch_produce: bool = True) -> None:
+        self._batch_enabled = batch_produce
+        self._batch: BatchProducer | None = None
         self.producer = producer
         self.fatal: KafkaError | None = None
         self._lock = threading.Lock()
+
+    @property
+    def producer(self) -> Producer:
+        return self._producer
+
+    @producer.setter
+    def producer(self, producer: Producer) -> None:
+        """Set (or replace, e.g. a re-created transactional producer) the client; re-attaches batch produce."""
+        self._producer = producer
+        self._batch = BatchProducer.attach(producer) if self._batch_enabled else None
+
+    @property
+    def batched(self) -> bool:
+        """Whether whole batches are enqueued with one librdkafka call (see sinks.batch_produce)."""
+        return self._batch is not None
+
+    def produce_encoded(
+        self,
+        topic: str,
+        encoded: tuple[np.ndarray, np.ndarray, np.ndarray],
+        keys: StrColumn | None,
+        ack: BatchAck,
+        *,
+        partitions: np.ndarray | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        """Produce values laid end to end in one buffer (``(buf, starts, lengths)``, as
+        ``BatchEncoder.encode_buffer`` returns them); ``keys`` rows with length -1 are null.
+
+        With fixed partitions and no headers, everything but the ack-carrying last message of
+        each partition is enqueued by one librdkafka call; otherwise message by message.
+        """
+        buf, starts, lengths = encoded
+        n = len(starts)
+        if n == 0:
+            return
+        if self._batch is None or partitions is None or headers:
+            data = buf.tobytes()
+            values = [data[a:a + k] for a, k in zip(starts.tolist(), lengths.tolist())]
+            self.produce_batch(topic, values, _key_list(keys, n), ack, partitions=partitions, headers=headers)
+            return
+        parts = np.asarray(partitions, dtype=np.int32)
+        _, rev_idx = np.unique(parts[::-1], return_index=True)
+        markers = np.sort(n - 1 - rev_idx)
+        rest = np.ones(n, bool)
+        rest[markers] = False
+        idx = np.flatnonzero(rest)
+        try:
+            self._batch.produce(topic, buf, starts[idx], lengths[idx], parts[idx],
+                                keys=None if keys is None else keys.buf,
+                                key_starts=None if keys is None else keys.start[idx],
+                                key_lengths=None if keys is None else keys.length[idx], poll=self.producer.poll)
+        except RuntimeError as exc:
+            raise DeliveryError(f"producing to {topic} failed: {exc}") from exc
+        ack.expect(len(markers))
+        produce = self.producer.produce
+        for i in markers.tolist():
+            value = buf[starts[i]:starts[i] + lengths[i]].tobytes()
+            key = None
+            if keys is not None and keys.length[i] >= 0:
+                key = keys.buf[keys.start[i]:keys.start[i] + keys.length[i]].tobytes()
+            self._produce(produce, topic, value, key, int(parts[i]), None, ack)
 
     def produce_batch(
         self,
@@ -130,6 +196,13 @@ class KafkaSink:
         while remaining and time.monotonic() < deadline:
             remaining = self.producer.flush(max(0.0, deadline - time.monotonic()))
         return remaining
+
+
+def _key_list(keys: StrColumn | None, n: int) -> list[bytes | None]:
+    if keys is None:
+        return [None] * n
+    data = keys.buf.tobytes()
+    return [None if k < 0 else data[a:a + k] for a, k in zip(keys.start.tolist(), keys.length.tolist())]
 
 
 def error_headers(*, error: str, message: str, topic: str, partition: int, offset: int,

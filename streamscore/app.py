@@ -115,7 +115,7 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
         shadow_topic=(p.output.shadow_topic or f"{p.output.topic}.shadow") if shadows else None,
         telemetry_topic=p.telemetry.topic if p.telemetry.enabled else None,
         partitioning=p.output.partitioning, out_partitions=out_parts if in_parts else 0,
-        max_message_bytes=p.input.max_message_bytes,
+        max_message_bytes=p.input.max_message_bytes, output_headers=p.output.headers,
     )
 
 
@@ -139,7 +139,7 @@ def build_embed_runtime(p: PipelineConfig, schemas: Any, reader: dict[str, Any],
         encoder=BatchEncoder(schemas.schema("embedding"), schemas.id_for("embedding")),
         slot=ModelSlot(active), kind="embed", partitioning=p.output.partitioning,
         out_partitions=partition_count(admin, p.output.topic) if in_parts else 0,
-        max_message_bytes=p.input.max_message_bytes, time_field=None,
+        max_message_bytes=p.input.max_message_bytes, time_field=None, output_headers=p.output.headers,
     )
 
 
@@ -236,7 +236,7 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
     b = cfg.pipelines[0].batching
     batcher = AdaptiveBatcher(max_size=b.max_size, max_wait_s=b.max_wait_ms / 1000.0,
                               latency_target_s=None if b.latency_target_ms is None else b.latency_target_ms / 1000.0)
-    scorer = Scorer(consumer=make_consumer(consumer_conf), sink=KafkaSink(make_producer(producer_conf)),
+    scorer = Scorer(consumer=make_consumer(consumer_conf), sink=KafkaSink(make_producer(producer_conf), batch_produce=cfg.kafka.batch_produce),
                     pipelines=runtimes, batcher=batcher, queue_depth=cfg.queue_depth, delivery=cfg.delivery,
                     make_producer=lambda: make_producer(producer_conf),
                     commit_interval_s=cfg.commit_interval_ms / 1000.0, metrics=metrics)

@@ -1,4 +1,7 @@
-"""The I/O ceiling: consume and produce the raw bytes, no decode, no model."""
+"""The I/O ceiling: consume and produce the raw bytes, no decode, no model.
+
+A ceiling has to be as fast as the plain Python client gets, so it has the same fetch
+tuning as streamscore (fetch.queue.backoff.ms; see consumers/kafka_client.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from bench.peers.common import args
 def main() -> None:
     a = args()
     consumer = Consumer({"bootstrap.servers": a.bootstrap, "group.id": a.group, "auto.offset.reset": "earliest",
-                         "fetch.wait.max.ms": 10})
+                         "fetch.wait.max.ms": 10, "fetch.queue.backoff.ms": 10})
     producer = Producer({"bootstrap.servers": a.bootstrap, "acks": "all", "linger.ms": 2, "enable.idempotence": True,
                          "batch.num.messages": 10000, "batch.size": 1048576, "compression.type": "lz4"})
     consumer.subscribe([a.input])

@@ -85,18 +85,25 @@ def read_all(bootstrap: str, topic: str, *, expect: int | Callable[[list[Any]], 
     return out
 
 
-_PRED_SCHEMA = None
+_SCHEMAS: dict[str, Any] = {}
+
+
+def _decode_with(name: str, value: bytes) -> dict[str, Any]:
+    """Independent of our codec: fastavro on the body after the 5-byte wire header."""
+    if name not in _SCHEMAS:
+        import json
+
+        _SCHEMAS[name] = fastavro.parse_schema(json.loads((ROOT / "schemas" / f"{name}.avsc").read_text()))
+    assert value[0] == 0, "magic byte"
+    return fastavro.schemaless_reader(io.BytesIO(value[5:]), _SCHEMAS[name])  # type: ignore[return-value]
+
+
+def decode_transaction(value: bytes) -> dict[str, Any]:
+    return _decode_with("transaction", value)
 
 
 def decode_prediction(value: bytes) -> dict[str, Any]:
-    """Independent of our codec: fastavro on the body after the 5-byte wire header."""
-    global _PRED_SCHEMA
-    if _PRED_SCHEMA is None:
-        import json
-
-        _PRED_SCHEMA = fastavro.parse_schema(json.loads((ROOT / "schemas" / "prediction.avsc").read_text()))
-    assert value[0] == 0, "magic byte"
-    rec: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(value[5:]), _PRED_SCHEMA)  # type: ignore[assignment]
+    rec = _decode_with("prediction", value)
     for k in ("event_time", "scored_at"):   # fastavro turns timestamp-millis into datetimes
         v = rec.get(k)
         if isinstance(v, datetime.datetime):

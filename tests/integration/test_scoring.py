@@ -17,7 +17,7 @@ from models import DEMO_REGISTRY
 from models.demo_data import generate
 from models.registry import ModelRegistry
 from streamscore.produce import produce_events
-from tests.integration.helpers import ScorerProcess, committed, decode_prediction, read_all, wait_for, write_config
+from tests.integration.helpers import ScorerProcess, committed, decode_prediction, decode_transaction, read_all, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -62,9 +62,13 @@ def test_50k_events_one_prediction_each_matching_onnx(tmp_path: Path, bootstrap:
     threshold = ModelRegistry(DEMO_REGISTRY).get("fraud-mlp").decision_threshold
     assert all(p["decision"] == (p["score"] >= threshold) for p in preds)
     assert 0 < sum(p["decision"] for p in preds) < n
-    # the prediction carries the event's key, in the Kafka key and in the record
-    assert all(m.key().decode() == decode_prediction(m.value())["key"] for m in msgs[:1000])
-    assert dict(msgs[0].headers())["model"] == b"fraud-mlp"
+    # the prediction carries the event's key, in the Kafka key and in the record, and lands in
+    # the input's partition (outputs go through the one-call batch produce by default)
+    src = {decode_transaction(m.value())["event_id"]: (m.key(), m.partition())
+           for m in read_all(bootstrap, t_in, expect=n, timeout=60)}
+    for m, p in zip(msgs, preds):
+        assert (m.key(), m.partition()) == src[p["event_id"]] and m.key().decode() == p["key"]
+    assert not msgs[0].headers(), "no headers unless output.headers is set"
 
 
 def test_sigkill_midstream_then_restart_loses_nothing(tmp_path: Path, bootstrap: str,
@@ -152,7 +156,9 @@ def test_processes_two_consumers_share_the_group(tmp_path: Path, bootstrap: str,
     t_in, t_out = names("tx"), names("pred")
     topics({t_in: 4, t_out: 4})
     produce_events({"bootstrap.servers": bootstrap}, t_in, n, seed=12)
-    cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"), [_pipeline(t_in, t_out)])
+    # output.headers: every prediction also names model, version and variant in Kafka headers
+    cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"),
+                       [_pipeline(t_in, "", output={"topic": t_out, "headers": True})])
     scorer = ScorerProcess(cfg, tmp_path / "scorer.log", "--processes", "2")
     try:
         msgs = read_all(bootstrap, t_out, expect=n, timeout=120, idle=2.0, alive=scorer)
@@ -161,6 +167,8 @@ def test_processes_two_consumers_share_the_group(tmp_path: Path, bootstrap: str,
         scorer.close()
     ids = collections.Counter(decode_prediction(m.value())["event_id"] for m in msgs)
     assert len(ids) == n and max(ids.values()) == 1
+    assert all(dict(m.headers() or [])["model"] == b"fraud-mlp" and dict(m.headers() or [])["variant"] == b"primary"
+               for m in msgs)
     # two member processes, each finishing cleanly and reporting its share on exit
     consumed = [json.loads(line)["consumed"] for line in scorer.output().splitlines() if line.startswith('{"consumed"')]
     assert len(consumed) == 2 and sum(consumed) >= n

@@ -90,6 +90,8 @@ def test_random_schema_roundtrip_through_columns(data: st.DataObject) -> None:
     batch = BatchDecoder(schema, reg).decode(values)
     out = BatchEncoder(schema, sid).encode(batch.columns, len(batch), nulls=batch.nulls)
     assert out == values
+    buf, starts, lengths = BatchEncoder(schema, sid).encode_buffer(batch.columns, len(batch), nulls=batch.nulls)
+    assert [buf[a:a + k].tobytes() for a, k in zip(starts, lengths)] == values and buf.size == sum(map(len, values))
     rows = [dict(r) for r in records]
     python_cols = {f["name"]: [r[f["name"]] for r in rows] for f in schema["fields"]}
     out2 = BatchEncoder(schema, sid).encode(python_cols, len(rows))
@@ -108,6 +110,8 @@ def test_fallback_encoder_for_uncompilable_schema() -> None:
     assert not enc.compiled
     values = enc.encode({"m": [{"a": 1}, {}], "s": StrColumn.from_list(["x", "y"])}, 2)
     assert [apache_read(schema, v) for v in values] == [{"m": {"a": 1}, "s": "x"}, {"m": {}, "s": "y"}]
+    buf, starts, lengths = enc.encode_buffer({"m": [{"a": 1}, {}], "s": StrColumn.from_list(["x", "y"])}, 2)
+    assert [buf[a:a + k].tobytes() for a, k in zip(starts, lengths)] == values
 
 
 def test_encoder_rejects_bad_input() -> None:
