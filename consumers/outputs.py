@@ -60,7 +60,7 @@ class OutputWriter:
             "key": _non_null(kafka_keys),
             "model": _const_str(active.model.name, n),
             "version": _const_str(str(active.model.version), n),
-            "variant": np.full(n, variant, dtype=object),
+            "variant": np.full(n, rt.encoder.enum_code("variant", variant), dtype=np.int64),
             "score": scores.astype(np.float64, copy=False),
             "decision": scores >= active.threshold,
             "event_time": event_time,
@@ -92,7 +92,7 @@ class OutputWriter:
             "key": cols["key"] if "key" in cols else _non_null(kafka_keys),
             "model": _const_str(active.model.name, n),
             "version": _const_str(str(active.model.version), n),
-            "variant": np.full(n, "primary", dtype=object),
+            "variant": np.full(n, rt.encoder.enum_code("variant", "primary"), dtype=np.int64),
             "embedding": embedding_column(work.embeddings),
             "label": np.array(work.labels if work.labels is not None else [None] * n, dtype=object),
             # TextEvent has no event time: the record's Kafka timestamp stands in for it

@@ -212,7 +212,7 @@ class Scorer:
 
     def _accept(self, msgs: list[Message]) -> None:
         good = msgs
-        if any(m.error() is not None for m in msgs):
+        if list(map(Message.error, msgs)).count(None) != len(msgs):   # C-level loop: this runs per message
             good = []
             for m in msgs:
                 err = m.error()
@@ -256,18 +256,22 @@ class Scorer:
     def _decode(self, rt: PipelineRuntime, msgs: list[Message]) -> Work:
         self._next_batch += 1
         n = len(msgs)
-        parts = np.fromiter((m.partition() for m in msgs), dtype=np.int32, count=n)
-        offs = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=n)
+        # map() over the C methods: no Python bytecode per message on this path
+        parts = np.fromiter(map(Message.partition, msgs), dtype=np.int32, count=n)
+        offs = np.fromiter(map(Message.offset, msgs), dtype=np.int64, count=n)
         ranges: dict[TP, tuple[int, int]] = {}
         for p in np.unique(parts).tolist():
             sel = offs[parts == p]
             ranges[(rt.input_topic, p)] = (int(sel.min()), int(sel.max()))
-        values = [m.value() for m in msgs]
+        values = list(map(Message.value, msgs))
         work = Work(batch_id=self._next_batch, rt=rt, ranges=ranges, msgs=msgs, generation=self.generation,
                     consumed_at=time.monotonic(),
                     first_ts_ms=msgs[0].timestamp()[1])
         limit = rt.max_message_bytes
-        oversized = [i for i, v in enumerate(values) if v is not None and len(v) > limit]
+        try:
+            oversized = np.flatnonzero(np.fromiter(map(len, values), np.int64, n) > limit).tolist()
+        except TypeError:   # a null value (tombstone) among them
+            oversized = [i for i, v in enumerate(values) if v is not None and len(v) > limit]
         for i in oversized:
             values[i] = None
         decoded = rt.decoder.decode(values)
@@ -279,7 +283,7 @@ class Scorer:
                 work.dead.append((idx, err.reason, str(err)))
         work.decoded = decoded
         ok = decoded.ok_index
-        work.keys = [msgs[i].key() for i in ok.tolist()]
+        work.keys = list(map(Message.key, msgs)) if len(ok) == n else [msgs[i].key() for i in ok.tolist()]
         work.in_parts = parts[ok]
         self.stats.consumed += n
         self.metrics.batch_consumed(rt.name, n)

@@ -213,6 +213,16 @@ class BatchEncoder:
         self.compiled = compilable(self.fields)
         self._parsed = fastavro.parse_schema(self.schema)
 
+    def enum_code(self, field: str, symbol: str) -> int:
+        """The code of ``symbol`` in enum field ``field`` (enum columns may be given as codes)."""
+        for f in self.fields:
+            if f.name == field and f.type is not None and f.type.kind == "enum":
+                try:
+                    return list(f.type.symbols).index(symbol)
+                except ValueError:
+                    raise SchemaError(f"field {field!r}: {symbol!r} is not one of {list(f.type.symbols)}") from None
+        raise SchemaError(f"no enum field {field!r}")
+
     def _column(self, columns: Mapping[str, ColumnLike], name: str, n: int) -> ColumnLike:
         try:
             col = columns[name]

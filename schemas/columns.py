@@ -57,8 +57,12 @@ class StrColumn:
 
     @classmethod
     def from_bytes(cls, items: list[bytes | None]) -> StrColumn:
-        lengths = np.fromiter((-1 if b is None else len(b) for b in items), np.int64, len(items))
-        buf = np.frombuffer(b"".join(b for b in items if b is not None), np.uint8)
+        try:   # no nulls: C-level loops only
+            lengths = np.fromiter(map(len, items), np.int64, len(items))  # type: ignore[arg-type]
+            buf = np.frombuffer(b"".join(items), np.uint8)  # type: ignore[arg-type]
+        except TypeError:
+            lengths = np.fromiter((-1 if b is None else len(b) for b in items), np.int64, len(items))
+            buf = np.frombuffer(b"".join(b for b in items if b is not None), np.uint8)
         start = np.cumsum(np.maximum(lengths, 0)) - np.maximum(lengths, 0)
         return cls(buf, start, lengths)
 

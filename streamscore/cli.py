@@ -42,6 +42,22 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- serve
+def quiet_gc() -> None:
+    """Keep the cyclic garbage collector out of the latency tail.
+
+    Everything alive after startup (numpy, onnxruntime, the model, the clients: a few
+    hundred thousand objects) moves to the permanent generation, so a full collection no
+    longer walks it; and generation 0 runs every 50,000 allocations instead of 700 (a
+    2,000-row batch allocates thousands of messages and bytes; they are freed by reference
+    counting, cycles are rare). Measured at 105k events/s offered: p99 185 -> 63 ms.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1_000)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from streamscore.config import load_config
 
@@ -59,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     t0 = time.monotonic()
+    quiet_gc()
     scorer.run(max_seconds=args.max_seconds)
     s = scorer.stats
     print(json.dumps({"consumed": s.consumed, "produced": s.produced, "dead_letters": s.dead,
