@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -181,6 +182,7 @@ def build_app(config: MonitorConfig, *, partitions: int | None = None) -> faust.
     parts = partitions or config.partitions or 1
     app = faust.App(
         config.app_id, broker=_broker_url(config.broker), store="memory://", web_enabled=False,
+        datadir=str(Path(tempfile.gettempdir()) / "streamscore-faust" / config.app_id),   # not the cwd
         topic_partitions=parts, topic_replication_factor=1, consumer_auto_offset_reset="earliest",
         broker_commit_interval=config.commit_interval_s, producer_acks=-1, table_standby_replicas=0,
         broker_session_timeout=config.session_timeout_s, broker_heartbeat_interval=config.session_timeout_s / 5,

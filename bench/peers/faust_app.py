@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import sys
 
 import faust
@@ -17,6 +18,7 @@ def main() -> None:
     inp = sess.get_inputs()[0].name
     app = faust.App(f"bench-{a.group}", broker=f"kafka://{a.bootstrap}", store="memory://",
                     value_serializer="raw", key_serializer="raw", web_enabled=False,
+                    datadir=tempfile.mkdtemp(prefix="bench-faust-"),
                     consumer_auto_offset_reset="earliest", producer_acks=-1, topic_partitions=4)
     src = app.topic(a.input, value_type=bytes, key_type=bytes)
     dst = app.topic(a.output, value_type=bytes, key_type=bytes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,8 @@ def main() -> None:
     sess, names = model_session()
     inp = sess.get_inputs()[0].name
     app = Application(broker_address=a.bootstrap, consumer_group=a.group, auto_offset_reset="earliest",
-                      loglevel=logging.WARNING, use_changelog_topics=False)
+                      loglevel=logging.WARNING, use_changelog_topics=False,
+                      state_dir=tempfile.mkdtemp(prefix="bench-quix-"))
     src = app.topic(a.input, value_deserializer=WireAvro(), key_deserializer="bytes")
     dst = app.topic(a.output, value_serializer="bytes", key_serializer="bytes")
     sdf = app.dataframe(src)
