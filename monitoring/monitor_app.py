@@ -180,9 +180,11 @@ def _broker_url(bootstrap: str) -> list[str]:
 def build_app(config: MonitorConfig, *, partitions: int | None = None) -> faust.App:
     """The Faust app: one agent on the telemetry topic and the changelog-backed state table."""
     parts = partitions or config.partitions or 1
+    datadir = Path(tempfile.gettempdir()) / "streamscore-faust" / config.app_id   # not the working directory
+    datadir.mkdir(parents=True, exist_ok=True)                                     # Faust does not make parents
     app = faust.App(
         config.app_id, broker=_broker_url(config.broker), store="memory://", web_enabled=False,
-        datadir=str(Path(tempfile.gettempdir()) / "streamscore-faust" / config.app_id),   # not the cwd
+        datadir=str(datadir),
         topic_partitions=parts, topic_replication_factor=1, consumer_auto_offset_reset="earliest",
         broker_commit_interval=config.commit_interval_s, producer_acks=-1, table_standby_replicas=0,
         broker_session_timeout=config.session_timeout_s, broker_heartbeat_interval=config.session_timeout_s / 5,
