@@ -78,3 +78,15 @@ def test_client_settings_per_mode_and_instance() -> None:
     assert c["group.instance.id"] == "g-slot-1" and c["fetch.wait.max.ms"] == 1
     assert p["transactional.id"] == "streamscore-g-slot-1"
     assert p["message.timeout.ms"] <= p["transaction.timeout.ms"]
+
+
+def test_batch_produce_and_output_headers_default_and_switch() -> None:
+    cfg = parse_config(MINIMAL, env={})
+    assert cfg.kafka.batch_produce is True and cfg.pipelines[0].output.headers is False
+    on = {**MINIMAL, "kafka": {"batch_produce": False},
+          "pipelines": [{**MINIMAL["pipelines"][0], "output": {"topic": "pred", "headers": True}}]}
+    cfg = parse_config(on, env={})
+    assert cfg.kafka.batch_produce is False and cfg.pipelines[0].output.headers is True
+    with pytest.raises(ConfigError, match="output.headers"):
+        parse_config({**MINIMAL, "pipelines": [{**MINIMAL["pipelines"][0],
+                                                "output": {"topic": "pred", "headers": "sometimes"}}]}, env={})
