@@ -109,8 +109,7 @@ class KafkaSink:
             self.produce_batch(topic, values, _key_list(keys, n), ack, partitions=partitions, headers=headers)
             return
         parts = np.asarray(partitions, dtype=np.int32)
-        _, rev_idx = np.unique(parts[::-1], return_index=True)
-        markers = np.sort(n - 1 - rev_idx)
+        markers = _last_in_each_partition(parts)
         rest = np.ones(n, bool)
         rest[markers] = False
         idx = np.flatnonzero(rest)
@@ -151,8 +150,7 @@ class KafkaSink:
             return
         parts = partitions.tolist()
         # index of the last message of this batch in each partition
-        _, rev_idx = np.unique(partitions[::-1], return_index=True)
-        markers = set((n - 1 - rev_idx).tolist())
+        markers = set(_last_in_each_partition(partitions).tolist())
         ack.expect(len(markers))
         i = 0
         try:
@@ -196,6 +194,12 @@ class KafkaSink:
         while remaining and time.monotonic() < deadline:
             remaining = self.producer.flush(max(0.0, deadline - time.monotonic()))
         return remaining
+
+
+def _last_in_each_partition(partitions: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of each partition's last message: the ones that carry the batch's ack."""
+    _, rev_idx = np.unique(partitions[::-1], return_index=True)
+    return np.sort(len(partitions) - 1 - rev_idx)
 
 
 def _key_list(keys: StrColumn | None, n: int) -> list[bytes | None]:
