@@ -6,12 +6,12 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps kafka-jars demo test unit integration bench chaos lint dev-up dev-down clean
+.PHONY: setup system-deps kafka-jars native demo test unit integration bench chaos lint dev-up dev-down clean
 
-setup: system-deps $(STAMP) kafka-jars
+setup: system-deps $(STAMP) kafka-jars native
 
 # Debian packages: redis-server for Redis, Maven + a JDK to fetch and run the Kafka broker,
-# prometheus (promtool + the server) and chromium for the operations tests.
+# prometheus (promtool + the server) and chromium for the operations tests, gcc for the codec's kernels.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
@@ -19,6 +19,7 @@ system-deps:
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
 	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing gcc"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -34,6 +35,10 @@ $(STAMP): pyproject.toml
 # Apache Kafka broker jars, resolved once with mvn into ~/.cache/streamscore (outside the repo).
 kafka-jars: $(STAMP)
 	@$(BIN)/python -c "from streamscore.dev.kafka import kafka_libs; print('kafka jars:', kafka_libs())"
+
+# The codec's C byte-copy kernels, compiled once into ~/.cache/streamscore/native (numpy fallback without a compiler).
+native: $(STAMP)
+	@$(BIN)/python -c "from schemas._native import lib; print('native kernels:', 'built' if lib() else 'unavailable, numpy fallback')"
 
 demo: setup
 	$(BIN)/streamscore demo --seconds 30 --rate 20000

@@ -17,7 +17,8 @@ import numpy as np
 
 from schemas._types import DTYPE, FIXED_SIZE, Field, FieldType, compilable, record_fields, strip_logical
 from schemas._vec import uvarint_size, write_uvarint, zigzag_encode
-from schemas.columns import RaggedColumn, StrColumn, _gather_index
+from schemas._native import copy_rows, copy_segments
+from schemas.columns import RaggedColumn, StrColumn
 from schemas.errors import SchemaError
 from schemas.registry import parse_schema
 from schemas.wire import frame
@@ -90,8 +91,7 @@ def _string_piece(col: ColumnLike, kind: str, n: int) -> _Piece:
 
     def write(out: np.ndarray, pos: np.ndarray) -> None:
         head.write(out, pos)
-        dst = _gather_index(pos + head.size, length)
-        out[dst] = src if start is None else src[_gather_index(start, length)]
+        copy_segments(out, pos + head.size, src, start, length)
 
     return _Piece(head.size + length, write)
 
@@ -102,6 +102,12 @@ def _fixed_bytes(col: ColumnLike, kind: str, n: int) -> np.ndarray:
         return np.asarray(col, bool).astype(np.uint8).reshape(n, 1)
     dtype = "<f8" if kind == "double" else "<f4"
     return np.ascontiguousarray(np.asarray(col, dtype=float), dtype).view(np.uint8).reshape(n, FIXED_SIZE[kind])
+
+
+def _fixed_run(blocks: list[np.ndarray], n: int) -> _Piece:
+    """Consecutive fixed-size fields as one (n, total width) block: one scatter instead of one per field."""
+    data = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+    return _Piece(np.full(n, data.shape[1], np.int64), lambda out, pos: copy_rows(out, pos, data))
 
 
 def _enum_codes(col: ColumnLike, ft: FieldType, name: str, n: int) -> np.ndarray:
@@ -146,7 +152,7 @@ def _array_piece(col: ColumnLike, items: str, n: int) -> _Piece:
         body = counts * FIXED_SIZE[items]
 
         def write_items(out: np.ndarray, p: np.ndarray) -> None:
-            out[_gather_index(p, body)] = data
+            copy_segments(out, p, data, None, body)
 
     else:
         u = zigzag_encode(np.asarray(values, np.int64))
@@ -177,8 +183,7 @@ def _value_piece(f: Field, ft: FieldType, col: ColumnLike, n: int) -> _Piece:
         return _varint_piece(zigzag_encode(v))
     if kind in FIXED_SIZE:
         data = _fixed_bytes(col, kind, n)
-        width = np.arange(data.shape[1])
-        return _Piece(np.full(n, data.shape[1], np.int64), lambda out, pos: out.__setitem__(pos[:, None] + width, data))
+        return _Piece(np.full(n, data.shape[1], np.int64), lambda out, pos: copy_rows(out, pos, data))
     if kind in ("string", "bytes"):
         return _string_piece(col, kind, n)
     if kind == "enum":
@@ -261,27 +266,66 @@ class BatchEncoder:
             lengths = np.fromiter(map(len, values), np.int64, n)
             starts = np.cumsum(lengths) - lengths
             return np.frombuffer(b"".join(values), np.uint8), starts, lengths
-        pieces = []
+        out, starts, sizes, _ = self._encode_buffer(columns, n, nulls, None)
+        return out, starts, sizes
+
+    def encode_buffer_marked(
+        self, columns: Mapping[str, ColumnLike], n: int, field: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``encode_buffer`` plus where ``field``'s encoding starts in each row (compiled schemas only).
+
+        Lets a caller rewrite a fixed-width value in place (the load generator's send time).
+        """
+        if not self.compiled:
+            raise SchemaError("field positions need a compiled schema")
+        if all(f.name != field for f in self.fields):
+            raise SchemaError(f"no field {field!r}")
+        out, starts, sizes, marks = self._encode_buffer(columns, n, {}, field)
+        assert marks is not None
+        return out, starts, sizes, marks
+
+    def _encode_buffer(
+        self, columns: Mapping[str, ColumnLike], n: int, nulls: Mapping[str, np.ndarray], mark: str | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        pieces: list[_Piece] = []
+        names: list[str] = []
+        fixed: list[tuple[str, np.ndarray]] = []   # a run of non-nullable fixed-size fields: written as one block
+
+        def end_run() -> None:
+            if fixed:
+                pieces.append(_fixed_run([d for _, d in fixed], n))
+                names.append(fixed[0][0])
+                fixed.clear()
+
         for f in self.fields:
             ft = f.type
             assert ft is not None
             col = self._column(columns, f.name, n)
+            if not ft.nullable and ft.kind in FIXED_SIZE and f.name != mark:
+                fixed.append((f.name, _fixed_bytes(col, ft.kind, n)))
+                continue
+            end_run()
+            names.append(f.name)
             if ft.nullable:
                 pieces.append(_nullable_piece(f, ft, col, n, nulls.get(f.name)))
             else:
                 pieces.append(_value_piece(f, ft, col, n))
+        end_run()
         row_size = np.full(n, self.header.shape[0], np.int64)
         for p in pieces:
             row_size += p.size
         ends = np.cumsum(row_size)
         starts = ends - row_size
         out = np.zeros(int(ends[-1]) if n else 0, np.uint8)
-        out[starts[:, None] + np.arange(self.header.shape[0])] = self.header
+        copy_rows(out, starts, self.header)
         pos = starts + self.header.shape[0]
-        for p in pieces:
+        marks = None
+        for name, p in zip(names, pieces):
+            if name == mark:
+                marks = pos
             p.write(out, pos)
             pos = pos + p.size
-        return out, starts, row_size
+        return out, starts, row_size, marks
 
     def _encode_records(self, columns: Mapping[str, ColumnLike], n: int, nulls: Mapping[str, np.ndarray]) -> list[bytes]:
         lists = {f.name: _python_values(f, self._column(columns, f.name, n), nulls.get(f.name)) for f in self.fields}

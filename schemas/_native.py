@@ -1,0 +1,163 @@
+"""Byte-copy kernels in C (``_native.c``), loaded with ctypes, with numpy fallbacks.
+
+The columnar encoder copies many short segments (strings, fixed-width field runs) into
+one buffer. In numpy that needs an int64 index per byte copied; the C loops use memcpy.
+The shared object is compiled on first use with the system C compiler into a cache
+directory keyed by the source's hash (``make setup`` does it ahead of time). Without a
+compiler, or with ``STREAMSCORE_NATIVE=0``, every kernel runs its numpy equivalent with
+identical results (the unit tests run both).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+_SRC = Path(__file__).with_name("_native.c")
+_lib: Any = None
+_tried = False
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "streamscore" / "native"
+
+
+def _build() -> Path | None:
+    src = _SRC.read_bytes()
+    out = cache_dir() / f"ss_native-{hashlib.sha1(src).hexdigest()[:12]}.so"
+    if out.exists():
+        return out
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        res = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, str(_SRC)], capture_output=True, text=True,
+                             timeout=60)
+        if res.returncode != 0:
+            log.warning("native kernels not built (%s): %s", cc, res.stderr.strip()[:500])
+            return None
+        os.replace(tmp, out)      # atomic: concurrent builders never load a half-written file
+        return out
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def lib() -> Any:
+    """The loaded kernels, or None (numpy fallbacks) when disabled or not buildable."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    _tried = True
+    if os.environ.get("STREAMSCORE_NATIVE", "1") == "0":
+        return None
+    try:
+        path = _build()
+        if path is None:
+            return None
+        so = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("native kernels unavailable, using numpy: %s", exc)
+        return None
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    so.ss_copy_segments.argtypes = [p, p, p, p, p, i64]
+    so.ss_copy_packed.argtypes = [p, p, p, p, i64]
+    so.ss_copy_rows.argtypes = [p, p, p, i64, i64, i64]
+    for f in (so.ss_copy_segments, so.ss_copy_packed, so.ss_copy_rows):
+        f.restype = None
+    _lib = so
+    return _lib
+
+
+def set_enabled(on: bool) -> None:
+    """Tests: switch between the C kernels and the numpy fallbacks."""
+    global _lib, _tried
+    _lib, _tried = None, False
+    if not on:
+        _tried = True
+
+
+def _i64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _check(dst: np.ndarray, dst_pos: np.ndarray, length: np.ndarray, src: np.ndarray,
+           src_pos: np.ndarray | None) -> None:
+    """Every copy stays inside both buffers (the C loops trust their arguments)."""
+    if not (dst.dtype == np.uint8 and dst.flags.c_contiguous and dst.flags.writeable):
+        raise ValueError("destination must be a writeable contiguous uint8 array")
+    pos = length > 0
+    if not pos.any():
+        return
+    d, k = dst_pos[pos], length[pos]
+    if int(d.min()) < 0 or int((d + k).max()) > dst.shape[0]:
+        raise ValueError("segment outside the destination buffer")
+    if src_pos is None:
+        if int(k.sum()) > src.shape[0]:
+            raise ValueError("segments longer than the source buffer")
+    else:
+        s = src_pos[pos]
+        if int(s.min()) < 0 or int((s + k).max()) > src.shape[0]:
+            raise ValueError("segment outside the source buffer")
+
+
+def copy_segments(dst: np.ndarray, dst_pos: np.ndarray, src: np.ndarray, src_pos: np.ndarray | None,
+                  length: np.ndarray) -> None:
+    """``dst[dst_pos[i]:+length[i]] = src[src_pos[i]:+length[i]]``; ``src_pos=None``: source segments
+    lie end to end. Lengths <= 0 copy nothing."""
+    from schemas.columns import _gather_index
+
+    n = length.shape[0]
+    if n == 0:
+        return
+    so = lib()
+    if so is None:
+        dst[_gather_index(dst_pos, length)] = src[:int(np.maximum(length, 0).sum())] if src_pos is None \
+            else src[_gather_index(src_pos, length)]
+        return
+    src = np.ascontiguousarray(src, dtype=np.uint8)
+    dst_pos, length = _i64(dst_pos), _i64(length)
+    src_pos = None if src_pos is None else _i64(src_pos)
+    _check(dst, dst_pos, length, src, src_pos)
+    if src_pos is None:
+        so.ss_copy_packed(dst.ctypes.data, dst_pos.ctypes.data, src.ctypes.data, length.ctypes.data, n)
+    else:
+        so.ss_copy_segments(dst.ctypes.data, dst_pos.ctypes.data, src.ctypes.data, src_pos.ctypes.data,
+                            length.ctypes.data, n)
+
+
+def copy_rows(dst: np.ndarray, dst_pos: np.ndarray, rows: np.ndarray) -> None:
+    """``dst[dst_pos[i]:+w] = rows[i]`` for a (n, w) uint8 matrix, or the same w bytes for every i
+    when ``rows`` is 1-D."""
+    n = dst_pos.shape[0]
+    if n == 0:
+        return
+    width = rows.shape[-1]
+    so = lib()
+    if so is None:
+        dst[dst_pos[:, None] + np.arange(width)] = rows
+        return
+    rows = np.ascontiguousarray(rows, dtype=np.uint8)
+    if rows.ndim == 2 and rows.shape[0] != n:
+        raise ValueError(f"{rows.shape[0]} rows for {n} positions")
+    dst_pos = _i64(dst_pos)
+    if not (dst.dtype == np.uint8 and dst.flags.c_contiguous and dst.flags.writeable):
+        raise ValueError("destination must be a writeable contiguous uint8 array")
+    if width and (int(dst_pos.min()) < 0 or int(dst_pos.max()) + width > dst.shape[0]):
+        raise ValueError("row outside the destination buffer")
+    so.ss_copy_rows(dst.ctypes.data, dst_pos.ctypes.data, rows.ctypes.data, width if rows.ndim == 2 else 0,
+                    width, n)
