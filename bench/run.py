@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -393,6 +394,8 @@ def main() -> int:
         return 0
     finally:
         svc.stop()
+        # the broker's data (the soak alone writes ~8 GB) goes; the contenders' logs stay
+        shutil.rmtree(work / "services", ignore_errors=True)
 
 
 def table(r: dict[str, Any]) -> str:

@@ -102,3 +102,16 @@ def value_strategy(t: Any) -> st.SearchStrategy[Any]:
 def records_for(schema: dict[str, Any], min_size: int = 1, max_size: int = 20) -> st.SearchStrategy[list[dict[str, Any]]]:
     fields = {f["name"]: value_strategy(f["type"]) for f in schema["fields"]}
     return st.lists(st.fixed_dictionaries(fields), min_size=min_size, max_size=max_size)
+
+
+def random_wire_batch(data: st.DataObject) -> tuple[dict[str, Any], int, list[Any], list[bytes], Any, Any]:
+    """Draw a schema and records; (schema, schema id, records, wire values, their DecodedBatch, registry)."""
+    from schemas.columnar import BatchDecoder
+    from schemas.registry import SchemaRegistry
+
+    schema = data.draw(record_schemas())
+    records = data.draw(records_for(schema, min_size=0))
+    reg = SchemaRegistry()
+    sid = reg.register(schema)
+    values = [b"\x00" + sid.to_bytes(4, "big") + encode_body(parsed(reg.by_id(sid)), r) for r in records]
+    return schema, sid, records, values, BatchDecoder(schema, reg).decode(values), reg

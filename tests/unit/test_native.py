@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import _native
-from schemas.columnar import BatchDecoder, BatchEncoder
+from schemas.columnar import BatchEncoder
 from schemas.registry import SchemaRegistry
-from tests.unit._schemas_helpers import encode_body, parsed, record_schemas, records_for
+from tests.unit._schemas_helpers import random_wire_batch
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -101,12 +101,7 @@ def test_kernels_refuse_copies_outside_the_buffers(restore_native: None) -> None
 @SETTINGS
 @given(st.data())
 def test_random_schemas_encode_identically_with_and_without_kernels(data: st.DataObject) -> None:
-    schema = data.draw(record_schemas())
-    records = data.draw(records_for(schema, min_size=0))
-    reg = SchemaRegistry()
-    sid = reg.register(schema)
-    values = [b"\x00" + sid.to_bytes(4, "big") + encode_body(parsed(reg.by_id(sid)), r) for r in records]
-    batch = BatchDecoder(schema, reg).decode(values)
+    schema, sid, _, values, batch, _ = random_wire_batch(data)
 
     def run() -> list[bytes]:
         return BatchEncoder(schema, sid).encode(batch.columns, len(batch), nulls=batch.nulls)

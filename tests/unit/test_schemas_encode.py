@@ -14,7 +14,7 @@ from schemas._types import strip_logical
 from schemas.columnar import BatchDecoder, BatchEncoder, RaggedColumn, StrColumn
 from schemas.errors import SchemaError
 from schemas.registry import SchemaRegistry
-from tests.unit._schemas_helpers import encode_body, fastavro_read, norm, parsed, record_schemas, records_for
+from tests.unit._schemas_helpers import encode_body, fastavro_read, norm, parsed, random_wire_batch
 
 REG = SchemaRegistry.default()
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -81,13 +81,8 @@ def test_embedding_with_2d_ragged_symbols_and_nulls() -> None:
 @SETTINGS
 @given(st.data())
 def test_random_schema_roundtrip_through_columns(data: st.DataObject) -> None:
-    schema = data.draw(record_schemas())
-    records = data.draw(records_for(schema, min_size=0))
-    reg = SchemaRegistry()
-    sid = reg.register(schema)
+    schema, sid, records, values, batch, reg = random_wire_batch(data)
     p = parsed(reg.by_id(sid))
-    values = [b"\x00" + sid.to_bytes(4, "big") + encode_body(p, r) for r in records]
-    batch = BatchDecoder(schema, reg).decode(values)
     out = BatchEncoder(schema, sid).encode(batch.columns, len(batch), nulls=batch.nulls)
     assert out == values
     buf, starts, lengths = BatchEncoder(schema, sid).encode_buffer(batch.columns, len(batch), nulls=batch.nulls)
