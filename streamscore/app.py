@@ -234,6 +234,7 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
             a = slot.active
             metrics.model_info(rt.name, a.model.name, str(a.model.version), a.variant)
     b = cfg.pipelines[0].batching
+    assert b.max_size is not None          # PipelineConfig fills in the default for its kind
     batcher = AdaptiveBatcher(max_size=b.max_size, max_wait_s=b.max_wait_ms / 1000.0,
                               latency_target_s=None if b.latency_target_ms is None else b.latency_target_ms / 1000.0)
     scorer = Scorer(consumer=make_consumer(consumer_conf), sink=KafkaSink(make_producer(producer_conf), batch_produce=cfg.kafka.batch_produce),

@@ -90,8 +90,12 @@ class TelemetryConfig(_Strict):
     sample: int | None = Field(512, ge=1)      # rows per batch used for feature histograms (None = all)
 
 
+SCORE_MAX_BATCH = 8192   # rows; per-batch costs dominate below this when a backlog is drained
+EMBED_MAX_BATCH = 2048   # texts; a transformer pass over more would hold a batch for seconds on a CPU
+
+
 class BatchingConfig(_Strict):
-    max_size: int = Field(2048, ge=1, le=65536)
+    max_size: int | None = Field(None, ge=1, le=65536)   # None: SCORE_MAX_BATCH or EMBED_MAX_BATCH by kind
     max_wait_ms: float = Field(6.0, ge=0)
     latency_target_ms: float | None = Field(20.0, gt=0)
 
@@ -117,6 +121,22 @@ class PipelineConfig(_Strict):
     decision_threshold: float | None = Field(None, ge=0, le=1)   # None: the registry entry's
     route: dict[str, Any] | None = None        # canary / ab / shadow routing (models.routing.RouteSpec)
     telemetry: TelemetryConfig = TelemetryConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_batch(cls, data: Any) -> Any:
+        """An unset ``batching.max_size`` becomes the default for the pipeline's kind."""
+        if not isinstance(data, dict):
+            return data
+        size = SCORE_MAX_BATCH if data.get("kind", "score") == "score" else EMBED_MAX_BATCH
+        b = data.get("batching")
+        if b is None:
+            return {**data, "batching": {"max_size": size}}
+        if isinstance(b, dict) and b.get("max_size") is None:
+            return {**data, "batching": {**b, "max_size": size}}
+        if isinstance(b, BatchingConfig) and b.max_size is None:
+            return {**data, "batching": b.model_copy(update={"max_size": size})}
+        return data
 
     @model_validator(mode="after")
     def _kind(self) -> "PipelineConfig":

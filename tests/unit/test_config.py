@@ -18,6 +18,15 @@ def test_minimal_config_gets_working_defaults() -> None:
     assert p.batching.max_size >= 1 and p.batching.latency_target_ms == 20.0
 
 
+def test_max_batch_default_depends_on_the_pipeline_kind() -> None:
+    text = {"name": "docs", "kind": "embed", "input": {"topic": "t", "schema_name": "text_event"},
+            "output": {"topic": "emb"}}
+    cfg = parse_config({"pipelines": [MINIMAL["pipelines"][0], text]}, env={})
+    assert [p.batching.max_size for p in cfg.pipelines] == [8192, 2048]
+    mine = {**MINIMAL["pipelines"][0], "batching": {"max_size": 300}}
+    assert parse_config({"pipelines": [mine]}, env={}).pipelines[0].batching.max_size == 300
+
+
 def test_unknown_key_is_named_with_the_valid_ones() -> None:
     bad = {**MINIMAL, "pipelines": [{**MINIMAL["pipelines"][0], "batching": {"max_sise": 10}}]}
     with pytest.raises(ConfigError) as e:
