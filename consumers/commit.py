@@ -159,7 +159,7 @@ class ExactlyOnce:
 
     def __init__(self, *, consumer: Consumer, sink: KafkaSink, make_producer: Callable[[], Producer],
                  fail: Callable[[BaseException], None], request_rewind: Callable[[], None],
-                 interval_s: float = 0.1, timeout_s: float = 30.0) -> None:
+                 interval_s: float = 0.1, timeout_s: float = 30.0, stop_timeout_s: float = 20.0) -> None:
         self.consumer = consumer
         self.sink = sink
         self._make_producer = make_producer
@@ -175,10 +175,18 @@ class ExactlyOnce:
         self._abort_request = threading.Event()
         self._abort_done = threading.Event()
         self._closed = False
+        self._stop_timeout_s = stop_timeout_s
+        self._deadline: float | None = None    # set by finish(): shutdown gets a bounded time
         self.commits = 0
         self.aborts = 0
         self.producer_restarts = 0
         self.sink.producer.init_transactions(self._timeout_s)
+
+    def _t(self) -> float:
+        """Timeout for one transactional call: the usual one, or what is left of the shutdown budget."""
+        if self._deadline is None:
+            return self._timeout_s
+        return max(0.1, min(self._timeout_s, self._deadline - time.monotonic()))
 
     # -- batches ---------------------------------------------------------------------
     def open_batch(self, batch_id: int) -> BatchAck:
@@ -218,7 +226,7 @@ class ExactlyOnce:
             if self._positions:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()]
                 self.sink.producer.send_offsets_to_transaction(
-                    offsets, self.consumer.consumer_group_metadata(), self._timeout_s)
+                    offsets, self.consumer.consumer_group_metadata(), self._t())
             self._commit_with_retry()
         except KafkaException as exc:
             self._handle(exc, "commit")
@@ -231,15 +239,24 @@ class ExactlyOnce:
     def _commit_with_retry(self) -> None:
         for attempt in range(5):
             try:
-                self.sink.producer.commit_transaction(self._timeout_s)
+                self.sink.producer.commit_transaction(self._t())
                 return
             except KafkaException as exc:
-                if not exc.args[0].retriable() or attempt == 4:
+                late = self._deadline is not None and time.monotonic() >= self._deadline
+                if not exc.args[0].retriable() or attempt == 4 or late:
                     raise
                 log.warning("commit_transaction retry %d: %s", attempt + 1, exc)
 
     def _handle(self, exc: KafkaException, where: str) -> None:
         err: KafkaError = exc.args[0]
+        if self._deadline is not None:
+            # shutting down: nothing more is consumed, so no rewind and no new producer. An
+            # uncommitted transaction is aborted by the broker (or fenced by the next owner's
+            # producer, same transactional.id) and its offsets are replayed by the next owner.
+            log.warning("transaction %s failed while stopping (%s): left uncommitted", where, err)
+            self._open = False
+            self._positions = {}
+            return
         log.warning("transaction %s failed (%s): aborting and rewinding", where, err)
         if err.fatal() or not err.txn_requires_abort() and not err.retriable():
             self._recreate_producer(err)
@@ -250,7 +267,7 @@ class ExactlyOnce:
     def _abort(self, why: str) -> None:
         if self._open:
             try:
-                self.sink.producer.abort_transaction(self._timeout_s)
+                self.sink.producer.abort_transaction(self._t())
             except KafkaException as exc:
                 log.warning("abort_transaction failed (%s): re-creating the producer", exc)
                 self._recreate_producer(exc.args[0])
@@ -281,9 +298,10 @@ class ExactlyOnce:
         log.warning("transactional producer re-created after %s", err)
 
     def finish(self) -> None:
+        self._deadline = time.monotonic() + self._stop_timeout_s
         if self._open:
             self._commit()
-        self.sink.flush(10.0)
+        self.sink.flush(max(0.1, min(10.0, self._deadline - time.monotonic())))
         self._closed = True
 
     def on_revoke(self, tps: list[TP]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import signal
@@ -58,6 +59,9 @@ def quiet_gc() -> None:
     gc.set_threshold(50_000, 50, 1_000)
 
 
+SLOW_STOP_S = 40.0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from streamscore.config import load_config
 
@@ -70,6 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: finishing in-flight batches", signum)
+        # a stop that takes this long is a bug: leave every thread's stack in the log
+        faulthandler.dump_traceback_later(SLOW_STOP_S, exit=False)
         scorer.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
