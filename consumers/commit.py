@@ -250,10 +250,16 @@ class ExactlyOnce:
     def _handle(self, exc: KafkaException, where: str) -> None:
         err: KafkaError = exc.args[0]
         if self._deadline is not None:
-            # shutting down: nothing more is consumed, so no rewind and no new producer. An
-            # uncommitted transaction is aborted by the broker (or fenced by the next owner's
-            # producer, same transactional.id) and its offsets are replayed by the next owner.
-            log.warning("transaction %s failed while stopping (%s): left uncommitted", where, err)
+            # shutting down: nothing more is consumed, so no rewind and no new producer. What
+            # is not committed is replayed by the next owner; an abort that fails or runs out
+            # of time is done by the broker (transaction timeout) or the next producer with
+            # the same transactional.id.
+            log.warning("transaction %s failed while stopping (%s): aborting, not rewinding", where, err)
+            try:
+                if self._open:
+                    self.sink.producer.abort_transaction(self._t())
+            except KafkaException as exc:
+                log.warning("abort_transaction while stopping failed: %s", exc)
             self._open = False
             self._positions = {}
             return
