@@ -35,7 +35,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"\nexport KAFKA_BOOTSTRAP={state['kafka_bootstrap']} REDIS_URL={state['redis_url']}")
         return 0 if state.get("running") else 1
     if args.action == "down":
-        print(json.dumps(services_down()))
+        print(json.dumps(services_down(purge=args.purge)))
         return 0
     state = services_status()
     print(json.dumps(state, indent=2))
@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="local Kafka + Redis for development")
     dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument("--purge", action="store_true",
+                     help="with down: also delete the local broker's and Redis's data (it grows with every run)")
     dev.set_defaults(fn=cmd_dev)
 
     serve = sub.add_parser("serve", help="run the scoring service")

@@ -161,21 +161,27 @@ def services_status() -> dict[str, Any]:
     return state
 
 
-def services_down() -> dict[str, Any]:
-    if not _state_file().exists():
-        return {"stopped": []}
-    state = json.loads(_state_file().read_text())
+def services_down(*, purge: bool = False) -> dict[str, Any]:
+    """Stop the dev services; ``purge`` also deletes their data (topics, offsets, Redis keys)."""
     stopped = []
-    for name, pid in state.get("pids", {}).items():
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        if not wait_stopped(pid, 30):
+    if _state_file().exists():
+        state = json.loads(_state_file().read_text())
+        for name, pid in state.get("pids", {}).items():
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
-                pass
-        stopped.append(name)
-    _state_file().unlink(missing_ok=True)
-    return {"stopped": stopped}
+                continue
+            if not wait_stopped(pid, 30):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            stopped.append(name)
+        _state_file().unlink(missing_ok=True)
+    out: dict[str, Any] = {"stopped": stopped}
+    if purge:
+        gone = [d for d in (dev_home() / "kafka", dev_home() / "redis") if d.exists()]
+        for d in gone:
+            shutil.rmtree(d)
+        out["purged"] = [str(d) for d in gone]
+    return out
