@@ -182,8 +182,7 @@ def _value_piece(f: Field, ft: FieldType, col: ColumnLike, n: int) -> _Piece:
             raise SchemaError(f"field {f.name!r}: value outside the 32-bit int range")
         return _varint_piece(zigzag_encode(v))
     if kind in FIXED_SIZE:
-        data = _fixed_bytes(col, kind, n)
-        return _Piece(np.full(n, data.shape[1], np.int64), lambda out, pos: copy_rows(out, pos, data))
+        return _fixed_run([_fixed_bytes(col, kind, n)], n)
     if kind in ("string", "bytes"):
         return _string_piece(col, kind, n)
     if kind == "enum":

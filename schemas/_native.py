@@ -95,11 +95,15 @@ def _i64(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
+def _check_dst(dst: np.ndarray) -> None:
+    if not (dst.dtype == np.uint8 and dst.flags.c_contiguous and dst.flags.writeable):
+        raise ValueError("destination must be a writeable contiguous uint8 array")
+
+
 def _check(dst: np.ndarray, dst_pos: np.ndarray, length: np.ndarray, src: np.ndarray,
            src_pos: np.ndarray | None) -> None:
     """Every copy stays inside both buffers (the C loops trust their arguments)."""
-    if not (dst.dtype == np.uint8 and dst.flags.c_contiguous and dst.flags.writeable):
-        raise ValueError("destination must be a writeable contiguous uint8 array")
+    _check_dst(dst)
     pos = length > 0
     if not pos.any():
         return
@@ -155,8 +159,7 @@ def copy_rows(dst: np.ndarray, dst_pos: np.ndarray, rows: np.ndarray) -> None:
     if rows.ndim == 2 and rows.shape[0] != n:
         raise ValueError(f"{rows.shape[0]} rows for {n} positions")
     dst_pos = _i64(dst_pos)
-    if not (dst.dtype == np.uint8 and dst.flags.c_contiguous and dst.flags.writeable):
-        raise ValueError("destination must be a writeable contiguous uint8 array")
+    _check_dst(dst)
     if width and (int(dst_pos.min()) < 0 or int(dst_pos.max()) + width > dst.shape[0]):
         raise ValueError("row outside the destination buffer")
     so.ss_copy_rows(dst.ctypes.data, dst_pos.ctypes.data, rows.ctypes.data, width if rows.ndim == 2 else 0,

@@ -70,8 +70,9 @@ def produce_events(
     """Write ``count`` events (global indices ``start..start+count``); ``rate`` events/s or flat out.
 
     Events are generated in large vectorised blocks; each small send chunk is stamped with
-    the time it is sent (``event_time``) and encoded just before it goes out, so latency
-    measured from ``event_time`` starts when the event really leaves the producer.
+    the time it is sent (``event_time``) just before it goes out (Avro: written into the
+    already encoded bytes, see ``_StampedBlock``), so latency measured from ``event_time``
+    starts when the event really leaves the producer.
     Avro chunks are enqueued with one librdkafka call (sinks.batch_produce) and keyed
     partitioning; the chunk's last message goes through ``produce()`` with a delivery
     callback, so a failing producer is still reported.
@@ -146,17 +147,15 @@ def produce_events(
     return ProduceResult(events=sent, seconds=time.monotonic() - t0)
 
 
-def _zigzag_varint(v: int) -> bytes:
-    z = (v << 1) ^ (v >> 63)
-    out = bytearray()
-    while True:
-        b = z & 0x7F
-        z >>= 7
-        if z:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+def _zigzag_varint(v: int) -> np.ndarray:
+    """The Avro (zig-zag varint) bytes of one long, written by the encoder's own routines."""
+    from schemas._vec import uvarint_size, write_uvarint, zigzag_encode
+
+    u = zigzag_encode(np.array([v], np.int64))
+    size = uvarint_size(u)
+    out = np.zeros(int(size[0]), np.uint8)
+    write_uvarint(out, np.zeros(1, np.int64), u, size)
+    return out
 
 
 _STAMP_ROWS = 4096
@@ -183,8 +182,8 @@ class _StampedBlock:
     def _encode(self, now_ms: int) -> None:
         cols = dict(self.cols)
         cols["event_time"] = np.full(self.n, now_ms, dtype=np.int64)
-        buf, self.starts, self.lengths, marks = _transaction_encoder().encode_buffer_marked(cols, self.n, "event_time")
-        self.buf = buf if buf.flags.writeable else buf.copy()
+        self.buf, self.starts, self.lengths, marks = _transaction_encoder().encode_buffer_marked(
+            cols, self.n, "event_time")
         self.width = len(_zigzag_varint(now_ms))
         self.pos = marks[:, None] + np.arange(self.width)
 
@@ -194,7 +193,7 @@ class _StampedBlock:
         if len(raw) != self.width:
             self._encode(now_ms)
             raw = _zigzag_varint(now_ms)
-        self.buf[self.pos[lo:lo + n]] = np.frombuffer(raw, dtype=np.uint8)
+        self.buf[self.pos[lo:lo + n]] = raw
         k = self.keys
         return (self.buf, self.starts[lo:lo + n], self.lengths[lo:lo + n],
                 type(k)(k.buf, k.start[lo:lo + n], k.length[lo:lo + n]))
