@@ -167,6 +167,7 @@ class PipelineFile(_Strict):
     commit_interval_ms: int = Field(100, ge=1)
     registry: str | None = None                 # default: the bundled demo registry
     queue_depth: int = Field(4, ge=1, le=64)    # batches buffered between stages
+    gil_switch_ms: float = Field(1.0, gt=0, le=100)   # longest GIL slice of one stage's thread (CPython's default 5)
     metrics_port: int | None = Field(None, ge=0, le=65535)   # with --processes N: port + index (0 = any free)
     metrics_host: str = "127.0.0.1"             # 0.0.0.0 to be scraped from other hosts
     pipelines: list[PipelineConfig] = Field(min_length=1)

@@ -27,6 +27,22 @@ def test_max_batch_default_depends_on_the_pipeline_kind() -> None:
     assert parse_config({"pipelines": [mine]}, env={}).pipelines[0].batching.max_size == 300
 
 
+def test_gil_slice_defaults_short_and_serve_applies_it() -> None:
+    import sys
+
+    from streamscore.cli import short_gil_slices
+
+    assert parse_config(MINIMAL, env={}).gil_switch_ms == 1.0
+    with pytest.raises(ConfigError, match="gil_switch_ms"):
+        parse_config({**MINIMAL, "gil_switch_ms": 0}, env={})
+    before = sys.getswitchinterval()
+    try:
+        short_gil_slices(parse_config({**MINIMAL, "gil_switch_ms": 2.5}, env={}).gil_switch_ms)
+        assert sys.getswitchinterval() == pytest.approx(0.0025)
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_unknown_key_is_named_with_the_valid_ones() -> None:
     bad = {**MINIMAL, "pipelines": [{**MINIMAL["pipelines"][0], "batching": {"max_sise": 10}}]}
     with pytest.raises(ConfigError) as e:
