@@ -32,3 +32,21 @@ void ss_copy_rows(uint8_t *dst, const int64_t *dst_pos, const uint8_t *src, int6
                   int64_t n) {
     for (int64_t i = 0; i < n; i++) memcpy(dst + dst_pos[i], src + i * src_stride, (size_t)width);
 }
+
+/* out[i] = 1 when buf[start[i] .. +len[i]) holds a byte >= 0x80 (so it needs a real UTF-8 check),
+ * else 0; a length <= 0 is an empty segment. */
+void ss_non_ascii(const uint8_t *buf, const int64_t *start, const int64_t *len, int64_t n, uint8_t *out) {
+    for (int64_t i = 0; i < n; i++) {
+        const uint8_t *p = buf + start[i];
+        int64_t k = len[i], j = 0;
+        uint64_t acc = 0;
+        for (; j + 8 <= k; j += 8) {
+            uint64_t w;
+            memcpy(&w, p + j, 8);
+            acc |= w;
+        }
+        uint8_t tail = 0;
+        for (; j < k; j++) tail |= p[j];
+        out[i] = ((acc & 0x8080808080808080ULL) != 0) | (tail >> 7);
+    }
+}

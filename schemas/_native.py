@@ -1,7 +1,9 @@
-"""Byte-copy kernels in C (``_native.c``), loaded with ctypes, with numpy fallbacks.
+"""Byte kernels in C (``_native.c``), loaded with ctypes, with numpy fallbacks.
 
 The columnar encoder copies many short segments (strings, fixed-width field runs) into
 one buffer. In numpy that needs an int64 index per byte copied; the C loops use memcpy.
+The decoder asks of every string whether it has a byte >= 0x80 (only those need a real
+UTF-8 check); in numpy that is a gather of 8-byte words and masks, in C one pass.
 The shared object is compiled on first use with the system C compiler into a cache
 directory keyed by the source's hash (``make setup`` does it ahead of time). Without a
 compiler, or with ``STREAMSCORE_NATIVE=0``, every kernel runs its numpy equivalent with
@@ -77,7 +79,8 @@ def lib() -> Any:
     so.ss_copy_segments.argtypes = [p, p, p, p, p, i64]
     so.ss_copy_packed.argtypes = [p, p, p, p, i64]
     so.ss_copy_rows.argtypes = [p, p, p, i64, i64, i64]
-    for f in (so.ss_copy_segments, so.ss_copy_packed, so.ss_copy_rows):
+    so.ss_non_ascii.argtypes = [p, p, p, i64, p]
+    for f in (so.ss_copy_segments, so.ss_copy_packed, so.ss_copy_rows, so.ss_non_ascii):
         f.restype = None
     _lib = so
     return _lib
@@ -164,3 +167,22 @@ def copy_rows(dst: np.ndarray, dst_pos: np.ndarray, rows: np.ndarray) -> None:
         raise ValueError("row outside the destination buffer")
     so.ss_copy_rows(dst.ctypes.data, dst_pos.ctypes.data, rows.ctypes.data, width if rows.ndim == 2 else 0,
                     width, n)
+
+
+def non_ascii(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray | None:
+    """Per segment ``buf[start[i]:+length[i]]``: does it hold a byte >= 0x80? None without the
+    kernels (the caller has its numpy way). Lengths <= 0 are empty segments."""
+    so = lib()
+    if so is None:
+        return None
+    n = start.shape[0]
+    out = np.zeros(n, np.uint8)
+    if n == 0:
+        return out.view(bool)
+    buf = np.ascontiguousarray(buf, dtype=np.uint8)
+    start, length = _i64(start), np.maximum(_i64(length), 0)
+    pos = length > 0
+    if pos.any() and (int(start[pos].min()) < 0 or int((start + length)[pos].max()) > buf.shape[0]):
+        raise ValueError("segment outside the buffer")
+    so.ss_non_ascii(buf.ctypes.data, start.ctypes.data, length.ctypes.data, n, out.ctypes.data)
+    return out.view(bool)

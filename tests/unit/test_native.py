@@ -1,4 +1,4 @@
-"""The C byte-copy kernels (schemas/_native.c) against their numpy fallbacks, and the codec on both."""
+"""The C byte kernels (schemas/_native.c) against their numpy fallbacks, and the codec on both."""
 
 from __future__ import annotations
 
@@ -96,6 +96,30 @@ def test_kernels_refuse_copies_outside_the_buffers(restore_native: None) -> None
         ro.flags.writeable = False
         _native.copy_rows(ro, np.array([0]), np.ones((1, 4), np.uint8))
     assert not dst.any()
+
+
+def test_non_ascii_scan_matches_numpy(restore_native: None) -> None:
+    from schemas._program import _non_ascii
+    from schemas._vec import PAD, Buffer
+
+    rng = np.random.default_rng(5)
+    raw = rng.integers(0, 0x80, 4000, dtype=np.uint8)
+    data = np.zeros(raw.size + PAD, np.uint8)
+    data[:raw.size] = raw
+    length = rng.integers(-2, 70, 600)          # empty, short (8-byte words) and long strings
+    start = rng.integers(0, raw.size - 70, 600)
+    for i in range(0, 600, 3):                  # a high byte at every offset of every third segment
+        if length[i] > 0:
+            data[start[i] + i % length[i]] = 0x80 + i % 0x80
+    buf = Buffer(data)
+    fast, slow = both(lambda: _non_ascii(buf, start, length))
+    want = [bool(k > 0 and (data[s:s + k] >= 0x80).any()) for s, k in zip(start, length)]
+    assert fast.tolist() == slow.tolist() == want
+    assert 100 < sum(want) < 550                 # both kinds present (segments overlap)
+    _native.set_enabled(True)
+    if _native.lib() is not None:
+        with pytest.raises(ValueError, match="outside"):
+            _native.non_ascii(raw, np.array([3990]), np.array([20]))
 
 
 @SETTINGS
