@@ -7,7 +7,10 @@ startup (model load, group join) is excluded for everybody alike.
 
 Latency: at an offered load of 50% of streamscore's throughput, a producer writes fresh
 events (event_time = send time) while the contender runs; the output topic stamps
-LogAppendTime, and end-to-end latency = append time - event_time.
+LogAppendTime, and end-to-end latency = append time - event_time. Passthrough runs at the
+same load too (with a 1-ms consume wait, so it holds no batch open): its latency is the
+floor the broker, the client and this machine set. The input topic stamps LogAppendTime as
+well, so the generator -> broker leg alone is measured in the same window.
 
 Results: a table on stdout, bench/results/latest.json and bench/results/latest.png.
 """
@@ -133,7 +136,7 @@ def scorer_config(path: Path, bootstrap: str, t_in: str, t_out: str, group: str)
 
 
 def contender_cmd(name: str, bootstrap: str, t_in: str, t_out: str, group: str, count: int, work: Path,
-                  seconds: float) -> list[str]:
+                  seconds: float, latency: bool = False) -> list[str]:
     if name.startswith("streamscore"):
         procs = 2 if name.endswith("2proc") else 1
         cfg = scorer_config(work / f"{group}.yaml", bootstrap, t_in, t_out, group)
@@ -141,8 +144,12 @@ def contender_cmd(name: str, bootstrap: str, t_in: str, t_out: str, group: str, 
                 "--max-seconds", str(seconds)]
     module = {"passthrough": "passthrough", "naive": "naive", "batched": "batched", "quix": "quix",
               "faust": "faust_app"}[name]
-    return [sys.executable, "-m", f"bench.peers.{module}", "--bootstrap", bootstrap, "--input", t_in,
-            "--output", t_out, "--group", group, "--count", str(count), "--seconds", str(seconds)]
+    cmd = [sys.executable, "-m", f"bench.peers.{module}", "--bootstrap", bootstrap, "--input", t_in,
+           "--output", t_out, "--group", group, "--count", str(count), "--seconds", str(seconds)]
+    if latency and name == "passthrough":
+        # as a latency floor it must not hold a batch open: it forwards whatever 1 ms brought
+        cmd += ["--wait-ms", "1"]
+    return cmd
 
 
 def run_throughput(name: str, bootstrap: str, t_in: str, count: int, work: Path, timeout: float) -> dict[str, Any]:
@@ -207,22 +214,84 @@ def model_only_eps(batch: int = 1024, seconds: float = 3.0) -> int:
     return int(np.median(rates))
 
 
+def _prediction_event_time(value: bytes) -> tuple[str, int]:
+    from tests.integration.helpers import decode_prediction
+
+    rec = decode_prediction(value)
+    return rec["event_id"], rec["event_time"]
+
+
+def decode_event_time(value: bytes) -> tuple[str, int]:
+    """event_id and event_time (ms) of a transaction, decoded by fastavro."""
+    from tests.integration.helpers import decode_transaction
+
+    rec = decode_transaction(value)
+    t = rec["event_time"]
+    return rec["event_id"], t if isinstance(t, int) else round(t.timestamp() * 1000)
+
+
+def read_latencies(bootstrap: str, topic: str, decode: Any, step: int) -> tuple[list[float], list[int], int]:
+    """Every ``step``-th record of ``topic``: append time - event_time, and event_time.
+
+    The probe events (``evt-7-*``, produced before the window to see the contender join)
+    are left out; the third value counts every record read."""
+    from confluent_kafka import Consumer
+
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}",
+                       "auto.offset.reset": "earliest"})
+    reader.subscribe([topic])
+    lat: list[float] = []
+    sent: list[int] = []
+    idle = time.monotonic()
+    seen = 0
+    while time.monotonic() - idle < 3:
+        msgs = reader.consume(10000, 0.5)
+        for m in msgs:
+            seen += 1
+            if m.error() is None and seen % step == 0:
+                event_id, event_time = decode(m.value())
+                if not event_id.startswith("evt-7-"):
+                    lat.append(m.timestamp()[1] - event_time)
+                    sent.append(event_time)
+                idle = time.monotonic()
+    reader.close()
+    return lat, sent, seen
+
+
+def latency_summary(lat: list[float], sent: list[int], warmup_s: float) -> dict[str, Any]:
+    """p50/p99 of a window, p99 per 5-s slice of send time, and the window without its first
+    ``warmup_s`` (reported beside the whole-window figures, not instead)."""
+    if not lat:
+        return {"p50_ms": None, "p99_ms": None}
+    arr = np.asarray(lat, dtype=np.float64)
+    out: dict[str, Any] = {"p50_ms": round(float(np.percentile(arr, 50)), 2),
+                           "p99_ms": round(float(np.percentile(arr, 99)), 2)}
+    t = (np.asarray(sent, dtype=np.int64) - min(sent)) / 1000.0
+    out["p99_ms_by_5s"] = [round(float(np.percentile(arr[(t >= a) & (t < a + 5)], 99)), 1)
+                           for a in range(0, int(t.max()) + 1, 5) if np.any((t >= a) & (t < a + 5))]
+    steady = arr[t >= warmup_s]
+    if len(steady):
+        out["warmup_s"] = warmup_s
+        out["p50_ms_after_warmup"] = round(float(np.percentile(steady, 50)), 2)
+        out["p99_ms_after_warmup"] = round(float(np.percentile(steady, 99)), 2)
+    return out
+
+
 def run_latency(name: str, bootstrap: str, rate: float, seconds: float, work: Path,
                 soak: bool = False, warmup_s: float = 5.0) -> dict[str, Any]:
     """Offered load ``rate`` for ``seconds``; e2e latency from event_time to LogAppendTime."""
     from confluent_kafka import Consumer
 
     from streamscore.produce import produce_events
-    from tests.integration.helpers import decode_prediction
 
     run = uuid.uuid4().hex[:6]
     t_in, t_out = f"bench-lat-in-{name}-{run}", f"bench-lat-out-{name}-{run}"
-    create_topic(bootstrap, t_in)
+    create_topic(bootstrap, t_in, append_time=True)
     create_topic(bootstrap, t_out, append_time=True)
     log = open(work / f"lat-{name}.log", "wb")
     total = int(rate * seconds)
-    proc = subprocess.Popen(contender_cmd(name, bootstrap, t_in, t_out, f"bench-lat-{name}-{run}", total, work,
-                                          seconds + 120), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = subprocess.Popen(contender_cmd(name, bootstrap, t_in, t_out, f"bench-lat-{name}-{run}", total + 200, work,
+                                          seconds + 120, latency=True), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     rss = RssSampler(proc.pid)
     rss.start()
     try:
@@ -242,41 +311,17 @@ def run_latency(name: str, bootstrap: str, rate: float, seconds: float, work: Pa
         stop_process(proc)
         rss.stop()
         log.close()
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{run}", "auto.offset.reset": "earliest"})
-    reader.subscribe([t_out])
-    lat: list[float] = []
-    sent: list[int] = []
-    idle = time.monotonic()
     step = 10 if soak else 1          # a long soak's latencies are sampled (every 10th record)
-    seen = 0
-    while time.monotonic() - idle < 3:
-        msgs = reader.consume(10000, 0.5)
-        for m in msgs:
-            seen += 1
-            if m.error() is None and seen % step == 0:
-                rec = decode_prediction(m.value())
-                if not rec["event_id"].startswith("evt-7-"):
-                    lat.append(m.timestamp()[1] - rec["event_time"])
-                    sent.append(rec["event_time"])
-                idle = time.monotonic()
-    reader.close()
-    arr = np.asarray(lat, dtype=np.float64)
+    # passthrough copies the input's bytes, so its output decodes as a transaction
+    decode = decode_event_time if name == "passthrough" else _prediction_event_time
+    lat, sent, seen = read_latencies(bootstrap, t_out, decode, step)
     out: dict[str, Any] = {"name": name, "offered_eps": round(rate), "scored": seen, "expected": total + 200,
-                           "latency_samples": len(lat),
-                           "p50_ms": round(float(np.percentile(arr, 50)), 2) if len(arr) else None,
-                           "p99_ms": round(float(np.percentile(arr, 99)), 2) if len(arr) else None,
-                           "rss_peak_mb": round(rss.peak_mb, 1)}
-    if len(arr):
-        # where in the window the tail sits: p99 per 5-s slice of send time, and the window
-        # without its first `warmup_s` (reported beside the whole-window figures, not instead)
-        t = (np.asarray(sent, dtype=np.int64) - min(sent)) / 1000.0
-        out["p99_ms_by_5s"] = [round(float(np.percentile(arr[(t >= a) & (t < a + 5)], 99)), 1)
-                               for a in range(0, int(t.max()) + 1, 5) if np.any((t >= a) & (t < a + 5))]
-        steady = arr[t >= warmup_s]
-        if len(steady):
-            out["warmup_s"] = warmup_s
-            out["p50_ms_after_warmup"] = round(float(np.percentile(steady, 50)), 2)
-            out["p99_ms_after_warmup"] = round(float(np.percentile(steady, 99)), 2)
+                           "latency_samples": len(lat), "rss_peak_mb": round(rss.peak_mb, 1)}
+    out.update(latency_summary(lat, sent, warmup_s))
+    # the generator -> broker leg alone (input append time - event_time), sampled: a floor
+    # under every contender's end-to-end figure, measured in the same window
+    in_lat, in_sent, _ = read_latencies(bootstrap, t_in, decode_event_time, 10)
+    out["input_leg"] = latency_summary(in_lat, in_sent, warmup_s)
     if soak and rss.samples:
         first = [s for t, s in rss.samples if 30 <= t < 90]
         last = [s for t, s in rss.samples if t >= rss.samples[-1][0] - 60]
@@ -357,7 +402,8 @@ def main() -> int:
         print(f"  {'model_only_eps':24} {results['model_only_eps']:>10,} rows/s (batch 1024)", flush=True)
         if results.get("streamscore_eps"):
             rate = 0.5 * results["streamscore_eps"]
-            for name in ("streamscore", "batched"):
+            # passthrough first: its latency at the same load is the floor the I/O path sets
+            for name in ("passthrough", "streamscore", "batched"):
                 if name not in wanted:
                     continue
                 lat = run_latency(name, bootstrap, rate, a.latency_seconds, work)
@@ -367,10 +413,13 @@ def main() -> int:
                 results[f"{name}_p99_ms_after_warmup"] = lat.get("p99_ms_after_warmup")
                 if name == "streamscore":
                     results["streamscore_rss_mb"] = lat["rss_peak_mb"]
+                    results["input_leg_p99_ms"] = lat["input_leg"]["p99_ms"]
                 print(f"  latency {name:11} at {rate:,.0f}/s: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
                       f"(after {lat.get('warmup_s')} s warm-up: p99 {lat.get('p99_ms_after_warmup')} ms; "
                       f"p99 per 5 s {lat.get('p99_ms_by_5s')}) "
-                      f"({lat['scored']:,}/{lat['expected']:,} scored, peak rss {lat['rss_peak_mb']} MB)", flush=True)
+                      f"({lat['scored']:,}/{lat['expected']:,} scored, peak rss {lat['rss_peak_mb']} MB); "
+                      f"generator -> input append p50 {lat['input_leg']['p50_ms']} / p99 {lat['input_leg']['p99_ms']} ms",
+                      flush=True)
             if a.soak_seconds > 0 and "streamscore" in wanted:
                 soak = run_latency("streamscore", bootstrap, rate, a.soak_seconds, work, soak=True)
                 runs["soak"] = soak
@@ -401,7 +450,7 @@ def main() -> int:
 def table(r: dict[str, Any]) -> str:
     rows = ["passthrough_eps", "model_only_eps", "naive_eps", "batched_eps", "quix_eps", "faust_eps",
             "streamscore_eps", "streamscore_eps_2proc", "streamscore_p50_ms", "streamscore_p99_ms",
-            "streamscore_p99_ms_after_warmup",
+            "streamscore_p99_ms_after_warmup", "passthrough_p50_ms", "passthrough_p99_ms", "input_leg_p99_ms",
             "batched_p99_ms", "streamscore_rss_mb", "ratio_vs_batched", "ratio_vs_passthrough", "soak_rss_growth"]
     lines = ["| metric | value |", "|---|---:|"]
     for k in rows:

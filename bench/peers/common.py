@@ -67,6 +67,8 @@ def args() -> argparse.Namespace:
     ap.add_argument("--group", required=True)
     ap.add_argument("--count", type=int, required=True, help="stop after producing this many outputs")
     ap.add_argument("--seconds", type=float, default=600.0, help="hard stop")
+    ap.add_argument("--wait-ms", type=float, default=100.0,
+                    help="longest a consume call waits for its batch to fill (passthrough only)")
     return ap.parse_args()
 
 

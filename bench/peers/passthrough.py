@@ -23,7 +23,7 @@ def main() -> None:
     deadline = time.monotonic() + a.seconds
     produce = producer.produce
     while done < a.count and time.monotonic() < deadline:
-        msgs = consumer.consume(2000, 0.1)
+        msgs = consumer.consume(2000, a.wait_ms / 1000)
         for m in msgs:
             if m.error() is None:
                 while True:
