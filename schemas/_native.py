@@ -180,7 +180,7 @@ def non_ascii(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndar
     if n == 0:
         return out.view(bool)
     buf = np.ascontiguousarray(buf, dtype=np.uint8)
-    start, length = _i64(start), np.maximum(_i64(length), 0)
+    start, length = _i64(start), _i64(length)   # the C loop reads nothing for a length <= 0
     pos = length > 0
     if pos.any() and (int(start[pos].min()) < 0 or int((start + length)[pos].max()) > buf.shape[0]):
         raise ValueError("segment outside the buffer")

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from schemas._cursor import BAD_UTF8, OK, RESOLUTION, TRAILING, TRUNCATED, Cursor
-from schemas import _native as native
 from schemas._decode import ResolutionError, gather_fixed, null_column, read_field
+from schemas._native import non_ascii
 from schemas._types import DTYPE, FIXED_SIZE, NO_DEFAULT, Field, FieldType, can_promote
 from schemas._vec import Buffer
 from schemas.columns import BytesColumn, Column, RaggedColumn, StrColumn, _gather_index
@@ -201,7 +201,7 @@ _SHORT = 32  # strings up to this many bytes are scanned 8 bytes at a time
 
 def _non_ascii(buf: Buffer, start: np.ndarray, length: np.ndarray) -> np.ndarray:
     """Per segment: does it contain a byte >= 0x80 (and so need a real utf-8 check)?"""
-    fast = native.non_ascii(buf.u8, start, length)
+    fast = non_ascii(buf.u8, start, length)
     if fast is not None:
         return fast
     out = np.zeros(start.shape[0], bool)
