@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml
 kafka-jars: $(STAMP)
 	@$(BIN)/python -c "from streamscore.dev.kafka import kafka_libs; print('kafka jars:', kafka_libs())"
 
-# The codec's C byte-copy kernels, compiled once into ~/.cache/streamscore/native (numpy fallback without a compiler).
+# The codec's C kernels (byte copies, the non-ASCII scan), compiled once into ~/.cache/streamscore/native (numpy fallback without a compiler).
 native: $(STAMP)
 	@$(BIN)/python -c "from schemas._native import lib; print('native kernels:', 'built' if lib() else 'unavailable, numpy fallback')"
 
