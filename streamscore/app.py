@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from confluent_kafka.admin import AdminClient
 
@@ -94,17 +94,7 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
     for sh in spec.shadow:
         entry, active = load_active(registry, p, name=sh.name, version=sh.version, variant="shadow")
         shadows.append(ModelSlot(active))
-    validate: dict[str, Any] = {}
-    field_names = {f["name"] for f in reader["fields"]}
-    if p.input.validate_finite:
-        validate["finite"] = [n for n in arms[0].active.assembler.names if n in field_names]
-    if p.input.ranges:
-        unknown = sorted(set(p.input.ranges) - field_names)
-        if unknown:
-            raise ConfigError(f"pipelines[{p.name}].input.ranges: unknown fields {unknown}; "
-                              f"valid: {sorted(field_names)}")
-        validate["ranges"] = {k: list(v) for k, v in p.input.ranges.items()}
-    decoder = BatchDecoder(reader, schemas, fmt=p.input.format, validate=validate or None)
+    decoder = build_decoder(p, schemas, reader, arms[0].active.assembler.names)
     encoder = BatchEncoder(schemas.schema("prediction"), schemas.id_for("prediction"))
     in_parts = partition_count(admin, p.input.topic)
     out_parts = partition_count(admin, p.output.topic)
@@ -117,6 +107,24 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
         partitioning=p.output.partitioning, out_partitions=out_parts if in_parts else 0,
         max_message_bytes=p.input.max_message_bytes, output_headers=p.output.headers,
     )
+
+
+def build_decoder(p: PipelineConfig, schemas: Any, reader: dict[str, Any], feature_names: tuple[str, ...],
+                  *, fmt: Literal["avro", "json"] | None = None) -> Any:
+    """The pipeline's input decoder with its validation rules (``fmt`` overrides ``input.format``)."""
+    from schemas.columnar import BatchDecoder
+
+    validate: dict[str, Any] = {}
+    field_names = {f["name"] for f in reader["fields"]}
+    if p.input.validate_finite:
+        validate["finite"] = [n for n in feature_names if n in field_names]
+    if p.input.ranges:
+        unknown = sorted(set(p.input.ranges) - field_names)
+        if unknown:
+            raise ConfigError(f"pipelines[{p.name}].input.ranges: unknown fields {unknown}; "
+                              f"valid: {sorted(field_names)}")
+        validate["ranges"] = {k: list(v) for k, v in p.input.ranges.items()}
+    return BatchDecoder(reader, schemas, fmt=fmt or p.input.format, validate=validate or None)
 
 
 def build_embed_runtime(p: PipelineConfig, schemas: Any, reader: dict[str, Any], admin: AdminClient) -> PipelineRuntime:

@@ -122,6 +122,41 @@ def _serve_many(args: argparse.Namespace) -> int:
     return max(p.wait() for p in procs)
 
 
+# ---------------------------------------------------------------- backfill and serve-http
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from streamscore.backfill import BackfillArgs, parse_model, parse_time, run_backfill, terminal_progress
+    from streamscore.config import load_config
+
+    cfg = load_config(args.config)
+    bargs = BackfillArgs(
+        from_ms=parse_time(args.from_, "--from") if args.from_ is not None else None,
+        to_ms=parse_time(args.to, "--to") if args.to is not None else None,
+        model=parse_model(args.model) if args.model else None,
+        to_topic=args.to_topic, to_file=Path(args.to_file) if args.to_file else None,
+        input_file=Path(args.input_file) if args.input_file else None, resume=args.resume,
+        state_dir=Path(args.state_dir) if args.state_dir else None, pipeline=args.pipeline,
+        max_rate=args.max_rate, progress=None if args.quiet else terminal_progress())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    quiet_gc()
+    res = run_backfill(cfg, bargs, stop=stop)
+    print(json.dumps(res.to_dict()), flush=True)
+    if not res.complete:
+        print("streamscore: backfill interrupted; run the same command with --resume to continue", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_serve_http(args: argparse.Namespace) -> int:
+    from streamscore.config import load_config
+    from streamscore.http_server import run_http
+
+    cfg = load_config(args.config)
+    run_http(cfg, host=args.host, port=args.port, pipeline=args.pipeline, max_body_bytes=args.max_body_bytes)
+    return 0
+
+
 # ---------------------------------------------------------------- produce
 def cmd_produce(args: argparse.Namespace) -> int:
     from models.demo_data import DriftSpec
@@ -283,6 +318,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--process-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--max-seconds", type=float, default=None, help="stop after this long (tests, benchmarks)")
     serve.set_defaults(fn=cmd_serve)
+
+    bf = sub.add_parser("backfill", help="re-score a topic's time range (or a file) with the pipeline's model")
+    bf.add_argument("-c", "--config", required=True, help="pipeline YAML file")
+    bf.add_argument("--from", dest="from_", default=None, help="start time: ISO-8601 (naive = UTC) or epoch ms")
+    bf.add_argument("--to", default=None, help="end time, exclusive (default: the topic's end when the run starts)")
+    bf.add_argument("--model", default=None, help="NAME@VERSION to score with (default: the pipeline's model)")
+    out = bf.add_mutually_exclusive_group(required=True)
+    out.add_argument("--to-topic", default=None, help="write predictions to this topic (transactional)")
+    out.add_argument("--to-file", default=None, help="write predictions to this Parquet file")
+    bf.add_argument("--input-file", default=None, help="read a Parquet or CSV file instead of the input topic")
+    bf.add_argument("--resume", action="store_true", help="continue an interrupted run with the same arguments")
+    bf.add_argument("--state-dir", default=None, help="checkpoint directory (default: OUT.parquet.backfill or .backfill-TOPIC)")
+    bf.add_argument("--pipeline", default=None, help="which pipeline of the file (default: the first scoring one)")
+    bf.add_argument("--max-rate", type=float, default=None, help="events/s ceiling (default: flat out)")
+    bf.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    bf.set_defaults(fn=cmd_backfill)
+
+    http = sub.add_parser("serve-http", help="the Open Inference Protocol V2 REST endpoint on the pipeline's model")
+    http.add_argument("-c", "--config", required=True, help="pipeline YAML file")
+    http.add_argument("--host", default="127.0.0.1")
+    http.add_argument("--port", type=int, default=8080)
+    http.add_argument("--pipeline", default=None, help="which pipeline of the file (default: the first scoring one)")
+    http.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="larger request bodies get 413")
+    http.set_defaults(fn=cmd_serve_http)
 
     prod = sub.add_parser("produce", help="write demo Transaction events")
     prod.add_argument("--topic", default="transactions")
