@@ -136,11 +136,14 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         input_file=Path(args.input_file) if args.input_file else None, resume=args.resume,
         state_dir=Path(args.state_dir) if args.state_dir else None, pipeline=args.pipeline,
         max_rate=args.max_rate, progress=None if args.quiet else terminal_progress())
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     quiet_gc()
-    res = run_backfill(cfg, bargs, stop=stop)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        res = run_backfill(cfg, bargs, stop=stop)   # a signal ends it after the current chunk is durable
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(json.dumps(res.to_dict()), flush=True)
     if not res.complete:
         print("streamscore: backfill interrupted; run the same command with --resume to continue", file=sys.stderr)
@@ -153,6 +156,8 @@ def cmd_serve_http(args: argparse.Namespace) -> int:
     from streamscore.http_server import run_http
 
     cfg = load_config(args.config)
+    quiet_gc()
+    short_gil_slices(cfg.gil_switch_ms)   # the coalescer's thread answers handlers without a 5-ms GIL wait
     run_http(cfg, host=args.host, port=args.port, pipeline=args.pipeline, max_body_bytes=args.max_body_bytes)
     return 0
 

@@ -157,7 +157,11 @@ def test_backfill_to_topic_killed_and_resumed_exactly_once(tmp_path: Path, boots
     assert sorted(m.value() for m in dead) == sorted(b"\x00\x00\x00\x00\x01garbage-%d" % i for i in range(BAD))
 
 
-def test_backfill_bad_arguments_are_one_line(tmp_path: Path, bootstrap: str, produced: dict[str, Any]) -> None:
+def test_backfill_bad_arguments_are_one_line(tmp_path: Path, bootstrap: str, produced: dict[str, Any],
+                                            capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamscore.cli import main
+
+    monkeypatch.chdir(tmp_path)
     cfg = write_config(tmp_path / "p.yaml", bootstrap, "g-bf", [{
         "name": "fraud", "input": {"topic": produced["topic"]}, "model": {"name": "fraud-mlp"},
         "output": {"topic": "unused"}}])
@@ -169,10 +173,10 @@ def test_backfill_bad_arguments_are_one_line(tmp_path: Path, bootstrap: str, pro
         (["--input-file", str(tmp_path / "missing.csv"), "--to-file", str(tmp_path / "z.parquet")], "does not exist"),
     ]
     for args, needle in cases:
-        r = subprocess.run([sys.executable, "-m", "streamscore", "backfill", "-c", str(cfg), *args],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
-        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
-        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        code = main(["backfill", "-c", str(cfg), "--quiet", *args])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
 
 
 def test_backfill_from_csv_file(tmp_path: Path, bootstrap: str, produced: dict[str, Any]) -> None:
