@@ -16,10 +16,11 @@ import numpy as np
 from confluent_kafka import Message
 
 from consumers.runtime import PipelineRuntime
-from consumers.work import TP, Work
+from consumers.offsets import TP
+from consumers.work import Work
 
 
-def decode_work(rt: PipelineRuntime, msgs: list[Message], *, batch_id: int, generation: int = 0) -> Work:
+def decode_work(rt: PipelineRuntime, msgs: list[Message], *, batch_id: int) -> Work:
     """Decode ``msgs`` (one pipeline's, in consumption order) into a Work item for the model stage."""
     n = len(msgs)
     partition, offset, value, key = _accessors(msgs)
@@ -30,8 +31,7 @@ def decode_work(rt: PipelineRuntime, msgs: list[Message], *, batch_id: int, gene
         sel = offs[parts == p]
         ranges[(rt.input_topic, p)] = (int(sel.min()), int(sel.max()))
     values = list(map(value, msgs))
-    work = Work(batch_id=batch_id, rt=rt, ranges=ranges, msgs=msgs, generation=generation,
-                consumed_at=time.monotonic(), first_ts_ms=msgs[0].timestamp()[1] if n else 0)
+    work = Work(batch_id=batch_id, rt=rt, ranges=ranges, msgs=msgs, consumed_at=time.monotonic())
     limit = rt.max_message_bytes
     try:
         oversized = np.flatnonzero(np.fromiter(map(len, values), np.int64, n) > limit).tolist()

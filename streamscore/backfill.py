@@ -39,13 +39,14 @@ from typing import Any, Callable, Iterator, Protocol
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from consumers.batcher import AdaptiveBatcher
 from consumers.decode_stage import decode_work
 from consumers.model_stage import ModelStage
 from consumers.outputs import OutputWriter
 from consumers.runtime import PipelineRuntime
 from consumers.work import TP, Work
 from schemas.errors import ConfigError, DeliveryError, StreamscoreError
-from sinks.kafka_sink import BatchAck, KafkaSink, error_headers
+from sinks.kafka_sink import BatchAck, KafkaSink
 from streamscore.config import PipelineConfig, PipelineFile
 
 log = logging.getLogger(__name__)
@@ -510,7 +511,10 @@ def run_backfill(cfg: PipelineFile, args: BackfillArgs, *, stop: threading.Event
         sink = parts
         positions = state.positions
     writer = OutputWriter(sink=sink, metrics=_NoMetrics(), record_latency=lambda _s: None)
-    stage = ModelStage(batcher=_NoBatcher(), metrics=_NoMetrics())
+    dead_writer = OutputWriter(sink=dlq_sink, metrics=_NoMetrics(), record_latency=lambda _s: None)
+    # backfill closes batches by size only; the model stage still feeds its cost fit
+    stage = ModelStage(batchers={rt.name: AdaptiveBatcher(max_size=p.batching.max_size or 8192, max_wait_s=1.0)},
+                       metrics=_NoMetrics())
 
     source: TopicRange | FileRows
     if args.input_file is not None:
@@ -557,11 +561,8 @@ def run_backfill(cfg: PipelineFile, args: BackfillArgs, *, stop: threading.Event
             n_ok = 0 if work.ok_rows is None else len(work.ok_rows)
             if n_ok:
                 writer.emit(work, ack)
-            for idx, reason, message in work.dead:
-                m = work.msgs[idx]
-                hdrs = error_headers(error=reason, message=message, topic=m.topic(), partition=m.partition(),
-                                     offset=m.offset(), pipeline=rt.name, when_ms=int(time.time() * 1000))
-                dlq_sink.produce_one(rt.dlq_topic, m.value(), m.key(), ack, headers=hdrs)
+            if work.dead:
+                dead_writer.emit_dead(work, ack)
             ack.seal()
             for (_t, part), (_lo, hi) in work.ranges.items():
                 pos[part] = hi + 1
@@ -720,13 +721,6 @@ def terminal_progress(stream: Any = None) -> Callable[[str, bool], None]:
             print(line, file=out, flush=True)
 
     return emit
-
-
-class _NoBatcher:
-    """Backfill closes chunks by size; the model stage's cost feedback has nobody to inform."""
-
-    def observe_model(self, rows: int, seconds: float) -> None:
-        pass
 
 
 class _NoMetrics:
