@@ -181,7 +181,8 @@ def cmd_serve_http(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     quiet_gc()
     short_gil_slices(cfg.gil_switch_ms)   # the coalescer's thread answers handlers without a 5-ms GIL wait
-    run_http(cfg, host=args.host, port=args.port, pipeline=args.pipeline, max_body_bytes=args.max_body_bytes)
+    run_http(cfg, host=args.host, port=args.port, pipeline=args.pipeline, max_body_bytes=args.max_body_bytes,
+             max_wait_ms=args.max_wait_ms)
     return 0
 
 
@@ -369,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     http.add_argument("--port", type=int, default=8080)
     http.add_argument("--pipeline", default=None, help="which pipeline of the file (default: the first scoring one)")
     http.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="larger request bodies get 413")
+    http.add_argument("--max-wait-ms", type=float, default=0.0,
+                      help="longest a request waits for batch-mates (the pipeline's latency target still applies)")
     http.set_defaults(fn=cmd_serve_http)
 
     prod = sub.add_parser("produce", help="write demo Transaction events")

@@ -212,7 +212,8 @@ class HttpService:
                 log.warning("closing %s failed: %s", close, exc)
 
 
-def build_service(cfg: PipelineFile, *, pipeline: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> HttpService:
+def build_service(cfg: PipelineFile, *, pipeline: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+                  max_wait_ms: float = 0.0) -> HttpService:
     from prometheus_client import CollectorRegistry
 
     from monitoring.metrics import ScorerMetrics
@@ -246,7 +247,10 @@ def build_service(cfg: PipelineFile, *, pipeline: str | None = None, max_body_by
     if p.model.hot_swap and p.model.version is None:
         closers.append(_watch(registry, p, slot, entry, "primary", metrics).start().close)
     b = p.batching
-    batcher = AdaptiveBatcher(max_size=b.max_size or 8192, max_wait_s=b.max_wait_ms / 1000.0,
+    # A request waits at most max_wait_ms for batch-mates (default 0: a stream's batcher waits
+    # because its rows queue in Kafka anyway, a client's request would only be slower). Requests
+    # that arrive while the model runs are batched together on its next call regardless.
+    batcher = AdaptiveBatcher(max_size=b.max_size or 8192, max_wait_s=max_wait_ms / 1000.0,
                               latency_target_s=None if b.latency_target_ms is None else b.latency_target_ms / 1000.0)
     coalescer = RequestCoalescer(batcher=batcher).start()
     closers.insert(0, coalescer.close)
@@ -274,9 +278,9 @@ def uvicorn_server(app: Any) -> Any:
 
 
 def run_http(cfg: PipelineFile, *, host: str, port: int, pipeline: str | None = None,
-             max_body_bytes: int = MAX_BODY_BYTES) -> None:
+             max_body_bytes: int = MAX_BODY_BYTES, max_wait_ms: float = 0.0) -> None:
     sock = bind(host, port)
-    service = build_service(cfg, pipeline=pipeline, max_body_bytes=max_body_bytes)
+    service = build_service(cfg, pipeline=pipeline, max_body_bytes=max_body_bytes, max_wait_ms=max_wait_ms)
     bound = sock.getsockname()[1]
     print(f"serve-http: {service.served.name} (version {service.served.slot.active.model.version}) "
           f"on http://{host}:{bound}/v2/models/{service.served.name}/infer", flush=True)
