@@ -27,6 +27,18 @@ def _model(p: PipelineConfig) -> ModelRef:
     return p.model
 
 
+def scoring_pipeline(cfg: PipelineFile, name: str | None, command: str) -> PipelineConfig:
+    """The pipeline ``--pipeline NAME`` names (default: the file's first scoring pipeline)."""
+    for p in cfg.pipelines:
+        if p.name == name or (name is None and p.kind == "score"):
+            if p.kind != "score":
+                raise ConfigError(f"{command}: pipeline {p.name!r} is kind {p.kind!r}; {command} needs kind: score")
+            return p
+    if name is None:
+        raise ConfigError(f"{command}: the pipeline file has no scoring pipeline")
+    raise ConfigError(f"--pipeline: no pipeline {name!r}; valid: {[p.name for p in cfg.pipelines]}")
+
+
 def registry_for(cfg: PipelineFile) -> Any:
     from models import DEMO_REGISTRY
     from models.registry import ModelRegistry

@@ -44,7 +44,7 @@ from consumers.decode_stage import decode_work
 from consumers.model_stage import ModelStage
 from consumers.outputs import OutputWriter
 from consumers.runtime import PipelineRuntime
-from consumers.work import TP, Work
+from consumers.work import Work
 from schemas.errors import ConfigError, DeliveryError, StreamscoreError
 from sinks.kafka_sink import BatchAck, KafkaSink
 from streamscore.config import PipelineConfig, PipelineFile
@@ -104,8 +104,10 @@ class BackfillArgs:
 
 # ------------------------------------------------------------------ sources
 class Source(Protocol):
+    """Where a backfill reads: ``total`` events planned, ``already`` done by an earlier run."""
+
     total: int
-    topic: str
+    already: int
 
     def chunks(self, max_rows: int) -> Iterator[list[Message]]: ...
     def close(self) -> None: ...
@@ -346,17 +348,28 @@ class ParquetParts:
 
 
 def _arrow(col: Any, name: str, symbols: dict[str, tuple[str, ...]]) -> Any:
+    """One decoded column as an Arrow array (strings from their bytes, no Python objects per row)."""
     import pyarrow as pa
 
+    from schemas.columns import StrColumn
+
     if name in symbols:
-        return pa.array(np.asarray(symbols[name], dtype=object)[np.asarray(col)].tolist(), pa.string())
-    if hasattr(col, "to_list"):
-        return pa.array(col.to_list())
+        return pa.array(np.asarray(symbols[name], dtype=object)[np.asarray(col)], pa.string())
+    if isinstance(col, StrColumn):
+        c = col.compact()
+        lengths = np.maximum(c.length, 0)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        nulls = c.length < 0
+        validity = pa.array(~nulls).buffers()[1] if nulls.any() else None
+        return pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(c.buf.tobytes()),
+                                           validity, null_count=int(nulls.sum()))
     return pa.array(np.asarray(col))
 
 
 def concat_parts(directory: Path, parts: list[str], out: Path) -> int:
     """The parts, in order, as one Parquet file at ``out`` (written, then renamed)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     tmp = out.with_name(f".{out.name}.tmp")
@@ -364,15 +377,16 @@ def concat_parts(directory: Path, parts: list[str], out: Path) -> int:
     writer = None
     try:
         for name in parts:
-            t = pq.read_table(directory / name)
+            f = pq.ParquetFile(directory / name)
             if writer is None:
-                writer = pq.ParquetWriter(tmp, t.schema)
-            writer.write_table(t)
-            rows += t.num_rows
-        if writer is None:
+                writer = pq.ParquetWriter(tmp, f.schema_arrow)
+            for i in range(f.num_row_groups):
+                t = f.read_row_group(i)
+                writer.write_table(t)
+                rows += t.num_rows
+        if writer is None:     # an empty range: an empty file with the prediction columns
             from schemas.registry import SchemaRegistry
 
-            import pyarrow as pa
             fields = SchemaRegistry.default().schema("prediction")["fields"]
             pq.write_table(pa.table({f["name"]: pa.array([], pa.null()) for f in fields}), tmp)
     finally:
@@ -400,18 +414,6 @@ class BackfillResult:
         return d
 
 
-def _pipeline(cfg: PipelineFile, name: str | None) -> PipelineConfig:
-    if name is None:
-        scoring = [p for p in cfg.pipelines if p.kind == "score"]
-        if not scoring:
-            raise ConfigError("backfill: the pipeline file has no scoring pipeline")
-        return scoring[0]
-    for p in cfg.pipelines:
-        if p.name == name:
-            return p
-    raise ConfigError(f"--pipeline: no pipeline {name!r}; valid: {[p.name for p in cfg.pipelines]}")
-
-
 def backfill_pipeline(p: PipelineConfig, args: BackfillArgs, output_topic: str) -> PipelineConfig:
     """The pipeline as backfill runs it: one fixed model, no routing, shadows, telemetry or hot swap."""
     assert p.model is not None
@@ -428,11 +430,50 @@ def backfill_pipeline(p: PipelineConfig, args: BackfillArgs, output_topic: str) 
 
 
 def run_backfill(cfg: PipelineFile, args: BackfillArgs, *, stop: threading.Event | None = None) -> BackfillResult:
+    """Score the range (or file) once per event into the output; resumable (see the module docstring)."""
     from confluent_kafka.admin import AdminClient
 
-    from consumers.kafka_client import PRODUCER_DEFAULTS, connection_error, ensure_topics, merged, partition_count
-    from streamscore.app import build_runtime, registry_for
+    from consumers.kafka_client import connection_error
+    from streamscore.app import build_runtime, registry_for, scoring_pipeline
 
+    _check_args(args)
+    stop = stop or threading.Event()
+    base = cfg.kafka.client_settings()
+    problem = connection_error(base)
+    if problem is not None:
+        raise ConfigError(problem)
+    p0 = scoring_pipeline(cfg, args.pipeline, "backfill")
+    admin = AdminClient(base)
+    _ensure_topics(base, admin, p0, args)
+    p = backfill_pipeline(p0, args, args.to_topic or p0.output.topic)
+    rt = build_runtime(cfg, p, registry_for(cfg), admin, [], _NoMetrics())
+    if args.to_file is not None or args.input_file is not None:
+        rt = dataclasses.replace(rt, partitioning="key")   # no input partition to follow / no partitions to pick
+    state_dir, state = _open_state(args, p, base, rt)
+    out = Outputs(cfg, args, state, state_dir, rt)
+    try:
+        if args.input_file is not None:
+            source: Source = FileRows(args.input_file, position=out.positions.get(0, 0))
+            if state.ranges[0][1] < 0:
+                state.ranges = {0: (0, source.total)}
+                state.save(state_dir / STATE_FILE)
+        else:
+            consumer_conf = {**base, **{k: v for k, v in cfg.kafka.consumer.items()
+                                        if k not in ("group.id", "group.instance.id")},
+                             "group.id": state.group, "isolation.level": "read_committed"}
+            source = TopicRange(consumer_conf, p.input.topic, ranges=state.ranges, positions=out.positions)
+            out.group_metadata = source.consumer.consumer_group_metadata
+        res = _score_all(source, rt, out, args, p.batching.max_size or 8192, cfg.queue_depth, stop)
+    finally:
+        out.close()
+    if res.complete:
+        if args.to_file is not None:
+            concat_parts(state_dir, state.parts, args.to_file)
+        shutil.rmtree(state_dir, ignore_errors=True)    # finished: nothing left to resume
+    return res
+
+
+def _check_args(args: BackfillArgs) -> None:
     if (args.to_topic is None) == (args.to_file is None):
         raise ConfigError("backfill: give exactly one of --to-topic TOPIC or --to-file OUT.parquet")
     if args.input_file is None and args.from_ms is None:
@@ -441,176 +482,189 @@ def run_backfill(cfg: PipelineFile, args: BackfillArgs, *, stop: threading.Event
         raise ConfigError(f"--input-file: {args.input_file} does not exist")
     if args.from_ms is not None and args.to_ms is not None and args.to_ms <= args.from_ms:
         raise ConfigError(f"backfill: --to ({args.to_ms}) must be after --from ({args.from_ms})")
-    stop = stop or threading.Event()
-    base = cfg.kafka.client_settings()
-    problem = connection_error(base)
-    if problem is not None:
-        raise ConfigError(problem)
-    p0 = _pipeline(cfg, args.pipeline)
-    if p0.kind != "score":
-        raise ConfigError(f"backfill: pipeline {p0.name!r} is kind {p0.kind!r}; backfill scores (kind: score)")
-    admin = AdminClient(base)
-    out_topic = args.to_topic or f"{p0.output.topic}"
-    if args.to_topic is not None:
-        n_in = partition_count(admin, p0.input.topic) if args.input_file is None else 0
-        ensure_topics(base, {args.to_topic: n_in or 4, p0.input.dlq_topic: n_in or 4})
-    else:
-        ensure_topics(base, {p0.input.dlq_topic: partition_count(admin, p0.input.topic) or 4})
-    p = backfill_pipeline(p0, args, out_topic)
-    registry = registry_for(cfg)
-    rt = build_runtime(cfg, p, registry, admin, [], _NoMetrics())
-    if args.to_file is not None or args.input_file is not None:
-        rt = dataclasses.replace(rt, partitioning="key")   # no input partition to follow / no partitions to pick
-    active = rt.slot.active
-    model_label = f"{active.model.name}@{active.model.version}"
 
-    # ---- state: where this run starts
+
+def _ensure_topics(base: dict[str, Any], admin: Any, p: PipelineConfig, args: BackfillArgs) -> None:
+    """The output topic (as many partitions as the input) and the dead-letter topic."""
+    from consumers.kafka_client import ensure_topics, partition_count
+
+    n_in = partition_count(admin, p.input.topic) if args.input_file is None else 0
+    want = {p.input.dlq_topic: n_in or 4}
+    if args.to_topic is not None:
+        want[args.to_topic] = n_in or 4
+    ensure_topics(base, want)
+
+
+def _open_state(args: BackfillArgs, p: PipelineConfig, base: dict[str, Any], rt: PipelineRuntime) -> tuple[Path, State]:
+    """A fresh run plans the ranges and records them; ``--resume`` reloads them (same arguments only)."""
+    active = rt.slot.active
     source_id = str(args.input_file.resolve()) if args.input_file else p.input.topic
     out_id = str(args.to_file.resolve()) if args.to_file else f"topic:{args.to_topic}"
+    model_label = f"{active.model.name}@{active.model.version}"
     fingerprint = hashlib.sha256(json.dumps([source_id, args.from_ms, args.to_ms, model_label, out_id]).encode()).hexdigest()[:16]
     state_dir = args.state_dir or (Path(f"{args.to_file}.backfill") if args.to_file else Path(f".backfill-{args.to_topic}"))
-    state_path = state_dir / STATE_FILE
-    if state_path.exists() and not args.resume:
+    path = state_dir / STATE_FILE
+    if path.exists() and not args.resume:
         raise ConfigError(f"backfill state {state_dir} exists from an earlier run: pass --resume to continue it, "
                           f"or remove the directory to start over")
-    if args.resume and not state_path.exists():
-        raise ConfigError(f"--resume: no backfill state at {state_dir} (nothing to resume)")
     if args.resume:
-        state = State.load(state_path)
+        if not path.exists():
+            raise ConfigError(f"--resume: no backfill state at {state_dir} (nothing to resume)")
+        state = State.load(path)
         if state.fingerprint != fingerprint:
             raise ConfigError(f"--resume: {state_dir} belongs to a different backfill (input, range, model or output "
                               f"differ); use the same arguments, or another --state-dir")
-    else:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        ranges = ({0: (0, -1)} if args.input_file else TopicRange.plan(base, p.input.topic, args.from_ms, args.to_ms))
-        state = State(fingerprint=fingerprint, group=f"streamscore-backfill-{uuid.uuid4().hex[:12]}", ranges=ranges)
-        state.save(state_path)
+        return state_dir, state
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ranges = {0: (0, -1)} if args.input_file else TopicRange.plan(base, p.input.topic, args.from_ms, args.to_ms)
+    state = State(fingerprint=fingerprint, group=f"streamscore-backfill-{uuid.uuid4().hex[:12]}", ranges=ranges)
+    state.save(path)
+    return state_dir, state
 
-    # ---- outputs
-    producer_conf = merged(PRODUCER_DEFAULTS, base, {})
-    producer_conf.update(cfg.kafka.producer)
-    parts: ParquetParts | None = None
-    if args.to_topic is not None:
-        producer_conf.update({"transactional.id": state.group, "transaction.timeout.ms": 60000})
-        producer = Producer(producer_conf)
-        producer.init_transactions(30)      # fences (aborts) a killed earlier run's open transaction
-        positions = _committed(base, state.group, p.input.topic, state.ranges) if not args.input_file else state.positions
-        sink: Any = KafkaSink(producer, batch_produce=cfg.kafka.batch_produce)
-        dlq_sink = sink
-    else:
-        for f in state_dir.glob("*.parquet"):
-            if f.name not in state.parts:
-                f.unlink()          # written after the last checkpoint: its rows are scored again
-        for f in state_dir.glob(".*.tmp"):
-            f.unlink()
-        producer = Producer(producer_conf)
-        dlq_sink = KafkaSink(producer, batch_produce=False)
-        from schemas.registry import SchemaRegistry
 
-        parts = ParquetParts(SchemaRegistry.default().schema("prediction"), SchemaRegistry.default(), state_dir)
-        sink = parts
-        positions = state.positions
-    writer = OutputWriter(sink=sink, metrics=_NoMetrics(), record_latency=lambda _s: None)
-    dead_writer = OutputWriter(sink=dlq_sink, metrics=_NoMetrics(), record_latency=lambda _s: None)
+class Outputs:
+    """Where a chunk goes, and how it is made durable (``checkpoint``): see the module docstring."""
+
+    def __init__(self, cfg: PipelineFile, args: BackfillArgs, state: State, state_dir: Path, rt: PipelineRuntime) -> None:
+        from consumers.kafka_client import PRODUCER_DEFAULTS, merged
+
+        self.args, self.state, self.state_dir, self.topic = args, state, state_dir, rt.input_topic
+        self.failed: list[Any] = []
+        self.group_metadata: Callable[[], Any] | None = None
+        self.parts: ParquetParts | None = None
+        conf = merged(PRODUCER_DEFAULTS, cfg.kafka.client_settings(), {})
+        conf.update(cfg.kafka.producer)
+        if args.to_topic is not None:
+            conf.update({"transactional.id": state.group, "transaction.timeout.ms": 60000})
+            self.producer = Producer(conf)
+            self.producer.init_transactions(30)      # fences (aborts) a killed earlier run's open transaction
+            self.positions = (state.positions if args.input_file
+                              else _committed(cfg.kafka.client_settings(), state.group, rt.input_topic, state.ranges))
+            sink: Any = KafkaSink(self.producer, batch_produce=cfg.kafka.batch_produce)
+            dlq_sink = sink
+        else:
+            for f in [*state_dir.glob("*.parquet"), *state_dir.glob(".*.tmp")]:
+                if f.name not in state.parts:
+                    f.unlink()          # written after the last checkpoint: those rows are scored again
+            from schemas.registry import SchemaRegistry
+
+            self.producer = Producer(conf)
+            dlq_sink = KafkaSink(self.producer, batch_produce=False)
+            self.parts = sink = ParquetParts(SchemaRegistry.default().schema("prediction"), SchemaRegistry.default(),
+                                             state_dir)
+            self.positions = dict(state.positions)
+        self.writer = OutputWriter(sink=sink, metrics=_NoMetrics(), record_latency=lambda _s: None)
+        self.dead_writer = OutputWriter(sink=dlq_sink, metrics=_NoMetrics(), record_latency=lambda _s: None)
+        self.in_txn = False
+
+    def on_acked(self, ack: BatchAck) -> None:
+        """The producer's thread; failures are raised on the caller's thread."""
+        if ack.error is not None:
+            self.failed.append(ack.error)
+
+    def check(self) -> None:
+        if self.failed:
+            raise DeliveryError(f"delivery failed: {self.failed[0]}")
+
+    def emit(self, work: Work, batch_id: int) -> int:
+        """Produce / collect the batch's predictions and dead letters; returns the predictions."""
+        if self.args.to_topic is not None and not self.in_txn:
+            self.producer.begin_transaction()
+            self.in_txn = True
+        ack = BatchAck(batch_id, self.on_acked)
+        n_ok = 0 if work.ok_rows is None else len(work.ok_rows)
+        if n_ok:
+            self.writer.emit(work, ack)
+        if work.dead:
+            self.dead_writer.emit_dead(work, ack)
+        ack.seal()
+        return n_ok
+
+    def checkpoint(self, pos: dict[int, int]) -> None:
+        """Make the chunk durable, then record how far it got."""
+        state, path = self.state, self.state_dir / STATE_FILE
+        if self.parts is not None:
+            written = self.parts.write_part(len(state.parts))
+            if self.producer.flush(30):       # the chunk's dead letters
+                raise DeliveryError("dead letters not delivered within 30 s")
+            self.check()
+            if written is not None:
+                state.parts.append(written[0])
+                state.rows += written[1]
+            state.positions = dict(pos)
+            state.save(path)
+            return
+        if not self.in_txn:
+            return
+        if self.group_metadata is not None:
+            offsets = [TopicPartition(self.topic, p, o) for p, o in sorted(pos.items())]
+            self.producer.send_offsets_to_transaction(offsets, self.group_metadata(), 30)
+        self.producer.commit_transaction(60)
+        self.in_txn = False
+        if self.group_metadata is None:       # a file has no consumer group: its position lives in the state
+            state.positions = dict(pos)
+            state.save(path)
+
+    def close(self) -> None:
+        if self.in_txn:
+            try:
+                self.producer.abort_transaction(10)
+            except KafkaException as exc:
+                log.warning("abort of the open backfill transaction failed: %s", exc)
+        if self.parts is not None:
+            self.producer.flush(30)
+
+
+def _score_all(source: Source, rt: PipelineRuntime, out: Outputs, args: BackfillArgs,
+               max_rows: int, queue_depth: int, stop: threading.Event) -> BackfillResult:
+    """Source thread reads and decodes; this thread scores, emits and checkpoints every chunk."""
     # backfill closes batches by size only; the model stage still feeds its cost fit
-    stage = ModelStage(batchers={rt.name: AdaptiveBatcher(max_size=p.batching.max_size or 8192, max_wait_s=1.0)},
-                       metrics=_NoMetrics())
-
-    source: TopicRange | FileRows
-    if args.input_file is not None:
-        source = FileRows(args.input_file, position=positions.get(0, 0))
-        if state.ranges[0][1] < 0:
-            state.ranges = {0: (0, source.total)}
-            state.save(state_path)
-    else:
-        consumer_conf = {**base, "group.id": state.group, "isolation.level": "read_committed"}
-        consumer_conf.update({k: v for k, v in cfg.kafka.consumer.items() if k not in ("group.id", "group.instance.id")})
-        source = TopicRange(consumer_conf, p.input.topic, ranges=state.ranges, positions=positions)
+    stage = ModelStage(batchers={rt.name: AdaptiveBatcher(max_size=max_rows, max_wait_s=1.0)}, metrics=_NoMetrics())
     res = BackfillResult(skipped=source.already, output=str(args.to_file or args.to_topic))
     progress = Progress(total=source.total, done=source.already, emit=args.progress)
-    max_rows = p.batching.max_size or 8192
-    pos = dict(positions)
-    t0 = time.monotonic()
-    q: queue.Queue[Any] = queue.Queue(cfg.queue_depth)
-    feeder = threading.Thread(target=_feed, args=(source, rt, max_rows, q, stop), name="backfill-source", daemon=True)
+    pos = dict(out.positions)
+    q: queue.Queue[Any] = queue.Queue(queue_depth)
+    halt = threading.Event()
+    feeder = threading.Thread(target=_feed, args=(source, rt, max_rows, q, halt), name="backfill-source", daemon=True)
+    t0 = chunk_started = time.monotonic()
+    chunk_rows = 0
     feeder.start()
-    chunk_rows, chunk_started, in_txn = 0, time.monotonic(), False
-    batch_id = 0
-    exhausted = False
-    failed: list[Any] = []
-
-    def on_acked(a: BatchAck) -> None:   # the producer's thread; checked at each checkpoint
-        if a.error is not None:
-            failed.append(a.error)
-
     try:
-        while True:
+        while not stop.is_set():
             item = q.get()
             if isinstance(item, BaseException):
                 raise item
             if item is None:
-                exhausted = True
+                res.complete = True
                 break
             work: Work = item
-            batch_id += 1
-            if args.to_topic is not None and not in_txn:
-                producer.begin_transaction()
-                in_txn = True
             stage.score(work)
-            ack = BatchAck(batch_id, on_acked)
-            n_ok = 0 if work.ok_rows is None else len(work.ok_rows)
-            if n_ok:
-                writer.emit(work, ack)
-            if work.dead:
-                dead_writer.emit_dead(work, ack)
-            ack.seal()
+            res.predictions += out.emit(work, work.batch_id)
             for (_t, part), (_lo, hi) in work.ranges.items():
                 pos[part] = hi + 1
             res.events += len(work.msgs)
-            res.predictions += n_ok
             res.dead_letters += len(work.dead)
             chunk_rows += len(work.msgs)
             progress.add(len(work.msgs))
+            out.check()
             if args.max_rate:
-                ahead = res.events / args.max_rate - (time.monotonic() - t0)
-                if ahead > 0:
-                    stop.wait(ahead)
-            if failed:
-                raise DeliveryError(f"delivery failed: {failed[0]}")
+                stop.wait(max(0.0, res.events / args.max_rate - (time.monotonic() - t0)))
             if chunk_rows >= args.chunk_events or time.monotonic() - chunk_started >= args.chunk_seconds:
-                _checkpoint(args, producer, parts, state, state_path, pos, p.input.topic, consumer_group=source, failed=failed)
-                in_txn = False
+                out.checkpoint(pos)
                 chunk_rows, chunk_started = 0, time.monotonic()
-            if stop.is_set():
-                break
-        if chunk_rows or in_txn:
-            _checkpoint(args, producer, parts, state, state_path, pos, p.input.topic, consumer_group=source, failed=failed)
-            in_txn = False
-        if exhausted and args.to_file is not None:
-            concat_parts(state_dir, state.parts, args.to_file)
-    except BaseException:
-        if in_txn:
-            try:
-                producer.abort_transaction(10)
-            except KafkaException as exc:
-                log.warning("abort of the open backfill transaction failed: %s", exc)
-        raise
+        if chunk_rows:
+            out.checkpoint(pos)
     finally:
-        stop.set()
+        halt.set()
         _drain(q)
         feeder.join(30)
         source.close()
-        if args.to_file is not None:
-            producer.flush(30)
     res.seconds = time.monotonic() - t0
     progress.finish()
-    res.complete = exhausted
-    if res.complete:
-        shutil.rmtree(state_dir, ignore_errors=True)    # finished: nothing left to resume
     return res
 
 
-def _feed(source: TopicRange | FileRows, rt: PipelineRuntime, max_rows: int, q: queue.Queue[Any],
+def _feed(source: Source, rt: PipelineRuntime, max_rows: int, q: queue.Queue[Any],
           stop: threading.Event) -> None:
     """Source thread: read and decode chunks ahead of the model; ends with None (or the exception)."""
     def put(item: Any) -> None:
@@ -637,32 +691,6 @@ def _drain(q: queue.Queue[Any]) -> None:
             q.get_nowait()
         except queue.Empty:
             return
-
-
-def _checkpoint(args: BackfillArgs, producer: Producer, parts: ParquetParts | None, state: State, path: Path,
-                pos: dict[int, int], topic: str, *, consumer_group: Any, failed: list[Any]) -> None:
-    """Make the chunk durable, then record how far it got (see the module docstring)."""
-    if parts is not None:
-        written = parts.write_part(len(state.parts))
-        remaining = producer.flush(30)       # dead letters of the chunk (a failed one fails the run at the next batch)
-        if remaining:
-            raise DeliveryError(f"{remaining} dead letters not delivered within 30 s")
-        if failed:
-            raise DeliveryError(f"a dead letter was not delivered: {failed[0]}")
-        if written is not None:
-            state.parts.append(written[0])
-            state.rows += written[1]
-        state.positions = dict(pos)
-        state.save(path)
-        return
-    offsets = [TopicPartition(topic, p, o) for p, o in sorted(pos.items())]
-    if args.input_file is not None:      # a file's position has no consumer group: keep it in the state
-        producer.commit_transaction(60)
-        state.positions = dict(pos)
-        state.save(path)
-        return
-    producer.send_offsets_to_transaction(offsets, consumer_group.consumer.consumer_group_metadata(), 30)
-    producer.commit_transaction(60)
 
 
 def _committed(conf: dict[str, Any], group: str, topic: str, ranges: dict[int, tuple[int, int]]) -> dict[int, int]:

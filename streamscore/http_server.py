@@ -31,7 +31,7 @@ from consumers.coalescer import RequestCoalescer
 from consumers.runtime import ModelSlot
 from schemas.errors import ConfigError, PredictError, StreamscoreError
 from streamscore import oip
-from streamscore.config import PipelineConfig, PipelineFile
+from streamscore.config import PipelineFile
 
 log = logging.getLogger(__name__)
 
@@ -184,17 +184,6 @@ def features(req: dict[str, Any], slot: ModelSlot, decoder: Any) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ composition
-def _pipeline(cfg: PipelineFile, name: str | None) -> PipelineConfig:
-    for p in cfg.pipelines:
-        if (name is None and p.kind == "score") or p.name == name:
-            if p.kind != "score":
-                raise ConfigError(f"serve-http: pipeline {p.name!r} is kind {p.kind!r}; serve-http scores (kind: score)")
-            return p
-    if name is None:
-        raise ConfigError("serve-http: the pipeline file has no scoring pipeline")
-    raise ConfigError(f"--pipeline: no pipeline {name!r}; valid: {[p.name for p in cfg.pipelines]}")
-
-
 @dataclass
 class HttpService:
     """What ``serve-http`` runs: the app, its coalescer and the registry watcher (closed by ``close``)."""
@@ -218,9 +207,9 @@ def build_service(cfg: PipelineFile, *, pipeline: str | None = None, max_body_by
 
     from monitoring.metrics import ScorerMetrics
     from schemas.registry import SchemaRegistry
-    from streamscore.app import _watch, active_for, build_decoder, load_active, registry_for
+    from streamscore.app import _watch, active_for, build_decoder, load_active, registry_for, scoring_pipeline
 
-    p = _pipeline(cfg, pipeline)
+    p = scoring_pipeline(cfg, pipeline, "serve-http")
     assert p.model is not None
     registry = registry_for(cfg)
     entry, active = load_active(registry, p)
