@@ -478,6 +478,8 @@ def _check_args(args: BackfillArgs) -> None:
         raise ConfigError("backfill: give exactly one of --to-topic TOPIC or --to-file OUT.parquet")
     if args.input_file is None and args.from_ms is None:
         raise ConfigError("backfill: --from is required when reading a topic")
+    if args.max_rate is not None and args.max_rate <= 0:
+        raise ConfigError(f"--max-rate: must be > 0 events/s, got {args.max_rate}")
     if args.input_file is not None and not args.input_file.is_file():
         raise ConfigError(f"--input-file: {args.input_file} does not exist")
     if args.from_ms is not None and args.to_ms is not None and args.to_ms <= args.from_ms:

@@ -252,9 +252,10 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:
         sock.close()
-        raise ConfigError(f"serve-http: cannot listen on {host}:{port}: {exc.strerror}") from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"serve-http: cannot listen on {host}:{port}: {why}") from None
     sock.listen(2048)
     return sock
 
