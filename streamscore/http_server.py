@@ -62,8 +62,8 @@ class ServedModel:
         with self.lock:
             self.pinned[version] = slot
             while len(self.pinned) > PINNED_VERSIONS:
-                _, old = self.pinned.popitem(last=False)
-                old.active.model.close()
+                # not closed here: a batch may still be scoring with it; it goes with its last reference
+                self.pinned.popitem(last=False)
         return slot
 
 
