@@ -133,7 +133,7 @@ def test_backfill_to_topic_killed_and_resumed_exactly_once(tmp_path: Path, boots
         "output": {"topic": "unused"}}])
     t1 = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(produced["t1"] / 1000)) + f".{produced['t1'] % 1000:03d}Z"
     args = ["--from", t1, "--to", str(produced["t2"]), "--to-topic", t_out, "--state-dir", str(tmp_path / "st")]
-    first = _backfill(cfg, tmp_path / "1.log", *args, "--max-rate", "4000")
+    first = _backfill(cfg, tmp_path / "1.log", *args, "--max-rate", "2500")   # ~10 s: room to see a commit and kill before the end
 
     def committed_in() -> int:
         """Input offsets the backfill committed in its transactions (under its own group id)."""
