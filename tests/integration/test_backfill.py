@@ -95,7 +95,7 @@ def _check(preds: list[dict[str, Any]], produced: dict[str, Any]) -> None:
 
 def test_backfill_to_parquet_killed_and_resumed(tmp_path: Path, bootstrap: str, produced: dict[str, Any]) -> None:
     cfg = write_config(tmp_path / "p.yaml", bootstrap, "g-bf", [{
-        "name": "fraud", "input": {"topic": produced["topic"]}, "model": {"name": "fraud-mlp@1".split("@")[0]},
+        "name": "fraud", "input": {"topic": produced["topic"]}, "model": {"name": "fraud-mlp"},
         "output": {"topic": "unused"}}])
     out = tmp_path / "out.parquet"
     args = ["--from", str(produced["t1"]), "--to", str(produced["t2"]), "--to-file", str(out), "--model", "fraud-mlp@1"]
