@@ -180,7 +180,6 @@ def cmd_serve_http(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     quiet_gc()
-    short_gil_slices(cfg.gil_switch_ms)   # the coalescer's thread answers handlers without a 5-ms GIL wait
     run_http(cfg, host=args.host, port=args.port, pipeline=args.pipeline, max_body_bytes=args.max_body_bytes,
              max_wait_ms=args.max_wait_ms)
     return 0

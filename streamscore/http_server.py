@@ -1,8 +1,8 @@
 """``streamscore serve-http``: the pipeline's model behind the Open Inference Protocol V2 (REST).
 
-Starlette on uvicorn. Handlers parse and validate in the event loop (``streamscore.oip``),
-then hand the feature matrix to the RequestCoalescer, whose one model thread batches
-concurrent requests with the pipeline's AdaptiveBatcher settings. The live model follows
+Starlette on uvicorn. Handlers parse and validate (``streamscore.oip``), then await the
+RequestCoalescer, which batches concurrent requests with the pipeline's AdaptiveBatcher
+settings and runs the model on the event loop's thread. The live model follows
 the registry (the same RegistryWatcher as ``serve``); ``/versions/{v}`` pins a version.
 
     GET  /v2/health/live    /v2/health/ready    /v2
@@ -96,8 +96,7 @@ def build_app(served: ServedModel, coalescer: RequestCoalescer, *, max_body_byte
         return JSONResponse({"live": True})
 
     async def ready(_r: Request) -> Response:
-        ok = coalescer.alive
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        return JSONResponse({"ready": True})      # the app exists once its model is loaded
 
     async def server_meta(_r: Request) -> Response:
         return JSONResponse({"name": "streamscore", "version": "0.1.0", "extensions": []})
@@ -119,7 +118,7 @@ def build_app(served: ServedModel, coalescer: RequestCoalescer, *, max_body_byte
             await slot_for(request)
         except oip.BadRequest as exc:
             return error(exc.status, str(exc))
-        return JSONResponse({"name": served.name, "ready": coalescer.alive})
+        return JSONResponse({"name": served.name, "ready": True})
 
     async def infer(request: Request) -> Response:
         try:
@@ -130,7 +129,7 @@ def build_app(served: ServedModel, coalescer: RequestCoalescer, *, max_body_byte
         except oip.BadRequest as exc:
             return error(exc.status, str(exc))
         try:
-            scored = await asyncio.wrap_future(coalescer.submit(slot, feats))
+            scored = await coalescer.score(slot, feats)
         except PredictError as exc:
             return error(500, str(exc))
         return JSONResponse(oip.infer_response(model=served.name, version=str(scored.active.model.version),
@@ -241,8 +240,7 @@ def build_service(cfg: PipelineFile, *, pipeline: str | None = None, max_body_by
     # that arrive while the model runs are batched together on its next call regardless.
     batcher = AdaptiveBatcher(max_size=b.max_size or 8192, max_wait_s=max_wait_ms / 1000.0,
                               latency_target_s=None if b.latency_target_ms is None else b.latency_target_ms / 1000.0)
-    coalescer = RequestCoalescer(batcher=batcher).start()
-    closers.insert(0, coalescer.close)
+    coalescer = RequestCoalescer(batcher=batcher)
     return HttpService(app=build_app(served, coalescer, max_body_bytes=max_body_bytes), served=served,
                        coalescer=coalescer, closers=closers)
 
