@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, validation_problems
 
 
 class _Strict(BaseModel):
@@ -191,34 +191,7 @@ class PipelineFile(_Strict):
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid pipeline config ({source}):"]
-    for err in exc.errors():
-        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            parent = _model_at(err["loc"][:-1])
-            valid = ", ".join(sorted(f.alias or n for n, f in parent.model_fields.items())) if parent else "?"
-            msg = f"unknown key (valid keys here: {valid})"
-        lines.append(f"  {loc or '<root>'}: {msg}")
-    return "\n".join(lines)
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = PipelineFile
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) or next(
-            (f for f in model.model_fields.values() if f.alias == part), None)
-        if field is None:
-            return None
-        ann = field.annotation
-        inner = getattr(ann, "__args__", (ann,))
-        nxt = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if nxt is None:
-            return None
-        model = nxt
-    return model
+    return "\n".join([f"invalid pipeline config ({source}):", *(f"  {line}" for line in validation_problems(exc, PipelineFile))])
 
 
 def apply_env(raw: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
