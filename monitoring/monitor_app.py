@@ -39,7 +39,7 @@ from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.redis_state import RedisState, redact
 from monitoring.telemetry import decode_telemetry
 from monitoring.windows import WindowSpec
-from schemas.errors import ConfigError, DecodeError, validation_problems
+from schemas.errors import ConfigError, DecodeError, validation_problems, yaml_problem
 
 log = logging.getLogger(__name__)
 STATE_TABLE = "monitor-state"
@@ -88,8 +88,10 @@ def load_config(path: str | Path) -> MonitorConfig:
 
     try:
         data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read monitor config {path}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read monitor config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"monitor config {path} is not valid YAML: {yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"invalid monitor config ({path}): the top level must be a mapping, got {type(data).__name__}")
     try:

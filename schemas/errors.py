@@ -125,3 +125,11 @@ def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | 
             return None
         model = nxt
     return model
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in one line: ``line L, column C: problem``."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())
