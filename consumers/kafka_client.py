@@ -35,8 +35,10 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # next fetch (default 1000 ms). We drain 2,000-row batches in ~10 ms, so the default
     # emptied the queue and stalled the scorer ~0.3 s of every second: 115k -> 179k events/s.
     "fetch.queue.backoff.ms": 10,
-    "statistics.interval.ms": 0,
 }
+# librdkafka statistics (consumer lag, fetch and reply queues per partition) every this many ms,
+# while metrics are served; a pipeline file's kafka.consumer setting wins.
+STATS_INTERVAL_MS = 5000
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
     # No duplicates or reordering from retries; implies acks=all.

@@ -226,6 +226,7 @@ def run_monitor(config: MonitorConfig, *, stop_event: threading.Event | None = N
     from faust.worker import Worker
 
     worker = Worker(app, loglevel=config.loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
+    worker.spinner = None   # Faust's progress spinner writes cursor escapes (ESC[?25h) even when not on a terminal
     if stop_event is not None:
         def watch() -> None:
             stop_event.wait()

@@ -9,8 +9,8 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from consumers.batcher import AdaptiveBatcher
-from consumers.kafka_client import (CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, connection_error, ensure_topics, make_admin,
-                                    make_consumer, make_producer, merged, partition_count)
+from consumers.kafka_client import (CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, STATS_INTERVAL_MS, connection_error,
+                                    ensure_topics, make_admin, make_consumer, make_producer, merged, partition_count)
 from consumers.runtime import ActiveModel, ModelSlot, PipelineRuntime
 from consumers.scorer import Scorer
 from schemas.errors import ConfigError
@@ -224,7 +224,8 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
     if port is not None:
         bound = start_metrics_server(port, host=cfg.metrics_host)
         log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, bound)
-    consumer_conf.setdefault("statistics.interval.ms", 5000)
+    if port is not None:
+        consumer_conf.setdefault("statistics.interval.ms", STATS_INTERVAL_MS)
     consumer_conf["stats_cb"] = metrics.consumer_stats      # consumer lag per partition
     if any((p.model.device if p.model else p.embedder.device).startswith("cuda") for p in cfg.pipelines):
         GpuMetrics(instance=instance or "")

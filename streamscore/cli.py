@@ -325,7 +325,7 @@ def _redis_url(args: argparse.Namespace) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streamscore.demo import run_demo
 
-    return run_demo(seconds=args.seconds, rate=args.rate, partitions=args.partitions)
+    return run_demo(seconds=args.seconds, rate=args.rate, partitions=args.partitions, keep=args.keep)
 
 
 # ---------------------------------------------------------------- parser
@@ -406,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=30.0)
     demo.add_argument("--rate", type=float, default=20000.0)
     demo.add_argument("--partitions", type=int, default=4)
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the data directory of the Kafka and Redis it started (default: removed on exit)")
     demo.set_defaults(fn=cmd_demo)
     return ap
 
