@@ -119,3 +119,12 @@ def test_a_registration_copies_nothing_that_was_refused(files: dict[str, str]) -
 
     assert [e.version for e in ModelRegistry(Path(files["reg"])).list("fraud-mlp")] == ["1"]
     assert ModelRegistry(Path(files["reg"])).list("newmodel") == []
+
+
+def test_dashboard_takes_several_metrics_urls_and_a_repeated_flag() -> None:
+    from streamscore.cli import build_parser
+
+    args = build_parser().parse_args(["dashboard", "--metrics-url", "http://a/metrics", "http://b/metrics",
+                                      "--metrics-url", "http://c/metrics", "--host", "0.0.0.0"])
+    assert args.metrics_url == ["http://a/metrics", "http://b/metrics", "http://c/metrics"]
+    assert args.host == "0.0.0.0"
