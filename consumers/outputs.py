@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from consumers import mapping
 from consumers.runtime import ActiveModel
 from consumers.work import Work
 from schemas.columns import StrColumn, take
@@ -49,14 +50,15 @@ class OutputWriter:
                         rows: np.ndarray, scores: np.ndarray, times: Any, now_ms: int) -> None:
         rt = work.rt
         n = len(rows)
-        cols = work.decoded.columns
         keys = [work.keys[i] for i in rows.tolist()] if n != len(work.keys) else work.keys
         kafka_keys = StrColumn.from_bytes(keys)            # length -1: a null Kafka key
-        event_time = _take(times, rows, len(work.keys)) if times is not None else None
+        event_time = mapping.event_times_ms(work, rows)
         if event_time is None:
             event_time = np.full(n, now_ms, dtype=np.int64)
+        carried, nulls = mapping.carried(work, rows)
         out = {
-            "event_id": _take(cols["event_id"], rows, len(work.keys)),
+            **carried,
+            "event_id": mapping.event_ids(work, rows),
             "key": _non_null(kafka_keys),
             "model": _const_str(active.model.name, n),
             "version": _const_str(str(active.model.version), n),
@@ -66,7 +68,7 @@ class OutputWriter:
             "event_time": event_time,
             "scored_at": np.full(n, now_ms, dtype=np.int64),
         }
-        encoded = rt.encoder.encode_buffer(out, n)
+        encoded = rt.encoder.encode_buffer(out, n, nulls=nulls)
         parts = None
         if rt.partitioning == "input" and rt.out_partitions > 0 and work.in_parts is not None:
             parts = work.in_parts[rows] % rt.out_partitions
