@@ -114,7 +114,7 @@ class BatchDecoder:
         self.engine = engine
         if engine == "numpy" and not compilable(self.fields):
             raise SchemaError("reader schema has types the vectorised decoder cannot compile")
-        self.rules = Rules(validate, self.fields)
+        self.rules = Rules(validate, self.fields, tuple(self.decimals))
         self.symbols = {f.name: f.type.symbols for f in self.fields if f.type is not None and f.type.kind == "enum"}
         self._groups: dict[int, GroupDecoder] = {}
         self._json_id = registry.find(reader_schema) if fmt == "json" else None

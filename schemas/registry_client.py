@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -48,7 +49,11 @@ class RegistryClient:
 
     def __init__(self, settings: RegistrySettings, *, stop: threading.Event | None = None,
                  on_wait: Callable[[float], None] | None = None, max_backoff_s: float = 5.0) -> None:
-        from confluent_kafka.schema_registry import SchemaRegistryClient
+        with warnings.catch_warnings():       # authlib (under the client) warns about its httpx module on import
+            warnings.simplefilter("ignore")
+            from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        logging.getLogger("httpx").setLevel(logging.WARNING)     # one INFO line per HTTP request otherwise
 
         conf: dict[str, Any] = {"url": settings.url, "max.retries": 0, "timeout": settings.timeout_s,
                                 "cache.latest.ttl.sec": settings.cache_ttl_s}

@@ -98,7 +98,7 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
     validate: dict[str, Any] = {}
     field_names = set(mapping.leaves)
     if p.input.validate_finite:
-        validate["finite"] = [n for n in arms[0].active.assembler.names if n in field_names]
+        validate["finite"] = [n for n in arms[0].active.assembler.names if n in mapping.float_fields]
     if p.input.ranges:
         unknown = sorted(set(p.input.ranges) - field_names)
         if unknown:

@@ -66,6 +66,16 @@ class FieldMapping:
     time_scale: int
     carry: dict[str, str] = field(default_factory=dict)   # output field -> input path
 
+    @property
+    def float_fields(self) -> set[str]:
+        """Columns that decode to floats (float, double, decimal): the ones a finite check applies to."""
+        out = set(self.decimals)
+        for path, t in self.leaves.items():
+            t = _base(t)
+            if (t.get("type") if isinstance(t, dict) else t) in ("float", "double"):
+                out.add(path)
+        return out
+
 
 def _base(t: Any) -> Any:
     if isinstance(t, list) and len(t) == 2 and "null" in t:
