@@ -1,8 +1,10 @@
 """Apicurio Registry (Confluent-compatible API under ``/apis/ccompat/v7``) on loopback.
 
 The runnable bundle comes from Maven Central once (``mvn dependency:get``) and is
-unpacked into the cache beside the Kafka jars. Storage is in memory: a restart forgets
-every subject. Compatibility is set to BACKWARD, Confluent's default (Apicurio's is NONE).
+unpacked into the cache beside the Kafka jars. Storage is Apicurio's embedded H2 database
+in a file under the service's home (written through, so a SIGKILL loses nothing): a restart
+keeps every subject and id. Compatibility is set to BACKWARD, Confluent's default (Apicurio's
+is NONE).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class RegistryServer:
         stop_process(self.process, timeout)
 
     def kill(self) -> None:
-        """SIGKILL (tests: an abrupt outage); in-memory storage is lost with it."""
+        """SIGKILL (tests: an abrupt outage)."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
@@ -99,8 +101,9 @@ def start_registry(home: Path, *, port: int | None = None, timeout: float = 120.
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log = home / "registry.log"
+    db = f"jdbc:h2:file:{home / 'storage' / 'registry'};WRITE_DELAY=0"
     cmd = [java, "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", f"-Dquarkus.http.port={port}",
-           "-Dquarkus.http.host=127.0.0.1", "-jar", str(jar)]
+           "-Dquarkus.http.host=127.0.0.1", f"-Dquarkus.datasource.jdbc.url={db}", "-jar", str(jar)]
     out = open(log, "ab")
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=home, start_new_session=True)
     out.close()
@@ -117,7 +120,7 @@ def start_registry(home: Path, *, port: int | None = None, timeout: float = 120.
 
 
 class LocalRegistry:
-    """A local registry that can be killed and restarted on the same port (tests: an outage)."""
+    """A local registry that can be killed and restarted on the same port and storage (tests: an outage)."""
 
     local = True
 

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from onnx import TensorProto, helper
@@ -170,8 +170,6 @@ def test_registry_outage_pauses_and_never_dead_letters(
     dlq = f"{t_in}.dlq"
     topics({t_in: 2, t_out: 2, dlq: 1})
     models = _model(tmp_path)
-    client = SchemaRegistryClient({"url": url})
-    subject_in, subject_out = f"{t_in}-value", f"{t_out}-value"
     w1 = _Writer(bootstrap, url, t_in, ORDER_V1)
     w1.send(_orders(0, 500))
     cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"), [_pipeline(t_in, t_out, id_field=None, time_field=None)],
@@ -181,21 +179,12 @@ def test_registry_outage_pauses_and_never_dead_letters(
         read_all(bootstrap, t_out, expect=500, timeout=120, alive=scorer)
         w2 = _Writer(bootstrap, url, t_in, ORDER_V2)
         w2.ser(_orders(0, 1, v2=True)[0], SerializationContext(t_in, MessageField.VALUE))   # registers v2 now
-        ids = {s: client.get_latest_version(s).schema_id for s in (subject_in, subject_out)}
-        ids["v2"] = client.get_latest_version(subject_in).schema_id
-        ids[subject_in] = client.get_version(subject_in, 1).schema_id
-        out_schema = client.get_latest_version(subject_out).schema
         schema_registry.kill()
         w1.send(_orders(500, 1000))                 # a cached writer id: keeps flowing while the registry is down
         read_all(bootstrap, t_out, expect=1000, timeout=120, alive=scorer)
         w2.send(_orders(1000, 1500, v2=True))       # an id the scorer has not seen: waits, never dead-letters
         wait_for(lambda: "unreachable fetching schema id" in scorer.output(), 60, "the scorer waiting on the registry")
-        schema_registry.restart()                   # in-memory storage: re-register in the same order
-        fresh = SchemaRegistryClient({"url": url})
-        again = [fresh.register_schema(subject_in, Schema(json.dumps(ORDER_V1), "AVRO")),
-                 fresh.register_schema(subject_out, out_schema),
-                 fresh.register_schema(subject_in, Schema(json.dumps(ORDER_V2), "AVRO"))]
-        assert again == [ids[subject_in], ids[subject_out], ids["v2"]], "re-registration must give the same ids"
+        schema_registry.restart()                   # same port, same storage
         msgs = read_all(bootstrap, t_out, expect=1500, timeout=120, idle=1.0, alive=scorer)
         unknown = b"\x00" + struct.pack(">I", 987654) + b"\x02x"      # unknown after the restart too
         p = Producer({"bootstrap.servers": bootstrap})
