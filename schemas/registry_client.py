@@ -44,14 +44,27 @@ def _is_outage(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, TimeoutError)) or type(exc).__module__.startswith(("httpx", "httpcore"))
 
 
+def _quiet_import() -> None:
+    """Import the client without authlib's warning about its own httpx module (printed at every start).
+
+    authlib installs an "always" filter for its warning class when imported, so ours goes in after it.
+    """
+    try:
+        import authlib.deprecate  # noqa: F401
+    except ImportError:
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import confluent_kafka.schema_registry  # noqa: F401
+
+
 class RegistryClient:
     """Schemas by id (cached, outage-tolerant), latest-of-subject lookups and registration."""
 
     def __init__(self, settings: RegistrySettings, *, stop: threading.Event | None = None,
                  on_wait: Callable[[float], None] | None = None, max_backoff_s: float = 5.0) -> None:
-        with warnings.catch_warnings():       # authlib (under the client) warns about its httpx module on import
-            warnings.simplefilter("ignore")
-            from confluent_kafka.schema_registry import SchemaRegistryClient
+        _quiet_import()
+        from confluent_kafka.schema_registry import SchemaRegistryClient
 
         logging.getLogger("httpx").setLevel(logging.WARNING)     # one INFO line per HTTP request otherwise
 

@@ -202,3 +202,42 @@ def test_registry_outage_pauses_and_never_dead_letters(
     assert {p["event_id"] for p in preds} == coords, "id_field: null -> <topic>:<partition>:<offset>, each once"
     ts = {m.timestamp()[1] for m in inputs}
     assert {round(p["event_time"].timestamp() * 1000) for p in preds} <= ts, "time_field: null -> Kafka timestamp"
+
+
+def test_startup_errors_name_the_registry_and_the_subject(
+        tmp_path: Path, bootstrap: str, schema_registry: Any, names: Callable[[str], str],
+        topics: Callable[..., None]) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from tests.integration.helpers import ROOT
+
+    t_in, t_out = names("orders"), names("scored")
+    topics({t_in: 1, t_out: 1, f"{t_in}.dlq": 1})
+    models = _model(tmp_path)
+    _Writer(bootstrap, schema_registry.url, t_in, ORDER_V1).send(_orders(0, 1))
+
+    def serve(url: str) -> subprocess.CompletedProcess[str]:
+        cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"), [_pipeline(t_in, t_out, id_field="order_id")],
+                           registry=str(models.root), schema_registry={"url": url})
+        env = {k: v for k, v in __import__("os").environ.items() if k not in ("KAFKA_BOOTSTRAP", "SCHEMA_REGISTRY_URL")}
+        return subprocess.run([sys.executable, "-m", "streamscore", "serve", "-c", str(cfg)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    with socket.socket() as s:          # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    res = serve(dead_url)
+    assert res.returncode == 2 and f"schema registry {dead_url} unreachable" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    # the output subject already holds a schema our output cannot evolve from (BACKWARD)
+    clash = {"type": "record", "name": "Prediction", "namespace": "streamscore",
+             "fields": [{"name": "other", "type": "string"}]}
+    from confluent_kafka.schema_registry import Schema
+
+    SchemaRegistryClient({"url": schema_registry.url}).register_schema(f"{t_out}-value",
+                                                                       Schema(json.dumps(clash), "AVRO"))
+    res = serve(schema_registry.url)
+    assert res.returncode == 2, res.stderr
+    assert f"refused the output schema for subject '{t_out}-value'" in res.stderr and "Traceback" not in res.stderr
