@@ -58,6 +58,7 @@ def active_for(p: PipelineConfig, entry: Any, model: Any, variant: str) -> Activ
         telemetry = TelemetryBuilder(pipeline=p.name, model=entry.name, version=str(entry.version),
                                      reference_profile=entry.reference_profile,
                                      feature_names=list(entry.input_spec.names), threshold=threshold,
+                                     categorical=list(entry.reference_profile.get("categoricals", {})),
                                      sample=p.telemetry.sample)
     return ActiveModel(model=model, assembler=entry.input_spec, threshold=threshold, variant=variant,
                        telemetry=telemetry)
