@@ -50,7 +50,7 @@ def _quiet_import() -> None:
     authlib installs an "always" filter for its warning class when imported, so ours goes in after it.
     """
     try:
-        import authlib.deprecate  # noqa: F401
+        import authlib.deprecate  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
         pass
     with warnings.catch_warnings():
