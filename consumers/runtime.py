@@ -62,6 +62,7 @@ class PipelineRuntime:
     output_headers: bool = False     # also stamp model/version/variant as Kafka headers (per-message path)
     out_partitions: int = 0
     max_message_bytes: int = 1_000_000
+    dlq_max_bytes: int = 1_000_000  # largest dead letter the producer and the DLQ topic accept
     key_field: str | None = None
     id_field: str | None = "event_id"        # None: "<topic>:<partition>:<offset>" (consumers.mapping)
     time_field: str | None = "event_time"    # None: the Kafka message timestamp
