@@ -143,7 +143,7 @@ class OutputWriter:
                       "shadow_version": str(shadow[0].model.version)}
             first_tp = min(work.ranges)
             summary = builder.summarize(sub, work.scores[rows], variant=active.variant,
-                                        event_time_ms=sub.get(rt.time_field) if rt.time_field else None,
+                                        event_time_ms=mapping.event_times_ms(work, rows),
                                         symbols=work.decoded.symbols,
                                         batch_id=f"{first_tp[0]}:{first_tp[1]}:{work.ranges[first_tp][0]}:{active.variant}",
                                         **kw)
