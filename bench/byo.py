@@ -50,14 +50,14 @@ def produce(bootstrap: str, registry_url: str, topic: str, count: int, *, seed: 
     from confluent_kafka import Producer
     from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
+    from consumers.kafka_client import PRODUCER_DEFAULTS, merged
     from models.demo_data import generate
     from schemas.columnar import BatchEncoder
 
     schema_id = SchemaRegistryClient({"url": registry_url}).register_schema(
         f"{topic}-value", Schema(json.dumps(BYO_SCHEMA), "AVRO"))
     enc = BatchEncoder(_flat_schema(), schema_id)
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1_000_000,
-                  "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
+    p = Producer(merged(PRODUCER_DEFAULTS, {"bootstrap.servers": bootstrap}, {}))   # as streamscore.produce
     for lo in range(0, count, chunk):
         n = min(chunk, count - lo)
         cols = generate(n, seed=seed, start=lo)

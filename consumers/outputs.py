@@ -30,17 +30,15 @@ class OutputWriter:
             self._produce_embeddings(work, ack)
             return
         assert work.scores is not None and work.ok_rows is not None
-        cols = work.decoded.columns
         now_ms = int(time.time() * 1000)
-        times = cols.get(rt.time_field) if rt.time_field else None
         for active, rows in work.groups:
             if len(rows):
                 self._produce_scores(work, ack, rt.output_topic, active, active.variant, rows,
-                                     work.scores[rows], times, now_ms)
+                                     work.scores[rows], now_ms)
         shadow_for_primary = None
         for active, scores in work.shadow_out:
             if rt.shadow_topic:
-                self._produce_scores(work, ack, rt.shadow_topic, active, "shadow", work.ok_rows, scores, times, now_ms)
+                self._produce_scores(work, ack, rt.shadow_topic, active, "shadow", work.ok_rows, scores, now_ms)
             if shadow_for_primary is None:
                 shadow_for_primary = (active, scores)
         if rt.telemetry_topic:
@@ -64,7 +62,7 @@ class OutputWriter:
             self.metrics.dead_letters(rt.name, reason, k)
 
     def _produce_scores(self, work: Work, ack: BatchAck, topic: str, active: ActiveModel, variant: str,
-                        rows: np.ndarray, scores: np.ndarray, times: Any, now_ms: int) -> None:
+                        rows: np.ndarray, scores: np.ndarray, now_ms: int) -> None:
         rt = work.rt
         n = len(rows)
         keys = [work.keys[i] for i in rows.tolist()] if n != len(work.keys) else work.keys
@@ -148,15 +146,6 @@ class OutputWriter:
                                         batch_id=f"{first_tp[0]}:{first_tp[1]}:{work.ranges[first_tp][0]}:{active.variant}",
                                         **kw)
             self.sink.produce_one(rt.telemetry_topic, builder.encode(summary), builder.key(), ack)  # type: ignore[arg-type]
-
-
-def _take(col: Any, rows: np.ndarray, n: int) -> Any:
-    """``col`` restricted to ``rows`` (sorted, unique); the column itself when rows cover all of it."""
-    if col is None:
-        return None
-    if len(rows) == len(col):
-        return col
-    return col.take(rows) if hasattr(col, "take") else col[rows]
 
 
 def _non_null(col: StrColumn) -> StrColumn:
