@@ -420,7 +420,11 @@ class ExactlyOnce:
         self.rewinder = Rewinder(consumer, lambda: {})
         self._recovery = _Recovery(sink=sink, make_producer=make_producer, rewinder=self.rewinder, fail=fail,
                                    max_recoveries=max_recoveries, transactional=True)
-        _sliced(self.sink.producer.init_transactions, deadline=time.monotonic() + 3 * call_timeout_s)
+        try:
+            _sliced(self.sink.producer.init_transactions, deadline=time.monotonic() + 3 * call_timeout_s)
+        except KafkaException as exc:
+            raise DeliveryError(f"cannot initialise the transactional producer: {exc.args[0].str()}",
+                                kafka_error=exc.args[0]) from exc
 
     def _call_deadline(self) -> float:
         """Deadline of one transactional call: the usual bound, or what is left of the stop budget."""
