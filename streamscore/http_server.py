@@ -207,19 +207,18 @@ def build_service(cfg: PipelineFile, *, pipeline: str | None = None, max_body_by
     from monitoring.metrics import ScorerMetrics
     from schemas.registry import SchemaRegistry
     from streamscore.app import _watch, active_for, build_decoder, load_active, registry_for, scoring_pipeline
+    from streamscore.contract import reader_schema, registry_client
 
     p = scoring_pipeline(cfg, pipeline, "serve-http")
     assert p.model is not None
     registry = registry_for(cfg)
     entry, active = load_active(registry, p)
     slot = ModelSlot(active)
-    schemas = SchemaRegistry.default()
-    try:
-        reader = schemas.schema(p.input.schema_name)
-    except Exception as exc:
-        raise ConfigError(f"pipelines[{p.name}].input.schema: {exc}") from exc
-    decoder = build_decoder(p, schemas, reader, tuple(entry.input_spec.names), fmt="json")
     metrics = ScorerMetrics(registry=CollectorRegistry())
+    schemas = SchemaRegistry.default()
+    client = registry_client(cfg, p, metrics, None)
+    reader = reader_schema(p, schemas, client)
+    decoder = build_decoder(p, reader, client or schemas, tuple(entry.input_spec.names), metrics=metrics, fmt="json")
     closers: list[Callable[[], None]] = []
 
     def load_version(version: str) -> ModelSlot:

@@ -15,10 +15,10 @@ from sinks.kafka_sink import BatchAck
 class ParquetParts:
     """Prediction records (as ``OutputWriter`` encodes them) collected per chunk into Parquet parts."""
 
-    def __init__(self, encoder_schema: dict[str, Any], registry: Any, directory: Path) -> None:
+    def __init__(self, encoder_schema: dict[str, Any], directory: Path) -> None:
         from schemas.columnar import BatchDecoder
 
-        self.decoder = BatchDecoder(encoder_schema, registry)
+        self.decoder = BatchDecoder(encoder_schema, _Written(encoder_schema))
         self.directory = directory
         self._pending: list[bytes] = []
 
@@ -49,6 +49,19 @@ class ParquetParts:
         pq.write_table(table, tmp)
         os.replace(tmp, self.directory / name)
         return name, table.num_rows
+
+
+class _Written:
+    """The records read back were written by the encoder with this schema, whatever their id."""
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self.schema = schema
+
+    def by_id(self, schema_id: int) -> dict[str, Any]:
+        return self.schema
+
+    def find(self, schema: dict[str, Any]) -> int | None:
+        return None
 
 
 def _arrow(col: Any, name: str, symbols: dict[str, tuple[str, ...]]) -> Any:

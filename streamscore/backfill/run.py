@@ -186,12 +186,9 @@ class Outputs:
             for f in [*state_dir.glob("*.parquet"), *state_dir.glob(".*.tmp")]:
                 if f.name not in state.parts:
                     f.unlink()          # written after the last checkpoint: those rows are scored again
-            from schemas.registry import SchemaRegistry
-
             self.producer = Producer(conf)
             dlq_sink = KafkaSink(self.producer, batch_produce=False)
-            self.parts = sink = ParquetParts(SchemaRegistry.default().schema("prediction"), SchemaRegistry.default(),
-                                             state_dir)
+            self.parts = sink = ParquetParts(rt.encoder.schema, state_dir)
             self.positions = dict(state.positions)
         self.writer = OutputWriter(sink=sink, metrics=_NoMetrics(), record_latency=lambda _s: None)
         self.dead_writer = OutputWriter(sink=dlq_sink, metrics=_NoMetrics(), record_latency=lambda _s: None)
