@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from schemas.errors import StreamscoreError
+from schemas.errors import ConfigError, StreamscoreError
 from streamscore.config import monitor_env_overrides
 
 log = logging.getLogger("streamscore")
@@ -30,7 +30,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from streamscore.dev.services import services_down, services_status, services_up
 
     if args.action == "up":
-        state = services_up()
+        if args.brokers != 1 and args.brokers < 3:
+            raise ConfigError(f"--brokers must be 1 or at least 3 (replication factor 3), not {args.brokers}")
+        state = services_up(brokers=args.brokers)
         print(json.dumps(state, indent=2))
         print(f"\nexport KAFKA_BOOTSTRAP={state['kafka_bootstrap']} REDIS_URL={state['redis_url']}")
         return 0 if state.get("running") else 1
@@ -272,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="local Kafka + Redis for development")
     dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument("--brokers", type=int, default=1,
+                     help="with up: 1 (a single broker) or 3+ (a local KRaft cluster, replication factor 3)")
     dev.add_argument("--purge", action="store_true",
                      help="with down: also delete the local broker's and Redis's data (it grows with every run)")
     dev.set_defaults(fn=cmd_dev)

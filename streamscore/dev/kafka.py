@@ -211,14 +211,18 @@ def _broker_ready(broker: KafkaBroker) -> bool:
 
 
 def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+    return brokers_answering(bootstrap, timeout) > 0
+
+
+def brokers_answering(bootstrap: str, timeout: float = 2.0) -> int:
+    """How many brokers the cluster metadata lists (0 when none answers)."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": null_logger()})
     try:
-        md = admin.list_topics(timeout=timeout)
-        return bool(md.brokers)
+        return len(admin.list_topics(timeout=timeout).brokers)
     except Exception:
-        return False
+        return 0
 
 
 def null_logger() -> object:
