@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 setup: system-deps $(STAMP) kafka-jars native
 
 # Debian packages: redis-server for Redis, Maven + a JDK to fetch and run the Kafka broker,
-# prometheus (promtool + the server) and chromium for the operations tests, gcc for the codec's kernels.
+# prometheus (promtool + the server) and chromium for the operations tests, gcc for the codec's kernels,
+# stress-ng for the chaos runs' CPU hog (a busy-loop process stands in without it).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
@@ -20,6 +21,7 @@ system-deps:
 	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
 	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
 	command -v cc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	command -v stress-ng >/dev/null 2>&1 || missing="$$missing stress-ng"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

@@ -67,7 +67,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("scale", 1, ((0.25, "scale_up"), (0.6, "scale_down")), 60.0),
     Scenario("scorer_chaos", 3, ((0.15, "scorer_kill"), (0.3, "scorer_kill"), (0.45, "scorer_kill"),
                                  (0.6, "scorer_freeze")), 80.0),
-    Scenario("smoke", 3, ((0.3, "leader_kill"), (0.65, "scorer_kill")), 30.0),
+    Scenario("smoke", 3, ((0.3, "leader_kill"), (0.6, "scorer_kill")), 20.0),
 )}
 FULL = ("leader_kill", "broker_freeze", "scale", "scorer_chaos")
 
@@ -248,21 +248,28 @@ class Run:
                  f"{[s.stop_s[-1] for s in extra]} s)")
 
     # ------------------------------------------------------------------ the run
-    def execute(self, time_limit: float) -> ChaosResult:
+    def execute(self, time_limit: float, tail_s: float = 5.0) -> ChaosResult:
+        """Produce at the fixed rate until every action is done (and at least the nominal events), plus ``tail_s``."""
         deadline = self.t0 + time_limit
         ensure_topics({"bootstrap.servers": self.cluster.bootstrap},
                       {self.t_in: self.partitions, self.t_out: self.partitions, f"{self.t_in}.dlq": self.partitions})
         produced: dict[str, Any] = {}
-        stop_producing = threading.Event()
+        actions_done: list[float] = []      # when the last action ended
+        cap = int(self.rate * time_limit)   # the producer is bounded even if an action never returns
 
         def progress(n: int) -> None:
             self.sent = n
 
+        def enough() -> bool:
+            if time.monotonic() > deadline:
+                return True
+            return bool(actions_done) and self.sent >= self.events and time.monotonic() - actions_done[0] >= tail_s
+
         def produce() -> None:
             try:
                 produced["result"] = produce_events({"bootstrap.servers": self.cluster.bootstrap}, self.t_in,
-                                                    self.events, rate=self.rate, seed=self.seed, progress=progress,
-                                                    stop=stop_producing.is_set)
+                                                    cap, rate=self.rate, seed=self.seed, progress=progress,
+                                                    stop=enough)
             except BaseException as exc:  # noqa: BLE001 - reported in the row
                 produced["error"] = exc
 
@@ -278,19 +285,21 @@ class Run:
                 if not watcher.wait_unique(mark, max(1.0, deadline - time.monotonic()), poll=self.supervise):
                     self.notes.append(f"milestone {mark} ({action}) not reached in time (at {watcher.unique})")
                     break
-                self.say(f"{watcher.unique:>7,} scored: {action}")
+                self.say(f"{watcher.unique:>7,} scored, {self.sent:>7,} sent: {action}")
                 getattr(self, action)()
-            producer.join(max(1.0, deadline - time.monotonic()))
-            stop_producing.set()
+            actions_done.append(time.monotonic())
+            producer.join(max(1.0, deadline + 60.0 - time.monotonic()))
             if "error" in produced:
                 self.notes.append(f"producer failed: {produced['error']}")
+            self.events = self.sent
+            self.say(f"{self.events:,} events sent; waiting for every prediction")
             if not watcher.wait_unique(self.events, max(1.0, deadline - time.monotonic()), poll=self.supervise):
                 self.notes.append(f"not every event scored before the time limit ({watcher.unique:,})")
             watcher.wait_quiet(idle=3.0, timeout=30.0)
             self.supervise()
             stop_all(self.slots, limit=60.0)
         finally:
-            stop_producing.set()
+            actions_done.append(time.monotonic())
             for s in self.slots:
                 s.close()
             watcher.stop()
@@ -427,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not scenarios:
         ap.error(f"unknown scenario(s) {unknown}: choose from {', '.join(SCENARIOS)}")
     modes = list(MODES) if args.mode == "both" else [args.mode]
-    logging.getLogger("consumers.kafka_client").setLevel(logging.ERROR)   # the producer's reconnect chatter
+    logging.getLogger("consumers.kafka_client").setLevel(logging.CRITICAL)   # the producer's "broker down" chatter
     home = Path(tempfile.mkdtemp(prefix="streamscore-chaos-"))
     results: list[ChaosResult] = []
     print(f"starting a 3-broker cluster in {home} ...", flush=True)

@@ -172,7 +172,7 @@ class OutputWatcher(threading.Thread):
         self.ids: collections.Counter[str] = collections.Counter()
         self.stalls = StallClock()
         self.error: BaseException | None = None
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     @property
     def unique(self) -> int:
@@ -184,7 +184,7 @@ class OutputWatcher(threading.Thread):
                       "isolation.level": "read_committed", "log_level": 0})
         c.subscribe([self.topic])
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 new = 0
                 for m in c.consume(10000, 0.2):
                     if m.error() is None and m.value():
@@ -197,7 +197,7 @@ class OutputWatcher(threading.Thread):
             c.close()
 
     def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout)
 
     def wait_unique(self, n: int, timeout: float, *, poll: Callable[[], None] = lambda: None) -> bool:

@@ -185,8 +185,8 @@ def format_storage(props_file: Path, cluster_id: str) -> None:
         raise ServiceError(f"formatting Kafka storage failed: {fmt.stdout}{fmt.stderr}")
 
 
-def launch_broker(home: Path, props_file: Path, *, heap: str,
-                  initial_heap: str | None = None) -> tuple["subprocess.Popen[bytes]", Path]:
+def launch_broker(home: Path, props_file: Path, *, heap: str, initial_heap: str | None = None,
+                  jvm_flags: tuple[str, ...] = ()) -> tuple["subprocess.Popen[bytes]", Path]:
     """Start ``kafka.Kafka`` on ``props_file`` in its own session (it outlives the caller); no wait.
 
     Logs go to ``home/kafka.log`` (log4j) and ``home/kafka.out`` (stdout); the pid to ``home/kafka.pid``.
@@ -196,7 +196,7 @@ def launch_broker(home: Path, props_file: Path, *, heap: str,
     (home / "log4j2.yaml").write_text(LOG4J2_CONFIG.format(log=log))
     cmd = [
         java, f"-Xmx{heap}", f"-Xms{initial_heap or heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-        "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={home / 'log4j2.yaml'}",
+        *jvm_flags, "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={home / 'log4j2.yaml'}",
         "-cp", f"{libs}/*", "kafka.Kafka", str(props_file),
     ]
     with open(home / "kafka.out", "ab") as out:
