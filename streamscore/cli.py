@@ -13,10 +13,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from schemas.errors import ConfigError, StreamscoreError
 from streamscore.config import monitor_env_overrides
+
+if TYPE_CHECKING:
+    from streamscore.config import PipelineFile
 
 log = logging.getLogger("streamscore")
 
@@ -102,7 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     if args.processes > 1:
-        return _serve_many(args)
+        return _serve_many(args, cfg)
     from streamscore.app import build_scorer
 
     scorer = build_scorer(cfg, instance=args.instance, index=args.process_index)
@@ -127,24 +130,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_many(args: argparse.Namespace) -> int:
-    """N single-consumer processes in one group; signals are forwarded, exit code is the worst."""
-    procs = []
+def _serve_many(args: argparse.Namespace, cfg: "PipelineFile") -> int:
+    """N single-consumer processes in one group, each restarted if it exits abnormally (streamscore.supervisor).
+
+    With ``metrics_port`` set, this parent serves ``streamscore_child_restarts_total`` on
+    ``metrics_port + N`` (the children take ``metrics_port .. + N-1``).
+    """
+    from monitoring.metrics import SupervisorMetrics, metrics_port_for, start_metrics_server
+    from streamscore.supervisor import Supervisor
+
+    base = args.instance or "scorer"
+    children = []
     for i in range(args.processes):
-        cmd = [sys.executable, "-m", "streamscore", "serve", "-c", args.config,
-               "--instance", f"{args.instance or 'scorer'}-{i}", "--process-index", str(i)]
+        cmd = [sys.executable, "-m", "streamscore", *(["-v"] * args.verbose), "serve", "-c", args.config,
+               "--instance", f"{base}-{i}", "--process-index", str(i)]
         if args.max_seconds is not None:
             cmd += ["--max-seconds", str(args.max_seconds)]
-        procs.append(subprocess.Popen(cmd))
-
-    def forward(signum: int, _frame: Any) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    return max(p.wait() for p in procs)
+        children.append((f"{base}-{i}", cmd))
+    metrics = SupervisorMetrics(instance=base)
+    port = metrics_port_for(cfg.metrics_port, args.processes)
+    if port is not None:
+        bound = start_metrics_server(port, host=cfg.metrics_host)
+        log.info("supervisor metrics on http://%s:%d/metrics", cfg.metrics_host, bound)
+    supervisor = Supervisor(children, on_restart=metrics.child_restarted)
+    signal.signal(signal.SIGTERM, lambda signum, _frame: supervisor.request_stop(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: supervisor.request_stop(signum))
+    return supervisor.run()
 
 
 # ---------------------------------------------------------------- produce
