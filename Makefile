@@ -60,8 +60,10 @@ integration: setup
 bench: setup
 	$(BIN)/python -m bench.run
 
+# The chaos scenarios on a local 3-broker cluster (about 30 minutes here), then the README's table from their results.
+CHAOS_ARGS ?=
 chaos: setup
-	$(BIN)/python -m bench.chaos
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS); rc=$$?; $(BIN)/python -m bench.chaos --table --write-readme; exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/python -m mypy consumers sinks schemas models streamscore
