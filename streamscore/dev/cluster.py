@@ -284,7 +284,7 @@ def _create_internal_topics(bootstrap: str, timeout: float) -> None:
     """One transactional init and one offset commit: the broker creates __transaction_state and __consumer_offsets."""
     import uuid
 
-    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
     from consumers.kafka_client import ensure_topics
 
@@ -297,7 +297,15 @@ def _create_internal_topics(bootstrap: str, timeout: float) -> None:
     p.commit_transaction(timeout)
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "streamscore-cluster-warmup",
                   "enable.auto.commit": False, "log_level": 0})
+    deadline = time.monotonic() + timeout
     try:
-        c.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+        while True:
+            try:
+                c.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+                return
+            except KafkaException as exc:   # e.g. the new offsets topic's coordinator is still loading
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"the cluster's offsets topic did not come up: {exc}") from exc
+                time.sleep(0.5)
     finally:
         c.close()
