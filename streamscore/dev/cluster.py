@@ -25,7 +25,8 @@ from typing import Iterable
 from confluent_kafka.admin import AdminClient
 
 from schemas.errors import ServiceError
-from streamscore.dev.kafka import format_storage, launch_broker, new_cluster_id, null_logger, server_properties
+from streamscore.dev.kafka import (broker_answers, format_storage, launch_broker, new_cluster_id, null_logger,
+                                  server_properties)
 from streamscore.dev.util import free_port, wait_until
 
 REPLICATION: dict[str, str] = {
@@ -165,7 +166,8 @@ class KafkaCluster:
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Until every node is a registered, unfenced broker in the cluster's metadata."""
         want = {n.node_id for n in self.nodes}
-        wait_until(lambda: want <= self.live_brokers(), timeout=timeout,
+        wait_until(lambda: want <= self.live_brokers() and all(broker_answers(n.bootstrap) for n in self.nodes),
+                   timeout=timeout,
                    what=f"{len(want)}-broker Kafka cluster on {self.bootstrap}",
                    alive=lambda: all(n.alive() for n in self.nodes), log=self.nodes[0].log if self.nodes else None)
 
@@ -174,8 +176,9 @@ class KafkaCluster:
         """Start a stopped or killed node again (same data, same ports); wait until it is back in the cluster."""
         n = self.node(node_id)
         n.launch()
-        wait_until(lambda: node_id in self.live_brokers(), timeout=timeout, what=f"Kafka node {node_id}",
-                   alive=n.alive, log=n.log)
+        # its own listener answering, not only its id in the metadata (a dead node is listed until it is fenced)
+        wait_until(lambda: broker_answers(n.bootstrap) and node_id in self.live_brokers(), timeout=timeout,
+                   what=f"Kafka node {node_id}", alive=n.alive, log=n.log)
 
     def stop_node(self, node_id: int, timeout: float = 30.0) -> None:
         n = self.node(node_id)
