@@ -50,6 +50,7 @@ MODES = ("at_least_once", "exactly_once")
 STOP_LIMIT_S = 30.0          # every SIGTERM must end a scorer within this (issue 17)
 SESSION_TIMEOUT_MS = 6000    # the broker's minimum: a killed member's partitions move after ~6 s
 TRANSACTION_TIMEOUT_MS = 10000   # what streamscore.app gives the transactional producer
+HARD_STOP_LINE = "stop took longer than stop_timeout_s"   # streamscore.cli's stop backstop
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class ChaosResult:
     broker_freezes: int = 0
     scorer_freezes: int = 0
     crashes: int = 0           # scorer processes that exited by themselves (restarted)
+    hard_stops: int = 0        # stops that hit the stop_timeout_s backstop (stacks in the slot's log)
     exit_codes: list[int] = field(default_factory=list)   # of every SIGTERM
     cpu_hog: str = ""
     seconds: float = 0.0
@@ -318,6 +320,10 @@ class Run:
             for t, c in zip(s.stop_s, s.exit_codes):
                 if c != 0 or t > STOP_LIMIT_S:
                     self.notes.append(f"{s.name}: SIGTERM -> exit {c} after {t:.1f}s (log {s.log_path})")
+        hard = sum(s.log_path.read_text(errors="replace").count(HARD_STOP_LINE) for s in self.slots
+                   if s.log_path.exists())
+        if hard:
+            self.notes.append(f"{hard} stop(s) hit the stop_timeout_s backstop (see the slot logs)")
         if got - want:
             self.notes.append(f"{len(got - want)} unexpected event ids")
         return ChaosResult(
@@ -326,7 +332,7 @@ class Run:
             kills=self.counts["kills"], broker_kills=self.counts["broker_kills"],
             max_stall_s=round(watcher.stalls.max_stall_s, 1), stop_s_max=max(stops, default=0.0),
             broker_freezes=self.counts["broker_freezes"], scorer_freezes=self.counts["scorer_freezes"],
-            crashes=self.counts["crashes"], exit_codes=codes, seconds=round(time.monotonic() - self.t0, 1),
+            crashes=self.counts["crashes"], hard_stops=hard, exit_codes=codes, seconds=round(time.monotonic() - self.t0, 1),
             ran_at=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), notes=self.notes)
 
 
