@@ -175,7 +175,8 @@ def services_status() -> dict[str, Any]:
     if not _state_file().exists():
         return {"running": False}
     state: dict[str, Any] = json.loads(_state_file().read_text())
-    state["kafka_ok"] = brokers_answering(state["kafka_bootstrap"]) >= state.get("brokers", 1)
+    state["brokers_up"] = brokers_answering(state["kafka_bootstrap"])
+    state["kafka_ok"] = state["brokers_up"] >= state.get("brokers", 1)
     state["redis_ok"] = redis_answers(state["redis_url"])
     state["running"] = state["kafka_ok"] and state["redis_ok"]
     return state
