@@ -259,12 +259,14 @@ class AtLeastOnce:
         return True
 
     def on_revoke(self, tps: list[TP]) -> None:
+        if self.failed:                   # the next owner replays whatever was not stored
+            self.tracker.revoke(tps)
+            return
         wait = DRAIN_WAIT_S if self._deadline is None else max(0.0, self._deadline - time.monotonic())
         if not self.tracker.wait_drained(tps, wait):
             log.warning("revoke: in-flight batches for %s did not finish in %.0fs; the next owner replays them",
                         tps, wait)
-        if not self.failed:
-            self._commit_sync(tps)
+        self._commit_sync(tps)
         self.tracker.revoke(tps)
 
     def on_lost(self, tps: list[TP]) -> None:
