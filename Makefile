@@ -6,9 +6,9 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps kafka-jars native demo test unit integration bench chaos lint dev-up dev-down clean
+.PHONY: setup system-deps kafka-jars registry-jar native demo test unit integration bench chaos lint dev-up dev-down clean
 
-setup: system-deps $(STAMP) kafka-jars native
+setup: system-deps $(STAMP) kafka-jars registry-jar native
 
 # Debian packages: redis-server for Redis, Maven + a JDK to fetch and run the Kafka broker,
 # prometheus (promtool + the server) and chromium for the operations tests, gcc for the codec's kernels,
@@ -38,9 +38,13 @@ $(STAMP): pyproject.toml
 kafka-jars: $(STAMP)
 	@$(BIN)/python -c "from streamscore.dev.kafka import kafka_libs; print('kafka jars:', kafka_libs())"
 
+# Apicurio Registry (the Confluent schema-registry API) for dev and tests: fetched once with mvn, unpacked into ~/.cache/streamscore.
+registry-jar: $(STAMP)
+	@$(BIN)/python -c "from streamscore.dev.registry import apicurio_jar; print('schema registry:', apicurio_jar())"
+
 # The codec's C kernels (byte copies, the non-ASCII scan), compiled once into ~/.cache/streamscore/native (numpy fallback without a compiler).
 native: $(STAMP)
-	@$(BIN)/python -c "from schemas._native import lib; print('native kernels:', 'built' if lib() else 'unavailable, numpy fallback')"
+	@$(BIN)/python -c "from schemas.codec.native import lib; print('native kernels:', 'built' if lib() else 'unavailable, numpy fallback')"
 
 demo: setup
 	$(BIN)/streamscore demo --seconds 30 --rate 20000

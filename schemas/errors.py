@@ -5,7 +5,8 @@ import (the data contract); nothing here imports anything of ours.
 
     StreamscoreError
     ├── ConfigError              bad pipeline file, bad CLI option, bad environment
-    ├── ServiceError             a local dev service (Kafka, Redis) could not start
+    ├── ServiceError             a local dev service (Kafka, Redis, registry) could not start
+    ├── RegistryUnavailableError stopped while waiting for an unreachable schema registry
     ├── SchemaError              a schema cannot be parsed or compiled
     │   └── DecodeError          one record cannot be decoded (keeps the raw bytes)
     │       ├── WireFormatError      bad magic byte, short header, empty value
@@ -36,6 +37,10 @@ class ConfigError(StreamscoreError):
 
 class ServiceError(StreamscoreError):
     """A local development service could not be started or reached."""
+
+
+class RegistryUnavailableError(StreamscoreError):
+    """The scorer was stopped while a batch waited for the schema registry to answer."""
 
 
 class SchemaError(StreamscoreError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from consumers.scorer import Scorer
 from schemas.errors import ConfigError
 from sinks.kafka_sink import KafkaSink
 from streamscore.config import ModelRef, PipelineConfig, PipelineFile
+from streamscore.contract import field_mapping, reader_schema, register_output, registry_client
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ def active_for(p: PipelineConfig, entry: Any, model: Any, variant: str) -> Activ
         telemetry = TelemetryBuilder(pipeline=p.name, model=entry.name, version=str(entry.version),
                                      reference_profile=entry.reference_profile,
                                      feature_names=list(entry.input_spec.names), threshold=threshold,
+                                     categorical=list(entry.reference_profile.get("categoricals", {})),
                                      sample=p.telemetry.sample)
     return ActiveModel(model=model, assembler=entry.input_spec, threshold=threshold, variant=variant,
                        telemetry=telemetry)
@@ -71,16 +74,14 @@ def route_for(p: PipelineConfig) -> Any:
 
 
 def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: AdminClient,
-                  watchers: list[Any], metrics: Any) -> PipelineRuntime:
+                  watchers: list[Any], metrics: Any, registry_stop: threading.Event | None = None) -> PipelineRuntime:
     from models.routing import Router
     from schemas.columnar import BatchDecoder, BatchEncoder
     from schemas.registry import SchemaRegistry
 
     schemas = SchemaRegistry.default()
-    try:
-        reader = schemas.schema(p.input.schema_name)
-    except Exception as exc:
-        raise ConfigError(f"pipelines[{p.name}].input.schema: {exc}") from exc
+    client = registry_client(cfg, p, metrics, registry_stop)
+    reader = reader_schema(p, schemas, client)
     if p.kind == "embed":
         return build_embed_runtime(p, schemas, reader, admin)
     spec = route_for(p)
@@ -95,26 +96,32 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
     for sh in spec.shadow:
         entry, active = load_active(registry, p, name=sh.name, version=sh.version, variant="shadow")
         shadows.append(ModelSlot(active))
+    mapping = field_mapping(p, reader)
     validate: dict[str, Any] = {}
-    field_names = {f["name"] for f in reader["fields"]}
+    field_names = set(mapping.leaves)
     if p.input.validate_finite:
-        validate["finite"] = [n for n in arms[0].active.assembler.names if n in field_names]
+        validate["finite"] = [n for n in arms[0].active.assembler.names if n in mapping.float_fields]
     if p.input.ranges:
         unknown = sorted(set(p.input.ranges) - field_names)
         if unknown:
             raise ConfigError(f"pipelines[{p.name}].input.ranges: unknown fields {unknown}; "
                               f"valid: {sorted(field_names)}")
         validate["ranges"] = {k: list(v) for k, v in p.input.ranges.items()}
-    decoder = BatchDecoder(reader, schemas, fmt=p.input.format, validate=validate or None)
-    encoder = BatchEncoder(schemas.schema("prediction"), schemas.id_for("prediction"))
+    shadow_topic = (p.output.shadow_topic or f"{p.output.topic}.shadow") if shadows else None
+    out_schema, out_id = register_output(p, mapping, schemas, client, shadow_topic)
+    decoder = BatchDecoder(reader, client or schemas, fmt=p.input.format, validate=validate or None,
+                           on_fallback=lambda _id: metrics.decode_fallback(p.name))
+    encoder = BatchEncoder(out_schema, out_id)
     return PipelineRuntime(
         name=p.name, input_topic=p.input.topic, output_topic=p.output.topic, dlq_topic=p.input.dlq_topic,
         decoder=decoder, encoder=encoder, slot=arms[0], arms=arms,
         router=Router(spec) if len(arms) > 1 else None, shadows=shadows,
-        shadow_topic=(p.output.shadow_topic or f"{p.output.topic}.shadow") if shadows else None,
+        shadow_topic=shadow_topic,
         telemetry_topic=p.telemetry.topic if p.telemetry.enabled else None,
         partitioning=p.output.partitioning,
         max_message_bytes=p.input.max_message_bytes, output_headers=p.output.headers,
+        id_field=p.input.id_field, time_field=mapping.time_field, time_scale=mapping.time_scale,
+        carry=mapping.carry,
     )
 
 
@@ -224,7 +231,8 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
     registry = registry_for(cfg)
     metrics = ScorerMetrics(instance=instance or "")
     watchers: list[Any] = []
-    runtimes = [build_runtime(cfg, p, registry, admin, watchers, metrics) for p in cfg.pipelines]
+    registry_stop = threading.Event()    # set by scorer.stop(): a decode waiting on the registry gives up
+    runtimes = [build_runtime(cfg, p, registry, admin, watchers, metrics, registry_stop) for p in cfg.pipelines]
     # Topics only once every model and schema resolved: a start that fails creates nothing.
     prepare_topics(cfg)
     for rt in runtimes:
@@ -254,4 +262,12 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
                     metrics=metrics)
     for w in watchers:
         scorer.closers.append(w.start().close)
+    if cfg.schema_registry is not None:
+        stop_scorer = scorer.stop
+
+        def stop() -> None:
+            registry_stop.set()
+            stop_scorer()
+
+        scorer.stop = stop  # type: ignore[method-assign]
     return scorer
