@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from bench.chaos import STOP_LIMIT_S, heal, run_scenario
 from consumers.kafka_client import ensure_topics
 from streamscore.dev.cluster import KafkaCluster
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -23,9 +24,13 @@ def test_cluster_replicates_three_ways_with_two_in_sync(kafka_cluster: KafkaClus
     assert kafka_cluster.live_brokers() == {1, 2, 3}
     ensure_topics({"bootstrap.servers": kafka_cluster.bootstrap}, {"t-cluster-rf": 2})
     admin = AdminClient({"bootstrap.servers": kafka_cluster.bootstrap})
-    md = admin.list_topics(timeout=10)
-    for name in ("t-cluster-rf", "__consumer_offsets", "__transaction_state"):
-        assert all(len(p.replicas) == 3 for p in md.topics[name].partitions.values()), name
+
+    def three_replicas() -> bool:   # a new topic reaches every broker's metadata a moment after its creation
+        md = admin.list_topics(timeout=10)
+        return all(name in md.topics and md.topics[name].partitions
+                   and all(len(p.replicas) == 3 for p in md.topics[name].partitions.values())
+                   for name in ("t-cluster-rf", "__consumer_offsets", "__transaction_state"))
+    wait_for(three_replicas, 30, "3 replicas of every partition")
     for name in ("t-cluster-rf", "__transaction_state"):
         res = ConfigResource(ConfigResource.Type.TOPIC, name)
         conf = admin.describe_configs([res])[res].result(30)
