@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 setup: system-deps $(STAMP) kafka-jars registry-jar native
 
 # Debian packages: redis-server for Redis, Maven + a JDK to fetch and run the Kafka broker,
-# prometheus (promtool + the server) and chromium for the operations tests, gcc for the codec's kernels.
+# prometheus (promtool + the server) and chromium for the operations tests, gcc for the codec's kernels,
+# stress-ng for the chaos runs' CPU hog (a busy-loop process stands in without it).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
@@ -20,6 +21,7 @@ system-deps:
 	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
 	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
 	command -v cc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	command -v stress-ng >/dev/null 2>&1 || missing="$$missing stress-ng"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -62,8 +64,10 @@ integration: setup
 bench: setup
 	$(BIN)/python -m bench.run
 
+# The chaos scenarios on a local 3-broker cluster (about 30 minutes here), then the README's table from their results.
+CHAOS_ARGS ?=
 chaos: setup
-	$(BIN)/python -m bench.chaos
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS); rc=$$?; $(BIN)/python -m bench.chaos --table --write-readme; exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/python -m mypy consumers sinks schemas models streamscore

@@ -14,10 +14,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from schemas.errors import ConfigError, ServiceError, StreamscoreError
 from streamscore.config import monitor_env_overrides
+
+if TYPE_CHECKING:
+    from streamscore.config import PipelineFile
 
 log = logging.getLogger("streamscore")
 
@@ -32,7 +35,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from streamscore.dev.services import services_down, services_status, services_up
 
     if args.action == "up":
-        state = services_up()
+        if args.brokers != 1 and args.brokers < 3:
+            raise ConfigError(f"--brokers must be 1 or at least 3 (replication factor 3), not {args.brokers}")
+        state = services_up(brokers=args.brokers)
         print(json.dumps(state, indent=2))
         print(f"\nexport KAFKA_BOOTSTRAP={state['kafka_bootstrap']} REDIS_URL={state['redis_url']} "
               f"SCHEMA_REGISTRY_URL={state.get('schema_registry_url')}")
@@ -102,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     if args.processes > 1:
-        return _serve_many(args)
+        return _serve_many(args, cfg)
     from streamscore.app import build_scorer
 
     scorer = build_scorer(cfg, instance=args.instance, index=args.process_index)
@@ -127,24 +132,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_many(args: argparse.Namespace) -> int:
-    """N single-consumer processes in one group; signals are forwarded, exit code is the worst."""
-    procs = []
+def _serve_many(args: argparse.Namespace, cfg: "PipelineFile") -> int:
+    """N single-consumer processes in one group, each restarted if it exits abnormally (streamscore.supervisor).
+
+    With ``metrics_port`` set, this parent serves ``streamscore_child_restarts_total`` on
+    ``metrics_port + N`` (the children take ``metrics_port .. + N-1``).
+    """
+    from monitoring.metrics import SupervisorMetrics, metrics_port_for, start_metrics_server
+    from streamscore.supervisor import Supervisor
+
+    base = args.instance or "scorer"
+    children = []
     for i in range(args.processes):
-        cmd = [sys.executable, "-m", "streamscore", "serve", "-c", args.config,
-               "--instance", f"{args.instance or 'scorer'}-{i}", "--process-index", str(i)]
+        cmd = [sys.executable, "-m", "streamscore", *(["-v"] * args.verbose), "serve", "-c", args.config,
+               "--instance", f"{base}-{i}", "--process-index", str(i)]
         if args.max_seconds is not None:
             cmd += ["--max-seconds", str(args.max_seconds)]
-        procs.append(subprocess.Popen(cmd))
-
-    def forward(signum: int, _frame: Any) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    return max(p.wait() for p in procs)
+        children.append((f"{base}-{i}", cmd))
+    metrics = SupervisorMetrics(instance=base)
+    port = metrics_port_for(cfg.metrics_port, args.processes)
+    if port is not None:
+        bound = start_metrics_server(port, host=cfg.metrics_host)
+        log.info("supervisor metrics on http://%s:%d/metrics", cfg.metrics_host, bound)
+    supervisor = Supervisor(children, on_restart=metrics.child_restarted)
+    signal.signal(signal.SIGTERM, lambda signum, _frame: supervisor.request_stop(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: supervisor.request_stop(signum))
+    return supervisor.run()
 
 
 # ---------------------------------------------------------------- backfill and serve-http
@@ -400,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="local Kafka + Redis for development")
     dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument("--brokers", type=int, default=1,
+                     help="with up: 1 (a single broker) or 3+ (a local KRaft cluster, replication factor 3)")
     dev.add_argument("--purge", action="store_true",
                      help="with down: also delete the local broker's and Redis's data (it grows with every run)")
     dev.set_defaults(fn=cmd_dev)
