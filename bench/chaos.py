@@ -48,7 +48,7 @@ RESULTS = ROOT / "bench" / "results" / "chaos.json"
 README = ROOT / "README.md"
 MODES = ("at_least_once", "exactly_once")
 STOP_LIMIT_S = 30.0          # every SIGTERM must end a scorer within this (issue 17)
-SESSION_TIMEOUT_MS = 6000    # the broker's minimum: a killed member's partitions move after ~6 s
+SESSION_TIMEOUT_MS = 10000   # our default: longer than the cluster fences a dead broker (6 s), so a coordinator failover costs no session
 TRANSACTION_TIMEOUT_MS = 10000   # what streamscore.app gives the transactional producer
 HARD_STOP_LINE = "stop took longer than stop_timeout_s"   # streamscore.cli's stop backstop
 
