@@ -29,6 +29,7 @@ import json
 import logging
 import random
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -297,6 +298,9 @@ class Run:
             self.say(f"{self.events:,} events sent; waiting for every prediction")
             if not watcher.wait_unique(self.events, max(1.0, deadline - time.monotonic()), poll=self.supervise):
                 self.notes.append(f"not every event scored before the time limit ({watcher.unique:,})")
+                for s in self.slots:          # leave every live scorer's thread stacks in its log
+                    if s.proc is not None and s.proc.poll() is None:
+                        s.proc.send_signal(signal.SIGUSR1)
             watcher.wait_quiet(idle=3.0, timeout=30.0)
             self.supervise()
             stop_all(self.slots, limit=60.0)

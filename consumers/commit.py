@@ -195,6 +195,12 @@ def transient(err: object) -> bool:
     return err.code() in _TRANSIENT or err.retriable() or err.fatal() or err.txn_requires_abort()
 
 
+def _dispose_in_background(holder: list[Producer]) -> None:
+    """Drop the last reference to a discarded producer on a thread of its own: destroying a
+    client whose brokers do not answer can block for as long as its socket timeouts."""
+    threading.Thread(target=holder.clear, name="producer-dispose", daemon=True).start()
+
+
 class _Recovery:
     """Re-creates a failed producer; stops the scorer when non-transient failures keep coming."""
 
@@ -235,7 +241,9 @@ class _Recovery:
         except KafkaException as exc:
             log.warning("re-creating the producer after %s failed: %s; retried on the next failure", err, exc)
             return False
+        old = [self.sink.producer]
         self.sink.producer = new
+        _dispose_in_background(old)
         self.producer_restarts += 1
         log.warning("producer re-created after %s", err)
         return True

@@ -122,6 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1 PID`: every thread's stack to stderr
     t0 = time.monotonic()
     quiet_gc()
     short_gil_slices(cfg.gil_switch_ms)
