@@ -32,21 +32,22 @@ class OutputWriter:
         cols = work.decoded.columns
         now_ms = int(time.time() * 1000)
         times = cols.get(rt.time_field) if rt.time_field else None
+        n_all = len(work.keys)
         for active, rows in work.groups:
             if len(rows):
-                self._produce_scores(work, ack, rt.output_topic, active, active.variant, rows,
-                                     work.scores[rows], times, now_ms)
+                fields = work.fields if len(rows) == n_all else {k: v[rows] for k, v in work.fields.items()}
+                self._produce_scores(work, ack, rt.output_topic, active, active.variant, rows, fields, times, now_ms)
         shadow_for_primary = None
-        for active, scores in work.shadow_out:
+        for active, scores, fields in work.shadow_out:
             if rt.shadow_topic:
-                self._produce_scores(work, ack, rt.shadow_topic, active, "shadow", work.ok_rows, scores, times, now_ms)
+                self._produce_scores(work, ack, rt.shadow_topic, active, "shadow", work.ok_rows, fields, times, now_ms)
             if shadow_for_primary is None:
                 shadow_for_primary = (active, scores)
         if rt.telemetry_topic:
             self._telemetry(work, ack, shadow_for_primary)
 
     def _produce_scores(self, work: Work, ack: BatchAck, topic: str, active: ActiveModel, variant: str,
-                        rows: np.ndarray, scores: np.ndarray, times: Any, now_ms: int) -> None:
+                        rows: np.ndarray, fields: dict[str, np.ndarray], times: Any, now_ms: int) -> None:
         rt = work.rt
         n = len(rows)
         cols = work.decoded.columns
@@ -61,8 +62,7 @@ class OutputWriter:
             "model": _const_str(active.model.name, n),
             "version": _const_str(str(active.model.version), n),
             "variant": np.full(n, rt.encoder.enum_code("variant", variant), dtype=np.int64),
-            "score": scores.astype(np.float64, copy=False),
-            "decision": scores >= active.threshold,
+            **fields,                                      # the model's heads (score + decision, ...)
             "event_time": event_time,
             "scored_at": np.full(n, now_ms, dtype=np.int64),
         }

@@ -38,6 +38,7 @@ import numpy as np
 
 from models.base import InputSpec, Model
 from schemas.errors import ArtifactIntegrityError, ConfigError, ModelError, ModelLoadError, PredictError
+from schemas.prediction import OutputSpec
 
 Stage = Literal["staging", "production", "archived"]
 Format = Literal["onnx", "torchscript", "torch_export"]
@@ -64,6 +65,12 @@ class ModelEntry:
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     decision_threshold: float = 0.5
+    hooks: dict[str, str] = field(default_factory=dict)    # "pre" / "post": "package.module:function"
+
+    @property
+    def outputs(self) -> OutputSpec:
+        """The output spec's heads (an entry without heads has one score head)."""
+        return OutputSpec.from_dict(self.output_spec)
 
 
 Entries = list[ModelEntry]  # (``ModelRegistry.list`` shadows the builtin inside the class)
@@ -174,6 +181,7 @@ class ModelRegistry:
                 metrics=dict(meta.get("metrics") or {}),
                 created_at=meta.get("created_at", ""),
                 decision_threshold=float(meta.get("decision_threshold", 0.5)),
+                hooks={str(k): str(v) for k, v in (meta.get("hooks") or {}).items()},
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"unreadable registry metadata {meta_path}: {exc!r}") from exc
@@ -214,9 +222,14 @@ class ModelRegistry:
         stage: str = "staging",
         version: str | None = None,
         decision_threshold: float = 0.5,
+        hooks: Mapping[str, str] | None = None,
     ) -> ModelEntry:
         """Copy ``artifact`` in as a new version (next integer if ``version`` is None)."""
         _check_safe("name", name)
+        OutputSpec.from_dict(output_spec)          # raises on a bad spec before anything is written
+        bad_hooks = sorted(set(hooks or {}) - {"pre", "post"})
+        if bad_hooks:
+            raise ConfigError(f"hooks: unknown key(s) {bad_hooks}; valid: ['post', 'pre']")
         _check_choice("format", format, tuple(FORMATS))
         _check_choice("stage", stage, STAGES)
         if version is not None:
@@ -242,6 +255,8 @@ class ModelRegistry:
                 "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                 "decision_threshold": float(decision_threshold),
             }
+            if hooks:
+                meta["hooks"] = dict(hooks)
             with self._locked(name):
                 state = self._read_stages(name)
                 if version is None:
@@ -327,8 +342,11 @@ class ModelRegistry:
         model = _backend(entry, device=device, **options)
         try:
             model.load()
-            probe = np.zeros((2, len(entry.input_spec)), dtype=np.float32)
-            model.predict(probe)
+            probe = entry.input_spec.probe(2)
+            if hasattr(model, "run"):
+                _check_rows(f"{entry.name}:{entry.version}", model.run(probe), entry.outputs, 2)
+            else:
+                model.predict(next(iter(probe.values())))
         except PredictError as exc:
             model.close()
             raise ModelLoadError(f"{entry.name}:{entry.version} failed its smoke check: {exc}") from exc
@@ -336,6 +354,19 @@ class ModelRegistry:
             model.close()
             raise
         return model
+
+
+def _check_rows(label: str, outputs: Mapping[str, Any], spec: OutputSpec, n: int) -> None:
+    """Every output a head reads straight from the model has one row per input row (outputs
+    a post hook adds are checked when it runs)."""
+    names = [h.output for h in spec.heads if h.output is None or h.output in outputs]
+    for name in names:
+        key = name if name is not None else next(iter(outputs), None)
+        if key is None:
+            raise PredictError(f"{label}: the model returned no outputs")
+        rows = np.shape(outputs[key])[:1]
+        if rows != (n,):
+            raise PredictError(f"{label}: output {key!r} has shape {np.shape(outputs[key])} for {n} input rows")
 
 
 def _backend(entry: ModelEntry, *, device: Any, **options: Any) -> Model:

@@ -5,6 +5,7 @@ import (the data contract); nothing here imports anything of ours.
 
     StreamscoreError
     ├── ConfigError              bad pipeline file, bad CLI option, bad environment
+    │   └── HookContractError    a pre/post hook returned the wrong shape (stops the pipeline)
     ├── ServiceError             a local dev service (Kafka, Redis) could not start
     ├── SchemaError              a schema cannot be parsed or compiled
     │   └── DecodeError          one record cannot be decoded (keeps the raw bytes)
@@ -15,6 +16,7 @@ import (the data contract); nothing here imports anything of ours.
     │   ├── ArtifactIntegrityError   artifact sha256 does not match the registry
     │   ├── ModelLoadError           artifact cannot be loaded / smoke check fails
     │   └── PredictError             the model raised on a batch
+    │       └── HookError            a pre/post hook raised (``reason``: features / post_hook)
     └── DeliveryError            an output could not be delivered / committed
 """
 
@@ -27,6 +29,10 @@ class StreamscoreError(Exception):
 
 class ConfigError(StreamscoreError):
     """Invalid configuration; the message names the offending key."""
+
+
+class HookContractError(ConfigError):
+    """A user hook returned something its contract does not allow; no row is to blame."""
 
 
 class ServiceError(StreamscoreError):
@@ -83,3 +89,11 @@ class PredictError(ModelError):
 
 class DeliveryError(StreamscoreError):
     """An output could not be delivered, or offsets could not be committed."""
+
+
+class HookError(PredictError):
+    """A user hook raised on some rows; ``reason`` is the dead-letter reason for them."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -42,12 +42,41 @@ def load_active(registry: Any, p: PipelineConfig, *, name: str | None = None, ve
                 variant: str = "primary") -> tuple[Any, ActiveModel]:
     entry = registry.get(name or _model(p).name, version or (_model(p).version if name in (None, _model(p).name) else None),
                          stage=_model(p).stage)
+    entry = with_overrides(p, entry)
     model = registry.load(entry, device=_model(p).device)
     return entry, active_for(p, entry, model, variant)
 
 
+def with_overrides(p: PipelineConfig, entry: Any) -> Any:
+    """The entry as this pipeline runs it: ``model.features`` replaces the entry's features
+    (for the pipeline's own model, not for other arms' or shadows' models)."""
+    import dataclasses
+
+    from models.base import InputSpec
+
+    ref = _model(p)
+    if ref.features is None or entry.name != ref.name:
+        return entry
+    spec = InputSpec.from_dict({"input_name": entry.input_spec.input_name, "features": ref.features})
+    return dataclasses.replace(entry, input_spec=spec)
+
+
+def runner_for(p: PipelineConfig, entry: Any, model: Any, threshold: float) -> Any:
+    """Features (or the pre hook), the model, the post hook and the output heads of one version."""
+    from models.runner import ModelRunner, load_hook
+
+    ref = _model(p)
+    own = entry.name == ref.name
+    pre = (ref.pre if own else None) or entry.hooks.get("pre")
+    post = (ref.post if own else None) or entry.hooks.get("post")
+    return ModelRunner(model, input_spec=entry.input_spec, output_spec=entry.outputs, threshold=threshold,
+                       pre=load_hook(pre, ref.hook_path) if pre else None,
+                       post=load_hook(post, ref.hook_path) if post else None,
+                       pre_name=pre or "", post_name=post or "", labels=tuple(getattr(model, "labels", ())))
+
+
 def active_for(p: PipelineConfig, entry: Any, model: Any, variant: str) -> ActiveModel:
-    """What the scorer holds for one model version: the model, its input spec, threshold, telemetry."""
+    """What the scorer holds for one model version: the model, its runner, threshold, telemetry."""
     threshold = p.decision_threshold if p.decision_threshold is not None else entry.decision_threshold
     telemetry = None
     if p.telemetry.enabled and entry.reference_profile and variant != "shadow":
@@ -57,8 +86,8 @@ def active_for(p: PipelineConfig, entry: Any, model: Any, variant: str) -> Activ
                                      reference_profile=entry.reference_profile,
                                      feature_names=list(entry.input_spec.names), threshold=threshold,
                                      sample=p.telemetry.sample)
-    return ActiveModel(model=model, assembler=entry.input_spec, threshold=threshold, variant=variant,
-                       telemetry=telemetry)
+    return ActiveModel(model=model, runner=runner_for(p, entry, model, threshold), threshold=threshold,
+                       variant=variant, telemetry=telemetry)
 
 
 def route_for(p: PipelineConfig) -> Any:
@@ -73,6 +102,7 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
                   watchers: list[Any], metrics: Any) -> PipelineRuntime:
     from models.routing import Router
     from schemas.columnar import BatchDecoder, BatchEncoder
+    from schemas.prediction import prediction_schema
     from schemas.registry import SchemaRegistry
 
     schemas = SchemaRegistry.default()
@@ -84,20 +114,29 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
         return build_embed_runtime(p, schemas, reader, admin)
     spec = route_for(p)
     arms: list[ModelSlot] = []
+    entries: list[Any] = []
     for arm in spec.arms:
         entry, active = load_active(registry, p, name=arm.name, version=arm.version, variant=arm.variant)
         slot = ModelSlot(active)
         arms.append(slot)
+        entries.append(entry)
         if _model(p).hot_swap and arm.version is None and (arm.name != _model(p).name or _model(p).version is None):
             watchers.append(_watch(registry, p, slot, entry, arm.variant, metrics))
     shadows = []
     for sh in spec.shadow:
         entry, active = load_active(registry, p, name=sh.name, version=sh.version, variant="shadow")
         shadows.append(ModelSlot(active))
+        entries.append(entry)
+    outputs = entries[0].outputs
+    for e in entries[1:]:
+        if e.outputs.fields() != outputs.fields():
+            raise ConfigError(f"pipelines[{p.name}]: {e.name}:{e.version} gives prediction fields {e.outputs.fields()}, "
+                              f"{entries[0].name}:{entries[0].version} gives {outputs.fields()}; "
+                              f"every model of a pipeline writes the same record")
     validate: dict[str, Any] = {}
     field_names = {f["name"] for f in reader["fields"]}
-    if p.input.validate_finite:
-        validate["finite"] = [n for n in arms[0].active.assembler.names if n in field_names]
+    if p.input.validate_finite and entries[0].input_spec.plain:
+        validate["finite"] = [n for n in entries[0].input_spec.names if n in field_names]
     if p.input.ranges:
         unknown = sorted(set(p.input.ranges) - field_names)
         if unknown:
@@ -105,7 +144,8 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
                               f"valid: {sorted(field_names)}")
         validate["ranges"] = {k: list(v) for k, v in p.input.ranges.items()}
     decoder = BatchDecoder(reader, schemas, fmt=p.input.format, validate=validate or None)
-    encoder = BatchEncoder(schemas.schema("prediction"), schemas.id_for("prediction"))
+    pred_schema = prediction_schema(outputs)     # one score head: exactly schemas/prediction.avsc
+    encoder = BatchEncoder(pred_schema, schemas.register(pred_schema))
     in_parts = partition_count(admin, p.input.topic)
     out_parts = partition_count(admin, p.output.topic)
     return PipelineRuntime(
@@ -131,7 +171,7 @@ def build_embed_runtime(p: PipelineConfig, schemas: Any, reader: dict[str, Any],
     embedder = MiniLMEmbedder(device=e.device, dtype=e.dtype, max_length=e.max_length, batch_size=e.batch_size,
                               head=head)
     embedder.load()
-    active = ActiveModel(model=embedder, assembler=None, threshold=0.0)  # type: ignore[arg-type]
+    active = ActiveModel(model=embedder, runner=None, threshold=0.0)  # type: ignore[arg-type]
     in_parts = partition_count(admin, p.input.topic)
     return PipelineRuntime(
         name=p.name, input_topic=p.input.topic, output_topic=p.output.topic, dlq_topic=p.input.dlq_topic,
@@ -148,7 +188,7 @@ def _watch(registry: Any, p: PipelineConfig, slot: ModelSlot, entry: Any, varian
     from models.hotswap import RegistryWatcher
 
     def on_swap(new_entry: Any, model: Any) -> Any:
-        old = slot.swap(active_for(p, new_entry, model, variant))
+        old = slot.swap(active_for(p, with_overrides(p, new_entry), model, variant))
         metrics.model_swap(p.name, True)
         metrics.model_info(p.name, new_entry.name, str(new_entry.version), variant)
         log.info("pipeline %s: %s swapped %s -> %s", p.name, new_entry.name, old.model.version, new_entry.version)
@@ -160,9 +200,13 @@ def _watch(registry: Any, p: PipelineConfig, slot: ModelSlot, entry: Any, varian
                   p.name, name, version, exc)
 
     def same_inputs(new_entry: Any, _model: Any) -> None:
+        new_entry = with_overrides(p, new_entry)
         if tuple(new_entry.input_spec.names) != tuple(entry.input_spec.names):
             raise ConfigError(f"{new_entry.name}:{new_entry.version} expects features {list(new_entry.input_spec.names)}, "
                               f"the pipeline assembles {list(entry.input_spec.names)}")
+        if new_entry.outputs.fields() != entry.outputs.fields():
+            raise ConfigError(f"{new_entry.name}:{new_entry.version} gives prediction fields {new_entry.outputs.fields()}, "
+                              f"the pipeline writes {entry.outputs.fields()}")
 
     return RegistryWatcher(registry, entry.name, on_swap=on_swap, on_error=on_error, stage=_model(p).stage,
                            current_version=entry.version, interval_s=_model(p).watch_interval_ms / 1000.0,

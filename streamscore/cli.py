@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from schemas.errors import StreamscoreError
+from schemas.errors import ConfigError, StreamscoreError
 from streamscore.config import monitor_env_overrides
 
 log = logging.getLogger("streamscore")
@@ -170,17 +170,21 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(_jsonable(e), indent=2, default=str))
         return 0
     if args.action == "register":
-        from models.base import InputSpec
+        return _register(reg, args)
+    if args.action == "check":
+        from streamscore.check import check_sample
 
-        spec = json.loads(Path(args.input_spec).read_text()) if args.input_spec else None
-        if spec is None:
-            prev = reg.get(args.name, None, stage=None)
-            input_spec, output_spec, profile = prev.input_spec, prev.output_spec, prev.reference_profile
-        else:
-            input_spec, output_spec, profile = InputSpec.from_dict(spec), spec.get("output_spec", {}), spec.get("reference_profile")
-        e = reg.register(args.name, Path(args.artifact), format=args.format, input_spec=input_spec,
-                         output_spec=output_spec, reference_profile=profile, stage=args.stage or "staging", version=args.version)
-        print(f"registered {e.name}:{e.version} ({e.stage}) sha256={e.sha256}")
+        if not args.name or not args.sample:
+            raise ConfigError("models check needs NAME [VERSION] --sample FILE")
+        for rec in check_sample(reg, args.name, args.version, Path(args.sample), schema=args.schema,
+                                hook_path=args.hook_path):
+            print(json.dumps(rec, default=str))
+        return 0
+    if args.action == "schema":
+        from schemas.prediction import prediction_schema
+
+        e = reg.get(args.name, args.version, stage=None if args.version else "production")
+        print(json.dumps(prediction_schema(e.outputs), indent=2))
         return 0
     if args.action == "promote":
         e = reg.promote(args.name, args.version, args.stage or "production")
@@ -191,6 +195,72 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{e.name}:{e.version} is now {e.stage}")
         return 0
     raise AssertionError(args.action)
+
+
+def _register(reg: Any, args: argparse.Namespace) -> int:
+    """Register an artifact; what the spec file leaves out is copied from the previous version
+    or, for a new model, inferred from the ONNX graph (inputs, classifier labels, heads)."""
+    from models.base import InputSpec
+
+    if not args.name or not args.artifact:
+        raise ConfigError("models register needs NAME --artifact FILE")
+    artifact = Path(args.artifact)
+    if not artifact.is_file():
+        raise ConfigError(f"--artifact: {artifact} does not exist")
+    spec: dict[str, Any] = {}
+    if args.input_spec:
+        spec = _read_spec(Path(args.input_spec))
+    prev = reg.list(args.name)
+    inferred: tuple[dict[str, Any], dict[str, Any]] | None = None
+    if args.format == "onnx" and (not prev or "output_spec" not in spec or
+                                  not ("input_spec" in spec or "features" in spec)):
+        from models.infer import infer_specs
+
+        inferred = infer_specs(artifact)
+    raw_input = spec.get("input_spec") or ({"features": spec["features"]} if "features" in spec else None)
+    if raw_input is not None:
+        input_spec = InputSpec.from_dict(raw_input)
+    elif prev:
+        input_spec = prev[-1].input_spec
+    elif inferred is not None:
+        input_spec = InputSpec.from_dict(inferred[0])
+    else:
+        raise ConfigError(f"{args.name} is a new model: give --input-spec FILE with its features")
+    if "output_spec" in spec:
+        output_spec = spec["output_spec"]
+    elif inferred is not None:
+        output_spec = inferred[1]
+    else:
+        output_spec = prev[-1].output_spec if prev else {}
+    e = reg.register(args.name, artifact, format=args.format, input_spec=input_spec, output_spec=output_spec,
+                     reference_profile=spec.get("reference_profile", prev[-1].reference_profile if prev else None),
+                     stage=args.stage or "staging", version=args.version,
+                     decision_threshold=float(spec.get("decision_threshold", 0.5)),
+                     hooks=spec.get("hooks", prev[-1].hooks if prev else None))
+    print(f"registered {e.name}:{e.version} ({e.stage}) sha256={e.sha256}")
+    print(f"  inputs:  {', '.join(f'{k} {d}[{w}]' for k, (d, w) in e.input_spec.inputs.items())} "
+          f"from fields {', '.join(e.input_spec.fields)}")
+    print(f"  outputs: {json.dumps(e.outputs.to_dict())} -> prediction fields {', '.join(e.outputs.fields())}")
+    return 0
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    """A JSON or YAML file: input_spec (or features), output_spec, hooks, decision_threshold."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"--input-spec: {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--input-spec: {path} is not valid JSON or YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"--input-spec: {path} must hold a mapping")
+    valid = {"input_spec", "features", "input_name", "output_spec", "hooks", "decision_threshold", "reference_profile"}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ConfigError(f"--input-spec: unknown key(s) {unknown} in {path}; valid: {sorted(valid)}")
+    return data
 
 
 def _jsonable(obj: Any) -> Any:
@@ -297,13 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
     prod.set_defaults(fn=cmd_produce)
 
     mod = sub.add_parser("models", help="the model registry")
-    mod.add_argument("action", choices=["train-demo", "list", "show", "register", "promote", "rollback"])
+    mod.add_argument("action", choices=["train-demo", "list", "show", "register", "promote", "rollback", "check",
+                                        "schema"])
     mod.add_argument("name", nargs="?")
     mod.add_argument("version", nargs="?")
     mod.add_argument("--registry", default=None, help="registry directory (default: the bundled demo registry)")
     mod.add_argument("--artifact", help="register: the artifact file")
     mod.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "torch_export"])
-    mod.add_argument("--input-spec", help="register: JSON file with input_spec/output_spec (default: copy from the latest version)")
+    mod.add_argument("--input-spec", help="register: JSON/YAML file with input_spec (or features), output_spec, hooks, "
+                                          "decision_threshold (default: the previous version's, else inferred from the ONNX graph)")
+    mod.add_argument("--sample", help="check: JSON lines or CSV of input records to score")
+    mod.add_argument("--schema", default="transaction", help="check: the input's reader schema (default transaction)")
+    mod.add_argument("--hook-path", default=None, help="check: a directory to import hooks from")
     mod.add_argument("--stage", default=None, help="register: staging (default); promote: production (default)")
     mod.add_argument("--seed", type=int, default=7)
     mod.set_defaults(fn=cmd_models)
