@@ -38,7 +38,7 @@ kafka-jars: $(STAMP)
 
 # The codec's C kernels (byte copies, the non-ASCII scan), compiled once into ~/.cache/streamscore/native (numpy fallback without a compiler).
 native: $(STAMP)
-	@$(BIN)/python -c "from schemas._native import lib; print('native kernels:', 'built' if lib() else 'unavailable, numpy fallback')"
+	@$(BIN)/python -c "from schemas.codec.native import lib; print('native kernels:', 'built' if lib() else 'unavailable, numpy fallback')"
 
 demo: setup
 	$(BIN)/streamscore demo --seconds 30 --rate 20000

@@ -12,14 +12,14 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from schemas._encode import BatchEncoder
-from schemas._groups import CompiledGroup, FailedGroup, FallbackGroup, GroupDecoder, Rows
-from schemas._program import Program
-from schemas._decode import ResolutionError
-from schemas._pycolumns import records_to_columns
-from schemas._types import Field, compilable, record_fields, strip_logical
-from schemas._validate import Rules
-from schemas._vec import PAD, Buffer
+from schemas.codec.encode import BatchEncoder
+from schemas.codec.groups import CompiledGroup, FailedGroup, FallbackGroup, GroupDecoder, Rows
+from schemas.codec.program import Program
+from schemas.codec.decode import ResolutionError
+from schemas.codec.pycolumns import records_to_columns
+from schemas.codec.types import Field, compilable, record_fields, strip_logical
+from schemas.codec.validate import Rules
+from schemas.codec.vec import PAD, Buffer, uvarint_size, write_uvarint, zigzag_encode
 from schemas.columns import BytesColumn, Column, DecodedBatch, RaggedColumn, StrColumn, concat, take
 from schemas.errors import DecodeError, RecordValidationError, SchemaError, UnknownSchemaError, WireFormatError
 from schemas.registry import SchemaRegistry, parse_schema
@@ -32,9 +32,19 @@ __all__ = [
     "DecodedBatch",
     "RaggedColumn",
     "StrColumn",
+    "long_bytes",
 ]
 
 Engine = Literal["auto", "numpy", "fastavro"]
+
+
+def long_bytes(v: int) -> np.ndarray:
+    """The Avro encoding (zig-zag varint) of one long, as uint8, written by the encoder's routines."""
+    u = zigzag_encode(np.array([v], np.int64))
+    size = uvarint_size(u)
+    out = np.zeros(int(size[0]), np.uint8)
+    write_uvarint(out, np.zeros(1, np.int64), u, size)
+    return out
 
 
 def _join(values: Sequence[bytes | None], pad: int) -> tuple[bytes, np.ndarray]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas._types import Field
+from schemas.codec.types import Field
 from schemas.columns import Column
 from schemas.errors import ConfigError
 

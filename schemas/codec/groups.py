@@ -14,11 +14,11 @@ import fastavro
 import numpy as np
 from fastavro.read import SchemaResolutionError
 
-from schemas._cursor import MESSAGES, OK, RESOLUTION
-from schemas._program import Program
-from schemas._pycolumns import records_to_columns
-from schemas._types import Field
-from schemas._vec import Buffer
+from schemas.codec.cursor import MESSAGES, OK, RESOLUTION
+from schemas.codec.program import Program
+from schemas.codec.pycolumns import records_to_columns
+from schemas.codec.types import Field
+from schemas.codec.vec import Buffer
 from schemas.columns import Column, take
 
 GroupResult = tuple[dict[str, Column], dict[str, np.ndarray], np.ndarray, list[tuple[int, str, str]]]
