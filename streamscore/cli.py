@@ -232,6 +232,13 @@ def _register(reg: Any, args: argparse.Namespace) -> int:
         output_spec = inferred[1]
     else:
         output_spec = prev[-1].output_spec if prev else {}
+    if args.format == "onnx":      # the spec must fit the graph before anything is written
+        from models.onnx_backend import OnnxModel
+
+        probe = OnnxModel(artifact, name=args.name, version="(new)", input_spec=input_spec)
+        probe.load()
+        probe.run(input_spec.probe(2))
+        probe.close()
     e = reg.register(args.name, artifact, format=args.format, input_spec=input_spec, output_spec=output_spec,
                      reference_profile=spec.get("reference_profile", prev[-1].reference_profile if prev else None),
                      stage=args.stage or "staging", version=args.version,
