@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
+from consumers.batcher import AdaptiveBatcher
 from consumers.runtime import ActiveModel
 from consumers.work import Work
 from schemas.errors import HookContractError, PredictError, StreamscoreError
@@ -21,8 +22,8 @@ log = logging.getLogger("consumers.scorer")
 
 
 class ModelStage:
-    def __init__(self, *, batcher: Any, metrics: Any) -> None:
-        self.batcher = batcher
+    def __init__(self, *, batchers: Mapping[str, AdaptiveBatcher], metrics: Any) -> None:
+        self.batchers = batchers          # by pipeline name: each learns its own model's cost
         self.metrics = metrics
 
     def score(self, work: Work) -> None:
@@ -62,7 +63,7 @@ class ModelStage:
             t0 = time.perf_counter()
             scores, fields, bad = score_isolating(active.runner, feats, rows, work.decoded)
             took = time.perf_counter() - t0
-            self.batcher.observe_model(len(rows), took)
+            self.batchers[rt.name].observe_model(len(rows), took)
             self.metrics.model_latency(rt.name, active.model.name, took, len(rows))
             work.scores[rows] = scores
             _store(work, n, rows, fields)
@@ -88,7 +89,7 @@ class ModelStage:
                 work.dead.append((i, "model_error", f"{type(exc).__name__}: {exc}"))
             return
         took = time.perf_counter() - t0
-        self.batcher.observe_model(len(texts), took)
+        self.batchers[work.rt.name].observe_model(len(texts), took)
         self.metrics.model_latency(work.rt.name, embedder.name, took, len(texts))
         work.embeddings = emb
         work.labels = labels

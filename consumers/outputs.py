@@ -13,7 +13,7 @@ import numpy as np
 from consumers.runtime import ActiveModel
 from consumers.work import Work
 from schemas.columns import StrColumn, take
-from sinks.kafka_sink import BatchAck, KafkaSink
+from sinks.kafka_sink import BatchAck, KafkaSink, bounded_dead_letter, error_headers
 
 
 class OutputWriter:
@@ -45,6 +45,23 @@ class OutputWriter:
                 shadow_for_primary = (active, scores)
         if rt.telemetry_topic:
             self._telemetry(work, ack, shadow_for_primary)
+
+    def emit_dead(self, work: Work, ack: BatchAck) -> None:
+        """Dead-letter the batch's bad records under ``ack``: the original value with headers
+        naming the error and its source, or a bounded prefix when the value cannot be forwarded
+        whole (see sinks.kafka_sink.bounded_dead_letter)."""
+        rt = work.rt
+        now_ms = int(time.time() * 1000)
+        reasons: dict[str, int] = {}
+        for idx, reason, message in work.dead:
+            m = work.msgs[idx]
+            hdrs = error_headers(error=reason, message=message, topic=m.topic(), partition=m.partition(),
+                                 offset=m.offset(), pipeline=rt.name, when_ms=now_ms)
+            value, key, hdrs = bounded_dead_letter(m.value(), m.key(), hdrs, rt.dlq_max_bytes)
+            self.sink.produce_one(rt.dlq_topic, value, key, ack, headers=hdrs)
+            reasons[reason] = reasons.get(reason, 0) + 1
+        for reason, k in reasons.items():
+            self.metrics.dead_letters(rt.name, reason, k)
 
     def _produce_scores(self, work: Work, ack: BatchAck, topic: str, active: ActiveModel, variant: str,
                         rows: np.ndarray, fields: dict[str, np.ndarray], times: Any, now_ms: int) -> None:

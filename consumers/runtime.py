@@ -75,6 +75,7 @@ class PipelineRuntime:
     output_headers: bool = False     # also stamp model/version/variant as Kafka headers (per-message path)
     out_partitions: int = 0
     max_message_bytes: int = 1_000_000
+    dlq_max_bytes: int = 1_000_000  # largest dead letter the producer and the DLQ topic accept
     key_field: str | None = None
     time_field: str | None = "event_time"
     kind: str = "score"                      # "embed": a text embedder, outputs Embedding records
