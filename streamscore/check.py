@@ -41,7 +41,7 @@ def _csv_records(text: str, reader: dict[str, Any]) -> list[dict[str, Any]]:
             t = types.get(k)
             if v is None or v == "":
                 rec[k] = None
-            elif t in _NUMERIC:
+            elif isinstance(t, str) and t in _NUMERIC:
                 rec[k] = _NUMERIC[t](float(v)) if t in ("int", "long") else float(v)
             elif t == "boolean":
                 rec[k] = v.strip().lower() in ("1", "true", "yes")
