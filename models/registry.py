@@ -339,21 +339,26 @@ class ModelRegistry:
     def load(self, entry: ModelEntry, *, device: str = "cpu", **options: Any) -> Model:
         """Verify, load and smoke-check ``entry``; ``options`` go to the backend constructor."""
         self.verify(entry)
-        model = _backend(entry, device=device, **options)
-        try:
-            model.load()
-            probe = entry.input_spec.probe(2)
-            if hasattr(model, "run"):
-                _check_rows(f"{entry.name}:{entry.version}", model.run(probe), entry.outputs, 2)
-            else:
-                model.predict(next(iter(probe.values())))
-        except PredictError as exc:
-            model.close()
-            raise ModelLoadError(f"{entry.name}:{entry.version} failed its smoke check: {exc}") from exc
-        except BaseException:
-            model.close()
-            raise
-        return model
+        return load_verified(entry, device=device, **options)
+
+
+def load_verified(entry: ModelEntry, *, device: str = "cpu", **options: Any) -> Model:
+    """Load an entry whose artifact was verified and smoke-check it on two rows."""
+    model = _backend(entry, device=device, **options)
+    try:
+        model.load()
+        probe = entry.input_spec.probe(2)
+        if hasattr(model, "run"):
+            _check_rows(f"{entry.name}:{entry.version}", model.run(probe), entry.outputs, 2)
+        else:
+            model.predict(next(iter(probe.values())))
+    except PredictError as exc:
+        model.close()
+        raise ModelLoadError(f"{entry.name}:{entry.version} failed its smoke check: {exc}") from exc
+    except BaseException:
+        model.close()
+        raise
+    return model
 
 
 def _check_rows(label: str, outputs: Mapping[str, Any], spec: OutputSpec, n: int) -> None:

@@ -31,6 +31,10 @@ def registry_for(cfg: PipelineFile) -> Any:
     from models import DEMO_REGISTRY
     from models.registry import ModelRegistry
 
+    if cfg.registry and cfg.registry.startswith("mlflow+"):
+        from models.mlflow_registry import MlflowRegistry
+
+        return MlflowRegistry(cfg.registry)
     root = Path(cfg.registry) if cfg.registry else DEMO_REGISTRY
     if all(p.kind == "embed" for p in cfg.pipelines):
         return ModelRegistry(root)
@@ -56,10 +60,15 @@ def with_overrides(p: PipelineConfig, entry: Any) -> Any:
     from models.base import InputSpec
 
     ref = _model(p)
-    if ref.features is None or entry.name != ref.name:
+    if ref.features is None or entry.name != base_name(ref.name):
         return entry
     spec = InputSpec.from_dict({"input_name": entry.input_spec.input_name, "features": ref.features})
     return dataclasses.replace(entry, input_spec=spec)
+
+
+def base_name(ref: str) -> str:
+    """The model's name in a reference that may carry an MLflow ``@alias`` or ``/version``."""
+    return ref.split("@", 1)[0].rsplit("/", 1)[0] if ("@" in ref or "/" in ref) else ref
 
 
 def runner_for(p: PipelineConfig, entry: Any, model: Any, threshold: float) -> Any:
@@ -67,7 +76,7 @@ def runner_for(p: PipelineConfig, entry: Any, model: Any, threshold: float) -> A
     from models.runner import ModelRunner, load_hook
 
     ref = _model(p)
-    own = entry.name == ref.name
+    own = entry.name == base_name(ref.name)
     pre = (ref.pre if own else None) or entry.hooks.get("pre")
     post = (ref.post if own else None) or entry.hooks.get("post")
     return ModelRunner(model, input_spec=entry.input_spec, output_spec=entry.outputs, threshold=threshold,
@@ -122,7 +131,7 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
         arms.append(slot)
         entries.append(entry)
         if _model(p).hot_swap and arm.version is None and (arm.name != _model(p).name or _model(p).version is None):
-            watchers.append(_watch(registry, p, slot, entry, arm.variant, metrics))
+            watchers.append(_watch(registry, p, slot, entry, arm.variant, metrics, ref=arm.name))
     shadows = []
     for sh in spec.shadow:
         entry, active = load_active(registry, p, name=sh.name, version=sh.version, variant="shadow")
@@ -184,7 +193,8 @@ def build_embed_runtime(p: PipelineConfig, schemas: Any, reader: dict[str, Any],
     )
 
 
-def _watch(registry: Any, p: PipelineConfig, slot: ModelSlot, entry: Any, variant: str, metrics: Any) -> Any:
+def _watch(registry: Any, p: PipelineConfig, slot: ModelSlot, entry: Any, variant: str, metrics: Any,
+           ref: str | None = None) -> Any:
     """Hot swap: a newly promoted version replaces the slot's model between two batches."""
     from models.hotswap import RegistryWatcher
 
@@ -209,7 +219,7 @@ def _watch(registry: Any, p: PipelineConfig, slot: ModelSlot, entry: Any, varian
             raise ConfigError(f"{new_entry.name}:{new_entry.version} gives prediction fields {new_entry.outputs.fields()}, "
                               f"the pipeline writes {entry.outputs.fields()}")
 
-    return RegistryWatcher(registry, entry.name, on_swap=on_swap, on_error=on_error, stage=_model(p).stage,
+    return RegistryWatcher(registry, ref or entry.name, on_swap=on_swap, on_error=on_error, stage=_model(p).stage,
                            current_version=entry.version, interval_s=_model(p).watch_interval_ms / 1000.0,
                            validate=same_inputs, load_options={"device": _model(p).device})
 
