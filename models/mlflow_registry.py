@@ -12,6 +12,7 @@ else it is inferred from the ONNX graph. A version tag ``sha256`` is checked whe
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import urllib.error
 import urllib.parse
@@ -47,7 +48,7 @@ class MlflowRegistry:
         if not base.startswith(("http://", "https://")):
             raise ConfigError(f"registry: {uri!r} is not mlflow+http://host:port")
         self.base = base.rstrip("/")
-        self.cache = cache or Path(tempfile.mkdtemp(prefix="streamscore-mlflow-"))
+        self.cache = cache or Path(tempfile.mkdtemp(prefix="streamscore-mlflow-"))   # removed by close()
         self.timeout_s = timeout_s
 
     def _call(self, path: str, params: dict[str, str] | None = None) -> bytes:
@@ -135,6 +136,10 @@ class MlflowRegistry:
         if not onnx_file:
             raise ModelError(f"MLflow {name}/{version} has no ONNX flavour (flavours: {sorted(flavors)})")
         return target / onnx_file
+
+    def close(self) -> None:
+        """Remove the downloaded artifacts (loaded models keep their sessions)."""
+        shutil.rmtree(self.cache, ignore_errors=True)
 
     def verify(self, entry: ModelEntry) -> None:
         actual = sha256_file(entry.artifact_path)

@@ -309,4 +309,6 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
                     metrics=metrics)
     for w in watchers:
         scorer.closers.append(w.start().close)
+    if hasattr(registry, "close"):        # after the watchers (appended first, closed first)
+        scorer.closers.append(registry.close)
     return scorer

@@ -75,9 +75,8 @@ def _log_versions(url: str, name: str, count: int) -> None:
     demo = ModelRegistry(DEMO_REGISTRY).get("fraud-mlp")
     spec = {"input_spec": demo.input_spec.to_dict(), "decision_threshold": demo.decision_threshold}
     client = MlflowClient()
-    graph = onnx.load(str(demo.artifact_path))
-    for _ in range(count):
-        mlflow.onnx.log_model(graph, name="model", registered_model_name=name)
+    for _ in range(count):   # a fresh proto each time: log_model moves tensors out of the one it is given
+        mlflow.onnx.log_model(onnx.load(str(demo.artifact_path)), name="model", registered_model_name=name)
     for v in range(1, count + 1):
         client.set_model_version_tag(name, str(v), "streamscore.spec", json.dumps(spec))
     client.set_registered_model_alias(name, "champion", "1")
@@ -88,7 +87,7 @@ def test_alias_served_and_moved_mid_stream(mlflow_url: str, tmp_path: Path, boot
     from mlflow import MlflowClient
 
     _log_versions(mlflow_url, "fraud", 2)
-    n = 30_000
+    n = 15_000
     t_in, t_out = names("tx"), names("pred")
     topics({t_in: 4, t_out: 4})
     cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"),
