@@ -7,9 +7,9 @@ Heads and the fields each one writes (``prefix`` defaults to ""):
                                                  <prefix>scores: map<double> (the top_k labels)
     value    one number per row (regression)  -> <name>: double
 
-Invariants: the prediction record is the envelope (event_id, key, model, version, variant),
-then every head's fields in head order, then event_time and scored_at; field names are
-unique. A single score head yields exactly ``schemas/prediction.avsc``, so the demo
+Invariants: the prediction fields are the envelope (event_id, key, model, version, variant),
+then every head's fields in head order, then event_time and scored_at (carried input fields
+follow them); field names are unique. A single score head yields exactly ``schemas/prediction.avsc``, so the demo
 model's records keep their schema id and bytes.
 """
 
@@ -145,16 +145,15 @@ class OutputSpec:
         return cls(tuple(Head.from_dict(h, f"output_spec.heads[{i}]") for i, h in enumerate(heads)))
 
 
-def prediction_fields(spec: OutputSpec) -> list[dict[str, Any]]:
-    """The Avro fields a model with these outputs adds to a prediction record (head order)."""
+def head_fields(spec: OutputSpec) -> list[dict[str, Any]]:
+    """The Avro fields a model's heads write, in head order."""
     return [f for h in spec.heads for f in h.avro_fields()]
 
 
-def prediction_schema(spec: OutputSpec, *, carried: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
-    """The prediction record for ``spec``: envelope, head fields, ``carried`` input fields, times.
-
-    ``carried`` are Avro field dicts copied from the input; their names must not clash.
-    """
+def prediction_fields(spec: OutputSpec | None = None) -> list[dict[str, Any]]:
+    """The prediction fields for a model's outputs: envelope (event_id, key, model, version,
+    variant), the heads' fields, event_time, scored_at. ``None``: one score head, i.e. the
+    fields of ``schemas/prediction.avsc``."""
     envelope: list[dict[str, Any]] = [
         {"name": "event_id", "type": "string"},
         {"name": "key", "type": "string"},
@@ -166,7 +165,13 @@ def prediction_schema(spec: OutputSpec, *, carried: Sequence[Mapping[str, Any]] 
         {"name": "event_time", "type": {"type": "long", "logicalType": "timestamp-millis"}},
         {"name": "scored_at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
     ]
-    fields: list[dict[str, Any]] = [*envelope, *prediction_fields(spec), *[dict(f) for f in carried], *tail]
+    return [*envelope, *head_fields(spec or OutputSpec()), *tail]
+
+
+def prediction_schema(spec: OutputSpec | None = None, *, carried: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The prediction record for ``spec``: its prediction fields, then ``carried`` input fields
+    (Avro field dicts; their names must not clash)."""
+    fields: list[dict[str, Any]] = [*prediction_fields(spec), *[dict(f) for f in carried]]
     names = [str(f["name"]) for f in fields]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

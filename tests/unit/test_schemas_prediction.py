@@ -11,10 +11,14 @@ from fastavro.schema import to_parsing_canonical_form
 
 from schemas.columnar import BatchEncoder
 from schemas.errors import ConfigError
-from schemas.prediction import OutputSpec, prediction_fields, prediction_schema
+from schemas.prediction import OutputSpec, head_fields, prediction_fields, prediction_schema
 from schemas.registry import SchemaRegistry, parse_schema
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def bundled_fields() -> list[dict[str, object]]:
+    return json.loads((ROOT / "schemas" / "prediction.avsc").read_text())["fields"]  # type: ignore[no-any-return]
 
 
 def test_one_score_head_is_exactly_the_bundled_prediction_schema_and_bytes() -> None:
@@ -38,11 +42,13 @@ def test_several_heads_give_their_fields_in_order() -> None:
         {"name": "expected_loss", "kind": "value", "output": "loss"},
         {"name": "route", "kind": "classes", "labels": ["a", "b", "c"], "top_k": 2, "prefix": "route_"}]})
     assert spec.fields() == ["score", "decision", "expected_loss", "route_label", "route_probability", "route_scores"]
-    fields = prediction_fields(spec)
+    fields = head_fields(spec)
     assert fields[-1] == {"name": "route_scores", "type": {"type": "map", "values": "double"}}
+    assert prediction_fields(spec)[5:-2] == fields
+    assert prediction_fields() == bundled_fields()
     schema = prediction_schema(spec, carried=[{"name": "amount", "type": "double"}])
     names = [f["name"] for f in schema["fields"]]
-    assert names[:5] == ["event_id", "key", "model", "version", "variant"] and names[-3:] == ["amount", "event_time", "scored_at"]
+    assert names[:5] == ["event_id", "key", "model", "version", "variant"] and names[-3:] == ["event_time", "scored_at", "amount"]
     parse_schema(schema)
     assert OutputSpec.from_dict(spec.to_dict()) == spec
     assert to_parsing_canonical_form(parse_schema(schema))
