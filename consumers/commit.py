@@ -69,7 +69,9 @@ T = TypeVar("T")
 
 SLICE_S = 1.0            # one blocking client call at most; then stop/abort requests are looked at
 CALL_TIMEOUT_S = 8.0     # one transactional or group call in all: inside the 10-s session timeout
-REVOKE_WAIT_S = 5.0      # a revoke waits this long for the sink to abort or drain
+REVOKE_WAIT_S = 5.0      # exactly-once: a revoke waits this long for the sink to abort
+DRAIN_WAIT_S = 20.0      # at-least-once: a graceful revoke waits this long for in-flight batches (else
+                         # the next owner replays them); heartbeats go on meanwhile, the stop budget caps it
 
 
 class CommitProtocol(Protocol):
@@ -257,12 +259,14 @@ class AtLeastOnce:
         return True
 
     def on_revoke(self, tps: list[TP]) -> None:
-        wait = REVOKE_WAIT_S if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+        if self.failed:                   # the next owner replays whatever was not stored
+            self.tracker.revoke(tps)
+            return
+        wait = DRAIN_WAIT_S if self._deadline is None else max(0.0, self._deadline - time.monotonic())
         if not self.tracker.wait_drained(tps, wait):
             log.warning("revoke: in-flight batches for %s did not finish in %.0fs; the next owner replays them",
                         tps, wait)
-        if not self.failed:
-            self._commit_sync(tps)
+        self._commit_sync(tps)
         self.tracker.revoke(tps)
 
     def on_lost(self, tps: list[TP]) -> None:

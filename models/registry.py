@@ -115,6 +115,70 @@ def _check_safe(kind: str, value: str) -> None:
         raise ConfigError(f"model {kind} {value!r} must match {_SAFE.pattern} (it becomes a directory name)")
 
 
+SPEC_FILE_KEYS = ("input_spec", "features", "output_spec", "hooks", "reference_profile", "metrics",
+                  "decision_threshold")
+SPEC_FILE_HELP = ('JSON or YAML file: {"input_spec": {"features": [{"name": "amount", "dtype": "float32"}, ...], '
+                  '"input_name": "features"}, "output_spec": {"heads": [...]}, "hooks": {"pre": "pkg.mod:fn"}, '
+                  '"reference_profile": {...}, "decision_threshold": 0.5}; "features": [...] may stand for '
+                  'input_spec; only the input spec is required (an ONNX graph gives the output spec); '
+                  'another version\'s model.json works')
+_ENTRY_KEYS = ("name", "version", "format", "artifact", "sha256", "created_at", "stage")
+
+
+@dataclass(frozen=True)
+class RegistrationSpec:
+    """What a new version needs besides its artifact (``models register --input-spec FILE``)."""
+
+    input_spec: InputSpec
+    output_spec: dict[str, Any] = field(default_factory=dict)
+    reference_profile: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    decision_threshold: float | None = None
+    hooks: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_entry(cls, entry: ModelEntry) -> RegistrationSpec:
+        return cls(entry.input_spec, dict(entry.output_spec), dict(entry.reference_profile), {},
+                   entry.decision_threshold, dict(entry.hooks))
+
+    @staticmethod
+    def columns_only(inferred: tuple[dict[str, Any], dict[str, Any]]) -> bool:
+        """Whether an inferred input spec is usable as is: every graph input one named column."""
+        feats = inferred[0]["features"]
+        return bool(feats) and all(f["name"] == f.get("input", inferred[0]["input_name"]) for f in feats)
+
+    @classmethod
+    def from_inferred(cls, inferred: tuple[dict[str, Any], dict[str, Any]]) -> RegistrationSpec:
+        return cls(InputSpec.from_dict(inferred[0]), dict(inferred[1]))
+
+    @classmethod
+    def read(cls, path: Path, *, inferred: tuple[dict[str, Any], dict[str, Any]] | None = None) -> RegistrationSpec:
+        """Parse a spec file laid out as ``SPEC_FILE_HELP`` says (the layout of ``model.json``);
+        ``inferred`` (from the ONNX graph) supplies an output spec the file does not give."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise ConfigError(f"input spec file {path}: {' '.join(str(exc).split())}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"input spec file {path}: expected a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(SPEC_FILE_KEYS) - set(_ENTRY_KEYS))
+        if unknown or not ({"input_spec", "features"} & set(data)):
+            problem = f"unknown keys {unknown}" if unknown else "no 'input_spec'"
+            raise ConfigError(f"input spec file {path}: {problem} (valid keys: {', '.join(SPEC_FILE_KEYS)})")
+        threshold = data.get("decision_threshold")
+        raw_input = data.get("input_spec") or {"features": data["features"]}
+        output = data.get("output_spec") or (inferred[1] if inferred is not None else {})
+        try:
+            return cls(InputSpec.from_dict(raw_input), dict(output),
+                       dict(data.get("reference_profile") or {}), dict(data.get("metrics") or {}),
+                       None if threshold is None else float(threshold),
+                       {str(k): str(v) for k, v in (data.get("hooks") or {}).items()})
+        except (TypeError, ValueError, ModelError) as exc:
+            raise ConfigError(f"input spec file {path}: {exc}") from exc
+
+
 class ModelRegistry:
     """Register, look up, promote, roll back and load models under ``root``."""
 
@@ -335,6 +399,24 @@ class ModelRegistry:
             raise ArtifactIntegrityError(
                 f"artifact {entry.artifact_path} of {entry.name}:{entry.version} failed its integrity check: "
                 f"expected sha256 {entry.sha256}, actual {actual}")
+
+    @staticmethod
+    def check_artifact(artifact: Path, *, format: str, input_spec: InputSpec,
+                       output_spec: Mapping[str, Any] | None = None) -> None:
+        """Raise ``ModelLoadError`` unless ``artifact`` loads as ``format`` and scores ``input_spec``'s
+        features into the outputs ``output_spec`` reads.
+
+        What ``load`` would do at serve time, done before the artifact is registered.
+        """
+        _check_choice("format", format, tuple(FORMATS))
+        entry = ModelEntry(name="candidate", version="new", stage="staging", format=format, artifact_path=Path(artifact),
+                           sha256="", input_spec=input_spec, output_spec=dict(output_spec or {}))
+        try:
+            entry.outputs
+            load_verified(entry, device="cpu").close()
+        except ModelError as exc:
+            raise ModelLoadError(f"refusing to register {artifact} as --format {format} "
+                                 f"({len(input_spec)} input features): {exc}") from exc
 
     def load(self, entry: ModelEntry, *, device: str = "cpu", **options: Any) -> Model:
         """Verify, load and smoke-check ``entry``; ``options`` go to the backend constructor."""

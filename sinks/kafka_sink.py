@@ -186,13 +186,13 @@ class KafkaSink:
                 raise DeliveryError(f"producing to {topic} failed: {exc}", kafka_error=exc.args[0]) from exc
 
     def poll(self, timeout: float = 0.0) -> int:
-        return self.producer.poll(timeout)
+        return int(self.producer.poll(timeout))
 
     def flush(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
-        remaining = self.producer.flush(timeout)
+        remaining = int(self.producer.flush(timeout))
         while remaining and time.monotonic() < deadline:
-            remaining = self.producer.flush(max(0.0, deadline - time.monotonic()))
+            remaining = int(self.producer.flush(max(0.0, deadline - time.monotonic())))
         return remaining
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import logging
@@ -13,9 +14,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from schemas.errors import ConfigError, StreamscoreError
+from schemas.errors import ConfigError, ModelError, ServiceError, StreamscoreError
 from streamscore.config import monitor_env_overrides
 
 log = logging.getLogger("streamscore")
@@ -148,10 +149,10 @@ def _serve_many(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- produce
 def cmd_produce(args: argparse.Namespace) -> int:
     from models.demo_data import DriftSpec
-    from streamscore.config import KafkaConfig, apply_env
+    from streamscore.config import kafka_from_env
     from streamscore.produce import produce_events
 
-    kafka = KafkaConfig.model_validate(apply_env({"kafka": {"bootstrap_servers": args.bootstrap}} if args.bootstrap else {}).get("kafka", {}))
+    kafka = kafka_from_env(args.bootstrap)
     drift = DriftSpec.parse(args.drift) if args.drift else None
     if args.partitions:
         from consumers.kafka_client import ensure_topics
@@ -172,12 +173,28 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- models
+MODELS_USAGE = {
+    "show": "models show NAME [VERSION]",
+    "register": "models register NAME --artifact FILE [--format F] [--input-spec FILE] [--threshold T]",
+    "promote": "models promote NAME VERSION [--stage S]",
+    "rollback": "models rollback NAME",
+    "check": "models check NAME [VERSION] --sample FILE [--schema NAME] [--hook-path DIR]",
+    "schema": "models schema NAME [VERSION]",
+}
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from models import DEMO_REGISTRY
     from models.registry import ModelRegistry
 
     root = Path(args.registry) if args.registry else DEMO_REGISTRY
     reg = ModelRegistry(root)
+    need = {"show": ("name",), "register": ("name", "artifact"), "promote": ("name", "version"),
+            "rollback": ("name",), "check": ("name", "sample"), "schema": ("name",)}.get(args.action, ())
+    missing = [n.upper() if n not in ("artifact", "sample") else f"--{n}" for n in need if getattr(args, n) is None]
+    if missing:
+        raise ConfigError(f"models {args.action}: missing {' and '.join(missing)} (usage: streamscore "
+                          f"{MODELS_USAGE[args.action]})")
     if args.action == "train-demo":
         from models.train import train_demo
 
@@ -197,8 +214,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "check":
         from streamscore.check import check_sample
 
-        if not args.name or not args.sample:
-            raise ConfigError("models check needs NAME [VERSION] --sample FILE")
         for rec in check_sample(reg, args.name, args.version, Path(args.sample), schema=args.schema,
                                 hook_path=args.hook_path):
             print(json.dumps(rec, default=str))
@@ -221,76 +236,47 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _register(reg: Any, args: argparse.Namespace) -> int:
-    """Register an artifact; what the spec file leaves out is copied from the previous version
-    or, for a new model, inferred from the ONNX graph (inputs, classifier labels, heads)."""
-    from models.base import InputSpec
+    """The spec comes from --input-spec, else from the model's latest version, else (a new ONNX
+    model whose inputs are single named columns) from the graph; the output spec, when none is
+    given, is inferred from the graph; the artifact must load and score with them."""
+    from models.registry import RegistrationSpec
 
-    if not args.name or not args.artifact:
-        raise ConfigError("models register needs NAME --artifact FILE")
     artifact = Path(args.artifact)
     if not artifact.is_file():
-        raise ConfigError(f"--artifact: {artifact} does not exist")
-    spec: dict[str, Any] = {}
-    if args.input_spec:
-        spec = _read_spec(Path(args.input_spec))
-    prev = reg.list(args.name)
-    inferred: tuple[dict[str, Any], dict[str, Any]] | None = None
-    if args.format == "onnx" and (not prev or "output_spec" not in spec or
-                                  not ("input_spec" in spec or "features" in spec)):
+        raise ConfigError(f"models register: artifact {artifact} does not exist")
+    inferred = None
+    if args.format == "onnx":
         from models.infer import infer_specs
 
-        inferred = infer_specs(artifact)
-    raw_input = spec.get("input_spec") or ({"features": spec["features"]} if "features" in spec else None)
-    if raw_input is not None:
-        input_spec = InputSpec.from_dict(raw_input)
+        try:
+            inferred = infer_specs(artifact)
+        except ModelError as exc:
+            raise ConfigError(f"refusing to register {artifact} as --format onnx: {exc}") from exc
+    prev = reg.list(args.name)
+    if args.input_spec:
+        spec = RegistrationSpec.read(Path(args.input_spec), inferred=inferred)
     elif prev:
-        input_spec = prev[-1].input_spec
-    elif inferred is not None:
-        input_spec = InputSpec.from_dict(inferred[0])
+        spec = RegistrationSpec.from_entry(reg.get(args.name, None, stage=None))
+    elif inferred is not None and RegistrationSpec.columns_only(inferred):
+        spec = RegistrationSpec.from_inferred(inferred)
     else:
-        raise ConfigError(f"{args.name} is a new model: give --input-spec FILE with its features")
-    if "output_spec" in spec:
-        output_spec = spec["output_spec"]
-    elif inferred is not None:
-        output_spec = inferred[1]
-    else:
-        output_spec = prev[-1].output_spec if prev else {}
-    if args.format == "onnx":      # the spec must fit the graph before anything is written
-        from models.onnx_backend import OnnxModel
-
-        probe = OnnxModel(artifact, name=args.name, version="(new)", input_spec=input_spec)
-        probe.load()
-        probe.run(input_spec.probe(2))
-        probe.close()
-    e = reg.register(args.name, artifact, format=args.format, input_spec=input_spec, output_spec=output_spec,
-                     reference_profile=spec.get("reference_profile", prev[-1].reference_profile if prev else None),
-                     stage=args.stage or "staging", version=args.version,
-                     decision_threshold=float(spec.get("decision_threshold", 0.5)),
-                     hooks=spec.get("hooks", prev[-1].hooks if prev else None))
-    print(f"registered {e.name}:{e.version} ({e.stage}) sha256={e.sha256}")
+        raise ConfigError(f"models register: {args.name!r} is a new model in {reg.root}, so there is no earlier "
+                          f"version to copy its input spec from; pass --input-spec FILE (see --help)")
+    threshold = args.threshold if args.threshold is not None else spec.decision_threshold
+    if threshold is None:
+        threshold = 0.5
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"models register: --threshold must be within [0, 1], got {threshold}")
+    reg.check_artifact(artifact, format=args.format, input_spec=spec.input_spec, output_spec=spec.output_spec)
+    e = reg.register(args.name, artifact, format=args.format, input_spec=spec.input_spec,
+                     output_spec=spec.output_spec, reference_profile=spec.reference_profile or None,
+                     metrics=spec.metrics or None, stage=args.stage or "staging", version=args.version,
+                     decision_threshold=threshold, hooks=spec.hooks or None)
+    print(f"registered {e.name}:{e.version} ({e.stage}) threshold={e.decision_threshold:g} sha256={e.sha256}")
     print(f"  inputs:  {', '.join(f'{k} {d}[{w}]' for k, (d, w) in e.input_spec.inputs.items())} "
           f"from fields {', '.join(e.input_spec.fields)}")
     print(f"  outputs: {json.dumps(e.outputs.to_dict())} -> prediction fields {', '.join(e.outputs.fields())}")
     return 0
-
-
-def _read_spec(path: Path) -> dict[str, Any]:
-    """A JSON or YAML file: input_spec (or features), output_spec, hooks, decision_threshold."""
-    import yaml
-
-    if not path.is_file():
-        raise ConfigError(f"--input-spec: {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--input-spec: {path} is not valid JSON or YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"--input-spec: {path} must hold a mapping")
-    valid = {"input_spec", "features", "input_name", "output_spec", "hooks", "decision_threshold", "reference_profile"}
-    unknown = sorted(set(data) - valid)
-    if unknown:
-        raise ConfigError(f"--input-spec: unknown key(s) {unknown} in {path}; valid: {sorted(valid)}")
-    return data
 
 
 def _jsonable(obj: Any) -> Any:
@@ -323,22 +309,44 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def cmd_alerts(args: argparse.Namespace) -> int:
     from monitoring.redis_state import alerts_tail
 
-    for line in alerts_tail(_redis_url(args), follow=args.follow, count=args.count, prefix=args.prefix):
-        print(line, flush=True)
+    url = _redis_url(args)
+    with _redis_errors(url):
+        for line in alerts_tail(url, follow=args.follow, count=args.count, prefix=args.prefix):
+            print(line, flush=True)
     return 0
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
     from monitoring.redis_state import drift_show
 
-    print(drift_show(_redis_url(args), prefix=args.prefix))
+    url = _redis_url(args)
+    with _redis_errors(url):
+        print(drift_show(url, prefix=args.prefix))
     return 0
+
+
+@contextlib.contextmanager
+def _redis_errors(url: str) -> Iterator[None]:
+    """An unreachable Redis or a malformed URL is one line naming the (redacted) URL."""
+    import redis
+
+    from monitoring.redis_state import redact
+
+    try:
+        yield
+    except (redis.RedisError, ValueError) as exc:
+        raise ServiceError(f"Redis at {redact(url)}: {exc}") from exc
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from monitoring.dashboard import serve_dashboard
 
-    server, port = serve_dashboard(_redis_url(args), args.metrics_url, args.host, args.port)
+    url = _redis_url(args)
+    try:
+        with _redis_errors(url):
+            server, port = serve_dashboard(url, args.metrics_url, args.host, args.port)
+    except OSError as exc:
+        raise ServiceError(f"cannot serve the dashboard on {args.host}:{args.port}: {exc.strerror or exc}") from exc
     print(f"streamscore dashboard on http://{args.host}:{port}/ (Ctrl-C stops)", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -351,6 +359,16 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, got {text!r}")
+    return port
+
+
 def _redis_url(args: argparse.Namespace) -> str:
     from streamscore.config import redis_url_from_env
 
@@ -361,7 +379,7 @@ def _redis_url(args: argparse.Namespace) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streamscore.demo import run_demo
 
-    return run_demo(seconds=args.seconds, rate=args.rate, partitions=args.partitions)
+    return run_demo(seconds=args.seconds, rate=args.rate, partitions=args.partitions, keep=args.keep)
 
 
 # ---------------------------------------------------------------- parser
@@ -396,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--bootstrap", default=None, help="bootstrap servers (default: $KAFKA_BOOTSTRAP)")
     prod.set_defaults(fn=cmd_produce)
 
+    from models.registry import SPEC_FILE_HELP
+
     mod = sub.add_parser("models", help="the model registry")
     mod.add_argument("action", choices=["train-demo", "list", "show", "register", "promote", "rollback", "check",
                                         "schema"])
@@ -404,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--registry", default=None, help="registry directory (default: the bundled demo registry)")
     mod.add_argument("--artifact", help="register: the artifact file")
     mod.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "torch_export"])
-    mod.add_argument("--input-spec", help="register: JSON/YAML file with input_spec (or features), output_spec, hooks, "
-                                          "decision_threshold (default: the previous version's, else inferred from the ONNX graph)")
+    mod.add_argument("--input-spec", help=f"register: the spec of the new version (default: copy the latest version's); {SPEC_FILE_HELP}")
+    mod.add_argument("--threshold", type=float, default=None,
+                     help="register: decision threshold, score >= T decides true (default: the spec's, else 0.5)")
     mod.add_argument("--sample", help="check: JSON lines or CSV of input records to score")
     mod.add_argument("--schema", default="transaction", help="check: the input's reader schema (default transaction)")
     mod.add_argument("--hook-path", default=None, help="check: a directory to import hooks from")
@@ -433,15 +454,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     dash = sub.add_parser("dashboard", help="the ops web page (drift, alerts, shadow, throughput, lag)")
     dash.add_argument("--redis-url", default=None, help="default: $REDIS_URL, else redis://127.0.0.1:6379/0")
-    dash.add_argument("--metrics-url", action="append", default=[], help="a scorer's /metrics URL (repeatable)")
-    dash.add_argument("--host", default="127.0.0.1")
-    dash.add_argument("--port", type=int, default=8050)
+    dash.add_argument("--metrics-url", action="extend", nargs="+", default=[], metavar="URL",
+                      help="scorers' /metrics URLs (one or more; the flag may also repeat)")
+    dash.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    dash.add_argument("--port", type=_port, default=8050)
     dash.set_defaults(fn=cmd_dashboard)
 
     demo = sub.add_parser("demo", help="run producer + scorer + live summary, bounded")
     demo.add_argument("--seconds", type=float, default=30.0)
     demo.add_argument("--rate", type=float, default=20000.0)
     demo.add_argument("--partitions", type=int, default=4)
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the data directory of the Kafka and Redis it started (default: removed on exit)")
     demo.set_defaults(fn=cmd_demo)
     return ap
 
