@@ -87,7 +87,7 @@ def test_alias_served_and_moved_mid_stream(mlflow_url: str, tmp_path: Path, boot
     from mlflow import MlflowClient
 
     _log_versions(mlflow_url, "fraud", 2)
-    n = 15_000
+    n = 9_000
     t_in, t_out = names("tx"), names("pred")
     topics({t_in: 4, t_out: 4})
     cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"),
