@@ -6,12 +6,13 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps kafka-jars native demo test unit integration bench chaos lint dev-up dev-down clean
+.PHONY: setup system-deps kafka-jars registry-jar native demo test unit integration bench chaos lint dev-up dev-down clean
 
-setup: system-deps $(STAMP) kafka-jars native
+setup: system-deps $(STAMP) kafka-jars registry-jar native
 
 # Debian packages: redis-server for Redis, Maven + a JDK to fetch and run the Kafka broker,
-# prometheus (promtool + the server) and chromium for the operations tests, gcc for the codec's kernels.
+# prometheus (promtool + the server) and chromium for the operations tests, gcc for the codec's kernels,
+# stress-ng for the chaos runs' CPU hog (a busy-loop process stands in without it).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
@@ -20,6 +21,7 @@ system-deps:
 	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
 	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
 	command -v cc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	command -v stress-ng >/dev/null 2>&1 || missing="$$missing stress-ng"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -35,6 +37,10 @@ $(STAMP): pyproject.toml
 # Apache Kafka broker jars, resolved once with mvn into ~/.cache/streamscore (outside the repo).
 kafka-jars: $(STAMP)
 	@$(BIN)/python -c "from streamscore.dev.kafka import kafka_libs; print('kafka jars:', kafka_libs())"
+
+# Apicurio Registry (the Confluent schema-registry API) for dev and tests: fetched once with mvn, unpacked into ~/.cache/streamscore.
+registry-jar: $(STAMP)
+	@$(BIN)/python -c "from streamscore.dev.registry import apicurio_jar; print('schema registry:', apicurio_jar())"
 
 # The codec's C kernels (byte copies, the non-ASCII scan), compiled once into ~/.cache/streamscore/native (numpy fallback without a compiler).
 native: $(STAMP)
@@ -58,8 +64,10 @@ integration: setup
 bench: setup
 	$(BIN)/python -m bench.run
 
+# The chaos scenarios on a local 3-broker cluster (about 30 minutes here), then the README's table from their results.
+CHAOS_ARGS ?=
 chaos: setup
-	$(BIN)/python -m bench.chaos
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS); rc=$$?; $(BIN)/python -m bench.chaos --table --write-readme; exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/python -m mypy consumers sinks schemas models streamscore

@@ -186,3 +186,25 @@ def score_isolating(runner: Any, feats: Any, rows: np.ndarray,
                 col = fields[name] = np.zeros(len(rows), dtype=values.dtype)
             col[lo:hi] = values
     return scores, fields, bad
+
+
+def predict_isolating(model: Any, feats: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Score ``feats``; if the model raises, split the batch until the bad rows stand alone."""
+    scores = np.zeros(len(feats), dtype=np.float32)
+    bad: list[tuple[int, str]] = []
+    stack = [(0, len(feats))]
+    while stack:
+        lo, hi = stack.pop()
+        try:
+            out = np.asarray(model.predict(feats[lo:hi]), dtype=np.float32).reshape(-1)
+            if len(out) != hi - lo:
+                raise PredictError(f"model returned {len(out)} scores for {hi - lo} rows")
+            scores[lo:hi] = out
+        except Exception as exc:  # noqa: BLE001 - isolate, then dead-letter
+            if hi - lo == 1:
+                bad.append((lo, f"{type(exc).__name__}: {exc}"))
+            else:
+                mid = (lo + hi) // 2
+                stack.append((mid, hi))
+                stack.append((lo, mid))
+    return scores, bad

@@ -17,6 +17,12 @@ class ScoringModel(Protocol):
     def close(self) -> None: ...
 
 
+class FeatureAssembler(Protocol):
+    names: tuple[str, ...]
+
+    def assemble(self, columns: Any) -> np.ndarray: ...
+
+
 class Runner(Protocol):
     """Scores rows of a decoded batch with one model version (models.runner.ModelRunner).
 
@@ -39,10 +45,11 @@ class Runner(Protocol):
 @dataclass
 class ActiveModel:
     model: ScoringModel
-    runner: Runner
+    assembler: FeatureAssembler      # the plain float32 features (serve-http's coalescer reads them)
     threshold: float
     variant: str = "primary"
     telemetry: Any = None            # monitoring.telemetry.TelemetryBuilder for this model, or None
+    runner: Runner = None  # type: ignore[assignment]   # features, hooks, model, heads: the scorer's path
 
 
 class ModelSlot:
@@ -77,7 +84,10 @@ class PipelineRuntime:
     max_message_bytes: int = 1_000_000
     dlq_max_bytes: int = 1_000_000  # largest dead letter the producer and the DLQ topic accept
     key_field: str | None = None
-    time_field: str | None = "event_time"
+    id_field: str | None = "event_id"        # None: "<topic>:<partition>:<offset>" (consumers.mapping)
+    time_field: str | None = "event_time"    # None: the Kafka message timestamp
+    time_scale: int = 1                      # time_field units per millisecond (1000: timestamp-micros)
+    carry: dict[str, str] = field(default_factory=dict)     # output field -> input column (dotted path)
     kind: str = "score"                      # "embed": a text embedder, outputs Embedding records
     arms: list[ModelSlot] = field(default_factory=list)     # router arm i scores with arms[i]
     router: Any = None                                       # models.routing.Router; None = one arm

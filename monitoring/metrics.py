@@ -23,6 +23,7 @@ Metric names (all prefixed ``streamscore_``)::
     consumer_fetchq_bytes{topic,partition}         consumer_replyq
     model_info{pipeline,model,version,variant}=1   model_swaps_total{pipeline,result=ok|failed}
     delivery_errors_total{pipeline}                gpu_utilization_ratio{gpu} ... (GpuMetrics)
+    child_restarts_total{instance,child,reason}    (SupervisorMetrics: the ``serve --processes N`` parent)
 """
 
 from __future__ import annotations
@@ -207,6 +208,14 @@ class ScorerMetrics:
                               [*inst, "pipeline", "result"], registry=reg)
         self._delivery_errors = Counter("streamscore_delivery_errors", "Outputs the broker failed to acknowledge.",
                                         [*inst, "pipeline"], registry=reg)
+        self._registry_waits = Counter("streamscore_schema_registry_waits", "Retries while the schema registry "
+                                       "was unreachable and a batch waited for a writer schema.", [*inst, "pipeline"],
+                                       registry=reg)
+        self._registry_wait_s = Counter("streamscore_schema_registry_wait_seconds", "Time batches waited for an "
+                                        "unreachable schema registry.", [*inst, "pipeline"], registry=reg)
+        self._decode_fallbacks = Counter("streamscore_decode_fallbacks", "Writer schemas decoded per record "
+                                         "(fastavro) because the columnar decoder cannot compile them.",
+                                         [*inst, "pipeline"], registry=reg)
         self._e2e = BulkHistogram("streamscore_e2e_latency_seconds", "Event time to prediction produced, per event.",
                                   ["pipeline"], E2E_BUCKETS, const_labels={"instance": self.instance})
         self._consumer = ConsumerStatsCollector({"instance": self.instance})
@@ -277,6 +286,13 @@ class ScorerMetrics:
     def delivery_error(self, pipeline: str) -> None:
         self._child(self._delivery_errors, pipeline).inc()
 
+    def registry_wait(self, pipeline: str, seconds: float) -> None:
+        self._child(self._registry_waits, pipeline).inc()
+        self._child(self._registry_wait_s, pipeline).inc(seconds)
+
+    def decode_fallback(self, pipeline: str) -> None:
+        self._child(self._decode_fallbacks, pipeline).inc()
+
 
 class GpuMetrics(Collector):
     """NVML utilisation and memory per GPU; registers nothing when NVML or a GPU is absent."""
@@ -334,6 +350,19 @@ class GpuMetrics(Collector):
             used.add_metric([self.instance, str(i)], m.used)
             total.add_metric([self.instance, str(i)], m.total)
         yield from (util, used, total)
+
+
+class SupervisorMetrics:
+    """The ``serve --processes N`` parent's own series: restarts of children that exited abnormally."""
+
+    def __init__(self, *, registry: CollectorRegistry | None = None, instance: str = "") -> None:
+        self.instance = instance or socket.gethostname()
+        self._restarts = Counter("streamscore_child_restarts_total", "Scoring child processes restarted by the "
+                                 "serve --processes supervisor after an abnormal exit (reason: exit code or signal).",
+                                 ["instance", "child", "reason"], registry=REGISTRY if registry is None else registry)
+
+    def child_restarted(self, child: str, reason: str) -> None:
+        self._restarts.labels(self.instance, child, reason).inc()
 
 
 class MetricsServer:

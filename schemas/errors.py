@@ -6,7 +6,8 @@ import (the data contract); nothing here imports anything of ours.
     StreamscoreError
     ├── ConfigError              bad pipeline file, bad CLI option, bad environment
     │   └── HookContractError    a pre/post hook returned the wrong shape (stops the pipeline)
-    ├── ServiceError             a local dev service (Kafka, Redis) could not start
+    ├── ServiceError             a local dev service (Kafka, Redis, registry) could not start
+    ├── RegistryUnavailableError stopped while waiting for an unreachable schema registry
     ├── SchemaError              a schema cannot be parsed or compiled
     │   └── DecodeError          one record cannot be decoded (keeps the raw bytes)
     │       ├── WireFormatError      bad magic byte, short header, empty value
@@ -42,6 +43,10 @@ class HookContractError(ConfigError):
 
 class ServiceError(StreamscoreError):
     """A local development service could not be started or reached."""
+
+
+class RegistryUnavailableError(StreamscoreError):
+    """The scorer was stopped while a batch waited for the schema registry to answer."""
 
 
 class SchemaError(StreamscoreError):

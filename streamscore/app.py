@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from confluent_kafka.admin import AdminClient
 
@@ -17,6 +18,7 @@ from consumers.scorer import Scorer
 from schemas.errors import ConfigError
 from sinks.kafka_sink import KafkaSink
 from streamscore.config import ModelRef, PipelineConfig, PipelineFile
+from streamscore.contract import field_mapping, reader_schema, register_output, registry_client
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,18 @@ def _model(p: PipelineConfig) -> ModelRef:
     if p.model is None:
         raise ConfigError(f"pipelines[{p.name}].model: required for a scoring pipeline")
     return p.model
+
+
+def scoring_pipeline(cfg: PipelineFile, name: str | None, command: str) -> PipelineConfig:
+    """The pipeline ``--pipeline NAME`` names (default: the file's first scoring pipeline)."""
+    for p in cfg.pipelines:
+        if p.name == name or (name is None and p.kind == "score"):
+            if p.kind != "score":
+                raise ConfigError(f"{command}: pipeline {p.name!r} is kind {p.kind!r}; {command} needs kind: score")
+            return p
+    if name is None:
+        raise ConfigError(f"{command}: the pipeline file has no scoring pipeline")
+    raise ConfigError(f"--pipeline: no pipeline {name!r}; valid: {[p.name for p in cfg.pipelines]}")
 
 
 def registry_for(cfg: PipelineFile) -> Any:
@@ -95,9 +109,10 @@ def active_for(p: PipelineConfig, entry: Any, model: Any, variant: str) -> Activ
         telemetry = TelemetryBuilder(pipeline=p.name, model=entry.name, version=str(entry.version),
                                      reference_profile=entry.reference_profile,
                                      feature_names=list(entry.input_spec.names), threshold=threshold,
+                                     categorical=list(entry.reference_profile.get("categoricals", {})),
                                      sample=p.telemetry.sample)
-    return ActiveModel(model=model, runner=runner_for(p, entry, model, threshold), threshold=threshold,
-                       variant=variant, telemetry=telemetry)
+    return ActiveModel(model=model, assembler=entry.input_spec, threshold=threshold, variant=variant,
+                       telemetry=telemetry, runner=runner_for(p, entry, model, threshold))
 
 
 def route_for(p: PipelineConfig) -> Any:
@@ -109,17 +124,15 @@ def route_for(p: PipelineConfig) -> Any:
 
 
 def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: AdminClient,
-                  watchers: list[Any], metrics: Any) -> PipelineRuntime:
+                  watchers: list[Any], metrics: Any, registry_stop: threading.Event | None = None) -> PipelineRuntime:
     from models.routing import Router
-    from schemas.columnar import BatchDecoder, BatchEncoder
-    from schemas.prediction import prediction_schema
+    from schemas.columnar import BatchEncoder
+    from schemas.prediction import OutputSpec
     from schemas.registry import SchemaRegistry
 
     schemas = SchemaRegistry.default()
-    try:
-        reader = schemas.schema(p.input.schema_name)
-    except Exception as exc:
-        raise ConfigError(f"pipelines[{p.name}].input.schema: {exc}") from exc
+    client = registry_client(cfg, p, metrics, registry_stop)
+    reader = reader_schema(p, schemas, client)
     if p.kind == "embed":
         return build_embed_runtime(p, schemas, reader, admin)
     spec = route_for(p)
@@ -137,34 +150,50 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
         entry, active = load_active(registry, p, name=sh.name, version=sh.version, variant="shadow")
         shadows.append(ModelSlot(active))
         entries.append(entry)
-    outputs = entries[0].outputs
+    outputs: OutputSpec = entries[0].outputs
     for e in entries[1:]:
         if e.outputs.fields() != outputs.fields():
             raise ConfigError(f"pipelines[{p.name}]: {e.name}:{e.version} gives prediction fields {e.outputs.fields()}, "
                               f"{entries[0].name}:{entries[0].version} gives {outputs.fields()}; "
                               f"every model of a pipeline writes the same record")
+    mapping = field_mapping(p, reader)
+    shadow_topic = (p.output.shadow_topic or f"{p.output.topic}.shadow") if shadows else None
+    out_schema, out_id = register_output(p, mapping, schemas, client, shadow_topic, outputs=outputs)
+    # the decoder's finite check applies to plain features; declarative ones have defaults and report their rows
+    finite = arms[0].active.assembler.names if entries[0].input_spec.plain else ()
+    decoder = build_decoder(p, reader, client or schemas, finite, metrics=metrics)
+    encoder = BatchEncoder(out_schema, out_id)
+    return PipelineRuntime(
+        name=p.name, input_topic=p.input.topic, output_topic=p.output.topic, dlq_topic=p.input.dlq_topic,
+        decoder=decoder, encoder=encoder, slot=arms[0], arms=arms,
+        router=Router(spec) if len(arms) > 1 else None, shadows=shadows,
+        shadow_topic=shadow_topic,
+        telemetry_topic=p.telemetry.topic if p.telemetry.enabled else None,
+        partitioning=p.output.partitioning,
+        max_message_bytes=p.input.max_message_bytes, output_headers=p.output.headers,
+        id_field=p.input.id_field, time_field=mapping.time_field, time_scale=mapping.time_scale,
+        carry=mapping.carry,
+    )
+
+
+def build_decoder(p: PipelineConfig, reader: dict[str, Any], source: Any, feature_names: tuple[str, ...], *,
+                  metrics: Any, fmt: Literal["avro", "json"] | None = None) -> Any:
+    """The pipeline's input decoder with its validation rules (``fmt`` overrides ``input.format``)."""
+    from schemas.columnar import BatchDecoder
+
+    mapping = field_mapping(p, reader)
     validate: dict[str, Any] = {}
-    field_names = {f["name"] for f in reader["fields"]}
-    if p.input.validate_finite and entries[0].input_spec.plain:
-        validate["finite"] = [n for n in entries[0].input_spec.names if n in field_names]
+    field_names = set(mapping.leaves)
+    if p.input.validate_finite:
+        validate["finite"] = [n for n in feature_names if n in mapping.float_fields]
     if p.input.ranges:
         unknown = sorted(set(p.input.ranges) - field_names)
         if unknown:
             raise ConfigError(f"pipelines[{p.name}].input.ranges: unknown fields {unknown}; "
                               f"valid: {sorted(field_names)}")
         validate["ranges"] = {k: list(v) for k, v in p.input.ranges.items()}
-    decoder = BatchDecoder(reader, schemas, fmt=p.input.format, validate=validate or None)
-    pred_schema = prediction_schema(outputs)     # one score head: exactly schemas/prediction.avsc
-    encoder = BatchEncoder(pred_schema, schemas.register(pred_schema))
-    return PipelineRuntime(
-        name=p.name, input_topic=p.input.topic, output_topic=p.output.topic, dlq_topic=p.input.dlq_topic,
-        decoder=decoder, encoder=encoder, slot=arms[0], arms=arms,
-        router=Router(spec) if len(arms) > 1 else None, shadows=shadows,
-        shadow_topic=(p.output.shadow_topic or f"{p.output.topic}.shadow") if shadows else None,
-        telemetry_topic=p.telemetry.topic if p.telemetry.enabled else None,
-        partitioning=p.output.partitioning,
-        max_message_bytes=p.input.max_message_bytes, output_headers=p.output.headers,
-    )
+    return BatchDecoder(reader, source, fmt=fmt or p.input.format, validate=validate or None,
+                        on_fallback=lambda _id: metrics.decode_fallback(p.name))
 
 
 def build_embed_runtime(p: PipelineConfig, schemas: Any, reader: dict[str, Any], admin: AdminClient) -> PipelineRuntime:
@@ -179,7 +208,7 @@ def build_embed_runtime(p: PipelineConfig, schemas: Any, reader: dict[str, Any],
     embedder = MiniLMEmbedder(device=e.device, dtype=e.dtype, max_length=e.max_length, batch_size=e.batch_size,
                               head=head)
     embedder.load()
-    active = ActiveModel(model=embedder, runner=None, threshold=0.0)  # type: ignore[arg-type]
+    active = ActiveModel(model=embedder, assembler=None, threshold=0.0)  # type: ignore[arg-type]
     return PipelineRuntime(
         name=p.name, input_topic=p.input.topic, output_topic=p.output.topic, dlq_topic=p.input.dlq_topic,
         decoder=BatchDecoder(reader, schemas, fmt=p.input.format),
@@ -278,7 +307,8 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
     registry = registry_for(cfg)
     metrics = ScorerMetrics(instance=instance or "")
     watchers: list[Any] = []
-    runtimes = [build_runtime(cfg, p, registry, admin, watchers, metrics) for p in cfg.pipelines]
+    registry_stop = threading.Event()    # set by scorer.stop(): a decode waiting on the registry gives up
+    runtimes = [build_runtime(cfg, p, registry, admin, watchers, metrics, registry_stop) for p in cfg.pipelines]
     # Topics only once every model and schema resolved: a start that fails creates nothing.
     prepare_topics(cfg)
     for rt in runtimes:
@@ -308,6 +338,14 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
                     metrics=metrics)
     for w in watchers:
         scorer.closers.append(w.start().close)
+    if cfg.schema_registry is not None:
+        stop_scorer = scorer.stop
+
+        def stop() -> None:
+            registry_stop.set()
+            stop_scorer()
+
+        scorer.stop = stop  # type: ignore[method-assign]
     if hasattr(registry, "close"):        # after the watchers (appended first, closed first)
         scorer.closers.append(registry.close)
     return scorer

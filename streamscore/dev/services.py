@@ -1,9 +1,10 @@
-"""Kafka + Redis for development and tests.
+"""Kafka + Redis (+ a schema registry on request) for development and tests.
 
 Resolution order for each service (the same for ``streamscore dev up`` and the test
-fixtures): an address in the environment (``KAFKA_BOOTSTRAP`` / ``REDIS_URL``); else
-testcontainers when a Docker engine answers; else a local process we start ourselves
-(the Apache Kafka broker from Maven Central jars, Debian's redis-server).
+fixtures): an address in the environment (``KAFKA_BOOTSTRAP`` / ``REDIS_URL`` /
+``SCHEMA_REGISTRY_URL``); else testcontainers when a Docker engine answers (Kafka, Redis);
+else a local process we start ourselves (the Apache Kafka broker from Maven Central jars,
+Debian's redis-server, Apicurio Registry from Maven Central).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamscore.dev.kafka import KafkaBroker, broker_answers, start_kafka, wait_stopped
+from streamscore.dev.cluster import KafkaCluster, start_cluster
+from streamscore.dev.kafka import KafkaBroker, brokers_answering, start_kafka, wait_stopped
 from streamscore.dev.redis import RedisServer, redis_answers, start_redis
+from streamscore.dev.registry import RegistryServer, registry_answers, start_registry
 from streamscore.dev.util import cache_root
 
 
@@ -28,6 +31,7 @@ class Services:
     redis_url: str
     source: dict[str, str]                 # service -> "env" | "testcontainers" | "local"
     home: Path | None = None
+    schema_registry_url: str | None = None   # set when asked for (ensure_services(registry=True))
     _owned: list[Any] = field(default_factory=list)
 
     def stop(self) -> None:
@@ -38,6 +42,10 @@ class Services:
     @property
     def broker(self) -> KafkaBroker | None:
         return next((o for o in self._owned if isinstance(o, KafkaBroker)), None)
+
+    @property
+    def cluster(self) -> KafkaCluster | None:
+        return next((o for o in self._owned if isinstance(o, KafkaCluster)), None)
 
 
 def docker_engine_answers() -> bool:
@@ -73,8 +81,14 @@ def _testcontainers_redis() -> tuple[str, _Container]:
     return f"redis://{c.get_container_host_ip()}:{c.get_exposed_port(6379)}/0", _Container(c)
 
 
-def ensure_services(home: Path, *, kafka_heap: str = "512m", kafka_extra: dict[str, str] | None = None) -> Services:
-    """Start (or find) Kafka and Redis. The caller owns the result and must ``stop()`` it."""
+def ensure_services(home: Path, *, kafka_heap: str = "512m", kafka_extra: dict[str, str] | None = None,
+                    registry: bool = False, brokers: int = 1) -> Services:
+    """Start (or find) Kafka and Redis, and the schema registry when ``registry``.
+
+    ``brokers`` > 1 starts a local KRaft cluster of that many nodes (``home/cluster``) where
+    no ``KAFKA_BOOTSTRAP`` is set; testcontainers is used for single brokers only.
+    The caller owns the result and must ``stop()`` it.
+    """
     owned: list[Any] = []
     source: dict[str, str] = {}
     docker: bool | None = None
@@ -82,6 +96,11 @@ def ensure_services(home: Path, *, kafka_heap: str = "512m", kafka_extra: dict[s
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
         if bootstrap:
             source["kafka"] = "env"
+        elif brokers > 1:
+            cluster = start_cluster(home / "cluster", brokers=brokers, extra=kafka_extra)
+            owned.append(cluster)
+            bootstrap = cluster.bootstrap
+            source["kafka"] = f"local cluster of {brokers}"
         else:
             docker = docker_engine_answers()
             if docker:
@@ -108,11 +127,25 @@ def ensure_services(home: Path, *, kafka_heap: str = "512m", kafka_extra: dict[s
                 owned.append(server)
                 redis_url = server.url
                 source["redis"] = "local"
+        registry_url = ensure_registry(home, owned, source) if registry else None
     except BaseException:
         for thing in reversed(owned):
             thing.stop()
         raise
-    return Services(kafka_bootstrap=bootstrap, redis_url=redis_url, source=source, home=home, _owned=owned)
+    return Services(kafka_bootstrap=bootstrap, redis_url=redis_url, source=source, home=home,
+                    schema_registry_url=registry_url, _owned=owned)
+
+
+def ensure_registry(home: Path, owned: list[Any], source: dict[str, str]) -> str:
+    """``$SCHEMA_REGISTRY_URL``, else a local Apicurio appended to ``owned``."""
+    url = os.environ.get("SCHEMA_REGISTRY_URL")
+    if url:
+        source["schema_registry"] = "env"
+        return url
+    server = start_registry(home / "registry")
+    owned.append(server)
+    source["schema_registry"] = "local"
+    return server.url
 
 
 # --- `streamscore dev up|down|status`: services that outlive the command -----------------
@@ -125,24 +158,32 @@ def _state_file() -> Path:
     return dev_home() / "state.json"
 
 
-def services_up() -> dict[str, Any]:
+def services_up(*, brokers: int = 1) -> dict[str, Any]:
     """Start detached dev services (idempotent) and record them in the state file."""
     state = services_status()
-    if state.get("kafka_ok") and state.get("redis_ok"):
+    if state.get("running") and state.get("brokers", 1) == brokers:
         return state
     services_down()
-    svc = ensure_services(dev_home())
+    svc = ensure_services(dev_home(), registry=True, brokers=brokers)
     pids = {}
+    names = {KafkaBroker: "kafka", RedisServer: "redis", RegistryServer: "schema_registry"}
     for thing in svc._owned:
-        if isinstance(thing, (KafkaBroker, RedisServer)) and thing.process is not None:
-            pids["kafka" if isinstance(thing, KafkaBroker) else "redis"] = thing.process.pid
+        if isinstance(thing, KafkaCluster):
+            pids.update({f"kafka-{n.node_id}": n.pid for n in thing.nodes if n.pid is not None})
+        elif isinstance(thing, (KafkaBroker, RedisServer, RegistryServer)) and thing.process is not None:
+            pids[names[type(thing)]] = thing.process.pid
+    kafka_home = dev_home() / ("cluster" if brokers > 1 else "kafka")
+    logs = sorted(str(p) for p in kafka_home.glob("node-*/kafka.log")) if brokers > 1 else [str(kafka_home / "kafka.log")]
     state = {
         "kafka_bootstrap": svc.kafka_bootstrap,
         "redis_url": svc.redis_url,
+        "schema_registry_url": svc.schema_registry_url,
+        "brokers": brokers,
         "source": svc.source,
         "pids": pids,
-        "kafka_log": str(dev_home() / "kafka" / "kafka.log"),
+        "kafka_log": logs[0] if len(logs) == 1 else logs,
         "redis_log": str(dev_home() / "redis" / "redis.log"),
+        "schema_registry_log": str(dev_home() / "registry" / "registry.log"),
     }
     _state_file().parent.mkdir(parents=True, exist_ok=True)
     _state_file().write_text(json.dumps(state, indent=2))
@@ -155,9 +196,11 @@ def services_status() -> dict[str, Any]:
     if not _state_file().exists():
         return {"running": False}
     state: dict[str, Any] = json.loads(_state_file().read_text())
-    state["kafka_ok"] = broker_answers(state["kafka_bootstrap"])
+    state["brokers_up"] = brokers_answering(state["kafka_bootstrap"])
+    state["kafka_ok"] = state["brokers_up"] >= state.get("brokers", 1)
     state["redis_ok"] = redis_answers(state["redis_url"])
-    state["running"] = state["kafka_ok"] and state["redis_ok"]
+    state["schema_registry_ok"] = bool(state.get("schema_registry_url")) and registry_answers(state["schema_registry_url"])
+    state["running"] = state["kafka_ok"] and state["redis_ok"] and state["schema_registry_ok"]
     return state
 
 
@@ -166,11 +209,16 @@ def services_down(*, purge: bool = False) -> dict[str, Any]:
     stopped = []
     if _state_file().exists():
         state = json.loads(_state_file().read_text())
+        signalled = {}
+        # every process at once: a cluster node stopped last would wait for a quorum that is gone
         for name, pid in state.get("pids", {}).items():
             try:
+                os.kill(pid, signal.SIGCONT)
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 continue
+            signalled[name] = pid
+        for name, pid in signalled.items():
             if not wait_stopped(pid, 30):
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -180,7 +228,8 @@ def services_down(*, purge: bool = False) -> dict[str, Any]:
         _state_file().unlink(missing_ok=True)
     out: dict[str, Any] = {"stopped": stopped}
     if purge:
-        gone = [d for d in (dev_home() / "kafka", dev_home() / "redis") if d.exists()]
+        gone = [d for d in (dev_home() / "kafka", dev_home() / "cluster", dev_home() / "redis", dev_home() / "registry")
+                if d.exists()]
         for d in gone:
             shutil.rmtree(d)
         out["purged"] = [str(d) for d in gone]

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from streamscore.dev.cluster import KafkaCluster, start_cluster
 from streamscore.dev.services import Services, ensure_services
 
 
@@ -29,6 +30,19 @@ def services() -> Iterator[Services]:
 
 
 @pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """A local 3-node KRaft cluster (replication factor 3, min.insync.replicas=2), started on first use.
+
+    Tests may kill, freeze and restart its nodes; each test leaves every node running and thawed.
+    """
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"), brokers=3)
+    try:
+        yield cluster
+    finally:
+        cluster.stop(timeout=20)
+
+
+@pytest.fixture(scope="session")
 def bootstrap(services: Services) -> str:
     return services.kafka_bootstrap
 
@@ -36,6 +50,26 @@ def bootstrap(services: Services) -> str:
 @pytest.fixture(scope="session")
 def redis_url(services: Services) -> str:
     return services.redis_url
+
+
+@pytest.fixture(scope="session")
+def schema_registry(services: Services) -> Iterator[Any]:
+    """A Confluent-API schema registry: ``$SCHEMA_REGISTRY_URL``, else Apicurio started for the session.
+
+    Yields an object with ``url``; a local one also has ``kill()`` and ``restart()`` (same port).
+    """
+    from streamscore.dev.registry import LocalRegistry
+
+    url = os.environ.get("SCHEMA_REGISTRY_URL")
+    if url:
+        yield type("External", (), {"url": url, "local": False})()
+        return
+    assert services.home is not None
+    reg = LocalRegistry(services.home / "registry")
+    try:
+        yield reg
+    finally:
+        reg.stop()
 
 
 @pytest.fixture
