@@ -128,15 +128,47 @@ class RssSampler(threading.Thread):
         return max((s for _, s in self.samples), default=0.0)
 
 
-def scorer_config(path: Path, bootstrap: str, t_in: str, t_out: str, group: str) -> Path:
+def scorer_config(path: Path, bootstrap: str, t_in: str, t_out: str, group: str,
+                  registry: Path | None = None, model: str = "fraud-mlp") -> Path:
     import yaml
 
-    path.write_text(yaml.safe_dump({
+    cfg: dict[str, Any] = {
         "kafka": {"bootstrap_servers": bootstrap}, "group_id": group,
-        "pipelines": [{"name": "fraud", "input": {"topic": t_in}, "model": {"name": "fraud-mlp"},
+        "pipelines": [{"name": "fraud", "input": {"topic": t_in}, "model": {"name": model},
                        "output": {"topic": t_out}}],
-    }))
+    }
+    if registry is not None:
+        cfg["registry"] = str(registry)
+    path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+# The `features` contender: the demo pipeline, but the model input is built by declarative
+# features over 6 fields (one-hot country and channel, log1p amount, standardised f01..f03).
+FEATURES_SPEC: list[dict[str, Any]] = [
+    {"name": "country", "transforms": [{"one_hot": {"vocabulary": ["DE", "FR", "GB", "US", "NL", "ES", "IT", "PL"],
+                                                    "unknown": "extra"}}]},
+    {"name": "channel", "transforms": [{"one_hot": {"vocabulary": ["POS", "ECOM", "ATM", "MOTO"], "unknown": "ignore"}}]},
+    {"name": "amount", "default": 0.0, "transforms": ["log1p"]},
+    *[{"name": f, "transforms": [{"standardize": {"mean": 0.0, "std": 1.0}}]} for f in ("f01", "f02", "f03")],
+]
+
+
+def features_registry(work: Path) -> Path:
+    """A registry with `fraud-features`: a sigmoid-linear ONNX model over FEATURES_SPEC's 19 columns."""
+    from models.base import InputSpec
+    from models.registry import ModelRegistry
+    from models.testing import write_linear_onnx
+
+    root = work / "features-registry"
+    if (root / "fraud-features").is_dir():
+        return root
+    spec = InputSpec.from_dict({"features": FEATURES_SPEC})
+    width = spec.inputs["features"][1]
+    artifact = write_linear_onnx(work / "features.onnx", np.linspace(-0.5, 0.5, width))
+    ModelRegistry(root).register("fraud-features", artifact, format="onnx", input_spec=spec, output_spec={},
+                                 stage="production")
+    return root
 
 
 def contender_cmd(name: str, bootstrap: str, t_in: str, t_out: str, group: str, count: int, work: Path,
@@ -152,9 +184,10 @@ def contender_cmd(name: str, bootstrap: str, t_in: str, t_out: str, group: str, 
         cfg = scorer_config(work / f"{group}.yaml", bootstrap, t_in, t_out, group)
         return [sys.executable, "-m", "streamscore", "backfill", "-c", str(cfg), "--from", "0", "--to-topic", t_out,
                 "--state-dir", str(work / f"{group}.state"), "--quiet"]
-    if name.startswith("streamscore"):
+    if name.startswith("streamscore") or name == "features":
         procs = 2 if name.endswith("2proc") else 1
-        cfg = scorer_config(work / f"{group}.yaml", bootstrap, t_in, t_out, group)
+        cfg = scorer_config(work / f"{group}.yaml", bootstrap, t_in, t_out, group,
+                            *((features_registry(work), "fraud-features") if name == "features" else ()))
         return [sys.executable, "-m", "streamscore", "serve", "-c", str(cfg), "--processes", str(procs),
                 "--max-seconds", str(seconds)]
     module = {"passthrough": "passthrough", "naive": "naive", "batched": "batched", "quix": "quix",
@@ -374,7 +407,7 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=2_000_000, help="pre-produced events (fast contenders use all)")
     ap.add_argument("--only", default=None, help="comma-separated contenders")
     ap.add_argument("--repeat", type=int, default=3, help="runs of passthrough, streamscore and batched (median)")
-    ap.add_argument("--latency-seconds", type=float, default=30.0)
+    ap.add_argument("--latency-seconds", type=float, default=30.0, help="0 skips the latency runs")
     ap.add_argument("--soak-seconds", type=float, default=float(os.environ.get("SOAK_SECONDS", 300)),
                     help="RSS soak at 50%% load (0 to skip)")
     ap.add_argument("--http-clients", type=int, default=32, help="concurrent clients of the HTTP load phase")
@@ -410,7 +443,7 @@ def main() -> int:
             byo_bench.produce(bootstrap, svc.schema_registry_url, byo["topic"], a.events)
             print(f"pre-produced {a.events:,} events in a nested registry schema in {time.monotonic() - t0:.1f}s",
                   flush=True)
-        counts = {"passthrough": a.events, "streamscore": a.events, "byo_schema": a.events,
+        counts = {"passthrough": a.events, "streamscore": a.events, "features": a.events, "byo_schema": a.events,
                   "backfill": a.events, "streamscore_2proc": a.events,
                   "batched": min(a.events, 300_000), "naive": min(a.events, 100_000),
                   "quix": min(a.events, 60_000), "faust": min(a.events, 30_000)}
@@ -419,7 +452,7 @@ def main() -> int:
         runs: dict[str, Any] = {}
         # the contenders the ratios are built from run `--repeat` times (interleaved, so a slow
         # spell of the machine hits all of them); the table shows each one's median
-        repeated = [n for n in ("passthrough", "streamscore", "byo_schema", "backfill", "batched") if n in wanted]
+        repeated = [n for n in ("passthrough", "streamscore", "features", "byo_schema", "backfill", "batched") if n in wanted]
         order = [n for _ in range(a.repeat) for n in repeated] + [n for n in wanted if n not in repeated and n in counts]
         for name in order:
             r = run_throughput(name, bootstrap, byo["topic"] if name == "byo_schema" and byo else t_in, counts[name],
@@ -439,7 +472,7 @@ def main() -> int:
             results.update(run_http_load(work, clients=a.http_clients, seconds=a.http_seconds))
         results["model_only_eps"] = model_only_eps()
         print(f"  {'model_only_eps':24} {results['model_only_eps']:>10,} rows/s (batch 1024)", flush=True)
-        if results.get("streamscore_eps"):
+        if results.get("streamscore_eps") and a.latency_seconds > 0:
             rate = 0.5 * results["streamscore_eps"]
             # passthrough first: its latency at the same load is the floor the I/O path sets
             for name in ("passthrough", "streamscore", "batched"):
@@ -471,6 +504,8 @@ def main() -> int:
             results["ratio_vs_batched"] = round(s / b, 2)
         if s and pt:
             results["ratio_vs_passthrough"] = round(s / pt, 2)
+        if s and results.get("features_eps"):
+            results["features_vs_streamscore"] = round(results["features_eps"] / s, 2)
         if s and results.get("byo_schema_eps"):
             results["byo_schema_vs_streamscore"] = round(results["byo_schema_eps"] / s, 2)
         if s and results.get("backfill_eps"):
@@ -492,7 +527,7 @@ def main() -> int:
 
 def table(r: dict[str, Any]) -> str:
     rows = ["passthrough_eps", "model_only_eps", "naive_eps", "batched_eps", "quix_eps", "faust_eps",
-            "streamscore_eps", "byo_schema_eps", "byo_schema_vs_streamscore", "streamscore_eps_2proc", "streamscore_p50_ms", "streamscore_p99_ms",
+            "streamscore_eps", "features_eps", "features_vs_streamscore", "byo_schema_eps", "byo_schema_vs_streamscore", "streamscore_eps_2proc", "streamscore_p50_ms", "streamscore_p99_ms",
             "streamscore_p99_ms_after_warmup", "passthrough_p50_ms", "passthrough_p99_ms", "input_leg_p99_ms",
             "batched_p99_ms", "streamscore_rss_mb", "ratio_vs_batched", "ratio_vs_passthrough", "soak_rss_growth",
             "backfill_eps", "backfill_vs_streamscore", "http_rps", "http_p50_ms", "http_p99_ms", "http_peer_rps",

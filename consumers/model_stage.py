@@ -16,7 +16,7 @@ import numpy as np
 from consumers.batcher import AdaptiveBatcher
 from consumers.runtime import ActiveModel
 from consumers.work import Work
-from schemas.errors import PredictError, StreamscoreError
+from schemas.errors import HookContractError, PredictError, StreamscoreError
 
 log = logging.getLogger("consumers.scorer")
 
@@ -45,27 +45,35 @@ class ModelStage:
         else:
             parts = [(actives[0], np.arange(n))]
         good = np.ones(n, dtype=bool)
-        feats_by_spec: dict[int, np.ndarray] = {}
+        feats_by_runner: dict[int, Any] = {}
         for active, rows in parts:
             if len(rows) == 0:
                 continue
-            feats = self._features(work, active, feats_by_spec)
+            feats = self._features(work, active, feats_by_runner)
             if feats is None:
                 good[rows] = False
                 continue
+            if feats.bad:
+                for r in rows[np.isin(rows, np.fromiter(feats.bad, np.int64, len(feats.bad)))].tolist():
+                    good[r] = False
+                    work.dead.append((int(work.decoded.ok_index[r]), "features", feats.bad[r]))
+                rows = rows[good[rows]]
+                if len(rows) == 0:
+                    continue
             t0 = time.perf_counter()
-            scores, bad = predict_isolating(active.model, feats[rows], rows)
+            scores, fields, bad = score_isolating(active.runner, feats, rows, work.decoded)
             took = time.perf_counter() - t0
             self.batchers[rt.name].observe_model(len(rows), took)
             self.metrics.model_latency(rt.name, active.model.name, took, len(rows))
             work.scores[rows] = scores
-            for r, msg in bad:
+            _store(work, n, rows, fields)
+            for r, reason, msg in bad:
                 good[rows[r]] = False
-                work.dead.append((int(work.decoded.ok_index[rows[r]]), "model_error", msg))
+                work.dead.append((int(work.decoded.ok_index[rows[r]]), reason, msg))
             work.groups.append((active, rows[good[rows]]))
         work.ok_rows = np.flatnonzero(good)
         for slot in rt.shadows:
-            self._shadow(work, slot.active, feats_by_spec)
+            self._shadow(work, slot.active, feats_by_runner)
 
     def _embed(self, work: Work) -> None:
         active = work.rt.slot.active
@@ -88,12 +96,14 @@ class ModelStage:
         work.ok_rows = np.arange(len(texts))
         work.groups.append((active, work.ok_rows))
 
-    def _features(self, work: Work, active: ActiveModel, cache: dict[int, np.ndarray]) -> np.ndarray | None:
-        key = id(active.assembler)
+    def _features(self, work: Work, active: ActiveModel, cache: dict[int, Any]) -> Any:
+        """The batch's features for ``active``'s runner (built once per batch and runner); None
+        when the whole batch cannot give them (its rows are dead-lettered)."""
+        key = id(active.runner)
         feats = cache.get(key)
         if feats is None:
             try:
-                feats = cache[key] = active.assembler.assemble(work.decoded.columns)
+                feats = cache[key] = active.runner.features(work.decoded)
             except StreamscoreError as exc:
                 seen = {i for i, _, _ in work.dead}
                 for i in work.decoded.ok_index.tolist():
@@ -102,16 +112,19 @@ class ModelStage:
                 return None
         return feats
 
-    def _shadow(self, work: Work, active: ActiveModel, cache: dict[int, np.ndarray]) -> None:
+    def _shadow(self, work: Work, active: ActiveModel, cache: dict[int, Any]) -> None:
         """A shadow scores the same rows; whatever it does, primary output is unaffected."""
         rows = work.ok_rows
         if rows is None or len(rows) == 0:
             return
         try:
-            feats = cache.get(id(active.assembler))
+            feats = cache.get(id(active.runner))
             if feats is None:
-                feats = cache[id(active.assembler)] = active.assembler.assemble(work.decoded.columns)
-            scores = np.asarray(active.model.predict(feats[rows]), dtype=np.float32).reshape(-1)
+                feats = cache[id(active.runner)] = active.runner.features(work.decoded)
+            if feats.bad and np.isin(rows, np.fromiter(feats.bad, np.int64, len(feats.bad))).any():
+                raise PredictError("the shadow's features cannot be built for every scored row")
+            scored = active.runner.score(feats, rows, work.decoded)
+            scores = np.asarray(scored.score, dtype=np.float32).reshape(-1)
             if len(scores) != len(rows):
                 raise PredictError(f"shadow returned {len(scores)} scores for {len(rows)} rows")
         except Exception as exc:  # noqa: BLE001 - a failing shadow never affects primary output
@@ -120,7 +133,59 @@ class ModelStage:
             log.warning("shadow %s:%s failed on a batch (primary output unaffected): %s", active.model.name,
                         active.model.version, first[-1] if first else type(exc).__name__)
             return
-        work.shadow_out.append((active, scores))
+        work.shadow_out.append((active, scores, scored.fields))
+
+
+def _store(work: Work, n: int, rows: np.ndarray, fields: dict[str, np.ndarray]) -> None:
+    """Prediction fields of ``rows`` into the batch-wide columns (one value per decoded row)."""
+    if len(rows) == n and not work.fields:
+        work.fields = fields
+        return
+    for name, values in fields.items():
+        col = work.fields.get(name)
+        if col is None:
+            col = work.fields[name] = np.zeros(n, dtype=values.dtype)
+        col[rows] = values
+
+
+def score_isolating(runner: Any, feats: Any, rows: np.ndarray,
+                       batch: Any) -> tuple[np.ndarray, dict[str, np.ndarray], list[tuple[int, str, str]]]:
+    """Score ``rows``; if the hooks or the model raise, split the batch until the bad rows stand alone.
+
+    Returns the score and the prediction fields of every row (placeholders where it failed)
+    and the failed rows as (position in ``rows``, reason, message). A hook breaking its
+    contract is not a row's fault: that error propagates.
+    """
+    scores = np.zeros(len(rows), dtype=np.float32)
+    fields: dict[str, np.ndarray] = {}
+    bad: list[tuple[int, str, str]] = []
+    stack = [(0, len(rows))]
+    while stack:
+        lo, hi = stack.pop()
+        try:
+            out = runner.score(feats, rows[lo:hi], batch)
+            got = np.asarray(out.score, dtype=np.float32).reshape(-1)
+            if len(got) != hi - lo:
+                raise PredictError(f"model returned {len(got)} scores for {hi - lo} rows")
+        except HookContractError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolate, then dead-letter
+            if hi - lo == 1:
+                bad.append((lo, getattr(exc, "reason", "model_error"), f"{type(exc).__name__}: {exc}"))
+            else:
+                mid = (lo + hi) // 2
+                stack.append((mid, hi))
+                stack.append((lo, mid))
+            continue
+        if lo == 0 and hi == len(rows):
+            return got, out.fields, bad
+        scores[lo:hi] = got
+        for name, values in out.fields.items():
+            col = fields.get(name)
+            if col is None:
+                col = fields[name] = np.zeros(len(rows), dtype=values.dtype)
+            col[lo:hi] = values
+    return scores, fields, bad
 
 
 def predict_isolating(model: Any, feats: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[int, str]]]:

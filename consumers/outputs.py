@@ -31,15 +31,16 @@ class OutputWriter:
             return
         assert work.scores is not None and work.ok_rows is not None
         now_ms = int(time.time() * 1000)
+        n_all = len(work.keys)
         for active, rows in work.groups:
             if len(rows):
-                self._produce_scores(work, ack, rt.output_topic, active, active.variant, rows,
-                                     work.scores[rows], now_ms)
-        for active, scores in work.shadow_out:
+                fields = work.fields if len(rows) == n_all else {k: v[rows] for k, v in work.fields.items()}
+                self._produce_scores(work, ack, rt.output_topic, active, active.variant, rows, fields, now_ms)
+        for active, _, fields in work.shadow_out:
             if rt.shadow_topic:
-                self._produce_scores(work, ack, rt.shadow_topic, active, "shadow", work.ok_rows, scores, now_ms)
+                self._produce_scores(work, ack, rt.shadow_topic, active, "shadow", work.ok_rows, fields, now_ms)
         if rt.telemetry_topic:
-            self._telemetry(work, ack, work.shadow_out[0] if work.shadow_out else None)
+            self._telemetry(work, ack, work.shadow_out[0][:2] if work.shadow_out else None)
 
     def emit_dead(self, work: Work, ack: BatchAck) -> None:
         """Dead-letter the batch's bad records under ``ack``: the original value with headers
@@ -59,7 +60,7 @@ class OutputWriter:
             self.metrics.dead_letters(rt.name, reason, k)
 
     def _produce_scores(self, work: Work, ack: BatchAck, topic: str, active: ActiveModel, variant: str,
-                        rows: np.ndarray, scores: np.ndarray, now_ms: int) -> None:
+                        rows: np.ndarray, fields: dict[str, np.ndarray], now_ms: int) -> None:
         rt = work.rt
         n = len(rows)
         keys = [work.keys[i] for i in rows.tolist()] if n != len(work.keys) else work.keys
@@ -75,8 +76,7 @@ class OutputWriter:
             "model": _const_str(active.model.name, n),
             "version": _const_str(str(active.model.version), n),
             "variant": np.full(n, rt.encoder.enum_code("variant", variant), dtype=np.int64),
-            "score": scores.astype(np.float64, copy=False),
-            "decision": scores >= active.threshold,
+            **fields,                                      # the model's heads (score + decision, ...)
             "event_time": event_time,
             "scored_at": np.full(n, now_ms, dtype=np.int64),
         }

@@ -23,13 +23,33 @@ class FeatureAssembler(Protocol):
     def assemble(self, columns: Any) -> np.ndarray: ...
 
 
+class Runner(Protocol):
+    """Scores rows of a decoded batch with one model version (models.runner.ModelRunner).
+
+    ``features(batch)`` returns an object with ``inputs`` and ``bad`` (row -> reason);
+    ``score(feats, rows, batch)`` returns an object with ``score`` (one float per row) and
+    ``fields`` (prediction field -> one value per row), or raises for the rows given.
+    """
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    @property
+    def fields(self) -> tuple[str, ...]: ...
+
+    def features(self, batch: Any) -> Any: ...
+
+    def score(self, feats: Any, rows: np.ndarray, batch: Any) -> Any: ...
+
+
 @dataclass
 class ActiveModel:
     model: ScoringModel
-    assembler: FeatureAssembler
+    assembler: FeatureAssembler      # the plain float32 features (serve-http's coalescer reads them)
     threshold: float
     variant: str = "primary"
     telemetry: Any = None            # monitoring.telemetry.TelemetryBuilder for this model, or None
+    runner: Runner = None  # type: ignore[assignment]   # features, hooks, model, heads: the scorer's path
 
 
 class ModelSlot:

@@ -27,7 +27,9 @@ class Work:
     ok_rows: np.ndarray | None = None         # rows of `decoded` that were scored
     scores: np.ndarray | None = None          # one per decoded row (valid where ok_rows says)
     groups: list[tuple[ActiveModel, np.ndarray]] = field(default_factory=list)   # (model, its scored rows)
-    shadow_out: list[tuple[ActiveModel, np.ndarray]] = field(default_factory=list)  # scores for ok_rows
+    fields: dict[str, np.ndarray] = field(default_factory=dict)   # prediction fields, one value per decoded row
+    shadow_out: list[tuple[ActiveModel, np.ndarray, dict[str, np.ndarray]]] = field(default_factory=list)
+    # ^ (shadow, its scores, its prediction fields), each for ok_rows
     embeddings: np.ndarray | None = None      # kind=embed: (rows, dim) float32
     labels: list[str] | None = None
     active: ActiveModel | None = None

@@ -2,42 +2,45 @@
 
 A model is anything that follows ``load() / predict(features) / close()``.
 ``predict`` takes one float32 C-contiguous ``(n, f)`` matrix assembled by its
-``InputSpec`` and returns ``n`` float32 scores, one per row, in row order.
+``InputSpec`` and returns ``n`` float32 scores, one per row, in row order. A model with
+several named inputs or outputs (ONNX) also has ``run(inputs) -> outputs``: every named
+input as an ``(n, width)`` array in, every named output with ``n`` rows out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
 from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from schemas.errors import ModelError, PredictError
+from models.features import INPUT_DTYPES, Feature, FeatureBatch, FeatureBuilder
+from schemas.errors import ConfigError, ModelError, PredictError
 
-Dtype = Literal["float32", "float64", "int32", "int64"]
-DTYPES: tuple[str, ...] = ("float32", "float64", "int32", "int64")
+Dtype = Literal["float32", "float64", "int32", "int64", "string"]
+DTYPES: tuple[str, ...] = INPUT_DTYPES
 
 
 class InputError(ModelError):
     """A batch does not match a model's input spec (missing column, ragged lengths, bad type)."""
 
 
-@dataclass(frozen=True)
-class FeatureSpec:
-    name: str
-    dtype: str = "float32"
+FeatureSpec = Feature    # one model input column: a field, its dtype, default and transforms
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """Feature names, dtypes and order of a model's input matrix.
+    """The model's inputs: which fields feed which columns of which named input.
 
-    Invariant: ``assemble`` puts feature ``features[j]`` in column ``j``; the order
-    here is the order the artifact was trained and exported with.
+    Invariant: ``assemble`` / ``build`` put feature ``features[j]`` in the columns after
+    those of ``features[:j]`` of its input; the order here is the order the artifact was
+    trained and exported with. A spec whose features are all plain (a float32 field read
+    as-is into the one input) takes the fast ``assemble`` path.
     """
 
-    features: tuple[FeatureSpec, ...]
+    features: tuple[Feature, ...]
     input_name: str = "features"
 
     def __post_init__(self) -> None:
@@ -46,20 +49,52 @@ class InputSpec:
             raise ModelError("an input spec needs at least one feature")
         if len(set(names)) != len(names):
             raise ModelError(f"duplicate feature names in input spec: {names}")
-        bad = [f"{f.name}:{f.dtype}" for f in self.features if f.dtype not in DTYPES]
+        bad = [f"{f.name}:{f.dtype}" for f in self.features if f.dtype not in INPUT_DTYPES]
         if bad:
-            raise ModelError(f"unsupported feature dtypes {bad}; valid dtypes are {list(DTYPES)}")
+            raise ModelError(f"unsupported feature dtypes {bad}; valid dtypes are {list(INPUT_DTYPES)}")
 
     @classmethod
     def of(cls, names: Sequence[str], dtype: str = "float32", *, input_name: str = "features") -> InputSpec:
-        return cls(tuple(FeatureSpec(n, dtype) for n in names), input_name=input_name)
+        return cls(tuple(Feature(n, n, dtype) for n in names), input_name=input_name)
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The input fields the features read, in feature order, without repeats."""
+        return tuple(dict.fromkeys(f.field for f in self.features))
+
+    @property
+    def plain(self) -> bool:
+        return all(f.plain and f.input in (None, self.input_name) for f in self.features)
+
+    @functools.cached_property
+    def builder(self) -> FeatureBuilder:
+        return FeatureBuilder(self.features, self.input_name)
+
+    @property
+    def inputs(self) -> dict[str, tuple[str, int]]:
+        """Model input name -> (dtype, width), in spec order."""
+        return dict(self.builder.inputs)
+
     def __len__(self) -> int:
         return len(self.features)
+
+    def build(self, columns: Mapping[str, Any], nulls: Mapping[str, np.ndarray] | None = None,
+              symbols: Mapping[str, Sequence[str]] | None = None) -> FeatureBatch:
+        """Every model input for a batch; rows whose features cannot be built are in ``bad``."""
+        if self.plain:
+            return FeatureBatch({self.input_name: self.assemble(columns)})
+        first = next(iter(columns.values()), None)
+        n = 0 if first is None else len(first)
+        return self.builder.build(columns, nulls or {}, symbols or {}, n)
+
+    def probe(self, n: int) -> dict[str, np.ndarray]:
+        """All-zero (empty-string) inputs of ``n`` rows: what a smoke check feeds the model."""
+        return {name: (np.full((n, w), "", dtype=object) if dtype == "string" else np.zeros((n, w), dtype=dtype))
+                for name, (dtype, w) in self.inputs.items()}
 
     def assemble(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """Stack the named columns into a float32 C-contiguous ``(n, f)`` matrix.
@@ -90,16 +125,15 @@ class InputSpec:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "input_name": self.input_name,
-            "features": [{"name": f.name, "dtype": f.dtype} for f in self.features],
-        }
+        return {"input_name": self.input_name, "features": [f.to_dict() for f in self.features]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> InputSpec:
         try:
-            feats = tuple(FeatureSpec(str(f["name"]), str(f.get("dtype", "float32"))) for f in data["features"])
+            feats = tuple(Feature.parse(f, f"input_spec.features[{i}]") for i, f in enumerate(data["features"]))
             return cls(feats, input_name=str(data.get("input_name", "features")))
+        except ConfigError as exc:
+            raise ModelError(str(exc)) from exc
         except (KeyError, TypeError) as exc:
             raise ModelError(f"malformed input_spec {data!r}: {exc!r}") from exc
 

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from models.base import Model
@@ -84,7 +85,7 @@ class RegistryWatcher:
         self._load_options = dict(load_options or {})
         self._loader = loader
         self._current = current_version
-        self._seen: _Seen | None = None
+        self._seen: object = None
         self._failed: dict[str, float] = {}          # version -> monotonic time of failure
         self._retiring: list[tuple[float, Any]] = []  # (close at, object)
         self._stop = threading.Event()
@@ -100,7 +101,7 @@ class RegistryWatcher:
 
     @property
     def stages_path(self) -> str:
-        return os.fspath(self.registry.root / self.name / "stages.json")
+        return os.fspath(Path(getattr(self.registry, "root", ".")) / self.name / "stages.json")
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -186,7 +187,10 @@ class RegistryWatcher:
                 self._retiring.append((time.monotonic() + self.retire_after_s, old))
             return True
 
-    def _stat(self) -> _Seen | None:
+    def _stat(self) -> object:
+        token = getattr(self.registry, "change_token", None)
+        if token is not None:      # a registry without files to stat (MLflow): the alias's version
+            return token(self.name, self.stage)
         try:
             st = os.stat(self.stages_path)
         except FileNotFoundError:

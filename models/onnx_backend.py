@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +15,8 @@ Device = Literal["cpu", "cuda", "auto"]
 
 
 class OnnxModel:
-    """An ONNX model with one float input ``(n, f)`` and one score output (flattened to ``(n,)``).
+    """An ONNX model: ``predict`` feeds one float input ``(n, f)`` and flattens the first output
+    to ``(n,)`` scores; ``run`` feeds every named input and returns every output.
 
     ``device="cuda"`` requires the CUDA provider; ``"auto"`` uses it when available.
     Sessions run sequentially with ``intra_op_threads`` threads (default 1: the pipeline
@@ -32,6 +34,8 @@ class OnnxModel:
         self._session: Any = None
         self._input_name = input_spec.input_name
         self._output_name = ""
+        self.output_names: list[str] = []
+        self.labels: tuple[str, ...] = ()      # class labels of a ZipMap output, if the graph had one
 
     @property
     def label(self) -> str:
@@ -63,18 +67,40 @@ class OnnxModel:
         providers = self._choose_providers(ort.get_available_providers())
         try:
             session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+            if any(o.type.startswith("seq(map") for o in session.get_outputs()):
+                # ZipMap (a list of dicts per batch) becomes its input tensor: same numbers, no dict per row
+                graph, self.labels = without_zipmap(self.path)
+                session = ort.InferenceSession(graph, sess_options=opts, providers=providers)
+        except ModelLoadError:
+            raise
         except Exception as exc:  # onnxruntime raises its own, unexported exception types
             raise ModelLoadError(f"{self.label}: cannot load {self.path}: {exc}") from exc
         inputs, outputs = session.get_inputs(), session.get_outputs()
+        want = self.input_spec.inputs
         names = [i.name for i in inputs]
-        if len(inputs) != 1 or (self._input_name not in names):
-            raise ModelLoadError(f"{self.label}: expected one input named {self._input_name!r}, graph has {names}")
-        shape = inputs[0].shape
-        if len(shape) != 2 or shape[1] != len(self.input_spec):
-            raise ModelLoadError(f"{self.label}: graph input shape {shape} does not match "
-                                 f"{len(self.input_spec)} features in the input spec")
+        if sorted(names) != sorted(want):
+            raise ModelLoadError(f"{self.label}: the input spec feeds inputs {list(want)}, graph has {names}")
+        for i in inputs:
+            width = want[i.name][1]
+            if len(i.shape) != 2 or (isinstance(i.shape[1], int) and i.shape[1] != width):
+                raise ModelLoadError(f"{self.label}: graph input {i.name!r} shape {i.shape} does not match "
+                                     f"{width} features (columns) the input spec builds for it")
+        self._input_name = names[0]
         self._output_name = outputs[0].name
+        self.output_names = [o.name for o in outputs]
         self._session = session
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every graph output for the named inputs (each ``(n, width)``), in graph order."""
+        if self._session is None:
+            raise PredictError(f"{self.label}: run() called before load()")
+        feed = {k: (v if v.dtype == object else np.ascontiguousarray(v)) for k, v in inputs.items()}
+        try:
+            outs = self._session.run(self.output_names, feed)
+        except Exception as exc:
+            n = len(next(iter(feed.values()))) if feed else 0
+            raise PredictError(f"{self.label}: onnxruntime failed on a batch of {n}: {exc}") from exc
+        return dict(zip(self.output_names, outs))
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         if self._session is None:
@@ -89,3 +115,30 @@ class OnnxModel:
 
     def close(self) -> None:
         self._session = None
+
+
+def without_zipmap(path: Path) -> tuple[bytes, tuple[str, ...]]:
+    """The graph with each ZipMap node turned into an Identity of its ``(n, k)`` probability
+    tensor (the output keeps its name), and the class labels the ZipMap carried."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    labels: tuple[str, ...] = ()
+    zipped: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type != "ZipMap":
+            continue
+        for a in node.attribute:
+            if a.name == "classlabels_strings":
+                labels = tuple(x.decode() for x in a.strings)
+            elif a.name == "classlabels_int64s":
+                labels = tuple(str(x) for x in a.ints)
+        node.op_type, node.domain = "Identity", ""
+        del node.attribute[:]
+        zipped[node.output[0]] = node.input[0]
+    for out in model.graph.output:
+        if out.name in zipped:
+            k = len(labels) or None
+            out.CopyFrom(helper.make_tensor_value_info(out.name, TensorProto.FLOAT, [None, k]))
+    return model.SerializeToString(), labels

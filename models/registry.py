@@ -38,6 +38,7 @@ import numpy as np
 
 from models.base import InputSpec, Model
 from schemas.errors import ArtifactIntegrityError, ConfigError, ModelError, ModelLoadError, PredictError
+from schemas.prediction import OutputSpec
 
 Stage = Literal["staging", "production", "archived"]
 Format = Literal["onnx", "torchscript", "torch_export"]
@@ -64,6 +65,12 @@ class ModelEntry:
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     decision_threshold: float = 0.5
+    hooks: dict[str, str] = field(default_factory=dict)    # "pre" / "post": "package.module:function"
+
+    @property
+    def outputs(self) -> OutputSpec:
+        """The output spec's heads (an entry without heads has one score head)."""
+        return OutputSpec.from_dict(self.output_spec)
 
 
 Entries = list[ModelEntry]  # (``ModelRegistry.list`` shadows the builtin inside the class)
@@ -108,10 +115,13 @@ def _check_safe(kind: str, value: str) -> None:
         raise ConfigError(f"model {kind} {value!r} must match {_SAFE.pattern} (it becomes a directory name)")
 
 
-SPEC_FILE_KEYS = ("input_spec", "output_spec", "reference_profile", "metrics", "decision_threshold")
-SPEC_FILE_HELP = ('JSON file: {"input_spec": {"features": [{"name": "amount", "dtype": "float32"}, ...], '
-                  '"input_name": "features"}, "output_spec": {...}, "reference_profile": {...}, '
-                  '"decision_threshold": 0.5}; only input_spec is required; another version\'s model.json works')
+SPEC_FILE_KEYS = ("input_spec", "features", "output_spec", "hooks", "reference_profile", "metrics",
+                  "decision_threshold")
+SPEC_FILE_HELP = ('JSON or YAML file: {"input_spec": {"features": [{"name": "amount", "dtype": "float32"}, ...], '
+                  '"input_name": "features"}, "output_spec": {"heads": [...]}, "hooks": {"pre": "pkg.mod:fn"}, '
+                  '"reference_profile": {...}, "decision_threshold": 0.5}; "features": [...] may stand for '
+                  'input_spec; only the input spec is required (an ONNX graph gives the output spec); '
+                  'another version\'s model.json works')
 _ENTRY_KEYS = ("name", "version", "format", "artifact", "sha256", "created_at", "stage")
 
 
@@ -124,30 +134,47 @@ class RegistrationSpec:
     reference_profile: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     decision_threshold: float | None = None
+    hooks: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_entry(cls, entry: ModelEntry) -> RegistrationSpec:
         return cls(entry.input_spec, dict(entry.output_spec), dict(entry.reference_profile), {},
-                   entry.decision_threshold)
+                   entry.decision_threshold, dict(entry.hooks))
+
+    @staticmethod
+    def columns_only(inferred: tuple[dict[str, Any], dict[str, Any]]) -> bool:
+        """Whether an inferred input spec is usable as is: every graph input one named column."""
+        feats = inferred[0]["features"]
+        return bool(feats) and all(f["name"] == f.get("input", inferred[0]["input_name"]) for f in feats)
 
     @classmethod
-    def read(cls, path: Path) -> RegistrationSpec:
-        """Parse a spec file laid out as ``SPEC_FILE_HELP`` says (the layout of ``model.json``)."""
+    def from_inferred(cls, inferred: tuple[dict[str, Any], dict[str, Any]]) -> RegistrationSpec:
+        return cls(InputSpec.from_dict(inferred[0]), dict(inferred[1]))
+
+    @classmethod
+    def read(cls, path: Path, *, inferred: tuple[dict[str, Any], dict[str, Any]] | None = None) -> RegistrationSpec:
+        """Parse a spec file laid out as ``SPEC_FILE_HELP`` says (the layout of ``model.json``);
+        ``inferred`` (from the ONNX graph) supplies an output spec the file does not give."""
+        import yaml
+
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"input spec file {path}: {exc}") from exc
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise ConfigError(f"input spec file {path}: {' '.join(str(exc).split())}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"input spec file {path}: expected a JSON object, got {type(data).__name__}")
         unknown = sorted(set(data) - set(SPEC_FILE_KEYS) - set(_ENTRY_KEYS))
-        if unknown or "input_spec" not in data:
+        if unknown or not ({"input_spec", "features"} & set(data)):
             problem = f"unknown keys {unknown}" if unknown else "no 'input_spec'"
             raise ConfigError(f"input spec file {path}: {problem} (valid keys: {', '.join(SPEC_FILE_KEYS)})")
         threshold = data.get("decision_threshold")
+        raw_input = data.get("input_spec") or {"features": data["features"]}
+        output = data.get("output_spec") or (inferred[1] if inferred is not None else {})
         try:
-            return cls(InputSpec.from_dict(data["input_spec"]), dict(data.get("output_spec") or {}),
+            return cls(InputSpec.from_dict(raw_input), dict(output),
                        dict(data.get("reference_profile") or {}), dict(data.get("metrics") or {}),
-                       None if threshold is None else float(threshold))
+                       None if threshold is None else float(threshold),
+                       {str(k): str(v) for k, v in (data.get("hooks") or {}).items()})
         except (TypeError, ValueError, ModelError) as exc:
             raise ConfigError(f"input spec file {path}: {exc}") from exc
 
@@ -218,6 +245,7 @@ class ModelRegistry:
                 metrics=dict(meta.get("metrics") or {}),
                 created_at=meta.get("created_at", ""),
                 decision_threshold=float(meta.get("decision_threshold", 0.5)),
+                hooks={str(k): str(v) for k, v in (meta.get("hooks") or {}).items()},
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"unreadable registry metadata {meta_path}: {exc!r}") from exc
@@ -258,9 +286,14 @@ class ModelRegistry:
         stage: str = "staging",
         version: str | None = None,
         decision_threshold: float = 0.5,
+        hooks: Mapping[str, str] | None = None,
     ) -> ModelEntry:
         """Copy ``artifact`` in as a new version (next integer if ``version`` is None)."""
         _check_safe("name", name)
+        OutputSpec.from_dict(output_spec)          # raises on a bad spec before anything is written
+        bad_hooks = sorted(set(hooks or {}) - {"pre", "post"})
+        if bad_hooks:
+            raise ConfigError(f"hooks: unknown key(s) {bad_hooks}; valid: ['post', 'pre']")
         _check_choice("format", format, tuple(FORMATS))
         _check_choice("stage", stage, STAGES)
         if version is not None:
@@ -286,6 +319,8 @@ class ModelRegistry:
                 "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                 "decision_threshold": float(decision_threshold),
             }
+            if hooks:
+                meta["hooks"] = dict(hooks)
             with self._locked(name):
                 state = self._read_stages(name)
                 if version is None:
@@ -366,39 +401,59 @@ class ModelRegistry:
                 f"expected sha256 {entry.sha256}, actual {actual}")
 
     @staticmethod
-    def check_artifact(artifact: Path, *, format: str, input_spec: InputSpec) -> None:
-        """Raise ``ModelLoadError`` unless ``artifact`` loads as ``format`` and scores ``input_spec``'s features.
+    def check_artifact(artifact: Path, *, format: str, input_spec: InputSpec,
+                       output_spec: Mapping[str, Any] | None = None) -> None:
+        """Raise ``ModelLoadError`` unless ``artifact`` loads as ``format`` and scores ``input_spec``'s
+        features into the outputs ``output_spec`` reads.
 
         What ``load`` would do at serve time, done before the artifact is registered.
         """
         _check_choice("format", format, tuple(FORMATS))
         entry = ModelEntry(name="candidate", version="new", stage="staging", format=format, artifact_path=Path(artifact),
-                           sha256="", input_spec=input_spec, output_spec={})
-        model = _backend(entry, device="cpu")
+                           sha256="", input_spec=input_spec, output_spec=dict(output_spec or {}))
         try:
-            model.load()
-            model.predict(np.zeros((2, len(input_spec)), dtype=np.float32))
+            entry.outputs
+            load_verified(entry, device="cpu").close()
         except ModelError as exc:
             raise ModelLoadError(f"refusing to register {artifact} as --format {format} "
                                  f"({len(input_spec)} input features): {exc}") from exc
-        finally:
-            model.close()
 
     def load(self, entry: ModelEntry, *, device: str = "cpu", **options: Any) -> Model:
         """Verify, load and smoke-check ``entry``; ``options`` go to the backend constructor."""
         self.verify(entry)
-        model = _backend(entry, device=device, **options)
-        try:
-            model.load()
-            probe = np.zeros((2, len(entry.input_spec)), dtype=np.float32)
-            model.predict(probe)
-        except PredictError as exc:
-            model.close()
-            raise ModelLoadError(f"{entry.name}:{entry.version} failed its smoke check: {exc}") from exc
-        except BaseException:
-            model.close()
-            raise
-        return model
+        return load_verified(entry, device=device, **options)
+
+
+def load_verified(entry: ModelEntry, *, device: str = "cpu", **options: Any) -> Model:
+    """Load an entry whose artifact was verified and smoke-check it on two rows."""
+    model = _backend(entry, device=device, **options)
+    try:
+        model.load()
+        probe = entry.input_spec.probe(2)
+        if hasattr(model, "run"):
+            _check_rows(f"{entry.name}:{entry.version}", model.run(probe), entry.outputs, 2)
+        else:
+            model.predict(next(iter(probe.values())))
+    except PredictError as exc:
+        model.close()
+        raise ModelLoadError(f"{entry.name}:{entry.version} failed its smoke check: {exc}") from exc
+    except BaseException:
+        model.close()
+        raise
+    return model
+
+
+def _check_rows(label: str, outputs: Mapping[str, Any], spec: OutputSpec, n: int) -> None:
+    """Every output a head reads straight from the model has one row per input row (outputs
+    a post hook adds are checked when it runs)."""
+    names = [h.output for h in spec.heads if h.output is None or h.output in outputs]
+    for name in names:
+        key = name if name is not None else next(iter(outputs), None)
+        if key is None:
+            raise PredictError(f"{label}: the model returned no outputs")
+        rows = np.shape(outputs[key])[:1]
+        if rows != (n,):
+            raise PredictError(f"{label}: output {key!r} has shape {np.shape(outputs[key])} for {n} input rows")
 
 
 def _backend(entry: ModelEntry, *, device: Any, **options: Any) -> Model:

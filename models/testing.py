@@ -45,3 +45,32 @@ def write_linear_onnx(path: Path, weights: np.ndarray, *, output: OutputShape = 
     onnx.checker.check_model(model)
     Path(path).write_bytes(model.SerializeToString())
     return Path(path)
+
+
+def write_two_head_onnx(path: Path, weights: np.ndarray, *, input_name: str = "features",
+                        loss_column: int = 0) -> Path:
+    """Write a graph with two outputs: ``score = sigmoid(x @ w)`` (shape ``[batch]``) and
+    ``expected_loss = score * x[:, loss_column]`` (shape ``[batch, 1]``)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.asarray(weights, dtype=np.float32).reshape(-1, 1)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat"),
+             numpy_helper.from_array(np.array([loss_column], dtype=np.int64), "col")]
+    nodes = [helper.make_node("MatMul", [input_name, "w"], ["logit"]),
+             helper.make_node("Sigmoid", ["logit"], ["prob"]),
+             helper.make_node("Reshape", ["prob", "flat"], ["score"]),
+             helper.make_node("Gather", [input_name, "col"], ["exposure"], axis=1),
+             helper.make_node("Mul", ["prob", "exposure"], ["expected_loss"])]
+    graph = helper.make_graph(
+        nodes, "two_heads",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", w.shape[0]])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
+         helper.make_tensor_value_info("expected_loss", TensorProto.FLOAT, ["batch", 1])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    Path(path).write_bytes(model.SerializeToString())
+    return Path(path)

@@ -5,6 +5,7 @@ import (the data contract); nothing here imports anything of ours.
 
     StreamscoreError
     ├── ConfigError              bad pipeline file, bad CLI option, bad environment
+    │   └── HookContractError    a pre/post hook returned the wrong shape (stops the pipeline)
     ├── ServiceError             a local dev service (Kafka, Redis, registry) could not start
     ├── RegistryUnavailableError stopped while waiting for an unreachable schema registry
     ├── SchemaError              a schema cannot be parsed or compiled
@@ -16,6 +17,7 @@ import (the data contract); nothing here imports anything of ours.
     │   ├── ArtifactIntegrityError   artifact sha256 does not match the registry
     │   ├── ModelLoadError           artifact cannot be loaded / smoke check fails
     │   └── PredictError             the model raised on a batch
+    │       └── HookError            a pre/post hook raised (``reason``: features / post_hook)
     └── DeliveryError            an output could not be delivered / committed
 """
 
@@ -33,6 +35,10 @@ class StreamscoreError(Exception):
 
 class ConfigError(StreamscoreError):
     """Invalid configuration; the message names the offending key."""
+
+
+class HookContractError(ConfigError):
+    """A user hook returned something its contract does not allow; no row is to blame."""
 
 
 class ServiceError(StreamscoreError):
@@ -101,6 +107,14 @@ class DeliveryError(StreamscoreError):
     def __init__(self, message: str, *, kafka_error: object = None) -> None:
         super().__init__(message)
         self.kafka_error: Any = kafka_error
+
+
+class HookError(PredictError):
+    """A user hook raised on some rows; ``reason`` is the dead-letter reason for them."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def validation_problems(exc: ValidationError, root: type[BaseModel]) -> list[str]:

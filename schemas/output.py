@@ -11,16 +11,18 @@ import copy
 from typing import Any, Literal, Mapping, Sequence
 
 from schemas.errors import ConfigError
-from schemas.registry import load_schema
+from schemas.prediction import OutputSpec
+from schemas.prediction import prediction_fields as _prediction_fields
 
 SubjectStrategy = Literal["topic", "record"]
 OUTPUT_NAME, OUTPUT_NAMESPACE = "Prediction", "streamscore"
 
 
-def prediction_fields() -> list[dict[str, Any]]:
-    """The prediction fields of a binary-score model: event id, key, model, version, variant,
-    score, decision, event time, scored time (``schemas/prediction.avsc``)."""
-    return copy.deepcopy(load_schema("prediction")["fields"])
+def prediction_fields(outputs: OutputSpec | None = None) -> list[dict[str, Any]]:
+    """The prediction fields for a model's outputs (``schemas.prediction``): event id, key, model,
+    version, variant, the heads' fields, event time, scored time. ``None``, a binary-score
+    model: exactly the fields of ``schemas/prediction.avsc``."""
+    return _prediction_fields(outputs)
 
 
 def carried_name(path: str) -> str:

@@ -45,6 +45,10 @@ def registry_for(cfg: PipelineFile) -> Any:
     from models import DEMO_REGISTRY
     from models.registry import ModelRegistry
 
+    if cfg.registry and cfg.registry.startswith("mlflow+"):
+        from models.mlflow_registry import MlflowRegistry
+
+        return MlflowRegistry(cfg.registry)
     root = Path(cfg.registry) if cfg.registry else DEMO_REGISTRY
     if all(p.kind == "embed" for p in cfg.pipelines):
         return ModelRegistry(root)
@@ -57,12 +61,46 @@ def load_active(registry: Any, p: PipelineConfig, *, name: str | None = None, ve
                 variant: str = "primary") -> tuple[Any, ActiveModel]:
     entry = registry.get(name or _model(p).name, version or (_model(p).version if name in (None, _model(p).name) else None),
                          stage=_model(p).stage)
+    entry = with_overrides(p, entry)
     model = registry.load(entry, device=_model(p).device)
     return entry, active_for(p, entry, model, variant)
 
 
+def with_overrides(p: PipelineConfig, entry: Any) -> Any:
+    """The entry as this pipeline runs it: ``model.features`` replaces the entry's features
+    (for the pipeline's own model, not for other arms' or shadows' models)."""
+    import dataclasses
+
+    from models.base import InputSpec
+
+    ref = _model(p)
+    if ref.features is None or entry.name != base_name(ref.name):
+        return entry
+    spec = InputSpec.from_dict({"input_name": entry.input_spec.input_name, "features": ref.features})
+    return dataclasses.replace(entry, input_spec=spec)
+
+
+def base_name(ref: str) -> str:
+    """The model's name in a reference that may carry an MLflow ``@alias`` or ``/version``."""
+    return ref.split("@", 1)[0].rsplit("/", 1)[0] if ("@" in ref or "/" in ref) else ref
+
+
+def runner_for(p: PipelineConfig, entry: Any, model: Any, threshold: float) -> Any:
+    """Features (or the pre hook), the model, the post hook and the output heads of one version."""
+    from models.runner import ModelRunner, load_hook
+
+    ref = _model(p)
+    own = entry.name == base_name(ref.name)
+    pre = (ref.pre if own else None) or entry.hooks.get("pre")
+    post = (ref.post if own else None) or entry.hooks.get("post")
+    return ModelRunner(model, input_spec=entry.input_spec, output_spec=entry.outputs, threshold=threshold,
+                       pre=load_hook(pre, ref.hook_path) if pre else None,
+                       post=load_hook(post, ref.hook_path) if post else None,
+                       pre_name=pre or "", post_name=post or "", labels=tuple(getattr(model, "labels", ())))
+
+
 def active_for(p: PipelineConfig, entry: Any, model: Any, variant: str) -> ActiveModel:
-    """What the scorer holds for one model version: the model, its input spec, threshold, telemetry."""
+    """What the scorer holds for one model version: the model, its runner, threshold, telemetry."""
     threshold = p.decision_threshold if p.decision_threshold is not None else entry.decision_threshold
     telemetry = None
     if p.telemetry.enabled and entry.reference_profile and variant != "shadow":
@@ -74,7 +112,7 @@ def active_for(p: PipelineConfig, entry: Any, model: Any, variant: str) -> Activ
                                      categorical=list(entry.reference_profile.get("categoricals", {})),
                                      sample=p.telemetry.sample)
     return ActiveModel(model=model, assembler=entry.input_spec, threshold=threshold, variant=variant,
-                       telemetry=telemetry)
+                       telemetry=telemetry, runner=runner_for(p, entry, model, threshold))
 
 
 def route_for(p: PipelineConfig) -> Any:
@@ -89,6 +127,7 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
                   watchers: list[Any], metrics: Any, registry_stop: threading.Event | None = None) -> PipelineRuntime:
     from models.routing import Router
     from schemas.columnar import BatchEncoder
+    from schemas.prediction import OutputSpec
     from schemas.registry import SchemaRegistry
 
     schemas = SchemaRegistry.default()
@@ -98,20 +137,31 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
         return build_embed_runtime(p, schemas, reader, admin)
     spec = route_for(p)
     arms: list[ModelSlot] = []
+    entries: list[Any] = []
     for arm in spec.arms:
         entry, active = load_active(registry, p, name=arm.name, version=arm.version, variant=arm.variant)
         slot = ModelSlot(active)
         arms.append(slot)
+        entries.append(entry)
         if _model(p).hot_swap and arm.version is None and (arm.name != _model(p).name or _model(p).version is None):
-            watchers.append(_watch(registry, p, slot, entry, arm.variant, metrics))
+            watchers.append(_watch(registry, p, slot, entry, arm.variant, metrics, ref=arm.name))
     shadows = []
     for sh in spec.shadow:
         entry, active = load_active(registry, p, name=sh.name, version=sh.version, variant="shadow")
         shadows.append(ModelSlot(active))
+        entries.append(entry)
+    outputs: OutputSpec = entries[0].outputs
+    for e in entries[1:]:
+        if e.outputs.fields() != outputs.fields():
+            raise ConfigError(f"pipelines[{p.name}]: {e.name}:{e.version} gives prediction fields {e.outputs.fields()}, "
+                              f"{entries[0].name}:{entries[0].version} gives {outputs.fields()}; "
+                              f"every model of a pipeline writes the same record")
     mapping = field_mapping(p, reader)
     shadow_topic = (p.output.shadow_topic or f"{p.output.topic}.shadow") if shadows else None
-    out_schema, out_id = register_output(p, mapping, schemas, client, shadow_topic)
-    decoder = build_decoder(p, reader, client or schemas, arms[0].active.assembler.names, metrics=metrics)
+    out_schema, out_id = register_output(p, mapping, schemas, client, shadow_topic, outputs=outputs)
+    # the decoder's finite check applies to plain features; declarative ones have defaults and report their rows
+    finite = arms[0].active.assembler.names if entries[0].input_spec.plain else ()
+    decoder = build_decoder(p, reader, client or schemas, finite, metrics=metrics)
     encoder = BatchEncoder(out_schema, out_id)
     return PipelineRuntime(
         name=p.name, input_topic=p.input.topic, output_topic=p.output.topic, dlq_topic=p.input.dlq_topic,
@@ -168,12 +218,13 @@ def build_embed_runtime(p: PipelineConfig, schemas: Any, reader: dict[str, Any],
     )
 
 
-def _watch(registry: Any, p: PipelineConfig, slot: ModelSlot, entry: Any, variant: str, metrics: Any) -> Any:
+def _watch(registry: Any, p: PipelineConfig, slot: ModelSlot, entry: Any, variant: str, metrics: Any,
+           ref: str | None = None) -> Any:
     """Hot swap: a newly promoted version replaces the slot's model between two batches."""
     from models.hotswap import RegistryWatcher
 
     def on_swap(new_entry: Any, model: Any) -> Any:
-        old = slot.swap(active_for(p, new_entry, model, variant))
+        old = slot.swap(active_for(p, with_overrides(p, new_entry), model, variant))
         metrics.model_swap(p.name, True)
         metrics.model_info(p.name, new_entry.name, str(new_entry.version), variant)
         log.info("pipeline %s: %s swapped %s -> %s", p.name, new_entry.name, old.model.version, new_entry.version)
@@ -185,11 +236,15 @@ def _watch(registry: Any, p: PipelineConfig, slot: ModelSlot, entry: Any, varian
                   p.name, name, version, exc)
 
     def same_inputs(new_entry: Any, _model: Any) -> None:
+        new_entry = with_overrides(p, new_entry)
         if tuple(new_entry.input_spec.names) != tuple(entry.input_spec.names):
             raise ConfigError(f"{new_entry.name}:{new_entry.version} expects features {list(new_entry.input_spec.names)}, "
                               f"the pipeline assembles {list(entry.input_spec.names)}")
+        if new_entry.outputs.fields() != entry.outputs.fields():
+            raise ConfigError(f"{new_entry.name}:{new_entry.version} gives prediction fields {new_entry.outputs.fields()}, "
+                              f"the pipeline writes {entry.outputs.fields()}")
 
-    return RegistryWatcher(registry, entry.name, on_swap=on_swap, on_error=on_error, stage=_model(p).stage,
+    return RegistryWatcher(registry, ref or entry.name, on_swap=on_swap, on_error=on_error, stage=_model(p).stage,
                            current_version=entry.version, interval_s=_model(p).watch_interval_ms / 1000.0,
                            validate=same_inputs, load_options={"device": _model(p).device})
 
@@ -291,4 +346,6 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
             stop_scorer()
 
         scorer.stop = stop  # type: ignore[method-assign]
+    if hasattr(registry, "close"):        # after the watchers (appended first, closed first)
+        scorer.closers.append(registry.close)
     return scorer

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from schemas.errors import ConfigError, ServiceError, StreamscoreError
+from schemas.errors import ConfigError, ModelError, ServiceError, StreamscoreError
 from streamscore.config import monitor_env_overrides
 
 if TYPE_CHECKING:
@@ -233,6 +233,8 @@ MODELS_USAGE = {
     "register": "models register NAME --artifact FILE [--format F] [--input-spec FILE] [--threshold T]",
     "promote": "models promote NAME VERSION [--stage S]",
     "rollback": "models rollback NAME",
+    "check": "models check NAME [VERSION] --sample FILE [--schema NAME] [--hook-path DIR]",
+    "schema": "models schema NAME [VERSION]",
 }
 
 
@@ -243,8 +245,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     root = Path(args.registry) if args.registry else DEMO_REGISTRY
     reg = ModelRegistry(root)
     need = {"show": ("name",), "register": ("name", "artifact"), "promote": ("name", "version"),
-            "rollback": ("name",)}.get(args.action, ())
-    missing = [n.upper() if n != "artifact" else "--artifact" for n in need if getattr(args, n) is None]
+            "rollback": ("name",), "check": ("name", "sample"), "schema": ("name",)}.get(args.action, ())
+    missing = [n.upper() if n not in ("artifact", "sample") else f"--{n}" for n in need if getattr(args, n) is None]
     if missing:
         raise ConfigError(f"models {args.action}: missing {' and '.join(missing)} (usage: streamscore "
                           f"{MODELS_USAGE[args.action]})")
@@ -264,6 +266,19 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     if args.action == "register":
         return _register(reg, args)
+    if args.action == "check":
+        from streamscore.check import check_sample
+
+        for rec in check_sample(reg, args.name, args.version, Path(args.sample), schema=args.schema,
+                                hook_path=args.hook_path):
+            print(json.dumps(rec, default=str))
+        return 0
+    if args.action == "schema":
+        from schemas.prediction import prediction_schema
+
+        e = reg.get(args.name, args.version, stage=None if args.version else "production")
+        print(json.dumps(prediction_schema(e.outputs), indent=2))
+        return 0
     if args.action == "promote":
         e = reg.promote(args.name, args.version, args.stage or "production")
         print(f"{e.name}:{e.version} is now {e.stage}")
@@ -276,13 +291,29 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _register(reg: Any, args: argparse.Namespace) -> int:
-    """The spec comes from --input-spec, else from the model's latest version; the artifact must load with it."""
+    """The spec comes from --input-spec, else from the model's latest version, else (a new ONNX
+    model whose inputs are single named columns) from the graph; the output spec, when none is
+    given, is inferred from the graph; the artifact must load and score with them."""
     from models.registry import RegistrationSpec
 
+    artifact = Path(args.artifact)
+    if not artifact.is_file():
+        raise ConfigError(f"models register: artifact {artifact} does not exist")
+    inferred = None
+    if args.format == "onnx":
+        from models.infer import infer_specs
+
+        try:
+            inferred = infer_specs(artifact)
+        except ModelError as exc:
+            raise ConfigError(f"refusing to register {artifact} as --format onnx: {exc}") from exc
+    prev = reg.list(args.name)
     if args.input_spec:
-        spec = RegistrationSpec.read(Path(args.input_spec))
-    elif reg.list(args.name):
+        spec = RegistrationSpec.read(Path(args.input_spec), inferred=inferred)
+    elif prev:
         spec = RegistrationSpec.from_entry(reg.get(args.name, None, stage=None))
+    elif inferred is not None and RegistrationSpec.columns_only(inferred):
+        spec = RegistrationSpec.from_inferred(inferred)
     else:
         raise ConfigError(f"models register: {args.name!r} is a new model in {reg.root}, so there is no earlier "
                           f"version to copy its input spec from; pass --input-spec FILE (see --help)")
@@ -291,15 +322,15 @@ def _register(reg: Any, args: argparse.Namespace) -> int:
         threshold = 0.5
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"models register: --threshold must be within [0, 1], got {threshold}")
-    artifact = Path(args.artifact)
-    if not artifact.is_file():
-        raise ConfigError(f"models register: artifact {artifact} does not exist")
-    reg.check_artifact(artifact, format=args.format, input_spec=spec.input_spec)
+    reg.check_artifact(artifact, format=args.format, input_spec=spec.input_spec, output_spec=spec.output_spec)
     e = reg.register(args.name, artifact, format=args.format, input_spec=spec.input_spec,
                      output_spec=spec.output_spec, reference_profile=spec.reference_profile or None,
                      metrics=spec.metrics or None, stage=args.stage or "staging", version=args.version,
-                     decision_threshold=threshold)
+                     decision_threshold=threshold, hooks=spec.hooks or None)
     print(f"registered {e.name}:{e.version} ({e.stage}) threshold={e.decision_threshold:g} sha256={e.sha256}")
+    print(f"  inputs:  {', '.join(f'{k} {d}[{w}]' for k, (d, w) in e.input_spec.inputs.items())} "
+          f"from fields {', '.join(e.input_spec.fields)}")
+    print(f"  outputs: {json.dumps(e.outputs.to_dict())} -> prediction fields {', '.join(e.outputs.fields())}")
     return 0
 
 
@@ -469,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     from models.registry import SPEC_FILE_HELP
 
     mod = sub.add_parser("models", help="the model registry")
-    mod.add_argument("action", choices=["train-demo", "list", "show", "register", "promote", "rollback"])
+    mod.add_argument("action", choices=["train-demo", "list", "show", "register", "promote", "rollback", "check",
+                                        "schema"])
     mod.add_argument("name", nargs="?")
     mod.add_argument("version", nargs="?")
     mod.add_argument("--registry", default=None, help="registry directory (default: the bundled demo registry)")
@@ -478,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--input-spec", help=f"register: the spec of the new version (default: copy the latest version's); {SPEC_FILE_HELP}")
     mod.add_argument("--threshold", type=float, default=None,
                      help="register: decision threshold, score >= T decides true (default: the spec's, else 0.5)")
+    mod.add_argument("--sample", help="check: JSON lines or CSV of input records to score")
+    mod.add_argument("--schema", default="transaction", help="check: the input's reader schema (default transaction)")
+    mod.add_argument("--hook-path", default=None, help="check: a directory to import hooks from")
     mod.add_argument("--stage", default=None, help="register: staging (default); promote: production (default)")
     mod.add_argument("--seed", type=int, default=7)
     mod.set_defaults(fn=cmd_models)

@@ -105,6 +105,23 @@ class ModelRef(_Strict):
     device: str = "cpu"
     hot_swap: bool = True                      # watch the registry and swap newly promoted versions in
     watch_interval_ms: int = Field(500, ge=10)
+    features: list[Any] | None = None          # overrides the registry entry's input_spec.features
+    pre: str | None = None                     # "package.module:function"; overrides the entry's pre hook
+    post: str | None = None                    # "package.module:function"; overrides the entry's post hook
+    hook_path: str | None = None               # a directory put first on sys.path to import hooks from
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, v: list[Any] | None) -> list[Any] | None:
+        if v is not None:
+            from models.base import InputSpec
+            from schemas.errors import ModelError
+
+            try:
+                InputSpec.from_dict({"features": v})
+            except ModelError as exc:
+                raise ValueError(str(exc)) from exc
+        return v
 
 
 class OutputConfig(_Strict):

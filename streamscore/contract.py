@@ -11,6 +11,7 @@ from typing import Any
 
 from schemas.columnar import decimal_paths, leaf_types
 from schemas.errors import ConfigError, SchemaError
+from schemas.prediction import OutputSpec
 from schemas.output import carried_fields, carried_name, output_schema, output_subject, prediction_fields
 from schemas.registry import SchemaRegistry, parse_schema
 from schemas.registry_client import RegistryClient
@@ -113,10 +114,11 @@ def field_mapping(p: PipelineConfig, reader: dict[str, Any]) -> FieldMapping:
 
 
 def register_output(p: PipelineConfig, mapping: FieldMapping, bundled: SchemaRegistry, client: RegistryClient | None,
-                    shadow_topic: str | None) -> tuple[dict[str, Any], int]:
-    """The output schema (prediction + carried fields) and its id: registered under the output
-    subject(s) when a registry is configured, else in the in-process table."""
-    schema = output_schema(prediction_fields(), carried_fields(p.output.carry, mapping.leaves, mapping.decimals))
+                    shadow_topic: str | None, outputs: OutputSpec | None = None) -> tuple[dict[str, Any], int]:
+    """The output schema (the prediction fields of the model's ``outputs`` + carried fields) and
+    its id: registered under the output subject(s) when a registry is configured, else in the
+    in-process table."""
+    schema = output_schema(prediction_fields(outputs), carried_fields(p.output.carry, mapping.leaves, mapping.decimals))
     if client is None:
         return schema, bundled.register(schema)
     topics = [p.output.topic] + ([shadow_topic] if shadow_topic and p.output.subject_strategy == "topic" else [])
