@@ -13,10 +13,12 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from schemas.errors import ModelError, PredictError
+from schemas.errors import ModelError, ModelLoadError, PredictError
 
-Dtype = Literal["float32", "float64", "int32", "int64"]
-DTYPES: tuple[str, ...] = ("float32", "float64", "int32", "int64")
+# Where a backend runs its model ("auto": CUDA when available).
+Device = Literal["cpu", "cuda", "auto"]
+# What an input spec may declare a feature as (the matrix a model receives is float32 either way).
+FEATURE_DTYPES: tuple[str, ...] = ("float32", "float64", "int32", "int64")
 
 
 class InputError(ModelError):
@@ -46,9 +48,9 @@ class InputSpec:
             raise ModelError("an input spec needs at least one feature")
         if len(set(names)) != len(names):
             raise ModelError(f"duplicate feature names in input spec: {names}")
-        bad = [f"{f.name}:{f.dtype}" for f in self.features if f.dtype not in DTYPES]
+        bad = [f"{f.name}:{f.dtype}" for f in self.features if f.dtype not in FEATURE_DTYPES]
         if bad:
-            raise ModelError(f"unsupported feature dtypes {bad}; valid dtypes are {list(DTYPES)}")
+            raise ModelError(f"unsupported feature dtypes {bad}; valid dtypes are {list(FEATURE_DTYPES)}")
 
     @classmethod
     def of(cls, names: Sequence[str], dtype: str = "float32", *, input_name: str = "features") -> InputSpec:
@@ -135,3 +137,19 @@ def check_scores(model_label: str, scores: Any, n_rows: int) -> np.ndarray:
             f"(raw output shape {np.shape(scores)})"
         )
     return out
+
+
+def smoke_check(model: Model, label: str) -> None:
+    """Score two rows of zeros before a model serves; one that cannot is closed and refused.
+
+    Raises ``ModelLoadError`` (naming ``label``) when the model raises ``PredictError``;
+    any other exception closes the model and propagates.
+    """
+    try:
+        model.predict(np.zeros((2, len(model.input_spec)), dtype=np.float32))
+    except PredictError as exc:
+        model.close()
+        raise ModelLoadError(f"{label} failed its smoke check: {exc}") from exc
+    except BaseException:
+        model.close()
+        raise

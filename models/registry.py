@@ -32,15 +32,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
-import numpy as np
+from models.base import InputSpec, Model, smoke_check
+from schemas.errors import ArtifactIntegrityError, ConfigError, ModelError
 
-from models.base import InputSpec, Model
-from schemas.errors import ArtifactIntegrityError, ConfigError, ModelError, ModelLoadError, PredictError
-
-Stage = Literal["staging", "production", "archived"]
-Format = Literal["onnx", "torchscript", "torch_export"]
 STAGES: tuple[str, ...] = ("staging", "production", "archived")
 FORMATS: dict[str, str] = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2"}
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -327,14 +323,10 @@ class ModelRegistry:
         model = _backend(entry, device=device, **options)
         try:
             model.load()
-            probe = np.zeros((2, len(entry.input_spec)), dtype=np.float32)
-            model.predict(probe)
-        except PredictError as exc:
-            model.close()
-            raise ModelLoadError(f"{entry.name}:{entry.version} failed its smoke check: {exc}") from exc
         except BaseException:
             model.close()
             raise
+        smoke_check(model, f"{entry.name}:{entry.version}")
         return model
 
 
