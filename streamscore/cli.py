@@ -238,7 +238,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from monitoring.dashboard import serve_dashboard
 
-    server, port = serve_dashboard(_redis_url(args), args.metrics_url, args.host, args.port)
+    server, port = serve_dashboard(_redis_url(args), args.metrics_url, args.host, args.port, prefix=args.prefix)
     print(f"streamscore dashboard on http://{args.host}:{port}/ (Ctrl-C stops)", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -331,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--metrics-url", action="append", default=[], help="a scorer's /metrics URL (repeatable)")
     dash.add_argument("--host", default="127.0.0.1")
     dash.add_argument("--port", type=int, default=8050)
+    dash.add_argument("--prefix", default="streamscore", help="the monitor's redis_prefix")
     dash.set_defaults(fn=cmd_dashboard)
 
     demo = sub.add_parser("demo", help="run producer + scorer + live summary, bounded")

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from monitoring.dashboard.scrape import MetricsPoller
-from monitoring.dashboard.state import RedisState
+from monitoring.dashboard.state import RedisView
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -33,7 +33,7 @@ _STATIC_FILES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], *, state: RedisState, poller: MetricsPoller) -> None:
+    def __init__(self, address: tuple[str, int], *, state: RedisView, poller: MetricsPoller) -> None:
         super().__init__(address, _Handler)
         self.state = state
         self.poller = poller
@@ -125,12 +125,12 @@ def _int(values: list[str] | None, default: int, lo: int, hi: int) -> int:
 
 
 def serve_dashboard(redis_url: str, metrics_urls: list[str], host: str = "127.0.0.1", port: int = 0, *,
-                    poll_interval_s: float = 1.0) -> tuple[DashboardServer, int]:
+                    poll_interval_s: float = 1.0, prefix: str = "streamscore") -> tuple[DashboardServer, int]:
     """Start the dashboard in background threads; returns ``(server, bound port)``. Stop with ``server.close()``."""
     import redis
 
     client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0)
-    server = DashboardServer((host, port), state=RedisState(client),
+    server = DashboardServer((host, port), state=RedisView(client, prefix=prefix),
                              poller=MetricsPoller(metrics_urls, interval_s=poll_interval_s))
     server.start()
     return server, server.port
