@@ -12,6 +12,8 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from schemas.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
@@ -69,19 +71,27 @@ def make_producer(conf: dict[str, Any]) -> Producer:
     return Producer(conf, logger=log)
 
 
-def ensure_topics(admin_conf: dict[str, Any], topics: dict[str, int], *, timeout: float = 30.0) -> None:
-    """Create missing topics with the given partition counts (replication 1 on a dev broker)."""
+def ensure_topics(admin_conf: dict[str, Any], topics: dict[str, int], *, timeout: float = 30.0) -> dict[str, int]:
+    """Create missing topics with the given partition counts (the broker's default replication).
+
+    Returns every requested topic's partition count: an existing topic keeps its own. The one
+    place topics are created; a topic that cannot be raises ``ConfigError`` naming it.
+    """
     admin = AdminClient(admin_conf)
-    existing = set(admin.list_topics(timeout=timeout).topics)
-    new = [NewTopic(t, num_partitions=n, replication_factor=-1) for t, n in topics.items() if t not in existing]
+    md = admin.list_topics(timeout=timeout).topics
+    counts = {t: len(md[t].partitions) for t in topics if t in md and md[t].error is None and md[t].partitions}
+    new = [NewTopic(t, num_partitions=n, replication_factor=-1) for t, n in topics.items() if t not in counts]
     if not new:
-        return
+        return counts
     for topic, fut in admin.create_topics(new, operation_timeout=timeout).items():
         try:
             fut.result()
-        except Exception as exc:  # already exists (raced) is fine
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
+            counts[topic] = topics[topic]
+        except Exception as exc:  # noqa: BLE001 - already exists (a racing creator) is fine
+            if "already_exists" not in str(exc).lower().replace(" ", "_"):
+                raise ConfigError(f"cannot create topic {topic!r}: {exc}") from exc
+            counts[topic] = partition_count(admin, topic, timeout) or topics[topic]
+    return counts
 
 
 def partition_count(client: Consumer | Producer | AdminClient, topic: str, timeout: float = 10.0) -> int:

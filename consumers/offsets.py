@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-TopicPartition = tuple[str, int]
+TP = tuple[str, int]   # (topic, partition): the one home of this alias (not confluent_kafka.TopicPartition)
 
 
 @dataclass
@@ -37,11 +37,11 @@ class _PartitionState:
 
 class OffsetTracker:
     def __init__(self) -> None:
-        self._parts: dict[TopicPartition, _PartitionState] = {}
-        self._batches: dict[int, list[TopicPartition]] = {}
+        self._parts: dict[TP, _PartitionState] = {}
+        self._batches: dict[int, list[TP]] = {}
         self._cond = threading.Condition()
 
-    def begin(self, batch_id: int, ranges: dict[TopicPartition, tuple[int, int]]) -> None:
+    def begin(self, batch_id: int, ranges: dict[TP, tuple[int, int]]) -> None:
         """Register a batch covering ``ranges[tp] = (first_offset, last_offset)``."""
         with self._cond:
             if batch_id in self._batches:
@@ -75,7 +75,7 @@ class OffsetTracker:
                     st.committable = st.pending.popleft().last_offset + 1
             self._cond.notify_all()
 
-    def to_commit(self) -> dict[TopicPartition, int]:
+    def to_commit(self) -> dict[TP, int]:
         """Positions that advanced since the last call (marked as handed out)."""
         with self._cond:
             out = {}
@@ -85,24 +85,24 @@ class OffsetTracker:
                     st.committed = st.committable
             return out
 
-    def positions(self) -> dict[TopicPartition, int]:
+    def positions(self) -> dict[TP, int]:
         with self._cond:
             return {tp: st.committable for tp, st in self._parts.items() if st.committable is not None}
 
-    def in_flight(self, tps: list[TopicPartition] | None = None) -> int:
+    def in_flight(self, tps: list[TP] | None = None) -> int:
         with self._cond:
             return self._in_flight(tps)
 
-    def _in_flight(self, tps: list[TopicPartition] | None) -> int:
+    def _in_flight(self, tps: list[TP] | None) -> int:
         keys = self._parts.keys() if tps is None else [tp for tp in tps if tp in self._parts]
         return sum(len(self._parts[tp].pending) for tp in keys)
 
-    def wait_drained(self, tps: list[TopicPartition] | None, timeout: float) -> bool:
+    def wait_drained(self, tps: list[TP] | None, timeout: float) -> bool:
         """Block until no batch is pending in ``tps`` (all partitions if None)."""
         with self._cond:
             return self._cond.wait_for(lambda: self._in_flight(tps) == 0, timeout)
 
-    def revoke(self, tps: list[TopicPartition]) -> None:
+    def revoke(self, tps: list[TP]) -> None:
         with self._cond:
             for tp in tps:
                 st = self._parts.pop(tp, None)

@@ -117,22 +117,11 @@ class ProfileCache:
 
 
 def ensure_topic(config: MonitorConfig) -> int:
-    """Partitions of the telemetry topic, creating it (1 partition) if missing."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    """Partitions of the telemetry topic, creating it (``partitions``, default 1) if missing."""
+    from consumers.kafka_client import ensure_topics
 
-    admin = AdminClient({"bootstrap.servers": config.broker})
-    md = admin.list_topics(config.telemetry_topic, timeout=15)
-    topic = md.topics.get(config.telemetry_topic)
-    if topic is not None and topic.error is None and topic.partitions:
-        return len(topic.partitions)
-    futures = admin.create_topics([NewTopic(config.telemetry_topic, config.partitions or 1, 1)])
-    for fut in futures.values():
-        try:
-            fut.result(30)
-        except Exception as exc:  # TOPIC_ALREADY_EXISTS from a racing creator is fine
-            if "already exists" not in str(exc).lower():
-                raise ConfigError(f"cannot create telemetry topic {config.telemetry_topic}: {exc}") from exc
-    return config.partitions or 1
+    topic = config.telemetry_topic
+    return ensure_topics({"bootstrap.servers": config.broker}, {topic: config.partitions or 1}, timeout=15)[topic]
 
 
 class TelemetryHandler:
