@@ -62,7 +62,6 @@ class PipelineRuntime:
     output_headers: bool = False     # also stamp model/version/variant as Kafka headers (per-message path)
     out_partitions: int = 0
     max_message_bytes: int = 1_000_000
-    key_field: str | None = None
     time_field: str | None = "event_time"
     kind: str = "score"                      # "embed": a text embedder, outputs Embedding records
     arms: list[ModelSlot] = field(default_factory=list)     # router arm i scores with arms[i]

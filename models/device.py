@@ -124,7 +124,6 @@ class DeviceWorker:
         self.name = name
         self.device = resolve_device(torch, device)
         self.is_cuda = self.device.type == "cuda"
-        self.dtype_name = dtype
         self.dtype = getattr(torch, dtype)
         self.buckets: tuple[int, ...] = tuple(bks)
         self.cuda_graphs = bool(cuda_graphs) and self.is_cuda

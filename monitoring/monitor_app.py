@@ -190,8 +190,6 @@ def build_app(config: MonitorConfig, *, partitions: int | None = None) -> faust.
     async def monitor(stream: Any) -> None:
         async for event in stream.events():
             await handler.handle(event.message.partition, event.message.offset, event.value)
-
-    app.monitor_handler = handler  # type: ignore[attr-defined]  # for tests and the bench
     return app
 
 
