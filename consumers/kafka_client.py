@@ -16,6 +16,8 @@ from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+ClientConf = dict[str, Any]     # librdkafka settings: values are str, int, bool or callbacks
+
 CONSUMER_DEFAULTS: dict[str, Any] = {
     # At-least-once: an offset is stored only after every output of its batch is acked;
     # the background committer then commits stored offsets on its interval.

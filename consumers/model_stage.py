@@ -9,19 +9,34 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from consumers.runtime import ActiveModel
+from consumers.batcher import AdaptiveBatcher
+from consumers.runtime import ActiveModel, ScoringModel
 from consumers.work import Work
 from schemas.errors import PredictError, StreamscoreError
 
 log = logging.getLogger("consumers.scorer")
 
 
+class ModelMetrics(Protocol):
+    """What the model stage reports (``monitoring.metrics.ScorerMetrics``)."""
+
+    def model_latency(self, pipeline: str, model: str, seconds: float, rows: int) -> None: ...
+
+
 class ModelStage:
-    def __init__(self, *, batcher: Any, metrics: Any) -> None:
+    """The scorer's middle stage: one batch in, its scores (or embeddings) and dead rows out.
+
+    Owns nothing but references: the batcher (told each model call's cost, for the latency
+    rule) and the metrics. It reads each slot's active model once per batch, so a hot swap
+    lands between batches. It never produces, commits or touches Kafka, and a shadow's
+    failure never reaches primary output.
+    """
+
+    def __init__(self, *, batcher: AdaptiveBatcher, metrics: ModelMetrics) -> None:
         self.batcher = batcher
         self.metrics = metrics
 
@@ -122,7 +137,7 @@ class ModelStage:
         work.shadow_out.append((active, scores))
 
 
-def _predict_isolating(model: Any, feats: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def _predict_isolating(model: ScoringModel, feats: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Score ``feats``; if the model raises, split the batch until the bad rows stand alone."""
     scores = np.zeros(len(feats), dtype=np.float32)
     bad: list[tuple[int, str]] = []

@@ -6,7 +6,7 @@ batch's offsets commit only when all of them are delivered (or in the same trans
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -16,8 +16,24 @@ from schemas.columns import StrColumn, take
 from sinks.kafka_sink import BatchAck, KafkaSink
 
 
+class OutputMetrics(Protocol):
+    """What the output stage reports (``monitoring.metrics.ScorerMetrics``)."""
+
+    def e2e_latency(self, pipeline: str, seconds: np.ndarray) -> None: ...
+
+
 class OutputWriter:
-    def __init__(self, *, sink: KafkaSink, metrics: Any, record_latency: Callable[[list[float]], None]) -> None:
+    """The scorer's last stage: encodes a scored batch and hands every output to the sink.
+
+    Owns no client: it writes through ``sink`` (the one producer) under the batch's
+    ``BatchAck``, so predictions, shadow predictions, embeddings and telemetry are all
+    covered by one acknowledgement (or one transaction). It never waits for delivery,
+    commits offsets or decides what is dead-lettered; ``record_latency`` receives a sample
+    of end-to-end latencies (ms) for the caller's live view.
+    """
+
+    def __init__(self, *, sink: KafkaSink, metrics: OutputMetrics,
+                 record_latency: Callable[[list[float]], None]) -> None:
         self.sink = sink
         self.metrics = metrics
         self._record_latency = record_latency
@@ -123,8 +139,9 @@ class OutputWriter:
                 kw = {"shadow_scores": shadow[1], "shadow_model": shadow[0].model.name,
                       "shadow_version": str(shadow[0].model.version)}
             first_tp = min(work.ranges)
+            times = sub.get(rt.time_field) if rt.time_field else None
             summary = builder.summarize(sub, work.scores[rows], variant=active.variant,
-                                        event_time_ms=sub.get(rt.time_field) if rt.time_field else None,
+                                        event_time_ms=times if isinstance(times, np.ndarray) else None,
                                         symbols=work.decoded.symbols,
                                         batch_id=f"{first_tp[0]}:{first_tp[1]}:{work.ranges[first_tp][0]}:{active.variant}",
                                         **kw)

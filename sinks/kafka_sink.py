@@ -61,11 +61,18 @@ class BatchAck:
 
 
 class KafkaSink:
+    """The one producer of a scoring process and every output that goes through it.
+
+    Owns the producer (replaceable: a re-created transactional producer is set in place) and
+    the batch-produce path on its handle. It attaches each batch's ``BatchAck`` to the
+    messages that prove the batch delivered; it never commits offsets, begins or ends
+    transactions (``consumers.commit`` does), or retries a failed delivery.
+    """
+
     def __init__(self, producer: Producer, *, batch_produce: bool = True) -> None:
         self._batch_enabled = batch_produce
         self._batch: BatchProducer | None = None
         self.producer = producer
-        self.fatal: KafkaError | None = None
         self._lock = threading.Lock()
 
     @property
@@ -186,14 +193,14 @@ class KafkaSink:
                 raise DeliveryError(f"producing to {topic} failed: {exc}") from exc
 
     def poll(self, timeout: float = 0.0) -> int:
-        return self.producer.poll(timeout)
+        return int(self.producer.poll(timeout))
 
     def flush(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         remaining = self.producer.flush(timeout)
         while remaining and time.monotonic() < deadline:
             remaining = self.producer.flush(max(0.0, deadline - time.monotonic()))
-        return remaining
+        return int(remaining)
 
 
 def _last_in_each_partition(partitions: np.ndarray) -> np.ndarray:

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka.admin import AdminClient
 
 from consumers.batcher import AdaptiveBatcher
-from consumers.kafka_client import (CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, connection_error, ensure_topics, make_consumer,
-                                    make_producer, merged, partition_count)
-from consumers.runtime import ActiveModel, ModelSlot, PipelineRuntime
+from consumers.kafka_client import (CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, ClientConf, connection_error, ensure_topics,
+                                    make_consumer, make_producer, merged, partition_count)
+from consumers.runtime import ActiveModel, ModelSlot, PipelineRuntime, ScoringModel, Variant
 from consumers.scorer import Scorer
 from schemas.errors import ConfigError
 from sinks.kafka_sink import KafkaSink
 from streamscore.config import ModelRef, PipelineConfig, PipelineFile
+
+if TYPE_CHECKING:   # imported where used, so a process loads only the backends it needs
+    from models.base import Model
+    from models.hotswap import RegistryWatcher
+    from models.registry import ModelEntry, ModelRegistry
+    from models.routing import RouteSpec
+    from monitoring.metrics import ScorerMetrics
+    from schemas.registry import SchemaRegistry
+
+AvroSchema = dict[str, Any]     # a parsed Avro record schema (JSON)
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +36,7 @@ def _model(p: PipelineConfig) -> ModelRef:
     return p.model
 
 
-def registry_for(cfg: PipelineFile) -> Any:
+def registry_for(cfg: PipelineFile) -> ModelRegistry:
     from models import DEMO_REGISTRY
     from models.registry import ModelRegistry
 
@@ -38,15 +48,15 @@ def registry_for(cfg: PipelineFile) -> Any:
     return ModelRegistry(root)
 
 
-def load_active(registry: Any, p: PipelineConfig, *, name: str | None = None, version: str | None = None,
-                variant: str = "primary") -> tuple[Any, ActiveModel]:
+def load_active(registry: ModelRegistry, p: PipelineConfig, *, name: str | None = None, version: str | None = None,
+                variant: Variant = "primary") -> tuple[ModelEntry, ActiveModel]:
     entry = registry.get(name or _model(p).name, version or (_model(p).version if name in (None, _model(p).name) else None),
                          stage=_model(p).stage)
     model = registry.load(entry, device=_model(p).device)
     return entry, active_for(p, entry, model, variant)
 
 
-def active_for(p: PipelineConfig, entry: Any, model: Any, variant: str) -> ActiveModel:
+def active_for(p: PipelineConfig, entry: ModelEntry, model: Model, variant: Variant) -> ActiveModel:
     """What the scorer holds for one model version: the model, its input spec, threshold, telemetry."""
     threshold = p.decision_threshold if p.decision_threshold is not None else entry.decision_threshold
     telemetry = None
@@ -61,7 +71,7 @@ def active_for(p: PipelineConfig, entry: Any, model: Any, variant: str) -> Activ
                        telemetry=telemetry)
 
 
-def route_for(p: PipelineConfig) -> Any:
+def route_for(p: PipelineConfig) -> RouteSpec:
     from models.routing import Arm, RouteSpec
 
     if p.route is not None:
@@ -69,8 +79,8 @@ def route_for(p: PipelineConfig) -> Any:
     return RouteSpec(mode="single", arms=(Arm(_model(p).name, _model(p).version),))
 
 
-def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: AdminClient,
-                  watchers: list[Any], metrics: Any) -> PipelineRuntime:
+def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: ModelRegistry, admin: AdminClient,
+                  watchers: list[RegistryWatcher], metrics: ScorerMetrics) -> PipelineRuntime:
     from models.routing import Router
     from schemas.columnar import BatchDecoder, BatchEncoder
     from schemas.registry import SchemaRegistry
@@ -119,7 +129,8 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: Ad
     )
 
 
-def build_embed_runtime(p: PipelineConfig, schemas: Any, reader: dict[str, Any], admin: AdminClient) -> PipelineRuntime:
+def build_embed_runtime(p: PipelineConfig, schemas: SchemaRegistry, reader: AvroSchema,
+                        admin: AdminClient) -> PipelineRuntime:
     """TextEvent -> all-MiniLM-L6-v2 sentence embeddings (+ optional label) -> Embedding records."""
     from models.text import LabelHead, MiniLMEmbedder
     from schemas.columnar import BatchDecoder, BatchEncoder
@@ -143,11 +154,12 @@ def build_embed_runtime(p: PipelineConfig, schemas: Any, reader: dict[str, Any],
     )
 
 
-def _watch(registry: Any, p: PipelineConfig, slot: ModelSlot, entry: Any, variant: str, metrics: Any) -> Any:
+def _watch(registry: ModelRegistry, p: PipelineConfig, slot: ModelSlot, entry: ModelEntry, variant: Variant,
+           metrics: ScorerMetrics) -> RegistryWatcher:
     """Hot swap: a newly promoted version replaces the slot's model between two batches."""
     from models.hotswap import RegistryWatcher
 
-    def on_swap(new_entry: Any, model: Any) -> Any:
+    def on_swap(new_entry: ModelEntry, model: Model) -> ScoringModel:
         old = slot.swap(active_for(p, new_entry, model, variant))
         metrics.model_swap(p.name, True)
         metrics.model_info(p.name, new_entry.name, str(new_entry.version), variant)
@@ -159,7 +171,7 @@ def _watch(registry: Any, p: PipelineConfig, slot: ModelSlot, entry: Any, varian
         log.error("pipeline %s: %s:%s not swapped in, the current version keeps serving: %s",
                   p.name, name, version, exc)
 
-    def same_inputs(new_entry: Any, _model: Any) -> None:
+    def same_inputs(new_entry: ModelEntry, _model: Model) -> None:
         if tuple(new_entry.input_spec.names) != tuple(entry.input_spec.names):
             raise ConfigError(f"{new_entry.name}:{new_entry.version} expects features {list(new_entry.input_spec.names)}, "
                               f"the pipeline assembles {list(entry.input_spec.names)}")
@@ -185,7 +197,7 @@ def prepare_topics(cfg: PipelineFile, *, partitions: int = 4) -> None:
     ensure_topics(cfg.kafka.client_settings(), want)
 
 
-def client_settings(cfg: PipelineFile, instance: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def client_settings(cfg: PipelineFile, instance: str | None) -> tuple[ClientConf, ClientConf]:
     """librdkafka settings of one scoring process: our defaults, the mode's needs, then the file's own."""
     base = cfg.kafka.client_settings()
     consumer_conf = merged(CONSUMER_DEFAULTS, base, {"group.id": cfg.group_id,
@@ -218,7 +230,7 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
     admin = AdminClient(base)
     registry = registry_for(cfg)
     metrics = ScorerMetrics(instance=instance or "")
-    watchers: list[Any] = []
+    watchers: list[RegistryWatcher] = []
     runtimes = [build_runtime(cfg, p, registry, admin, watchers, metrics) for p in cfg.pipelines]
     consumer_conf, producer_conf = client_settings(cfg, instance)
     port = metrics_port_for(cfg.metrics_port, index)
