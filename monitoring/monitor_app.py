@@ -85,14 +85,43 @@ class MonitorConfig(BaseModel):
 
 def load_config(path: str | Path) -> MonitorConfig:
     import yaml
+    from pydantic import ValidationError
 
     try:
         data = yaml.safe_load(Path(path).read_text())
         return MonitorConfig.model_validate(data.get("monitor", data) if isinstance(data, dict) else data)
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read monitor config {path}: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: "
+                             f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}" for e in exc.errors())
+        hint = (" (this is a pipeline file, for `streamscore serve`; the monitor reads broker, telemetry_topic, "
+                "redis_url, ...)" if isinstance(data, dict) and "pipelines" in data else "")
+        raise ConfigError(f"invalid monitor config {path}: {problems}{hint}") from exc
+
+
+def check_config(config: MonitorConfig) -> str:
+    """What the monitor resolves before it touches Kafka or Redis: the Redis URL, the registry
+    holding the reference profiles, the window settings. Returns one line; raises ``ConfigError``."""
+    from redis.connection import parse_url
+
+    from models import DEMO_REGISTRY
+    from models.registry import ModelRegistry
+
+    url = config.redis_url.get_secret_value()
+    try:
+        parse_url(url)
     except ValueError as exc:
-        raise ConfigError(f"invalid monitor config {path}: {exc}") from exc
+        raise ConfigError(f"redis_url {redact(url)!r}: {exc}") from exc
+    if not all(part.rpartition(":")[2].isdigit() for part in config.broker.split(",")):
+        raise ConfigError(f"broker {config.broker!r}: expected host:port[,host:port]")
+    root = Path(config.registry) if config.registry else DEMO_REGISTRY
+    if not root.is_dir():
+        raise ConfigError(f"registry: directory {root} does not exist")
+    config.window_spec()
+    models = ModelRegistry(root).names()
+    return (f"monitor config OK: {config.telemetry_topic} on {config.broker} -> Redis {redact(url)} "
+            f"(prefix {config.redis_prefix}); reference profiles from {root} ({len(models)} models)")
 
 
 class ProfileCache:

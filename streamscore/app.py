@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,65 @@ def route_for(p: PipelineConfig) -> RouteSpec:
     return RouteSpec(mode="single", arms=(Arm(_model(p).name, _model(p).version),))
 
 
+def reader_schema(p: PipelineConfig, schemas: SchemaRegistry) -> AvroSchema:
+    """The pipeline's reader schema (an embed pipeline's needs a ``text`` field)."""
+    try:
+        reader: AvroSchema = schemas.schema(p.input.schema_name)
+    except Exception as exc:
+        raise ConfigError(f"pipelines[{p.name}].input.schema: {exc}") from exc
+    if p.kind == "embed" and "text" not in {f["name"] for f in reader["fields"]}:
+        raise ConfigError(f"pipelines[{p.name}].input.schema: an embed pipeline needs a 'text' field")
+    return reader
+
+
+def input_rules(p: PipelineConfig, reader: AvroSchema, features: Sequence[str]) -> dict[str, Any]:
+    """The decoder's record validation: finite model features, and the configured value ranges."""
+    validate: dict[str, Any] = {}
+    field_names = {f["name"] for f in reader["fields"]}
+    if p.input.validate_finite:
+        validate["finite"] = [n for n in features if n in field_names]
+    if p.input.ranges:
+        unknown = sorted(set(p.input.ranges) - field_names)
+        if unknown:
+            raise ConfigError(f"pipelines[{p.name}].input.ranges: unknown fields {unknown}; "
+                              f"valid: {sorted(field_names)}")
+        validate["ranges"] = {k: list(v) for k, v in p.input.ranges.items()}
+    return validate
+
+
+def check_config(cfg: PipelineFile) -> str:
+    """What ``serve`` resolves before it touches a broker, without touching one: the registry,
+    every arm's and shadow's model (sha256 and smoke check, then closed), the reader schemas,
+    the input rules and an embedder's head. Returns one line; raises ``StreamscoreError``."""
+    from schemas.registry import SchemaRegistry
+
+    registry = registry_for(cfg)
+    schemas = SchemaRegistry.default()
+    schemas.schema("prediction")
+    done = []
+    for p in cfg.pipelines:
+        reader = reader_schema(p, schemas)
+        if p.kind == "embed":
+            if p.embedder.head:
+                from models.text import LabelHead
+
+                LabelHead.load(Path(p.embedder.head))
+            done.append(f"{p.name} (embed)")
+            continue
+        spec = route_for(p)
+        models = []
+        features: Sequence[str] = ()
+        refs = [(a.name, a.version) for a in spec.arms] + [(s.name, s.version) for s in spec.shadow]
+        for name, version in refs:
+            entry, active = load_active(registry, p, name=name, version=version)
+            active.model.close()
+            features = features or entry.input_spec.names
+            models.append(f"{entry.name}:{entry.version}")
+        input_rules(p, reader, features)
+        done.append(f"{p.name} ({', '.join(models)})")
+    return f"config OK: {len(done)} pipeline(s): {'; '.join(done)}; registry {registry.root}"
+
+
 def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: ModelRegistry, admin: AdminClient,
                   watchers: list[RegistryWatcher], metrics: ScorerMetrics) -> PipelineRuntime:
     from models.routing import Router
@@ -86,10 +146,7 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: ModelRegistry,
     from schemas.registry import SchemaRegistry
 
     schemas = SchemaRegistry.default()
-    try:
-        reader = schemas.schema(p.input.schema_name)
-    except Exception as exc:
-        raise ConfigError(f"pipelines[{p.name}].input.schema: {exc}") from exc
+    reader = reader_schema(p, schemas)
     if p.kind == "embed":
         return build_embed_runtime(p, schemas, reader, admin)
     spec = route_for(p)
@@ -104,16 +161,7 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: ModelRegistry,
     for sh in spec.shadow:
         entry, active = load_active(registry, p, name=sh.name, version=sh.version, variant="shadow")
         shadows.append(ModelSlot(active))
-    validate: dict[str, Any] = {}
-    field_names = {f["name"] for f in reader["fields"]}
-    if p.input.validate_finite:
-        validate["finite"] = [n for n in arms[0].active.assembler.names if n in field_names]
-    if p.input.ranges:
-        unknown = sorted(set(p.input.ranges) - field_names)
-        if unknown:
-            raise ConfigError(f"pipelines[{p.name}].input.ranges: unknown fields {unknown}; "
-                              f"valid: {sorted(field_names)}")
-        validate["ranges"] = {k: list(v) for k, v in p.input.ranges.items()}
+    validate = input_rules(p, reader, arms[0].active.assembler.names)
     decoder = BatchDecoder(reader, schemas, fmt=p.input.format, validate=validate or None)
     encoder = BatchEncoder(schemas.schema("prediction"), schemas.id_for("prediction"))
     in_parts = partition_count(admin, p.input.topic)
@@ -135,8 +183,6 @@ def build_embed_runtime(p: PipelineConfig, schemas: SchemaRegistry, reader: Avro
     from models.text import LabelHead, MiniLMEmbedder
     from schemas.columnar import BatchDecoder, BatchEncoder
 
-    if "text" not in {f["name"] for f in reader["fields"]}:
-        raise ConfigError(f"pipelines[{p.name}].input.schema: an embed pipeline needs a 'text' field")
     e = p.embedder
     head = LabelHead.load(Path(e.head)) if e.head else None
     embedder = MiniLMEmbedder(device=e.device, dtype=e.dtype, max_length=e.max_length, batch_size=e.batch_size,

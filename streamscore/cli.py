@@ -78,6 +78,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from streamscore.config import load_config
 
     cfg = load_config(args.config)
+    if args.check:
+        from streamscore.app import check_config
+
+        print(check_config(cfg))
+        return 0
     if args.processes > 1:
         return _serve_many(args)
     from streamscore.app import build_scorer
@@ -216,6 +221,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     overrides = monitor_env_overrides()
     if overrides:
         cfg = cfg.model_copy(update=overrides)
+    if args.check:
+        from monitoring.monitor_app import check_config
+
+        print(check_config(cfg))
+        return 0
     run_monitor(cfg)
     return 0
 
@@ -238,6 +248,11 @@ def cmd_drift(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from monitoring.dashboard import serve_dashboard
 
+    if args.check:
+        from monitoring.dashboard.server import check_options
+
+        print(check_options(_redis_url(args), args.metrics_url, args.port))
+        return 0
     server, port = serve_dashboard(_redis_url(args), args.metrics_url, args.host, args.port, prefix=args.prefix)
     print(f"streamscore dashboard on http://{args.host}:{port}/ (Ctrl-C stops)", flush=True)
     stop = threading.Event()
@@ -282,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--instance", default=None, help="this process's name in the group (stable across restarts)")
     serve.add_argument("--process-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--max-seconds", type=float, default=None, help="stop after this long (tests, benchmarks)")
+    serve.add_argument("--check", action="store_true",
+                       help="validate the file, load every model and schema; touch no broker; exit 0 or 2")
     serve.set_defaults(fn=cmd_serve)
 
     prod = sub.add_parser("produce", help="write demo Transaction events")
@@ -310,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     mon = sub.add_parser("monitor", help="the side stream: drift and shadow state into Redis (Faust)")
     mon.add_argument("-c", "--config", required=True, help="monitor config (YAML)")
+    mon.add_argument("--check", action="store_true",
+                     help="validate the config (Redis URL, registry, windows); touch no broker; exit 0 or 2")
     mon.set_defaults(fn=cmd_monitor)
 
     alerts = sub.add_parser("alerts", help="drift alerts from Redis")
@@ -332,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--host", default="127.0.0.1")
     dash.add_argument("--port", type=int, default=8050)
     dash.add_argument("--prefix", default="streamscore", help="the monitor's redis_prefix")
+    dash.add_argument("--check", action="store_true", help="validate the options; connect to nothing; exit 0 or 2")
     dash.set_defaults(fn=cmd_dashboard)
 
     demo = sub.add_parser("demo", help="run producer + scorer + live summary, bounded")

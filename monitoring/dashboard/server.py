@@ -124,6 +124,26 @@ def _int(values: list[str] | None, default: int, lo: int, hi: int) -> int:
         return default
 
 
+def check_options(redis_url: str, metrics_urls: list[str], port: int) -> str:
+    """The dashboard's options, checked without connecting to anything; one line, or ``ConfigError``."""
+    from redis.connection import parse_url
+
+    from monitoring.redis_state import redact
+    from schemas.errors import ConfigError
+
+    try:
+        parse_url(redis_url)
+    except ValueError as exc:
+        raise ConfigError(f"--redis-url {redact(redis_url)!r}: {exc}") from exc
+    for url in metrics_urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--metrics-url {url!r}: expected http(s)://host:port/metrics")
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: expected 0..65535")
+    return f"dashboard options OK: Redis {redact(redis_url)}, {len(metrics_urls)} metrics URL(s), port {port}"
+
+
 def serve_dashboard(redis_url: str, metrics_urls: list[str], host: str = "127.0.0.1", port: int = 0, *,
                     poll_interval_s: float = 1.0, prefix: str = "streamscore") -> tuple[DashboardServer, int]:
     """Start the dashboard in background threads; returns ``(server, bound port)``. Stop with ``server.close()``."""
