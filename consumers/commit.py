@@ -1,30 +1,53 @@
-"""The commit protocol, written once for both delivery modes.
+"""The commit protocol: every offset decision of both delivery modes, one class per mode.
 
-The sink stage drives it: ``open_batch`` before a batch's outputs are produced,
-``close_batch`` after, ``tick`` on every loop, ``finish`` at shutdown. Revokes arrive on
-the source thread through ``on_revoke``.
+The scorer's stages call it and never ask which mode runs:
+
+    source thread  register(batch_id, ranges) -> generation    a batch was dispatched
+                   source_tick() -> bool                        after each consume(): True = drop
+                                                                what was consumed and held so far
+                   on_revoke(tps) / on_lost(tps)                group callbacks
+    any stage      current(generation) -> bool                  is work of this generation wanted?
+    sink thread    open_batch(batch_id) / close_batch(...)      around one batch's outputs
+                   produce_failed(exc)                          a produce call raised
+                   tick()                                       every turn of the sink loop
+                   finish(deadline)                             at shutdown, bounded
+
+Shared by both modes (``Rewinder``): every piece of work carries the *generation* it was
+consumed in. Recovery (a failed or fenced producer, an aborted transaction, lost
+partitions) raises the minimum generation the stages accept at once, so work in flight is
+dropped, and asks the source to seek every owned partition back to the last position
+known to be done; the source starts the next generation when it has. A rewind that cannot
+reach the broker is retried, and until it succeeds whatever is consumed is dropped.
+
+Every blocking client call is made in short slices (``_sliced``), bounded by a deadline
+that fits inside the session timeout and by the stop budget, and a slice loop gives up
+at once when an abort is requested: no call here can hang the scorer.
 
 At-least-once, in order:
- 1. each batch's offset ranges were registered with the OffsetTracker by the source, in
+ 1. the source registers each batch's offset ranges with the OffsetTracker, in
     consumption order;
  2. every output of the batch carries (a share of) one BatchAck;
  3. when the ack fires without error the batch is complete in the tracker;
  4. every ``store_interval`` the advanced positions are stored
     (``enable.auto.offset.store=false``) and librdkafka's committer commits them;
- 5. revoke and shutdown wait for in-flight batches and commit synchronously.
- A failed delivery stops the scorer with nothing further stored: the batch is replayed.
+ 5. revoke and shutdown wait (bounded) for in-flight batches and commit synchronously;
+ 6. a failed delivery or produce re-creates the producer when it is fatally failed and
+    rewinds to the stored positions: the batch is replayed (duplicates, never a gap). More
+    than ``max_recoveries`` failures within a minute stop the scorer: the error persists.
 
 Exactly-once, in order:
  1. a transaction is open while batches are produced; each closed batch adds its ranges
-    (last offset + 1 per partition) to the transaction's positions;
+    (last offset + 1 per partition) and its generation to the transaction;
  2. every ``interval`` the positions are sent with ``send_offsets_to_transaction`` and
     the consumer's group metadata, then the transaction commits: outputs and offsets
-    become visible together or not at all;
- 3. an abortable error aborts the transaction, a fatal one (fenced, timed out) also
-    re-creates the producer; either way the scorer rewinds every partition to its
-    committed offset and drops in-flight work of the aborted generation;
- 4. a revoke aborts the open transaction and rewinds, so no output for a partition this
-    process no longer owns is ever committed.
+    become visible together or not at all. A transaction holding work of a generation
+    that is no longer current is aborted instead;
+ 3. an abortable error aborts the transaction; a fatal one (fenced, timed out), a failed
+    abort, or a produce call that raised re-creates the producer (the new one fences the
+    old epoch); either way every partition rewinds to its committed offset;
+ 4. a revoke or lost partitions abort the open transaction (the source thread waits a
+    bounded time for the sink thread to do it) and rewind, so no output for a partition
+    this process no longer owns is ever committed.
 """
 
 from __future__ import annotations
@@ -32,64 +55,259 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Protocol
+from collections import deque
+from typing import Callable, Protocol, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from consumers.offsets import OffsetTracker
+from consumers.offsets import TP, OffsetTracker
 from schemas.errors import DeliveryError
 from sinks.kafka_sink import BatchAck, KafkaSink
 
 log = logging.getLogger(__name__)
-TP = tuple[str, int]
+T = TypeVar("T")
+
+SLICE_S = 1.0            # one blocking client call at most; then stop/abort requests are looked at
+CALL_TIMEOUT_S = 8.0     # one transactional or group call in all: inside the 10-s session timeout
+REVOKE_WAIT_S = 5.0      # exactly-once: a revoke waits this long for the sink to abort
+DRAIN_WAIT_S = 20.0      # at-least-once: a graceful revoke waits this long for in-flight batches (else
+                         # the next owner replays them); heartbeats go on meanwhile, the stop budget caps it
 
 
 class CommitProtocol(Protocol):
-    mode: str
+    """What the scorer's stages call (see the module docstring for which thread calls what)."""
 
-    def open_batch(self, batch_id: int) -> BatchAck: ...
-    def close_batch(self, ranges: dict[TP, tuple[int, int]], ack: BatchAck) -> None: ...
-    def tick(self) -> None: ...
-    def finish(self) -> None: ...
+    def register(self, batch_id: int, ranges: dict[TP, tuple[int, int]]) -> int: ...
+    def source_tick(self) -> bool: ...
     def on_revoke(self, tps: list[TP]) -> None: ...
+    def on_lost(self, tps: list[TP]) -> None: ...
+    def current(self, generation: int) -> bool: ...
+    def open_batch(self, batch_id: int) -> BatchAck: ...
+    def close_batch(self, ranges: dict[TP, tuple[int, int]], ack: BatchAck, generation: int) -> None: ...
+    def produce_failed(self, exc: DeliveryError) -> None: ...
+    def tick(self) -> None: ...
+    def finish(self, deadline: float) -> None: ...
     def committed_positions(self) -> dict[TP, int]: ...
     def abandon(self) -> None: ...
 
 
+class _Interrupted(Exception):
+    """A sliced call gave up because an abort was requested."""
+
+
+def _sliced(fn: Callable[[float], T], *, deadline: float, interrupt: threading.Event | None = None) -> T:
+    """Call ``fn(timeout)`` in slices of at most SLICE_S until it succeeds or ``deadline`` passes.
+
+    librdkafka's transactional calls may be retried after a timeout (the operation goes on
+    in the background), so slicing changes nothing but how soon we can give up. A
+    non-retriable error is raised at once; ``interrupt`` set between slices raises
+    ``_Interrupted``.
+    """
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return fn(max(0.05, min(SLICE_S, left)))
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if not err.retriable() or time.monotonic() >= deadline:
+                raise
+        if interrupt is not None and interrupt.is_set():
+            raise _Interrupted()
+
+
+class Rewinder:
+    """Generations and rewinds, shared by both modes (see the module docstring).
+
+    ``request`` may be called from any thread; ``tick`` runs on the source thread only,
+    after a consume() call, so no message fetched before a seek is ever accepted after it.
+    """
+
+    def __init__(self, consumer: Consumer, known_positions: Callable[[], dict[TP, int]]) -> None:
+        self.consumer = consumer
+        self._known = known_positions      # positions known done here (at-least-once: stored)
+        self.generation = 0
+        self.min_generation = 0
+        self._requested = threading.Event()
+        self.rewinds = 0
+
+    def request(self) -> None:
+        self.min_generation = self.generation + 1
+        self._requested.set()
+
+    def current(self, generation: int) -> bool:
+        return generation >= self.min_generation
+
+    def tick(self) -> bool:
+        """Perform a requested rewind; True when one was requested (done now, or still pending)."""
+        if not self._requested.is_set():
+            return False
+        self._requested.clear()
+        self.generation = max(self.generation + 1, self.min_generation)
+        self.min_generation = self.generation
+        try:
+            self._seek_all()
+        except KafkaException as exc:
+            log.warning("rewind failed (%s): retrying; consumed records are dropped until it succeeds", exc)
+            self.request()
+            time.sleep(0.2)        # the source thread only: a bounded back-off before the next try
+            return True
+        self.rewinds += 1
+        return True
+
+    def _seek_all(self) -> None:
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        known = self._known()
+        unknown = [tp for tp in assignment if (tp.topic, tp.partition) not in known]
+        targets = {(tp.topic, tp.partition): known[(tp.topic, tp.partition)] for tp in assignment
+                   if (tp.topic, tp.partition) in known}
+        if unknown:
+            for tp in self.consumer.committed(unknown, timeout=CALL_TIMEOUT_S):
+                targets[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+        for (topic, part), offset in targets.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, part, offset))
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError._STATE:
+                    raise
+                # its fetcher is stopped: a revoke is under way. It fetches nothing more, and a
+                # later assignment starts at the committed offset.
+                log.warning("not rewinding %s[%d]: %s (being revoked)", topic, part, exc)
+        log.info("rewound %d partitions (generation %d)", len(targets), self.generation)
+
+
+class _Recovery:
+    """Re-creates a failed producer; stops the scorer when failures keep coming."""
+
+    def __init__(self, *, sink: KafkaSink, make_producer: Callable[[], Producer], rewinder: Rewinder,
+                 fail: Callable[[BaseException], None], max_recoveries: int, transactional: bool) -> None:
+        self.sink = sink
+        self._make_producer = make_producer
+        self._rewinder = rewinder
+        self._fail = fail
+        self._max = max_recoveries
+        self._transactional = transactional
+        self._recent: deque[float] = deque()
+        self.producer_restarts = 0
+
+    def allowed(self, err: object) -> bool:
+        """Count one failure; False (and the scorer stops) when the error persists."""
+        now = time.monotonic()
+        self._recent.append(now)
+        while self._recent and now - self._recent[0] > 60.0:
+            self._recent.popleft()
+        if len(self._recent) > self._max:
+            self._fail(DeliveryError(f"{len(self._recent)} delivery failures within a minute, the last: {err}"))
+            return False
+        return True
+
+    def recreate(self, err: object, deadline: float) -> bool:
+        """A new producer in place of a fenced or fatally failed one."""
+        try:
+            self.sink.producer.purge(in_queue=True, in_flight=False, blocking=False)
+        except Exception:  # noqa: BLE001 - it is being discarded
+            pass
+        try:
+            new = self._make_producer()
+            if self._transactional:
+                _sliced(new.init_transactions, deadline=deadline)
+        except KafkaException as exc:
+            log.warning("re-creating the producer after %s failed: %s; retried on the next failure", err, exc)
+            return False
+        self.sink.producer = new
+        self.producer_restarts += 1
+        log.warning("producer re-created after %s", err)
+        return True
+
+
 class AtLeastOnce:
+    """Offsets stored after every output of a batch is acknowledged; replay on failure.
+
+    Owns the OffsetTracker; never produces a record itself (the OutputWriter does).
+    """
+
     mode = "at_least_once"
 
-    def __init__(self, *, consumer: Consumer, sink: KafkaSink, tracker: OffsetTracker,
+    def __init__(self, *, consumer: Consumer, sink: KafkaSink, make_producer: Callable[[], Producer],
                  fail: Callable[[BaseException], None], store_interval_s: float = 0.05,
-                 revoke_timeout_s: float = 30.0, on_error: Callable[[], None] | None = None) -> None:
+                 on_error: Callable[[], None] | None = None, max_recoveries: int = 5) -> None:
         self.consumer = consumer
         self.sink = sink
-        self.tracker = tracker
+        self.tracker = OffsetTracker()
         self._fail = fail
         self._store_interval_s = store_interval_s
-        self._revoke_timeout_s = revoke_timeout_s
         self._last_store = time.monotonic()
         self._stored: dict[TP, int] = {}
         self._on_error = on_error
+        self._errors: deque[BaseException] = deque()     # acks fire on the sink thread, via poll
+        self._deadline: float | None = None
         self.failed = False
+        self.rewinder = Rewinder(consumer, self.tracker.positions)
+        self._recovery = _Recovery(sink=sink, make_producer=make_producer, rewinder=self.rewinder, fail=fail,
+                                   max_recoveries=max_recoveries, transactional=False)
 
+    # -- source thread ---------------------------------------------------------------
+    def register(self, batch_id: int, ranges: dict[TP, tuple[int, int]]) -> int:
+        self.tracker.begin(batch_id, ranges)
+        return self.rewinder.generation
+
+    def source_tick(self) -> bool:
+        if not self.rewinder.tick():
+            return False
+        self.tracker.discard_pending()
+        return True
+
+    def on_revoke(self, tps: list[TP]) -> None:
+        if self.failed:                   # the next owner replays whatever was not stored
+            self.tracker.revoke(tps)
+            return
+        wait = DRAIN_WAIT_S if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+        if not self.tracker.wait_drained(tps, wait):
+            log.warning("revoke: in-flight batches for %s did not finish in %.0fs; the next owner replays them",
+                        tps, wait)
+        self._commit_sync(tps)
+        self.tracker.revoke(tps)
+
+    def on_lost(self, tps: list[TP]) -> None:
+        self.tracker.revoke(tps)          # another member owns them already: commit nothing
+
+    # -- every stage ---------------------------------------------------------------
+    def current(self, generation: int) -> bool:
+        return self.rewinder.current(generation)
+
+    # -- sink thread -----------------------------------------------------------------
     def open_batch(self, batch_id: int) -> BatchAck:
         return BatchAck(batch_id, self._on_done)
 
     def _on_done(self, ack: BatchAck) -> None:
         if ack.error is not None:
-            self.failed = True
             if self._on_error is not None:
                 self._on_error()
-            self._fail(DeliveryError(f"batch {ack.batch_id}: delivery failed: {ack.error}"))
+            self._errors.append(KafkaException(ack.error))
             return
         self.tracker.complete(ack.batch_id)
 
-    def close_batch(self, ranges: dict[TP, tuple[int, int]], ack: BatchAck) -> None:
+    def close_batch(self, ranges: dict[TP, tuple[int, int]], ack: BatchAck, generation: int) -> None:
         ack.seal()
+
+    def produce_failed(self, exc: DeliveryError) -> None:
+        self._recover(exc, exc.kafka_error)
+
+    def _recover(self, exc: BaseException, err: KafkaError | None) -> None:
+        log.warning("delivery failed (%s): replaying from the last stored offsets", exc)
+        if not self._recovery.allowed(exc):
+            self.failed = True
+            return
+        if err is None or err.fatal():
+            self._recovery.recreate(exc, time.monotonic() + CALL_TIMEOUT_S)
+        self.rewinder.request()
 
     def tick(self) -> None:
         self.sink.poll(0)
+        while self._errors:
+            exc = self._errors.popleft()
+            self._recover(exc, exc.args[0] if isinstance(exc, KafkaException) else None)
         now = time.monotonic()
         if now - self._last_store >= self._store_interval_s:
             self._last_store = now
@@ -107,26 +325,18 @@ class AtLeastOnce:
         except KafkaException as exc:  # a partition revoked meanwhile: its new owner replays
             log.warning("store_offsets failed: %s", exc)
 
-    def finish(self) -> None:
+    def finish(self, deadline: float) -> None:
+        self._deadline = deadline
         if self.failed:
             return
-        remaining = self.sink.flush(60.0)
-        if remaining:
-            self.failed = True
-            self._fail(DeliveryError(f"{remaining} outputs still unacknowledged at shutdown"))
-            return
+        remaining = self.sink.flush(max(0.1, deadline - time.monotonic()))
         self.sink.poll(0)
+        if remaining:
+            log.warning("%d outputs unacknowledged at the stop deadline: their batches are replayed", remaining)
         self._store()
-        self.commit_sync(None)
+        self._commit_sync(None)
 
-    def on_revoke(self, tps: list[TP]) -> None:
-        if not self.tracker.wait_drained(tps, self._revoke_timeout_s):
-            log.warning("revoke: in-flight batches for %s did not finish in %.0fs", tps, self._revoke_timeout_s)
-        if not self.failed:
-            self.commit_sync(tps)
-        self.tracker.revoke(tps)
-
-    def commit_sync(self, tps: list[TP] | None) -> None:
+    def _commit_sync(self, tps: list[TP] | None) -> None:
         positions = self.tracker.positions()
         if tps is not None:
             wanted = set(tps)
@@ -150,45 +360,81 @@ class AtLeastOnce:
     def committed_positions(self) -> dict[TP, int]:
         return dict(self._stored)
 
+    @property
+    def producer_restarts(self) -> int:
+        return self._recovery.producer_restarts
+
     def abandon(self) -> None:
         self.failed = True
 
 
 class ExactlyOnce:
+    """Outputs and input offsets committed in one transaction per interval.
+
+    Owns the transactional producer's lifecycle (begin / send offsets / commit / abort /
+    re-create); never produces a record itself (the OutputWriter does).
+    """
+
     mode = "exactly_once"
 
     def __init__(self, *, consumer: Consumer, sink: KafkaSink, make_producer: Callable[[], Producer],
-                 fail: Callable[[BaseException], None], request_rewind: Callable[[], None],
-                 interval_s: float = 0.1, timeout_s: float = 30.0, stop_timeout_s: float = 20.0) -> None:
+                 fail: Callable[[BaseException], None], interval_s: float = 0.1,
+                 call_timeout_s: float = CALL_TIMEOUT_S, max_recoveries: int = 10) -> None:
         self.consumer = consumer
         self.sink = sink
-        self._make_producer = make_producer
         self._fail = fail
-        self._request_rewind = request_rewind
         self._interval_s = interval_s
-        self._timeout_s = timeout_s
+        self._call_timeout_s = call_timeout_s
         self._open = False
         self._started = 0.0
         self._positions: dict[TP, int] = {}
+        self._generations: set[int] = set()         # generations of the batches in the open transaction
         self._committed: dict[TP, int] = {}
         self._batch_error: KafkaError | None = None
         self._abort_request = threading.Event()
         self._abort_done = threading.Event()
         self._closed = False
-        self._stop_timeout_s = stop_timeout_s
-        self._deadline: float | None = None    # set by finish(): shutdown gets a bounded time
+        self._deadline: float | None = None          # set by finish(): shutdown gets a bounded time
         self.commits = 0
         self.aborts = 0
-        self.producer_restarts = 0
-        self.sink.producer.init_transactions(self._timeout_s)
+        self.rewinder = Rewinder(consumer, lambda: {})
+        self._recovery = _Recovery(sink=sink, make_producer=make_producer, rewinder=self.rewinder, fail=fail,
+                                   max_recoveries=max_recoveries, transactional=True)
+        _sliced(self.sink.producer.init_transactions, deadline=time.monotonic() + 3 * call_timeout_s)
 
-    def _t(self) -> float:
-        """Timeout for one transactional call: the usual one, or what is left of the shutdown budget."""
+    def _call_deadline(self) -> float:
+        """Deadline of one transactional call: the usual bound, or what is left of the stop budget."""
+        d = time.monotonic() + self._call_timeout_s
+        return d if self._deadline is None else min(d, self._deadline)
+
+    # -- source thread ---------------------------------------------------------------
+    def register(self, batch_id: int, ranges: dict[TP, tuple[int, int]]) -> int:
+        return self.rewinder.generation
+
+    def source_tick(self) -> bool:
+        return self.rewinder.tick()
+
+    def on_revoke(self, tps: list[TP]) -> None:
+        """On the source thread, inside consume(): the sink thread aborts; we wait (bounded) until it has."""
+        if self._closed:      # after shutdown everything is committed and the sink is gone
+            return
         if self._deadline is None:
-            return self._timeout_s
-        return max(0.1, min(self._timeout_s, self._deadline - time.monotonic()))
+            self.rewinder.request()      # the partitions we keep go back to their committed offsets
+        self._abort_done.clear()
+        self._abort_request.set()
+        if not self._abort_done.wait(REVOKE_WAIT_S):
+            # Safe all the same: the sink aborts before it commits anything (the request stays
+            # set), and the broker refuses offsets sent with a stale group generation.
+            log.warning("revoke: the sink did not abort the open transaction within %.0fs", REVOKE_WAIT_S)
 
-    # -- batches ---------------------------------------------------------------------
+    def on_lost(self, tps: list[TP]) -> None:
+        self.on_revoke(tps)
+
+    # -- every stage ---------------------------------------------------------------
+    def current(self, generation: int) -> bool:
+        return self.rewinder.current(generation)
+
+    # -- sink thread -----------------------------------------------------------------
     def open_batch(self, batch_id: int) -> BatchAck:
         if not self._open:
             self.sink.producer.begin_transaction()
@@ -200,13 +446,18 @@ class ExactlyOnce:
         if ack.error is not None and self._batch_error is None:
             self._batch_error = ack.error
 
-    def close_batch(self, ranges: dict[TP, tuple[int, int]], ack: BatchAck) -> None:
+    def close_batch(self, ranges: dict[TP, tuple[int, int]], ack: BatchAck, generation: int) -> None:
         for tp, (_first, last) in ranges.items():
             if last + 1 > self._positions.get(tp, -1):
                 self._positions[tp] = last + 1
+        self._generations.add(generation)
         ack.seal()
 
-    # -- the sink loop ---------------------------------------------------------------
+    def produce_failed(self, exc: DeliveryError) -> None:
+        """A produce call raised (e.g. the producer was fenced): this producer is done for."""
+        self._handle(exc.kafka_error or KafkaError(KafkaError._FATAL, str(exc), fatal=True), "produce",
+                     recreate=True)
+
     def tick(self) -> None:
         self.sink.poll(0)
         if self._abort_request.is_set():
@@ -216,112 +467,96 @@ class ExactlyOnce:
             return
         if self._batch_error is not None:
             err, self._batch_error = self._batch_error, None
-            self._handle(KafkaException(err), "delivery")
+            self._handle(err, "delivery")
             return
         if self._open and time.monotonic() - self._started >= self._interval_s:
             self._commit()
 
     def _commit(self) -> None:
+        if not all(self.rewinder.current(g) for g in self._generations):
+            self._abort("work of an earlier generation")   # its rewind replays it
+            return
         try:
             if self._positions:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()]
-                self.sink.producer.send_offsets_to_transaction(
-                    offsets, self.consumer.consumer_group_metadata(), self._t())
-            self._commit_with_retry()
+                _sliced(lambda t: self.sink.producer.send_offsets_to_transaction(
+                    offsets, self.consumer.consumer_group_metadata(), t),
+                    deadline=self._call_deadline(), interrupt=self._abort_request)
+            _sliced(self.sink.producer.commit_transaction, deadline=self._call_deadline(),
+                    interrupt=self._abort_request)
+        except _Interrupted:
+            self._abort("revoke during commit")     # tick() answers the request next
+            return
         except KafkaException as exc:
-            self._handle(exc, "commit")
+            self._handle(exc.args[0], "commit")
             return
         self._committed.update(self._positions)
         self._positions = {}
+        self._generations = set()
         self._open = False
         self.commits += 1
 
-    def _commit_with_retry(self) -> None:
-        for attempt in range(5):
-            try:
-                self.sink.producer.commit_transaction(self._t())
-                return
-            except KafkaException as exc:
-                late = self._deadline is not None and time.monotonic() >= self._deadline
-                if not exc.args[0].retriable() or attempt == 4 or late:
-                    raise
-                log.warning("commit_transaction retry %d: %s", attempt + 1, exc)
-
-    def _handle(self, exc: KafkaException, where: str) -> None:
-        err: KafkaError = exc.args[0]
+    def _handle(self, err: KafkaError, where: str, *, recreate: bool = False) -> None:
         if self._deadline is not None:
-            # shutting down: nothing more is consumed, so no rewind and no new producer. What
-            # is not committed is replayed by the next owner; an abort that fails or runs out
-            # of time is done by the broker (transaction timeout) or the next producer with
-            # the same transactional.id.
+            # stopping: nothing more is consumed, so no rewind and no new producer. What is not
+            # committed is replayed by the next owner; an abort that fails or runs out of time
+            # is done by the broker (transaction timeout) or the next producer with this id.
             log.warning("transaction %s failed while stopping (%s): aborting, not rewinding", where, err)
-            try:
-                if self._open:
-                    self.sink.producer.abort_transaction(self._t())
-            except KafkaException as exc:
-                log.warning("abort_transaction while stopping failed: %s", exc)
-            self._open = False
-            self._positions = {}
+            self._abort("stopping", recreate_on_failure=False)
             return
         log.warning("transaction %s failed (%s): aborting and rewinding", where, err)
-        if err.fatal() or not err.txn_requires_abort() and not err.retriable():
-            self._recreate_producer(err)
+        if not self._recovery.allowed(err):
+            return
+        if recreate or err.fatal() or not err.txn_requires_abort() and not err.retriable():
+            self._reset(err)
         else:
             self._abort(where)
-        self._request_rewind()
+        self.rewinder.request()
 
-    def _abort(self, why: str) -> None:
+    def _abort(self, why: str, *, recreate_on_failure: bool = True) -> None:
         if self._open:
             try:
-                self.sink.producer.abort_transaction(self._t())
+                _sliced(self.sink.producer.abort_transaction, deadline=self._call_deadline())
+                self.aborts += 1
+                log.info("transaction aborted (%s)", why)
             except KafkaException as exc:
-                log.warning("abort_transaction failed (%s): re-creating the producer", exc)
-                self._recreate_producer(exc.args[0])
-                return
-            self.aborts += 1
-            log.info("transaction aborted (%s)", why)
-        self._open = False
-        self._positions = {}
+                if recreate_on_failure:
+                    log.warning("abort_transaction failed (%s): re-creating the producer", exc)
+                    self._reset(exc.args[0])
+                    self.rewinder.request()
+                else:
+                    log.warning("abort_transaction failed (%s)", exc)
+        self._forget()
 
-    def _recreate_producer(self, err: KafkaError) -> None:
+    def _reset(self, err: KafkaError) -> None:
         """Fenced or fatally failed: a new producer with the same transactional.id fences the old epoch."""
         self.aborts += 1
-        self.producer_restarts += 1
-        old = self.sink.producer
-        try:
-            old.flush(0)
-        except Exception:  # noqa: BLE001 - it is being discarded
-            pass
+        self._forget()
+        self._recovery.recreate(err, self._call_deadline())
+
+    def _forget(self) -> None:
         self._open = False
         self._positions = {}
-        try:
-            new = self._make_producer()
-            new.init_transactions(self._timeout_s)
-        except KafkaException as exc:
-            self._fail(DeliveryError(f"cannot re-create the transactional producer after {err}: {exc}"))
-            return
-        self.sink.producer = new
-        log.warning("transactional producer re-created after %s", err)
+        self._generations = set()
 
-    def finish(self) -> None:
-        self._deadline = time.monotonic() + self._stop_timeout_s
-        if self._open:
+    def finish(self, deadline: float) -> None:
+        self._deadline = deadline
+        if self._abort_request.is_set():
+            self._abort("revoke")
+        elif self._open:
             self._commit()
-        self.sink.flush(max(0.1, min(10.0, self._deadline - time.monotonic())))
+        self.sink.flush(max(0.1, min(10.0, deadline - time.monotonic())))
         self._closed = True
-
-    def on_revoke(self, tps: list[TP]) -> None:
-        """Called on the source thread: the sink thread aborts; we wait until it has."""
-        if self._closed:      # after shutdown everything is committed and the sink is gone
-            return
-        self._abort_done.clear()
-        self._abort_request.set()
-        if not self._abort_done.wait(self._timeout_s):
-            log.warning("revoke: the sink did not abort the open transaction in time")
+        self._abort_done.set()
 
     def committed_positions(self) -> dict[TP, int]:
         return dict(self._committed)
 
+    @property
+    def producer_restarts(self) -> int:
+        return self._recovery.producer_restarts
+
     def abandon(self) -> None:
         """The sink stopped on a failure: revokes must not wait for it to abort anything."""
         self._closed = True
+        self._abort_done.set()

@@ -104,6 +104,22 @@ def partition_count(client: Consumer | Producer | AdminClient, topic: str, timeo
     return len(tmd.partitions)
 
 
+def topic_max_message_bytes(admin: AdminClient, topic: str, *, timeout: float = 10.0) -> int | None:
+    """The topic's ``max.message.bytes`` (what the broker accepts in one record batch), or None if unknown."""
+    from confluent_kafka.admin import ConfigResource
+
+    try:
+        futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)],
+                                         request_timeout=timeout)
+        for fut in futures.values():
+            entry = fut.result(timeout=timeout).get("max.message.bytes")
+            if entry is not None and entry.value is not None:
+                return int(entry.value)
+    except Exception as exc:  # noqa: BLE001 - the producer's own limit still applies
+        log.warning("cannot read max.message.bytes of %s: %s", topic, exc)
+    return None
+
+
 def connection_error(conf: dict[str, Any], *, timeout: float = 15.0) -> str | None:
     """None when the cluster answers with these settings, else one line saying why not.
 

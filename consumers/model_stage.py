@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
@@ -30,14 +30,14 @@ class ModelMetrics(Protocol):
 class ModelStage:
     """The scorer's middle stage: one batch in, its scores (or embeddings) and dead rows out.
 
-    Owns nothing but references: the batcher (told each model call's cost, for the latency
-    rule) and the metrics. It reads each slot's active model once per batch, so a hot swap
-    lands between batches. It never produces, commits or touches Kafka, and a shadow's
-    failure never reaches primary output.
+    Owns nothing but references: the batchers (one per pipeline, each told its own model's
+    cost, for the latency rule) and the metrics. It reads each slot's active model once per
+    batch, so a hot swap lands between batches. It never produces, commits or touches Kafka,
+    and a shadow's failure never reaches primary output.
     """
 
-    def __init__(self, *, batcher: AdaptiveBatcher, metrics: ModelMetrics) -> None:
-        self.batcher = batcher
+    def __init__(self, *, batchers: Mapping[str, AdaptiveBatcher], metrics: ModelMetrics) -> None:
+        self.batchers = batchers          # by pipeline name: each learns its own model's cost
         self.metrics = metrics
 
     def score(self, work: Work) -> None:
@@ -70,7 +70,7 @@ class ModelStage:
             t0 = time.perf_counter()
             scores, bad = _predict_isolating(active.model, feats[rows], rows)
             took = time.perf_counter() - t0
-            self.batcher.observe_model(len(rows), took)
+            self.batchers[rt.name].observe_model(len(rows), took)
             self.metrics.model_latency(rt.name, active.model.name, took, len(rows))
             work.scores[rows] = scores
             for r, msg in bad:
@@ -95,7 +95,7 @@ class ModelStage:
                 work.dead.append((i, "model_error", f"{type(exc).__name__}: {exc}"))
             return
         took = time.perf_counter() - t0
-        self.batcher.observe_model(len(texts), took)
+        self.batchers[work.rt.name].observe_model(len(texts), took)
         self.metrics.model_latency(work.rt.name, embedder.name, took, len(texts))
         work.embeddings = emb
         work.labels = labels

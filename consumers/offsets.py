@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-TP = tuple[str, int]   # (topic, partition): the one home of this alias (not confluent_kafka.TopicPartition)
+TP = tuple[str, int]   # (topic, partition): the one alias the consumers package uses (not confluent_kafka.TopicPartition)
 
 
 @dataclass

@@ -13,23 +13,24 @@ import numpy as np
 from consumers.runtime import ActiveModel
 from consumers.work import Work
 from schemas.columns import StrColumn, take
-from sinks.kafka_sink import BatchAck, KafkaSink
+from sinks.kafka_sink import BatchAck, KafkaSink, bounded_dead_letter, error_headers
 
 
 class OutputMetrics(Protocol):
     """What the output stage reports (``monitoring.metrics.ScorerMetrics``)."""
 
     def e2e_latency(self, pipeline: str, seconds: np.ndarray) -> None: ...
+    def dead_letters(self, pipeline: str, reason: str, n: int) -> None: ...
 
 
 class OutputWriter:
     """The scorer's last stage: encodes a scored batch and hands every output to the sink.
 
     Owns no client: it writes through ``sink`` (the one producer) under the batch's
-    ``BatchAck``, so predictions, shadow predictions, embeddings and telemetry are all
-    covered by one acknowledgement (or one transaction). It never waits for delivery,
-    commits offsets or decides what is dead-lettered; ``record_latency`` receives a sample
-    of end-to-end latencies (ms) for the caller's live view.
+    ``BatchAck``, so predictions, shadow predictions, embeddings, telemetry and dead letters
+    are all covered by one acknowledgement (or one transaction). It never waits for delivery,
+    commits offsets, or decides which records are dead (the decode and model stages do);
+    ``record_latency`` receives a sample of end-to-end latencies (ms) for the caller's live view.
     """
 
     def __init__(self, *, sink: KafkaSink, metrics: OutputMetrics,
@@ -60,6 +61,23 @@ class OutputWriter:
                 shadow_for_primary = (active, scores)
         if rt.telemetry_topic:
             self._telemetry(work, ack, shadow_for_primary)
+
+    def emit_dead(self, work: Work, ack: BatchAck) -> None:
+        """Dead-letter the batch's bad records under ``ack``: the original value with headers
+        naming the error and its source, or a bounded prefix when the value cannot be forwarded
+        whole (see sinks.kafka_sink.bounded_dead_letter)."""
+        rt = work.rt
+        now_ms = int(time.time() * 1000)
+        reasons: dict[str, int] = {}
+        for idx, reason, message in work.dead:
+            m = work.msgs[idx]
+            hdrs = error_headers(error=reason, message=message, topic=m.topic(), partition=m.partition(),
+                                 offset=m.offset(), pipeline=rt.name, when_ms=now_ms)
+            value, key, hdrs = bounded_dead_letter(m.value(), m.key(), hdrs, rt.dlq_max_bytes)
+            self.sink.produce_one(rt.dlq_topic, value, key, ack, headers=hdrs)
+            reasons[reason] = reasons.get(reason, 0) + 1
+        for reason, k in reasons.items():
+            self.metrics.dead_letters(rt.name, reason, k)
 
     def _produce_scores(self, work: Work, ack: BatchAck, topic: str, active: ActiveModel, variant: str,
                         rows: np.ndarray, scores: np.ndarray, times: Any, now_ms: int) -> None:

@@ -96,6 +96,7 @@ class PipelineRuntime:
     output_headers: bool = False     # also stamp model/version/variant as Kafka headers (per-message path)
     out_partitions: int = 0
     max_message_bytes: int = 1_000_000
+    dlq_max_bytes: int = 1_000_000  # largest dead letter the producer and the DLQ topic accept
     time_field: str | None = "event_time"
     kind: PipelineKind = "score"             # "embed": a text embedder, outputs Embedding records
     arms: list[ModelSlot] = field(default_factory=list)     # router arm i scores with arms[i]

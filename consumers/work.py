@@ -8,9 +8,8 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Message
 
+from consumers.offsets import TP
 from consumers.runtime import ActiveModel, PipelineRuntime
-
-TP = tuple[str, int]
 
 
 @dataclass
@@ -35,5 +34,3 @@ class Work:
     generation: int = 0
     consumed_at: float = 0.0                  # time.monotonic() at each stage, for stage latency metrics
     scored_at: float = 0.0
-    emitted_at: float = 0.0
-    first_ts_ms: int = 0                      # broker/producer timestamp of the batch's first message

@@ -25,6 +25,8 @@ beside the code that raises them (marked with their module); the tree is complet
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class StreamscoreError(Exception):
     """Root of every error streamscore raises on purpose."""
@@ -87,4 +89,12 @@ class PredictError(ModelError):
 
 
 class DeliveryError(StreamscoreError):
-    """An output could not be delivered, or offsets could not be committed."""
+    """An output could not be delivered, or offsets could not be committed.
+
+    ``kafka_error`` keeps the client's error (a ``confluent_kafka.KafkaError``) when there
+    is one, so the commit protocol can tell a fenced or fatally failed producer apart.
+    """
+
+    def __init__(self, message: str, *, kafka_error: object = None) -> None:
+        super().__init__(message)
+        self.kafka_error: Any = kafka_error

@@ -171,7 +171,7 @@ class KafkaSink:
             for j in range(i, n):
                 self._produce(produce, topic, values[j], keys[j], parts[j], headers, ack if j in markers else None)
         except KafkaException as exc:
-            raise DeliveryError(f"producing to {topic} failed: {exc}") from exc
+            raise DeliveryError(f"producing to {topic} failed: {exc}", kafka_error=exc.args[0]) from exc
 
     def produce_one(self, topic: str, value: bytes | None, key: bytes | None, ack: BatchAck,
                     *, headers: Headers | None = None, partition: int = -1) -> None:
@@ -190,17 +190,17 @@ class KafkaSink:
             except BufferError:
                 self.producer.poll(0.005)   # local queue full: serve acks until there is room
             except KafkaException as exc:
-                raise DeliveryError(f"producing to {topic} failed: {exc}") from exc
+                raise DeliveryError(f"producing to {topic} failed: {exc}", kafka_error=exc.args[0]) from exc
 
     def poll(self, timeout: float = 0.0) -> int:
         return int(self.producer.poll(timeout))
 
     def flush(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
-        remaining = self.producer.flush(timeout)
+        remaining = int(self.producer.flush(timeout))
         while remaining and time.monotonic() < deadline:
-            remaining = self.producer.flush(max(0.0, deadline - time.monotonic()))
-        return int(remaining)
+            remaining = int(self.producer.flush(max(0.0, deadline - time.monotonic())))
+        return remaining
 
 
 def _last_in_each_partition(partitions: np.ndarray) -> np.ndarray:
@@ -214,6 +214,31 @@ def _key_list(keys: StrColumn | None, n: int) -> list[bytes | None]:
         return [None] * n
     data = keys.buf.tobytes()
     return [None if k < 0 else data[a:a + k] for a, k in zip(keys.start.tolist(), keys.length.tolist())]
+
+
+DLQ_PREFIX_BYTES = 65536     # what a dead letter keeps of a value too large to forward whole
+RECORD_OVERHEAD = 512        # record framing beyond key, value and headers (generous)
+
+
+def bounded_dead_letter(value: bytes | None, key: bytes | None, headers: Headers,
+                        limit: int) -> tuple[bytes | None, bytes | None, Headers]:
+    """The dead letter to produce for ``value``: itself when it fits in ``limit`` bytes (the
+    smaller of the producer's ``message.max.bytes`` and the topic's ``max.message.bytes``),
+    else a prefix of at most DLQ_PREFIX_BYTES, with headers saying so and giving the size.
+    A dead letter is therefore always deliverable: one record can never stop the pipeline.
+    """
+    fixed = RECORD_OVERHEAD + sum(len(k) + len(v) for k, v in headers)
+    if key is not None and len(key) > DLQ_PREFIX_BYTES and fixed + len(key) + len(value or b"") > limit:
+        key = key[:1024]
+    room = limit - fixed - len(key or b"")
+    if value is None or len(value) <= room:
+        return value, key, headers
+    keep = max(0, min(DLQ_PREFIX_BYTES, room - 128))
+    return value[:keep], key, headers + [
+        ("dlq.truncated", b"true"),
+        ("dlq.original.bytes", str(len(value)).encode()),
+        ("dlq.prefix.bytes", str(keep).encode()),
+    ]
 
 
 def error_headers(*, error: str, message: str, topic: str, partition: int, offset: int,

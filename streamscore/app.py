@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient
 
 from consumers.batcher import AdaptiveBatcher
 from consumers.kafka_client import (CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, ClientConf, connection_error, ensure_topics,
-                                    make_consumer, make_producer, merged, partition_count)
+                                    make_consumer, make_producer, merged, partition_count, topic_max_message_bytes)
 from consumers.runtime import ActiveModel, ModelSlot, PipelineRuntime, ScoringModel, Variant
 from consumers.scorer import Scorer
 from schemas.errors import ConfigError
@@ -265,6 +265,15 @@ def client_settings(cfg: PipelineFile, instance: str | None) -> tuple[ClientConf
     return consumer_conf, producer_conf
 
 
+def batcher_for(p: PipelineConfig) -> AdaptiveBatcher:
+    """A pipeline's own batcher, from its ``batching`` settings (max_size defaults by kind)."""
+    b = p.batching
+    if b.max_size is None:           # PipelineConfig fills in the default for its kind
+        raise ConfigError(f"pipelines[{p.name}].batching.max_size: missing")
+    return AdaptiveBatcher(max_size=b.max_size, max_wait_s=b.max_wait_ms / 1000.0,
+                           latency_target_s=None if b.latency_target_ms is None else b.latency_target_ms / 1000.0)
+
+
 def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int = 0) -> Scorer:
     from monitoring.metrics import GpuMetrics, ScorerMetrics, metrics_port_for, start_metrics_server
 
@@ -291,14 +300,16 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
         for slot in [*rt.arms, *rt.shadows]:
             a = slot.active
             metrics.model_info(rt.name, a.model.name, str(a.model.version), a.variant)
-    b = cfg.pipelines[0].batching
-    assert b.max_size is not None          # PipelineConfig fills in the default for its kind
-    batcher = AdaptiveBatcher(max_size=b.max_size, max_wait_s=b.max_wait_ms / 1000.0,
-                              latency_target_s=None if b.latency_target_ms is None else b.latency_target_ms / 1000.0)
-    scorer = Scorer(consumer=make_consumer(consumer_conf), sink=KafkaSink(make_producer(producer_conf), batch_produce=cfg.kafka.batch_produce),
-                    pipelines=runtimes, batcher=batcher, queue_depth=cfg.queue_depth, delivery=cfg.delivery,
+    batchers = {p.name: batcher_for(p) for p in cfg.pipelines}
+    producer_limit = int(producer_conf.get("message.max.bytes", 1_000_000))
+    for rt in runtimes:
+        rt.dlq_max_bytes = min(producer_limit, topic_max_message_bytes(admin, rt.dlq_topic) or producer_limit)
+    scorer = Scorer(consumer=make_consumer(consumer_conf),
+                    sink=KafkaSink(make_producer(producer_conf), batch_produce=cfg.kafka.batch_produce),
+                    pipelines=runtimes, batchers=batchers, queue_depth=cfg.queue_depth, delivery=cfg.delivery,
                     make_producer=lambda: make_producer(producer_conf),
-                    commit_interval_s=cfg.commit_interval_ms / 1000.0, metrics=metrics)
+                    commit_interval_s=cfg.commit_interval_ms / 1000.0, stop_timeout_s=cfg.stop_timeout_s,
+                    metrics=metrics)
     for w in watchers:
         scorer.closers.append(w.start().close)
     return scorer

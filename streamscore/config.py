@@ -172,6 +172,7 @@ class PipelineFile(_Strict):
     gil_switch_ms: float = Field(1.0, gt=0, le=100)   # longest GIL slice of one stage's thread (CPython's default 5)
     metrics_port: int | None = Field(None, ge=0, le=65535)   # with --processes N: port + index (0 = any free)
     metrics_host: str = "127.0.0.1"             # 0.0.0.0 to be scraped from other hosts
+    stop_timeout_s: float = Field(30.0, ge=5, le=600)   # SIGTERM -> exit 0 within this, whatever the cluster does
     pipelines: list[PipelineConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

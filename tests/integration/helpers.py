@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import fastavro
 import yaml
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,13 +111,26 @@ def decode_prediction(value: bytes) -> dict[str, Any]:
     return rec
 
 
-def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+def committed(bootstrap: str, group: str, topic: str, partitions: int, *, timeout: float = 30.0) -> dict[int, int]:
+    """The group's committed offsets; retried while the coordinator moves or loads (a busy broker)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    deadline = time.monotonic() + timeout
     try:
-        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return {tp.partition: tp.offset for tp in tps}
+        while True:
+            try:
+                tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+                return {tp.partition: tp.offset for tp in tps}
+            except KafkaException as exc:
+                if not exc.args[0].retriable() and exc.args[0].code() not in _COORDINATOR_MOVING \
+                        or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         c.close()
+
+
+_COORDINATOR_MOVING = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                       KafkaError.COORDINATOR_NOT_AVAILABLE}
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:

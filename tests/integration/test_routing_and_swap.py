@@ -42,20 +42,29 @@ def _pipe(t_in: str, t_out: str, **kw: Any) -> dict[str, Any]:
 def test_promotion_mid_stream_switches_at_a_batch_boundary(tmp_path: Path, bootstrap: str, registry: ModelRegistry,
                                                            names: Callable[[str], str],
                                                            topics: Callable[..., None]) -> None:
-    n = 100_000
+    """Events keep flowing while the new version is loaded and swapped in: the producer
+    goes on, 5,000 at a time, until the scorer has swapped and 10,000 more have followed
+    (so the test holds however long the load takes on a busy machine)."""
+    first, chunk, after = 50_000, 5_000, 10_000
     t_in, t_out = names("tx"), names("pred")
     topics({t_in: 4, t_out: 4})
     cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"), [_pipe(t_in, t_out)], registry=str(registry.root))
-    producer = threading.Thread(target=produce_events, args=({"bootstrap.servers": bootstrap}, t_in, n),
-                                kwargs={"seed": 41, "rate": 8_000})
+    conf = {"bootstrap.servers": bootstrap}
     scorer = ScorerProcess(cfg, tmp_path / "scorer.log")
+    n = first
     try:
-        producer.start()
-        wait_for(lambda: len(read_all(bootstrap, t_out, expect=n // 2, timeout=3)) >= n // 2, 120, "half scored")
+        produce_events(conf, t_in, first, seed=41, rate=8_000)
+        wait_for(lambda: len(read_all(bootstrap, t_out, expect=first // 2, timeout=3)) >= first // 2, 120,
+                 "half scored")
         promote = subprocess.run([sys.executable, "-m", "streamscore", "models", "promote", "fraud-mlp", "2",
                                   "--registry", str(registry.root)], capture_output=True, text=True, cwd=ROOT)
         assert promote.returncode == 0, promote.stderr
-        producer.join(60)
+        extra = 0
+        while extra < after and n < 400_000:
+            produce_events(conf, t_in, chunk, seed=41, start=n, rate=8_000)
+            n += chunk
+            if "swapped 1 -> 2" in scorer.output():
+                extra += chunk
         msgs = read_all(bootstrap, t_out, expect=n, timeout=120, idle=2.0, alive=scorer)
         assert scorer.terminate() == 0
     finally:
