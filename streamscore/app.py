@@ -91,9 +91,10 @@ def reader_schema(p: PipelineConfig, schemas: SchemaRegistry) -> AvroSchema:
     return reader
 
 
-def input_rules(p: PipelineConfig, reader: AvroSchema, features: Sequence[str]) -> dict[str, Any]:
+def input_rules(p: PipelineConfig, reader: AvroSchema,
+                features: Sequence[str]) -> dict[str, list[str] | dict[str, list[float]]]:
     """The decoder's record validation: finite model features, and the configured value ranges."""
-    validate: dict[str, Any] = {}
+    validate: dict[str, list[str] | dict[str, list[float]]] = {}
     field_names = {f["name"] for f in reader["fields"]}
     if p.input.validate_finite:
         validate["finite"] = [n for n in features if n in field_names]
