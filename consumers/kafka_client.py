@@ -7,9 +7,9 @@ file's ``kafka.consumer`` / ``kafka.producer`` maps are merged over these.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas.errors import ConfigError
@@ -37,8 +37,10 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # next fetch (default 1000 ms). We drain 2,000-row batches in ~10 ms, so the default
     # emptied the queue and stalled the scorer ~0.3 s of every second: 115k -> 179k events/s.
     "fetch.queue.backoff.ms": 10,
-    "statistics.interval.ms": 0,
 }
+# librdkafka statistics (consumer lag, fetch and reply queues per partition) every this many ms,
+# while metrics are served; a pipeline file's kafka.consumer setting wins.
+STATS_INTERVAL_MS = 5000
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
     # No duplicates or reordering from retries; implies acks=all.
@@ -66,11 +68,28 @@ def merged(defaults: dict[str, Any], base: dict[str, Any], overrides: dict[str, 
 
 
 def make_consumer(conf: dict[str, Any]) -> Consumer:
-    return Consumer(conf, logger=log)
+    return _client(Consumer, {**conf, "logger": log}, "consumer")
 
 
 def make_producer(conf: dict[str, Any]) -> Producer:
-    return Producer(conf, logger=log)
+    return _client(Producer, {**conf, "logger": log}, "producer")
+
+
+def make_admin(conf: dict[str, Any]) -> AdminClient:
+    return _client(AdminClient, conf, "admin client")
+
+
+_C = TypeVar("_C", Consumer, Producer, AdminClient)
+
+
+def _client(cls: type[_C], conf: dict[str, Any], what: str) -> _C:
+    """librdkafka refuses bad settings (an unknown property, a missing CA file) when a client is
+    made; that is a configuration error, reported in one line naming the problem."""
+    try:
+        return cls(conf)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        raise ConfigError(f"Kafka {what} settings refused: {err.str() if hasattr(err, 'str') else err}") from exc
 
 
 def ensure_topics(admin_conf: dict[str, Any], topics: dict[str, int], *, timeout: float = 30.0) -> dict[str, int]:
@@ -79,7 +98,7 @@ def ensure_topics(admin_conf: dict[str, Any], topics: dict[str, int], *, timeout
     Returns every requested topic's partition count: an existing topic keeps its own. The one
     place topics are created; a topic that cannot be raises ``ConfigError`` naming it.
     """
-    admin = AdminClient(admin_conf)
+    admin = make_admin(admin_conf)
     md = admin.list_topics(timeout=timeout).topics
     counts = {t: len(md[t].partitions) for t in topics if t in md and md[t].error is None and md[t].partitions}
     new = [NewTopic(t, num_partitions=n, replication_factor=-1) for t, n in topics.items() if t not in counts]
@@ -135,7 +154,7 @@ def connection_error(conf: dict[str, Any], *, timeout: float = 15.0) -> str | No
     quiet.propagate = False          # the one line returned replaces librdkafka's retry chatter
     if not quiet.handlers:
         quiet.addHandler(logging.NullHandler())
-    admin = AdminClient({**conf, "error_cb": seen.append, "logger": quiet})
+    admin = make_admin({**conf, "error_cb": seen.append, "logger": quiet})
     where = conf.get("bootstrap.servers")
     deadline = time.monotonic() + timeout
     last = "no answer"

@@ -53,14 +53,11 @@ class OutputWriter:
             if len(rows):
                 self._produce_scores(work, ack, rt.output_topic, active, active.variant, rows,
                                      work.scores[rows], times, now_ms)
-        shadow_for_primary = None
         for active, scores in work.shadow_out:
             if rt.shadow_topic:
                 self._produce_scores(work, ack, rt.shadow_topic, active, "shadow", work.ok_rows, scores, times, now_ms)
-            if shadow_for_primary is None:
-                shadow_for_primary = (active, scores)
         if rt.telemetry_topic:
-            self._telemetry(work, ack, shadow_for_primary)
+            self._telemetry(work, ack, work.shadow_out[0] if work.shadow_out else None)
 
     def emit_dead(self, work: Work, ack: BatchAck) -> None:
         """Dead-letter the batch's bad records under ``ack``: the original value with headers
@@ -146,16 +143,17 @@ class OutputWriter:
         rt = work.rt
         assert work.scores is not None and work.ok_rows is not None
         cols = work.decoded.columns
-        all_rows = len(work.ok_rows) == len(work.keys)
         for active, rows in work.groups:
             builder = active.telemetry
             if builder is None or len(rows) == 0:
                 continue
             sub = cols if len(rows) == len(work.keys) else {k: take(v, rows) for k, v in cols.items()}
             kw: dict[str, Any] = {}
-            if shadow is not None and active is work.groups[0][0] and all_rows and len(rows) == len(work.ok_rows):
-                kw = {"shadow_scores": shadow[1], "shadow_model": shadow[0].model.name,
-                      "shadow_version": str(shadow[0].model.version)}
+            if shadow is not None:
+                # each arm's record compares the shadow with that arm, on the rows that arm scored
+                # (the shadow's scores are aligned with ok_rows, of which every arm's rows are a subset)
+                kw = {"shadow_scores": shadow[1][np.searchsorted(work.ok_rows, rows)],
+                      "shadow_model": shadow[0].model.name, "shadow_version": str(shadow[0].model.version)}
             first_tp = min(work.ranges)
             times = sub.get(rt.time_field) if rt.time_field else None
             summary = builder.summarize(sub, work.scores[rows], variant=active.variant,

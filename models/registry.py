@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from models.base import InputSpec, Model, smoke_check
-from schemas.errors import ArtifactIntegrityError, ConfigError, ModelError
+from schemas.errors import ArtifactIntegrityError, ConfigError, ModelError, ModelLoadError
 
 STAGES: tuple[str, ...] = ("staging", "production", "archived")
 FORMATS: dict[str, str] = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2"}
@@ -102,6 +102,50 @@ def _check_choice(kind: str, value: str | None, valid: tuple[str, ...]) -> None:
 def _check_safe(kind: str, value: str) -> None:
     if not _SAFE.match(value):
         raise ConfigError(f"model {kind} {value!r} must match {_SAFE.pattern} (it becomes a directory name)")
+
+
+SPEC_FILE_KEYS = ("input_spec", "output_spec", "reference_profile", "metrics", "decision_threshold")
+SPEC_FILE_HELP = ('JSON file: {"input_spec": {"features": [{"name": "amount", "dtype": "float32"}, ...], '
+                  '"input_name": "features"}, "output_spec": {...}, "reference_profile": {...}, '
+                  '"decision_threshold": 0.5}; only input_spec is required; another version\'s model.json works')
+_ENTRY_KEYS = ("name", "version", "format", "artifact", "sha256", "created_at", "stage")
+
+
+@dataclass(frozen=True)
+class RegistrationSpec:
+    """What a new version needs besides its artifact (``models register --input-spec FILE``)."""
+
+    input_spec: InputSpec
+    output_spec: dict[str, Any] = field(default_factory=dict)
+    reference_profile: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    decision_threshold: float | None = None
+
+    @classmethod
+    def from_entry(cls, entry: ModelEntry) -> RegistrationSpec:
+        return cls(entry.input_spec, dict(entry.output_spec), dict(entry.reference_profile), {},
+                   entry.decision_threshold)
+
+    @classmethod
+    def read(cls, path: Path) -> RegistrationSpec:
+        """Parse a spec file laid out as ``SPEC_FILE_HELP`` says (the layout of ``model.json``)."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"input spec file {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"input spec file {path}: expected a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(SPEC_FILE_KEYS) - set(_ENTRY_KEYS))
+        if unknown or "input_spec" not in data:
+            problem = f"unknown keys {unknown}" if unknown else "no 'input_spec'"
+            raise ConfigError(f"input spec file {path}: {problem} (valid keys: {', '.join(SPEC_FILE_KEYS)})")
+        threshold = data.get("decision_threshold")
+        try:
+            return cls(InputSpec.from_dict(data["input_spec"]), dict(data.get("output_spec") or {}),
+                       dict(data.get("reference_profile") or {}), dict(data.get("metrics") or {}),
+                       None if threshold is None else float(threshold))
+        except (TypeError, ValueError, ModelError) as exc:
+            raise ConfigError(f"input spec file {path}: {exc}") from exc
 
 
 class ModelRegistry:
@@ -316,6 +360,25 @@ class ModelRegistry:
             raise ArtifactIntegrityError(
                 f"artifact {entry.artifact_path} of {entry.name}:{entry.version} failed its integrity check: "
                 f"expected sha256 {entry.sha256}, actual {actual}")
+
+    @staticmethod
+    def check_artifact(artifact: Path, *, format: str, input_spec: InputSpec) -> None:
+        """Raise ``ModelLoadError`` unless ``artifact`` loads as ``format`` and scores ``input_spec``'s features.
+
+        What ``load`` would do at serve time, done before the artifact is registered.
+        """
+        _check_choice("format", format, tuple(FORMATS))
+        entry = ModelEntry(name="candidate", version="new", stage="staging", format=format, artifact_path=Path(artifact),
+                           sha256="", input_spec=input_spec, output_spec={})
+        model = _backend(entry, device="cpu")
+        try:
+            model.load()
+            smoke_check(model, f"{artifact} as {format}")
+        except ModelError as exc:
+            raise ModelLoadError(f"refusing to register {artifact} as --format {format} "
+                                 f"({len(input_spec)} input features): {exc}") from exc
+        finally:
+            model.close()
 
     def load(self, entry: ModelEntry, *, device: str = "cpu", **options: Any) -> Model:
         """Verify, load and smoke-check ``entry``; ``options`` go to the backend constructor."""

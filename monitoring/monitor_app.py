@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import faust
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from monitoring.alerts import Hysteresis
 from monitoring.drift import DEFAULT_ALPHA, PSI_DRIFT, PSI_WARNING
@@ -39,7 +39,7 @@ from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.redis_state import RedisState, redact
 from monitoring.telemetry import decode_telemetry
 from monitoring.windows import WindowSpec
-from schemas.errors import ConfigError, DecodeError
+from schemas.errors import ConfigError, DecodeError, validation_problems, yaml_problem
 
 log = logging.getLogger(__name__)
 STATE_TABLE = "monitor-state"
@@ -89,15 +89,17 @@ def load_config(path: str | Path) -> MonitorConfig:
 
     try:
         data = yaml.safe_load(Path(path).read_text())
-        return MonitorConfig.model_validate(data.get("monitor", data) if isinstance(data, dict) else data)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read monitor config {path}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read monitor config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"monitor config {path} is not valid YAML: {yaml_problem(exc)}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid monitor config ({path}): the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return MonitorConfig.model_validate(data.get("monitor", data))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: "
-                             f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}" for e in exc.errors())
-        hint = (" (this is a pipeline file, for `streamscore serve`; the monitor reads broker, telemetry_topic, "
-                "redis_url, ...)" if isinstance(data, dict) and "pipelines" in data else "")
-        raise ConfigError(f"invalid monitor config {path}: {problems}{hint}") from exc
+        raise ConfigError("\n".join([f"invalid monitor config ({path}):",
+                                      *(f"  {line}" for line in validation_problems(exc, MonitorConfig))])) from exc
 
 
 def check_config(config: MonitorConfig) -> str:
@@ -236,6 +238,7 @@ def run_monitor(config: MonitorConfig, *, stop_event: threading.Event | None = N
     from faust.worker import Worker
 
     worker = Worker(app, loglevel=config.loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
+    worker.spinner = None   # Faust's progress spinner writes cursor escapes (ESC[?25h) even when not on a terminal
     if stop_event is not None:
         def watch() -> None:
             stop_event.wait()

@@ -25,7 +25,10 @@ beside the code that raises them (marked with their module); the tree is complet
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
 
 
 class StreamscoreError(Exception):
@@ -98,3 +101,48 @@ class DeliveryError(StreamscoreError):
     def __init__(self, message: str, *, kafka_error: object = None) -> None:
         super().__init__(message)
         self.kafka_error: Any = kafka_error
+
+
+def validation_problems(exc: ValidationError, root: type[BaseModel]) -> list[str]:
+    """One ``path: problem`` line per error of validating ``root``; an unknown key names the valid keys there.
+
+    Shared by every config file we read (pipeline, monitor), so their errors look alike.
+    """
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(root, err["loc"][:-1])
+            valid = ", ".join(sorted(f.alias or n for n, f in parent.model_fields.items())) if parent else "?"
+            msg = f"unknown key (valid keys here: {valid})"
+        lines.append(f"{loc or '<root>'}: {msg}")
+    return lines
+
+
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    from pydantic import BaseModel
+
+    model = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None)
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = getattr(ann, "__args__", (ann,))
+        nxt = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in one line: ``line L, column C: problem``."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())

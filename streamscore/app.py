@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka.admin import AdminClient
 
 from consumers.batcher import AdaptiveBatcher
-from consumers.kafka_client import (CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, ClientConf, connection_error, ensure_topics,
-                                    make_consumer, make_producer, merged, partition_count, topic_max_message_bytes)
+from consumers.kafka_client import (CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, STATS_INTERVAL_MS, ClientConf, connection_error,
+                                    ensure_topics, make_admin, make_consumer, make_producer, merged, partition_count,
+                                    topic_max_message_bytes)
 from consumers.runtime import ActiveModel, ModelSlot, PipelineRuntime, ScoringModel, Variant
 from consumers.scorer import Scorer
 from schemas.errors import ConfigError
@@ -165,15 +166,13 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: ModelRegistry,
     validate = input_rules(p, reader, arms[0].active.assembler.names)
     decoder = BatchDecoder(reader, schemas, fmt=p.input.format, validate=validate or None)
     encoder = BatchEncoder(schemas.schema("prediction"), schemas.id_for("prediction"))
-    in_parts = partition_count(admin, p.input.topic)
-    out_parts = partition_count(admin, p.output.topic)
     return PipelineRuntime(
         name=p.name, input_topic=p.input.topic, output_topic=p.output.topic, dlq_topic=p.input.dlq_topic,
         decoder=decoder, encoder=encoder, slot=arms[0], arms=arms,
         router=Router(spec) if len(arms) > 1 else None, shadows=shadows,
         shadow_topic=(p.output.shadow_topic or f"{p.output.topic}.shadow") if shadows else None,
         telemetry_topic=p.telemetry.topic if p.telemetry.enabled else None,
-        partitioning=p.output.partitioning, out_partitions=out_parts if in_parts else 0,
+        partitioning=p.output.partitioning,
         max_message_bytes=p.input.max_message_bytes, output_headers=p.output.headers,
     )
 
@@ -190,13 +189,11 @@ def build_embed_runtime(p: PipelineConfig, schemas: SchemaRegistry, reader: Avro
                               head=head)
     embedder.load()
     active = ActiveModel(model=embedder, assembler=None, threshold=0.0)  # type: ignore[arg-type]
-    in_parts = partition_count(admin, p.input.topic)
     return PipelineRuntime(
         name=p.name, input_topic=p.input.topic, output_topic=p.output.topic, dlq_topic=p.input.dlq_topic,
         decoder=BatchDecoder(reader, schemas, fmt=p.input.format),
         encoder=BatchEncoder(schemas.schema("embedding"), schemas.id_for("embedding")),
         slot=ModelSlot(active), kind="embed", partitioning=p.output.partitioning,
-        out_partitions=partition_count(admin, p.output.topic) if in_parts else 0,
         max_message_bytes=p.input.max_message_bytes, time_field=None, output_headers=p.output.headers,
     )
 
@@ -230,7 +227,7 @@ def _watch(registry: ModelRegistry, p: PipelineConfig, slot: ModelSlot, entry: M
 
 def prepare_topics(cfg: PipelineFile, *, partitions: int = 4) -> None:
     """Create the output and dead-letter topics (with the input's partition count) if missing."""
-    admin = AdminClient(cfg.kafka.client_settings())
+    admin = make_admin(cfg.kafka.client_settings())
     want: dict[str, int] = {}
     for p in cfg.pipelines:
         n = partition_count(admin, p.input.topic) or partitions
@@ -281,19 +278,22 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
     problem = connection_error(cfg.kafka.client_settings())   # one clear line for bad credentials / TLS
     if problem is not None:
         raise ConfigError(problem)
-    prepare_topics(cfg)
     base = cfg.kafka.client_settings()
-    admin = AdminClient(base)
+    admin = make_admin(base)
     registry = registry_for(cfg)
     metrics = ScorerMetrics(instance=instance or "")
     watchers: list[RegistryWatcher] = []
     runtimes = [build_runtime(cfg, p, registry, admin, watchers, metrics) for p in cfg.pipelines]
+    # Topics only once every model and schema resolved: a start that fails creates nothing.
+    prepare_topics(cfg)
+    for rt in runtimes:
+        rt.out_partitions = partition_count(admin, rt.output_topic) if partition_count(admin, rt.input_topic) else 0
     consumer_conf, producer_conf = client_settings(cfg, instance)
     port = metrics_port_for(cfg.metrics_port, index)
     if port is not None:
         bound = start_metrics_server(port, host=cfg.metrics_host)
         log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, bound)
-    consumer_conf.setdefault("statistics.interval.ms", 5000)
+        consumer_conf.setdefault("statistics.interval.ms", STATS_INTERVAL_MS)
     consumer_conf["stats_cb"] = metrics.consumer_stats      # consumer lag per partition
     if any((p.model.device if p.model else p.embedder.device).startswith("cuda") for p in cfg.pipelines):
         GpuMetrics(instance=instance or "")

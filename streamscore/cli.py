@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import logging
@@ -13,9 +14,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from schemas.errors import StreamscoreError
+from schemas.errors import ConfigError, ServiceError, StreamscoreError
 from streamscore.config import monitor_env_overrides
 
 log = logging.getLogger("streamscore")
@@ -153,10 +154,10 @@ def _serve_many(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- produce
 def cmd_produce(args: argparse.Namespace) -> int:
     from models.demo_data import DriftSpec
-    from streamscore.config import KafkaConfig, apply_env
+    from streamscore.config import kafka_from_env
     from streamscore.produce import produce_events
 
-    kafka = KafkaConfig.model_validate(apply_env({"kafka": {"bootstrap_servers": args.bootstrap}} if args.bootstrap else {}).get("kafka", {}))
+    kafka = kafka_from_env(args.bootstrap)
     drift = DriftSpec.parse(args.drift) if args.drift else None
     if args.partitions:
         from consumers.kafka_client import ensure_topics
@@ -177,12 +178,26 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- models
+MODELS_USAGE = {
+    "show": "models show NAME [VERSION]",
+    "register": "models register NAME --artifact FILE [--format F] [--input-spec FILE] [--threshold T]",
+    "promote": "models promote NAME VERSION [--stage S]",
+    "rollback": "models rollback NAME",
+}
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from models import DEMO_REGISTRY
     from models.registry import ModelRegistry
 
     root = Path(args.registry) if args.registry else DEMO_REGISTRY
     reg = ModelRegistry(root)
+    need = {"show": ("name",), "register": ("name", "artifact"), "promote": ("name", "version"),
+            "rollback": ("name",)}.get(args.action, ())
+    missing = [n.upper() if n != "artifact" else "--artifact" for n in need if getattr(args, n) is None]
+    if missing:
+        raise ConfigError(f"models {args.action}: missing {' and '.join(missing)} (usage: streamscore "
+                          f"{MODELS_USAGE[args.action]})")
     if args.action == "train-demo":
         from models.train import train_demo
 
@@ -198,18 +213,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(_jsonable(e), indent=2, default=str))
         return 0
     if args.action == "register":
-        from models.base import InputSpec
-
-        spec = json.loads(Path(args.input_spec).read_text()) if args.input_spec else None
-        if spec is None:
-            prev = reg.get(args.name, None, stage=None)
-            input_spec, output_spec, profile = prev.input_spec, prev.output_spec, prev.reference_profile
-        else:
-            input_spec, output_spec, profile = InputSpec.from_dict(spec), spec.get("output_spec", {}), spec.get("reference_profile")
-        e = reg.register(args.name, Path(args.artifact), format=args.format, input_spec=input_spec,
-                         output_spec=output_spec, reference_profile=profile, stage=args.stage or "staging", version=args.version)
-        print(f"registered {e.name}:{e.version} ({e.stage}) sha256={e.sha256}")
-        return 0
+        return _register(reg, args)
     if args.action == "promote":
         e = reg.promote(args.name, args.version, args.stage or "production")
         print(f"{e.name}:{e.version} is now {e.stage}")
@@ -219,6 +223,34 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{e.name}:{e.version} is now {e.stage}")
         return 0
     raise AssertionError(args.action)
+
+
+def _register(reg: Any, args: argparse.Namespace) -> int:
+    """The spec comes from --input-spec, else from the model's latest version; the artifact must load with it."""
+    from models.registry import RegistrationSpec
+
+    if args.input_spec:
+        spec = RegistrationSpec.read(Path(args.input_spec))
+    elif reg.list(args.name):
+        spec = RegistrationSpec.from_entry(reg.get(args.name, None, stage=None))
+    else:
+        raise ConfigError(f"models register: {args.name!r} is a new model in {reg.root}, so there is no earlier "
+                          f"version to copy its input spec from; pass --input-spec FILE (see --help)")
+    threshold = args.threshold if args.threshold is not None else spec.decision_threshold
+    if threshold is None:
+        threshold = 0.5
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"models register: --threshold must be within [0, 1], got {threshold}")
+    artifact = Path(args.artifact)
+    if not artifact.is_file():
+        raise ConfigError(f"models register: artifact {artifact} does not exist")
+    reg.check_artifact(artifact, format=args.format, input_spec=spec.input_spec)
+    e = reg.register(args.name, artifact, format=args.format, input_spec=spec.input_spec,
+                     output_spec=spec.output_spec, reference_profile=spec.reference_profile or None,
+                     metrics=spec.metrics or None, stage=args.stage or "staging", version=args.version,
+                     decision_threshold=threshold)
+    print(f"registered {e.name}:{e.version} ({e.stage}) threshold={e.decision_threshold:g} sha256={e.sha256}")
+    return 0
 
 
 def _jsonable(obj: Any) -> Any:
@@ -256,16 +288,33 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def cmd_alerts(args: argparse.Namespace) -> int:
     from monitoring.redis_state import alerts_tail
 
-    for line in alerts_tail(_redis_url(args), follow=args.follow, count=args.count, prefix=args.prefix):
-        print(line, flush=True)
+    url = _redis_url(args)
+    with _redis_errors(url):
+        for line in alerts_tail(url, follow=args.follow, count=args.count, prefix=args.prefix):
+            print(line, flush=True)
     return 0
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
     from monitoring.redis_state import drift_show
 
-    print(drift_show(_redis_url(args), prefix=args.prefix))
+    url = _redis_url(args)
+    with _redis_errors(url):
+        print(drift_show(url, prefix=args.prefix))
     return 0
+
+
+@contextlib.contextmanager
+def _redis_errors(url: str) -> Iterator[None]:
+    """An unreachable Redis or a malformed URL is one line naming the (redacted) URL."""
+    import redis
+
+    from monitoring.redis_state import redact
+
+    try:
+        yield
+    except (redis.RedisError, ValueError) as exc:
+        raise ServiceError(f"Redis at {redact(url)}: {exc}") from exc
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -276,7 +325,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
         print(check_options(_redis_url(args), args.metrics_url, args.port))
         return 0
-    server, port = serve_dashboard(_redis_url(args), args.metrics_url, args.host, args.port, prefix=args.prefix)
+    url = _redis_url(args)
+    try:
+        with _redis_errors(url):
+            server, port = serve_dashboard(url, args.metrics_url, args.host, args.port, prefix=args.prefix)
+    except OSError as exc:
+        raise ServiceError(f"cannot serve the dashboard on {args.host}:{args.port}: {exc.strerror or exc}") from exc
     print(f"streamscore dashboard on http://{args.host}:{port}/ (Ctrl-C stops)", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -289,6 +343,16 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, got {text!r}")
+    return port
+
+
 def _redis_url(args: argparse.Namespace) -> str:
     from streamscore.config import redis_url_from_env
 
@@ -299,7 +363,7 @@ def _redis_url(args: argparse.Namespace) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streamscore.demo import run_demo
 
-    return run_demo(seconds=args.seconds, rate=args.rate, partitions=args.partitions)
+    return run_demo(seconds=args.seconds, rate=args.rate, partitions=args.partitions, keep=args.keep)
 
 
 # ---------------------------------------------------------------- parser
@@ -336,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--bootstrap", default=None, help="bootstrap servers (default: $KAFKA_BOOTSTRAP)")
     prod.set_defaults(fn=cmd_produce)
 
+    from models.registry import SPEC_FILE_HELP
+
     mod = sub.add_parser("models", help="the model registry")
     mod.add_argument("action", choices=["train-demo", "list", "show", "register", "promote", "rollback"])
     mod.add_argument("name", nargs="?")
@@ -343,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--registry", default=None, help="registry directory (default: the bundled demo registry)")
     mod.add_argument("--artifact", help="register: the artifact file")
     mod.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "torch_export"])
-    mod.add_argument("--input-spec", help="register: JSON file with input_spec/output_spec (default: copy from the latest version)")
+    mod.add_argument("--input-spec", help=f"register: the spec of the new version (default: copy the latest version's); {SPEC_FILE_HELP}")
+    mod.add_argument("--threshold", type=float, default=None,
+                     help="register: decision threshold, score >= T decides true (default: the spec's, else 0.5)")
     mod.add_argument("--stage", default=None, help="register: staging (default); promote: production (default)")
     mod.add_argument("--seed", type=int, default=7)
     mod.set_defaults(fn=cmd_models)
@@ -370,9 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     dash = sub.add_parser("dashboard", help="the ops web page (drift, alerts, shadow, throughput, lag)")
     dash.add_argument("--redis-url", default=None, help="default: $REDIS_URL, else redis://127.0.0.1:6379/0")
-    dash.add_argument("--metrics-url", action="append", default=[], help="a scorer's /metrics URL (repeatable)")
-    dash.add_argument("--host", default="127.0.0.1")
-    dash.add_argument("--port", type=int, default=8050)
+    dash.add_argument("--metrics-url", action="extend", nargs="+", default=[], metavar="URL",
+                      help="scorers' /metrics URLs (one or more; the flag may also repeat)")
+    dash.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    dash.add_argument("--port", type=_port, default=8050)
     dash.add_argument("--prefix", default="streamscore", help="the monitor's redis_prefix")
     dash.add_argument("--check", action="store_true", help="validate the options; connect to nothing; exit 0 or 2")
     dash.set_defaults(fn=cmd_dashboard)
@@ -381,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=30.0)
     demo.add_argument("--rate", type=float, default=20000.0)
     demo.add_argument("--partitions", type=int, default=4)
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the data directory of the Kafka and Redis it started (default: removed on exit)")
     demo.set_defaults(fn=cmd_demo)
     return ap
 

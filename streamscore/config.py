@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from consumers.runtime import Delivery, Partitioning, PipelineKind
 from models.torch_backend import TorchDtype
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, validation_problems, yaml_problem
 
 
 class _Strict(BaseModel):
@@ -35,6 +35,14 @@ class KafkaConfig(_Strict):
     # Enqueue each batch's outputs with one librdkafka call instead of one produce() per
     # message (sinks/batch_produce.py); false forces the per-message path.
     batch_produce: bool = True
+
+    @field_validator("ssl_ca_location")
+    @classmethod
+    def _ca_exists(cls, v: str | None) -> str | None:
+        # librdkafka would refuse it only when a client is made, with "ssl.ca.location failed: system lib"
+        if v is not None and v != "probe" and not Path(v).exists():
+            raise ValueError(f"CA file {v} does not exist")
+        return v
 
     def client_settings(self) -> dict[str, Any]:
         """Connection settings common to consumers, producers and admin clients."""
@@ -194,34 +202,7 @@ class PipelineFile(_Strict):
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid pipeline config ({source}):"]
-    for err in exc.errors():
-        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            parent = _model_at(err["loc"][:-1])
-            valid = ", ".join(sorted(f.alias or n for n, f in parent.model_fields.items())) if parent else "?"
-            msg = f"unknown key (valid keys here: {valid})"
-        lines.append(f"  {loc or '<root>'}: {msg}")
-    return "\n".join(lines)
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = PipelineFile
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) or next(
-            (f for f in model.model_fields.values() if f.alias == part), None)
-        if field is None:
-            return None
-        ann = field.annotation
-        inner = getattr(ann, "__args__", (ann,))
-        nxt = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if nxt is None:
-            return None
-        model = nxt
-    return model
+    return "\n".join([f"invalid pipeline config ({source}):", *(f"  {line}" for line in validation_problems(exc, PipelineFile))])
 
 
 def apply_env(raw: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -262,8 +243,20 @@ def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> Pipel
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"pipeline config {p} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"pipeline config {p} is not valid YAML: {yaml_problem(exc)}") from exc
     return parse_config(raw, source=str(p), env=env)
+
+
+def kafka_from_env(bootstrap: str | None = None, *, env: dict[str, str] | None = None) -> KafkaConfig:
+    """Kafka settings of a command without a pipeline file (``produce``): the environment, then ``bootstrap``."""
+    raw = apply_env({}, env).get("kafka", {})
+    if bootstrap:
+        raw = {**raw, "bootstrap_servers": bootstrap}
+    try:
+        return KafkaConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"  kafka.{line}" for line in validation_problems(exc, KafkaConfig)]
+        raise ConfigError("\n".join(["invalid Kafka settings (from the environment):", *lines])) from exc
 
 
 def redis_url_from_env(env: dict[str, str] | None = None) -> str:

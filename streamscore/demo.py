@@ -5,6 +5,7 @@ Everything it starts it stops again, on success, on error and on Ctrl-C.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,8 @@ def _percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
-def run_demo(*, seconds: float = 30.0, rate: float = 20000.0, partitions: int = 4) -> int:
+def run_demo(*, seconds: float = 30.0, rate: float = 20000.0, partitions: int = 4, keep: bool = False) -> int:
+    """``keep``: leave the broker's and Redis's data directory (tens of MB) behind for a look afterwards."""
     from consumers.kafka_client import ensure_topics
     from streamscore.app import build_scorer
     from streamscore.config import parse_config
@@ -28,18 +30,19 @@ def run_demo(*, seconds: float = 30.0, rate: float = 20000.0, partitions: int = 
 
     status = services_status()
     owned = None
-    if status.get("running"):
-        bootstrap, redis_url = status["kafka_bootstrap"], status["redis_url"]
-        print(f"using running dev services: Kafka {bootstrap}, Redis {redis_url}")
-    else:
-        home = Path(tempfile.mkdtemp(prefix="streamscore-demo-"))
-        print(f"starting Kafka and Redis under {home} ...", flush=True)
-        owned = ensure_services(home)
-        bootstrap, redis_url = owned.kafka_bootstrap, owned.redis_url
-        print(f"  Kafka {bootstrap} ({owned.source['kafka']}), Redis {redis_url} ({owned.source['redis']})")
+    home: Path | None = None
     run = uuid.uuid4().hex[:8]
     topic_in, topic_out = f"demo-transactions-{run}", f"demo-predictions-{run}"
     try:
+        if status.get("running"):
+            bootstrap, redis_url = status["kafka_bootstrap"], status["redis_url"]
+            print(f"using running dev services: Kafka {bootstrap}, Redis {redis_url}")
+        else:
+            home = Path(tempfile.mkdtemp(prefix="streamscore-demo-"))
+            print(f"starting Kafka and Redis under {home} ...", flush=True)
+            owned = ensure_services(home)
+            bootstrap, redis_url = owned.kafka_bootstrap, owned.redis_url
+            print(f"  Kafka {bootstrap} ({owned.source['kafka']}), Redis {redis_url} ({owned.source['redis']})")
         conf = {"bootstrap.servers": bootstrap}
         ensure_topics(conf, {topic_in: partitions, topic_out: partitions, f"{topic_in}.dlq": partitions})
         cfg = parse_config({
@@ -115,3 +118,8 @@ def run_demo(*, seconds: float = 30.0, rate: float = 20000.0, partitions: int = 
         if owned is not None:
             owned.stop()
             print("stopped Kafka and Redis")
+        if home is not None:
+            if keep:
+                print(f"kept their data in {home}")
+            else:
+                shutil.rmtree(home, ignore_errors=True)

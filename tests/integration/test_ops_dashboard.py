@@ -2,8 +2,9 @@
 
 Seeds the monitor's Redis layout (drift hashes + index, shadow hash + index, alerts stream)
 and a live ScorerMetrics endpoint, serves the page, and checks the rendered DOM (drift
-table, alerts list, a drawn histogram canvas) and a screenshot's pixels. The screenshot
-is kept as docs/dashboard.png for the README.
+table, alerts list, a drawn histogram canvas) and a screenshot's pixels. The screenshot is
+written under the test's tmp_path (docs/dashboard.png, the README's image, is tracked and
+never rewritten by a test).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from monitoring.redis_state import Keys
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome"))
                  if p), None)
 needs_chromium = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
@@ -294,6 +294,3 @@ def test_page_renders_drift_table_alerts_and_charts(dashboard: tuple[str, str], 
     near = lambda rgb: int((np.abs(colors - np.array(rgb)).sum(axis=1) < 30).sum())   # noqa: E731
     assert near((0x58, 0xA6, 0xFF)) > 500, "no reference bars drawn"
     assert near((0xF0, 0x88, 0x3E)) > 500, "no current bars drawn"
-    docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
-    shutil.copyfile(shot, docs / "dashboard.png")

@@ -46,3 +46,38 @@ def test_tampered_artifact_is_refused_with_a_clear_error(root: Path, capsys: pyt
 def test_unknown_model_is_a_clean_cli_error(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "show", "no-such-model", "--registry", str(root)]) == 2
     assert "no model named 'no-such-model'" in capsys.readouterr().err
+
+
+def test_register_takes_the_threshold_or_keeps_the_copied_one(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reg = ModelRegistry(root)
+    v1 = reg.get("fraud-mlp")
+    assert main(["models", "register", "fraud-mlp", "--artifact", str(v1.artifact_path), "--threshold", "0.397",
+                 "--registry", str(root)]) == 0
+    assert "threshold=0.397" in capsys.readouterr().out
+    assert main(["models", "promote", "fraud-mlp", "2", "--registry", str(root)]) == 0
+    assert reg.get("fraud-mlp").decision_threshold == pytest.approx(0.397)
+    # without --threshold the threshold travels with the spec it is copied from
+    assert main(["models", "register", "fraud-mlp", "--artifact", str(v1.artifact_path), "--registry", str(root)]) == 0
+    assert reg.get("fraud-mlp", "3").decision_threshold == pytest.approx(0.397)
+
+
+def test_a_new_model_registers_from_the_spec_file_the_help_describes(root: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from streamscore.cli import build_parser
+
+    v1 = ModelRegistry(root).get("fraud-mlp")
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["models"].format_help().split())  # type: ignore[union-attr]
+    assert '{"input_spec": {"features": [{"name": "amount", "dtype": "float32"}' in help_text
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"input_spec": v1.input_spec.to_dict(), "output_spec": v1.output_spec,
+                                "decision_threshold": 0.42}))
+    assert main(["models", "register", "newmodel", "--artifact", str(v1.artifact_path), "--input-spec", str(spec),
+                 "--stage", "production", "--registry", str(root)]) == 0
+    new = ModelRegistry(root).get("newmodel")
+    assert new.input_spec == v1.input_spec and new.decision_threshold == pytest.approx(0.42)
+    # another version's model.json is a spec file too
+    assert main(["models", "register", "other", "--artifact", str(v1.artifact_path), "--registry", str(root),
+                 "--input-spec", str(v1.artifact_path.parent / "model.json")]) == 0
+    assert ModelRegistry(root).get("other", "1").reference_profile == v1.reference_profile

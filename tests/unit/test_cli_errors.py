@@ -1,0 +1,130 @@
+"""Every subcommand, given missing or wrong arguments: exit 2 and a short message, never a traceback.
+
+Runs the CLI in-process (``streamscore.cli.main``); nothing here needs Kafka or Redis: a wrong
+address is refused or times out fast (the Redis cases use a closed loopback port).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from models import DEMO_REGISTRY
+from streamscore.cli import main
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("cli")
+    reg = d / "reg"
+    shutil.copytree(DEMO_REGISTRY, reg)
+    (d / "unknown_key.yaml").write_text("pipelines:\n  - {name: a, input: {topic: t}, model: {name: fraud-mlp},"
+                                        " output: {topic: o}, batching: {max_sise: 3}}\n")
+    (d / "missing_ca.yaml").write_text("kafka: {security_protocol: SSL, ssl_ca_location: /nonexistent/ca.pem}\n"
+                                       "pipelines:\n  - {name: a, input: {topic: t}, model: {name: fraud-mlp},"
+                                       " output: {topic: o}}\n")
+    (d / "not_yaml.yaml").write_text("pipelines: [\n")
+    (d / "monitor_bad.yaml").write_text("broker: 127.0.0.1:9092\nwindow_mss: 5\nk: 0\n")
+    (d / "monitor_list.yaml").write_text("- broker\n")
+    (d / "spec_top_level.json").write_text('{"features": [{"name": "amount"}]}')
+    (d / "spec_bad.json").write_text("{not json")
+    return {"dir": str(d), "reg": str(reg), "onnx": str(reg / "fraud-mlp" / "1" / "model.onnx"),
+            "pt": str(reg / "fraud-mlp-torch" / "1" / "model.pt"), "redis": f"redis://127.0.0.1:{_closed_port()}/0"}
+
+
+CASES: list[tuple[str, str]] = [
+    ("", ""),
+    ("bogus", ""),
+    ("dev", ""),
+    ("dev sideways", ""),
+    ("serve", ""),
+    ("serve -c {dir}/nope.yaml", "does not exist"),
+    ("serve -c {dir}/unknown_key.yaml", "valid keys here"),
+    ("serve -c {dir}/missing_ca.yaml", "kafka.ssl_ca_location"),
+    ("serve -c {dir}/not_yaml.yaml", "not valid YAML"),
+    ("serve -c {dir}/unknown_key.yaml --processes x", ""),
+    ("produce -n x", ""),
+    ("produce --format xml", ""),
+    ("produce --drift start=x --bootstrap 127.0.0.1:1", "drift"),
+    ("models", ""),
+    ("models show --registry {reg}", "missing NAME"),
+    ("models show no-such-model --registry {reg}", "no model named"),
+    ("models show fraud-mlp 9 --registry {reg}", "no version '9'"),
+    ("models promote --registry {reg}", "missing NAME and VERSION"),
+    ("models promote fraud-mlp --registry {reg}", "missing VERSION"),
+    ("models promote fraud-mlp 9 --registry {reg}", "no version '9'"),
+    ("models promote fraud-mlp 1 --stage live --registry {reg}", "unknown model stage"),
+    ("models rollback --registry {reg}", "missing NAME"),
+    ("models rollback fraud-mlp --registry {reg}", "no archived former production version"),
+    ("models register --registry {reg}", "missing NAME"),
+    ("models register fraud-mlp --registry {reg}", "missing --artifact"),
+    ("models register fraud-mlp --artifact {dir}/nope.onnx --registry {reg}", "does not exist"),
+    ("models register fraud-mlp --artifact {pt} --registry {reg}", "refusing to register"),
+    ("models register fraud-mlp --artifact {onnx} --format torchscript --registry {reg}", "refusing to register"),
+    ("models register fraud-mlp --artifact {onnx} --format pickle --registry {reg}", ""),
+    ("models register fraud-mlp --artifact {onnx} --threshold 1.5 --registry {reg}", "--threshold"),
+    ("models register fraud-mlp --artifact {onnx} --threshold x --registry {reg}", ""),
+    ("models register newmodel --artifact {onnx} --registry {reg}", "pass --input-spec"),
+    ("models register newmodel --artifact {onnx} --input-spec {dir}/nope.json --registry {reg}", "nope.json"),
+    ("models register newmodel --artifact {onnx} --input-spec {dir}/spec_bad.json --registry {reg}", "spec_bad"),
+    ("models register newmodel --artifact {onnx} --input-spec {dir}/spec_top_level.json --registry {reg}",
+     "valid keys: input_spec"),
+    ("models register ../evil --artifact {onnx} --registry {reg}", "directory name"),
+    ("monitor", ""),
+    ("monitor -c {dir}/nope.yaml", "cannot read monitor config"),
+    ("monitor -c {dir}/monitor_bad.yaml", "window_mss: unknown key (valid keys here:"),
+    ("monitor -c {dir}/monitor_list.yaml", "must be a mapping"),
+    ("alerts", ""),
+    ("alerts tail -n x", ""),
+    ("alerts tail --redis-url {redis}", "Redis"),
+    ("alerts tail --redis-url not-a-url", "Redis"),
+    ("drift", ""),
+    ("drift show --redis-url {redis}", "Redis"),
+    ("dashboard --port x", ""),
+    ("dashboard --port 70000", ""),
+    ("demo --seconds x", ""),
+]
+
+
+@pytest.mark.parametrize("argv,says", CASES, ids=[c[0].split(" --registry")[0] or "<none>" for c in CASES])
+def test_bad_arguments_exit_2_without_a_traceback(argv: str, says: str, files: dict[str, str],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    args = argv.format(**files).split()
+    try:
+        code = main(args)
+    except SystemExit as exc:          # argparse: usage line + error line
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    assert code == 2, f"exit {code}\nstdout: {out}\nstderr: {err}"
+    assert "Traceback" not in err + out
+    lines = err.strip().splitlines()
+    if says:
+        assert says in err and lines[0].startswith("streamscore: error:"), err
+        assert len(lines) <= 4, err
+    else:                              # an argparse error: the usage, then one line naming the problem
+        assert lines[-1].startswith("streamscore") and ": error: " in lines[-1], err
+
+
+def test_a_registration_copies_nothing_that_was_refused(files: dict[str, str]) -> None:
+    from models.registry import ModelRegistry
+
+    assert [e.version for e in ModelRegistry(Path(files["reg"])).list("fraud-mlp")] == ["1"]
+    assert ModelRegistry(Path(files["reg"])).list("newmodel") == []
+
+
+def test_dashboard_takes_several_metrics_urls_and_a_repeated_flag() -> None:
+    from streamscore.cli import build_parser
+
+    args = build_parser().parse_args(["dashboard", "--metrics-url", "http://a/metrics", "http://b/metrics",
+                                      "--metrics-url", "http://c/metrics", "--host", "0.0.0.0"])
+    assert args.metrics_url == ["http://a/metrics", "http://b/metrics", "http://c/metrics"]
+    assert args.host == "0.0.0.0"
