@@ -16,13 +16,13 @@ TEST_PKGS := $(DEMO_PKGS) prometheus:promtool chromium:chromium
 DEMO_EXTRAS :=
 TEST_EXTRAS := dev
 
-.PHONY: setup setup-demo kafka-jars native demo test unit integration bench chaos lint dev-up dev-down clean
+.PHONY: setup setup-demo kafka-jars registry-jar native demo test unit integration bench chaos lint dev-up dev-down clean
 
 # What the tests (and bench, chaos, lint) need; `make demo` needs less (setup-demo).
 setup:
 	@$(SETUP) apt $(TEST_PKGS)
 	@$(SETUP) venv $(VENV) "$(TEST_EXTRAS)"
-	@$(MAKE) -s --no-print-directory kafka-jars native
+	@$(MAKE) -s --no-print-directory kafka-jars registry-jar native
 
 setup-demo:
 	@$(SETUP) apt $(DEMO_PKGS)
@@ -33,9 +33,13 @@ setup-demo:
 kafka-jars:
 	@$(SETUP) report "kafka jars" $(BIN)/python -c "from streamscore.dev.kafka import ensure_kafka_libs; print(ensure_kafka_libs())"
 
+# Apicurio Registry (the Confluent schema-registry API) for dev and tests: fetched once with mvn, unpacked into ~/.cache/streamscore.
+registry-jar:
+	@$(SETUP) report "schema registry" $(BIN)/python -c "from streamscore.dev.registry import APICURIO_VERSION, apicurio_jar; from streamscore.dev.util import cache_root; c = (cache_root() / f'apicurio-{APICURIO_VERSION}' / '.complete').exists(); apicurio_jar(); print('cached' if c else 'fetched')"
+
 # The codec's C kernels (byte copies, the non-ASCII scan), compiled once into ~/.cache/streamscore/native (numpy fallback without a compiler).
 native:
-	@$(SETUP) report "native kernels" $(BIN)/python -c "from schemas._native import lib; print('built' if lib() else 'unavailable, numpy fallback')"
+	@$(SETUP) report "native kernels" $(BIN)/python -c "from schemas.codec.native import lib; print('built' if lib() else 'unavailable, numpy fallback')"
 
 demo: setup-demo
 	@$(BIN)/streamscore demo --seconds 30 --rate 20000

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import fastavro
 import numpy as np
 
-from schemas._types import strip_logical
+from schemas.codec.types import strip_logical
 from schemas.columnar import BatchDecoder, BatchEncoder
 from schemas.registry import SchemaRegistry
 from schemas.wire import frame

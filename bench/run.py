@@ -12,6 +12,10 @@ same load too (with a 1-ms consume wait, so it holds no batch open): its latency
 floor the broker, the client and this machine set. The input topic stamps LogAppendTime as
 well, so the generator -> broker leg alone is measured in the same window.
 
+``byo_schema``: the streamscore run over the same events in a nested user schema resolved
+through a schema registry (Apicurio), scored by the demo model registered for the nested
+paths (bench/byo.py); ``byo_schema_vs_streamscore`` is its ratio to ``streamscore_eps``.
+
 Results: a table on stdout, bench/results/latest.json and bench/results/latest.png.
 """
 
@@ -136,7 +140,14 @@ def scorer_config(path: Path, bootstrap: str, t_in: str, t_out: str, group: str)
 
 
 def contender_cmd(name: str, bootstrap: str, t_in: str, t_out: str, group: str, count: int, work: Path,
-                  seconds: float, latency: bool = False) -> list[str]:
+                  seconds: float, latency: bool = False, byo: dict[str, Any] | None = None) -> list[str]:
+    if name == "byo_schema":
+        from bench import byo as byo_bench
+
+        assert byo is not None
+        cfg = byo_bench.scorer_config(work / f"{group}.yaml", bootstrap, byo["registry_url"], byo["models"],
+                                      byo["topic"], t_out, group)
+        return [sys.executable, "-m", "streamscore", "serve", "-c", str(cfg), "--max-seconds", str(seconds)]
     if name.startswith("streamscore"):
         procs = 2 if name.endswith("2proc") else 1
         cfg = scorer_config(work / f"{group}.yaml", bootstrap, t_in, t_out, group)
@@ -152,7 +163,8 @@ def contender_cmd(name: str, bootstrap: str, t_in: str, t_out: str, group: str, 
     return cmd
 
 
-def run_throughput(name: str, bootstrap: str, t_in: str, count: int, work: Path, timeout: float) -> dict[str, Any]:
+def run_throughput(name: str, bootstrap: str, t_in: str, count: int, work: Path, timeout: float,
+                   byo: dict[str, Any] | None = None) -> dict[str, Any]:
     from confluent_kafka import Consumer
 
     run = uuid.uuid4().hex[:6]
@@ -160,7 +172,8 @@ def run_throughput(name: str, bootstrap: str, t_in: str, count: int, work: Path,
     create_topic(bootstrap, t_out)
     watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": f"watch-{run}"})
     log = open(work / f"{name}.log", "wb")
-    proc = subprocess.Popen(contender_cmd(name, bootstrap, t_in, t_out, f"bench-{name}-{run}", count, work, timeout),
+    proc = subprocess.Popen(contender_cmd(name, bootstrap, t_in, t_out, f"bench-{name}-{run}", count, work, timeout,
+                                          byo=byo),
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     rss = RssSampler(proc.pid)
     rss.start()
@@ -368,7 +381,9 @@ def main() -> int:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="streamscore-bench-"))
-    svc = ensure_services(work / "services", kafka_heap="1g")
+    wanted_names = a.only.split(",") if a.only else None
+    with_byo = wanted_names is None or "byo_schema" in wanted_names
+    svc = ensure_services(work / "services", kafka_heap="1g", registry=with_byo)
     print(f"broker {svc.kafka_bootstrap} ({svc.source['kafka']}); work dir {work}", flush=True)
     try:
         bootstrap = svc.kafka_bootstrap
@@ -377,7 +392,20 @@ def main() -> int:
         t0 = time.monotonic()
         produce_events({"bootstrap.servers": bootstrap}, t_in, a.events, seed=42)
         print(f"pre-produced {a.events:,} events in {time.monotonic() - t0:.1f}s", flush=True)
-        counts = {"passthrough": a.events, "streamscore": a.events, "streamscore_2proc": a.events,
+        byo: dict[str, Any] | None = None
+        if with_byo:
+            from bench import byo as byo_bench
+
+            assert svc.schema_registry_url is not None
+            byo = {"registry_url": svc.schema_registry_url, "models": byo_bench.model_registry(work),
+                   "topic": f"bench-byo-{uuid.uuid4().hex[:6]}"}
+            create_topic(bootstrap, byo["topic"])
+            t0 = time.monotonic()
+            byo_bench.produce(bootstrap, svc.schema_registry_url, byo["topic"], a.events)
+            print(f"pre-produced {a.events:,} events in a nested registry schema in {time.monotonic() - t0:.1f}s",
+                  flush=True)
+        counts = {"passthrough": a.events, "streamscore": a.events, "byo_schema": a.events,
+                  "streamscore_2proc": a.events,
                   "batched": min(a.events, 300_000), "naive": min(a.events, 100_000),
                   "quix": min(a.events, 60_000), "faust": min(a.events, 30_000)}
         wanted = a.only.split(",") if a.only else list(counts)
@@ -385,10 +413,11 @@ def main() -> int:
         runs: dict[str, Any] = {}
         # the contenders the ratios are built from run `--repeat` times (interleaved, so a slow
         # spell of the machine hits all of them); the table shows each one's median
-        repeated = [n for n in ("passthrough", "streamscore", "batched") if n in wanted]
+        repeated = [n for n in ("passthrough", "streamscore", "byo_schema", "batched") if n in wanted]
         order = [n for _ in range(a.repeat) for n in repeated] + [n for n in wanted if n not in repeated]
         for name in order:
-            r = run_throughput(name, bootstrap, t_in, counts[name], work, timeout=300)
+            r = run_throughput(name, bootstrap, byo["topic"] if name == "byo_schema" and byo else t_in, counts[name],
+                               work, timeout=300, byo=byo)
             runs.setdefault(name, []).append(r)
             print(f"  {name:24} {r['eps']:>10,} events/s  ({r['outputs']:,} outputs, complete={r['complete']}, "
                   f"peak rss {r['rss_mb']} MB)", flush=True)
@@ -432,6 +461,8 @@ def main() -> int:
             results["ratio_vs_batched"] = round(s / b, 2)
         if s and pt:
             results["ratio_vs_passthrough"] = round(s / pt, 2)
+        if s and results.get("byo_schema_eps"):
+            results["byo_schema_vs_streamscore"] = round(results["byo_schema_eps"] / s, 2)
         results["runs"] = runs
         Path(a.out).write_text(json.dumps(results, indent=2))
         try:
@@ -449,7 +480,7 @@ def main() -> int:
 
 def table(r: dict[str, Any]) -> str:
     rows = ["passthrough_eps", "model_only_eps", "naive_eps", "batched_eps", "quix_eps", "faust_eps",
-            "streamscore_eps", "streamscore_eps_2proc", "streamscore_p50_ms", "streamscore_p99_ms",
+            "streamscore_eps", "byo_schema_eps", "byo_schema_vs_streamscore", "streamscore_eps_2proc", "streamscore_p50_ms", "streamscore_p99_ms",
             "streamscore_p99_ms_after_warmup", "passthrough_p50_ms", "passthrough_p99_ms", "input_leg_p99_ms",
             "batched_p99_ms", "streamscore_rss_mb", "ratio_vs_batched", "ratio_vs_passthrough", "soak_rss_growth"]
     lines = ["| metric | value |", "|---|---:|"]

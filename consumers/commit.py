@@ -177,8 +177,26 @@ class Rewinder:
         log.info("rewound %d partitions (generation %d)", len(targets), self.generation)
 
 
+_TRANSIENT = frozenset(getattr(KafkaError, n) for n in (
+    "_TIMED_OUT", "_MSG_TIMED_OUT", "_TIMED_OUT_QUEUE", "REQUEST_TIMED_OUT", "_TRANSPORT", "_ALL_BROKERS_DOWN",
+    "NETWORK_EXCEPTION", "_RESOLVE", "_WAIT_COORD", "_PURGE_QUEUE", "_PURGE_INFLIGHT", "_STATE", "_CONFLICT",
+    "_PREV_IN_PROGRESS", "_FENCED", "_FATAL", "INVALID_PRODUCER_EPOCH", "PRODUCER_FENCED",
+    "TRANSACTION_COORDINATOR_FENCED", "INVALID_TXN_STATE", "CONCURRENT_TRANSACTIONS", "NOT_ENOUGH_REPLICAS",
+    "NOT_ENOUGH_REPLICAS_AFTER_APPEND", "NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE",
+    "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS"))
+
+
+def transient(err: object) -> bool:
+    """Whether an error is one a cluster outage, a failover or a fence produces: recovery fixes
+    those however often they come. Anything else (authorization, a record too large, an
+    unknown topic) persists, and repeated ones stop the scorer."""
+    if not isinstance(err, KafkaError):
+        return False
+    return err.code() in _TRANSIENT or err.retriable() or err.fatal() or err.txn_requires_abort()
+
+
 class _Recovery:
-    """Re-creates a failed producer; stops the scorer when failures keep coming."""
+    """Re-creates a failed producer; stops the scorer when non-transient failures keep coming."""
 
     def __init__(self, *, sink: KafkaSink, make_producer: Callable[[], Producer], rewinder: Rewinder,
                  fail: Callable[[BaseException], None], max_recoveries: int, transactional: bool) -> None:
@@ -192,7 +210,9 @@ class _Recovery:
         self.producer_restarts = 0
 
     def allowed(self, err: object) -> bool:
-        """Count one failure; False (and the scorer stops) when the error persists."""
+        """Count one failure; False (and the scorer stops) when a non-transient error persists."""
+        if transient(err):
+            return True
         now = time.monotonic()
         self._recent.append(now)
         while self._recent and now - self._recent[0] > 60.0:
@@ -296,7 +316,7 @@ class AtLeastOnce:
 
     def _recover(self, exc: BaseException, err: KafkaError | None) -> None:
         log.warning("delivery failed (%s): replaying from the last stored offsets", exc)
-        if not self._recovery.allowed(exc):
+        if not self._recovery.allowed(err if err is not None else exc):
             self.failed = True
             return
         if err is None or err.fatal():
@@ -400,7 +420,11 @@ class ExactlyOnce:
         self.rewinder = Rewinder(consumer, lambda: {})
         self._recovery = _Recovery(sink=sink, make_producer=make_producer, rewinder=self.rewinder, fail=fail,
                                    max_recoveries=max_recoveries, transactional=True)
-        _sliced(self.sink.producer.init_transactions, deadline=time.monotonic() + 3 * call_timeout_s)
+        try:
+            _sliced(self.sink.producer.init_transactions, deadline=time.monotonic() + 3 * call_timeout_s)
+        except KafkaException as exc:
+            raise DeliveryError(f"cannot initialise the transactional producer: {exc.args[0].str()}",
+                                kafka_error=exc.args[0]) from exc
 
     def _call_deadline(self) -> float:
         """Deadline of one transactional call: the usual bound, or what is left of the stop budget."""
@@ -455,8 +479,9 @@ class ExactlyOnce:
 
     def produce_failed(self, exc: DeliveryError) -> None:
         """A produce call raised (e.g. the producer was fenced): this producer is done for."""
-        self._handle(exc.kafka_error or KafkaError(KafkaError._FATAL, str(exc), fatal=True), "produce",
-                     recreate=True)
+        err = exc.kafka_error if isinstance(exc.kafka_error, KafkaError) else None
+        self._handle(err or KafkaError(KafkaError._FATAL, str(exc), fatal=True), "produce", recreate=True,
+                     counted=err if err is not None else exc)
 
     def tick(self) -> None:
         self.sink.poll(0)
@@ -496,7 +521,7 @@ class ExactlyOnce:
         self._open = False
         self.commits += 1
 
-    def _handle(self, err: KafkaError, where: str, *, recreate: bool = False) -> None:
+    def _handle(self, err: KafkaError, where: str, *, recreate: bool = False, counted: object = None) -> None:
         if self._deadline is not None:
             # stopping: nothing more is consumed, so no rewind and no new producer. What is not
             # committed is replayed by the next owner; an abort that fails or runs out of time
@@ -505,7 +530,7 @@ class ExactlyOnce:
             self._abort("stopping", recreate_on_failure=False)
             return
         log.warning("transaction %s failed (%s): aborting and rewinding", where, err)
-        if not self._recovery.allowed(err):
+        if not self._recovery.allowed(err if counted is None else counted):
             return
         if recreate or err.fatal() or not err.txn_requires_abort() and not err.retriable():
             self._reset(err)

@@ -10,6 +10,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from consumers import mapping
 from consumers.runtime import ActiveModel
 from consumers.work import Work
 from schemas.columns import StrColumn, take
@@ -46,16 +47,14 @@ class OutputWriter:
             self._produce_embeddings(work, ack)
             return
         assert work.scores is not None and work.ok_rows is not None
-        cols = work.decoded.columns
         now_ms = int(time.time() * 1000)
-        times = cols.get(rt.time_field) if rt.time_field else None
         for active, rows in work.groups:
             if len(rows):
                 self._produce_scores(work, ack, rt.output_topic, active, active.variant, rows,
-                                     work.scores[rows], times, now_ms)
+                                     work.scores[rows], now_ms)
         for active, scores in work.shadow_out:
             if rt.shadow_topic:
-                self._produce_scores(work, ack, rt.shadow_topic, active, "shadow", work.ok_rows, scores, times, now_ms)
+                self._produce_scores(work, ack, rt.shadow_topic, active, "shadow", work.ok_rows, scores, now_ms)
         if rt.telemetry_topic:
             self._telemetry(work, ack, work.shadow_out[0] if work.shadow_out else None)
 
@@ -77,17 +76,18 @@ class OutputWriter:
             self.metrics.dead_letters(rt.name, reason, k)
 
     def _produce_scores(self, work: Work, ack: BatchAck, topic: str, active: ActiveModel, variant: str,
-                        rows: np.ndarray, scores: np.ndarray, times: Any, now_ms: int) -> None:
+                        rows: np.ndarray, scores: np.ndarray, now_ms: int) -> None:
         rt = work.rt
         n = len(rows)
-        cols = work.decoded.columns
         keys = [work.keys[i] for i in rows.tolist()] if n != len(work.keys) else work.keys
         kafka_keys = StrColumn.from_bytes(keys)            # length -1: a null Kafka key
-        event_time = _take(times, rows, len(work.keys)) if times is not None else None
+        event_time = mapping.event_times_ms(work, rows)
         if event_time is None:
             event_time = np.full(n, now_ms, dtype=np.int64)
+        carried, nulls = mapping.carried(work, rows)
         out = {
-            "event_id": _take(cols["event_id"], rows, len(work.keys)),
+            **carried,
+            "event_id": mapping.event_ids(work, rows),
             "key": _non_null(kafka_keys),
             "model": _const_str(active.model.name, n),
             "version": _const_str(str(active.model.version), n),
@@ -97,7 +97,7 @@ class OutputWriter:
             "event_time": event_time,
             "scored_at": np.full(n, now_ms, dtype=np.int64),
         }
-        encoded = rt.encoder.encode_buffer(out, n)
+        encoded = rt.encoder.encode_buffer(out, n, nulls=nulls)
         parts = None
         if rt.partitioning == "input" and rt.out_partitions > 0 and work.in_parts is not None:
             parts = work.in_parts[rows] % rt.out_partitions
@@ -157,20 +157,11 @@ class OutputWriter:
             first_tp = min(work.ranges)
             times = sub.get(rt.time_field) if rt.time_field else None
             summary = builder.summarize(sub, work.scores[rows], variant=active.variant,
-                                        event_time_ms=times if isinstance(times, np.ndarray) else None,
+                                        event_time_ms=mapping.event_times_ms(work, rows),
                                         symbols=work.decoded.symbols,
                                         batch_id=f"{first_tp[0]}:{first_tp[1]}:{work.ranges[first_tp][0]}:{active.variant}",
                                         **kw)
             self.sink.produce_one(rt.telemetry_topic, builder.encode(summary), builder.key(), ack)  # type: ignore[arg-type]
-
-
-def _take(col: Any, rows: np.ndarray, n: int) -> Any:
-    """``col`` restricted to ``rows`` (sorted, unique); the column itself when rows cover all of it."""
-    if col is None:
-        return None
-    if len(rows) == len(col):
-        return col
-    return col.take(rows) if hasattr(col, "take") else col[rows]
 
 
 def _non_null(col: StrColumn) -> StrColumn:

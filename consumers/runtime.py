@@ -97,7 +97,10 @@ class PipelineRuntime:
     out_partitions: int = 0
     max_message_bytes: int = 1_000_000
     dlq_max_bytes: int = 1_000_000  # largest dead letter the producer and the DLQ topic accept
-    time_field: str | None = "event_time"
+    id_field: str | None = "event_id"        # None: "<topic>:<partition>:<offset>" (consumers.mapping)
+    time_field: str | None = "event_time"    # None: the Kafka message timestamp
+    time_scale: int = 1                      # time_field units per millisecond (1000: timestamp-micros)
+    carry: dict[str, str] = field(default_factory=dict)     # output field -> input column (dotted path)
     kind: PipelineKind = "score"             # "embed": a text embedder, outputs Embedding records
     arms: list[ModelSlot] = field(default_factory=list)     # router arm i scores with arms[i]
     router: Router | None = None                             # None = one arm

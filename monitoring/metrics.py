@@ -207,6 +207,14 @@ class ScorerMetrics:
                               [*inst, "pipeline", "result"], registry=reg)
         self._delivery_errors = Counter("streamscore_delivery_errors", "Outputs the broker failed to acknowledge.",
                                         [*inst, "pipeline"], registry=reg)
+        self._registry_waits = Counter("streamscore_schema_registry_waits", "Retries while the schema registry "
+                                       "was unreachable and a batch waited for a writer schema.", [*inst, "pipeline"],
+                                       registry=reg)
+        self._registry_wait_s = Counter("streamscore_schema_registry_wait_seconds", "Time batches waited for an "
+                                        "unreachable schema registry.", [*inst, "pipeline"], registry=reg)
+        self._decode_fallbacks = Counter("streamscore_decode_fallbacks", "Writer schemas decoded per record "
+                                         "(fastavro) because the columnar decoder cannot compile them.",
+                                         [*inst, "pipeline"], registry=reg)
         self._e2e = BulkHistogram("streamscore_e2e_latency_seconds", "Event time to prediction produced, per event.",
                                   ["pipeline"], E2E_BUCKETS, const_labels={"instance": self.instance})
         self._consumer = ConsumerStatsCollector({"instance": self.instance})
@@ -276,6 +284,13 @@ class ScorerMetrics:
 
     def delivery_error(self, pipeline: str) -> None:
         self._child(self._delivery_errors, pipeline).inc()
+
+    def registry_wait(self, pipeline: str, seconds: float) -> None:
+        self._child(self._registry_waits, pipeline).inc()
+        self._child(self._registry_wait_s, pipeline).inc(seconds)
+
+    def decode_fallback(self, pipeline: str) -> None:
+        self._child(self._decode_fallbacks, pipeline).inc()
 
 
 class GpuMetrics(Collector):

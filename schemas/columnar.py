@@ -8,21 +8,23 @@ compile go through fastavro per record and end in the very same columns.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Sequence
+import logging
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import numpy as np
 
-from schemas._encode import BatchEncoder
-from schemas._groups import CompiledGroup, FailedGroup, FallbackGroup, GroupDecoder, Rows
-from schemas._program import Program
-from schemas._decode import ResolutionError
-from schemas._pycolumns import records_to_columns
-from schemas._types import Field, compilable, record_fields, strip_logical
-from schemas._validate import Rules
-from schemas._vec import PAD, Buffer
+from schemas.codec.encode import BatchEncoder
+from schemas.codec.flatten import decimal_column, flat_fields, flatten_record, logical_fields
+from schemas.codec.groups import CompiledGroup, FailedGroup, FallbackGroup, GroupDecoder, Rows
+from schemas.codec.program import Program
+from schemas.codec.decode import ResolutionError
+from schemas.codec.pycolumns import records_to_columns
+from schemas.codec.types import Field, compilable, strip_logical
+from schemas.codec.validate import Rules
+from schemas.codec.vec import PAD, Buffer, uvarint_size, write_uvarint, zigzag_encode
 from schemas.columns import BytesColumn, Column, DecodedBatch, RaggedColumn, StrColumn, concat, take
 from schemas.errors import DecodeError, RecordValidationError, SchemaError, UnknownSchemaError, WireFormatError
-from schemas.registry import SchemaRegistry, parse_schema
+from schemas.registry import parse_schema
 from schemas.wire import HEADER_SIZE
 
 __all__ = [
@@ -32,9 +34,40 @@ __all__ = [
     "DecodedBatch",
     "RaggedColumn",
     "StrColumn",
+    "decimal_paths",
+    "leaf_types",
+    "long_bytes",
 ]
 
 Engine = Literal["auto", "numpy", "fastavro"]
+log = logging.getLogger(__name__)
+
+
+class SchemaSource(Protocol):
+    """Writer schemas by id: the in-process ``SchemaRegistry`` or a ``RegistryClient``."""
+
+    def by_id(self, schema_id: int) -> dict[str, Any]: ...
+    def find(self, schema: dict[str, Any]) -> int | None: ...
+
+
+def leaf_types(schema: dict[str, Any]) -> dict[str, Any]:
+    """The Avro type (logical annotations kept) of each column the decoder makes, by dotted path."""
+    fields, _ = flat_fields(parse_schema(schema))
+    return {f.name: f.raw_type for f in fields}
+
+
+def decimal_paths(schema: dict[str, Any]) -> list[str]:
+    """The dotted paths of decimal fields (their columns are float64)."""
+    return sorted(logical_fields(parse_schema(schema)))
+
+
+def long_bytes(v: int) -> np.ndarray:
+    """The Avro encoding (zig-zag varint) of one long, as uint8, written by the encoder's routines."""
+    u = zigzag_encode(np.array([v], np.int64))
+    size = uvarint_size(u)
+    out = np.zeros(int(size[0]), np.uint8)
+    write_uvarint(out, np.zeros(1, np.int64), u, size)
+    return out
 
 
 def _join(values: Sequence[bytes | None], pad: int) -> tuple[bytes, np.ndarray]:
@@ -51,27 +84,37 @@ def _join(values: Sequence[bytes | None], pad: int) -> tuple[bytes, np.ndarray]:
 
 
 class BatchDecoder:
-    """Decode micro-batches of wire-format Avro (or JSON) values into reader columns."""
+    """Decode micro-batches of wire-format Avro (or JSON) values into reader columns.
+
+    Columns are named by dotted path (nested records inlined, see ``codec.flatten``);
+    decimals decode to float64, other logical types to their Avro base type.
+    ``registry.by_id`` may block (a registry outage); it is called once per writer id.
+    """
 
     def __init__(
         self,
         reader_schema: dict[str, Any],
-        registry: SchemaRegistry,
+        registry: SchemaSource,
         *,
         fmt: Literal["avro", "json"] = "avro",
         validate: dict[str, Any] | None = None,
         engine: Engine = "auto",
+        on_fallback: Callable[[int], None] | None = None,
     ) -> None:
         if fmt not in ("avro", "json"):
             raise SchemaError(f"fmt must be 'avro' or 'json', not {fmt!r}")
-        self.reader = strip_logical(parse_schema(reader_schema))
-        self.fields: list[Field] = record_fields(self.reader)
+        parsed = parse_schema(reader_schema)
+        self.decimals = logical_fields(parsed)
+        self.reader = strip_logical(parsed)
+        self.fields: list[Field]
+        self.fields, self._inlined = flat_fields(self.reader)
+        self.on_fallback = on_fallback
         self.registry = registry
         self.fmt = fmt
         self.engine = engine
         if engine == "numpy" and not compilable(self.fields):
             raise SchemaError("reader schema has types the vectorised decoder cannot compile")
-        self.rules = Rules(validate, self.fields)
+        self.rules = Rules(validate, self.fields, tuple(self.decimals))
         self.symbols = {f.name: f.type.symbols for f in self.fields if f.type is not None and f.type.kind == "enum"}
         self._groups: dict[int, GroupDecoder] = {}
         self._json_id = registry.find(reader_schema) if fmt == "json" else None
@@ -85,15 +128,21 @@ class BatchDecoder:
 
     def _compile(self, schema_id: int) -> GroupDecoder:
         writer = strip_logical(self.registry.by_id(schema_id))
-        writer_fields = record_fields(writer)
+        writer_fields, _ = flat_fields(writer)
         vectorised = self.engine != "fastavro" and compilable(writer_fields) and compilable(self.fields)
         if vectorised:
             try:
                 return CompiledGroup(Program(writer_fields, self.fields))
             except ResolutionError as exc:
                 return FailedGroup("schema_resolution", f"writer schema {schema_id}: {exc}")
+        if self.engine != "fastavro":
+            odd = [f.name for f in [*writer_fields, *self.fields] if f.type is None]
+            log.warning("schema id %d: decoded per record (fastavro): the columnar decoder cannot compile %s",
+                        schema_id, sorted(set(odd)))
+            if self.on_fallback is not None:
+                self.on_fallback(schema_id)
         same = writer == self.reader
-        return FallbackGroup(writer, None if same else self.reader, self.fields)
+        return FallbackGroup(writer, None if same else self.reader, self.fields, self._inlined)
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         """Decode ``values``; a bad value becomes an entry in ``errors``, never an exception."""
@@ -148,7 +197,7 @@ class BatchDecoder:
                 errors.append((i, WireFormatError("empty message value", raw=v)))
                 continue
             try:
-                parsed.append(json.loads(v))
+                parsed.append(flatten_record(json.loads(v), self._inlined))
             except (ValueError, TypeError) as exc:
                 errors.append((i, DecodeError(f"bad JSON: {exc}", raw=v)))
                 continue
@@ -182,6 +231,9 @@ class BatchDecoder:
             ok = ok[order]
             cols = {k: take(concat([r[1][k] for r in results]), order) for k in results[0][1]}
             nulls = {k: np.concatenate([r[2][k] for r in results])[order] for k in results[0][2]}
+        for name, dec in self.decimals.items():
+            if name in cols:
+                cols[name] = decimal_column(cols[name], dec.scale)
         if self.rules and ok.size:
             bad = self.rules.check(cols, nulls, ok.shape[0])
             if bad:

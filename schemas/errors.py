@@ -6,7 +6,8 @@ beside the code that raises them (marked with their module); the tree is complet
 
     StreamscoreError
     ├── ConfigError              bad pipeline file, bad CLI option, bad environment
-    ├── ServiceError             a local dev service (Kafka, Redis) could not start
+    ├── ServiceError             a local dev service (Kafka, Redis, registry) could not start
+    ├── RegistryUnavailableError stopped while waiting for an unreachable schema registry
     ├── SchemaError              a schema cannot be parsed or compiled
     │   ├── ResolutionError      writer and reader schemas do not resolve (the codec)
     │   └── DecodeError          one record cannot be decoded (keeps the raw bytes)
@@ -41,6 +42,10 @@ class ConfigError(StreamscoreError):
 
 class ServiceError(StreamscoreError):
     """A local development service could not be started or reached."""
+
+
+class RegistryUnavailableError(StreamscoreError):
+    """The scorer was stopped while a batch waited for the schema registry to answer."""
 
 
 class SchemaError(StreamscoreError):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,7 @@ from consumers.scorer import Scorer
 from schemas.errors import ConfigError
 from sinks.kafka_sink import KafkaSink
 from streamscore.config import ModelRef, PipelineConfig, PipelineFile
+from streamscore.contract import field_mapping, reader_schema, register_output, registry_client
 
 if TYPE_CHECKING:   # imported where used, so a process loads only the backends it needs
     from models.base import Model
@@ -26,6 +29,7 @@ if TYPE_CHECKING:   # imported where used, so a process loads only the backends 
     from models.routing import RouteSpec
     from monitoring.metrics import ScorerMetrics
     from schemas.registry import SchemaRegistry
+    from streamscore.contract import FieldMapping
 
 AvroSchema = dict[str, Any]     # a parsed Avro record schema (JSON)
 
@@ -68,6 +72,7 @@ def active_for(p: PipelineConfig, entry: ModelEntry, model: Model, variant: Vari
         telemetry = TelemetryBuilder(pipeline=p.name, model=entry.name, version=str(entry.version),
                                      reference_profile=entry.reference_profile,
                                      feature_names=list(entry.input_spec.names), threshold=threshold,
+                                     categorical=list(entry.reference_profile.get("categoricals", {})),
                                      sample=p.telemetry.sample)
     return ActiveModel(model=model, assembler=entry.input_spec, threshold=threshold, variant=variant,
                        telemetry=telemetry)
@@ -81,24 +86,13 @@ def route_for(p: PipelineConfig) -> RouteSpec:
     return RouteSpec(mode="single", arms=(Arm(_model(p).name, _model(p).version),))
 
 
-def reader_schema(p: PipelineConfig, schemas: SchemaRegistry) -> AvroSchema:
-    """The pipeline's reader schema (an embed pipeline's needs a ``text`` field)."""
-    try:
-        reader: AvroSchema = schemas.schema(p.input.schema_name)
-    except Exception as exc:
-        raise ConfigError(f"pipelines[{p.name}].input.schema: {exc}") from exc
-    if p.kind == "embed" and "text" not in {f["name"] for f in reader["fields"]}:
-        raise ConfigError(f"pipelines[{p.name}].input.schema: an embed pipeline needs a 'text' field")
-    return reader
-
-
-def input_rules(p: PipelineConfig, reader: AvroSchema,
+def input_rules(p: PipelineConfig, mapping: FieldMapping,
                 features: Sequence[str]) -> dict[str, list[str] | dict[str, list[float]]]:
     """The decoder's record validation: finite model features, and the configured value ranges."""
     validate: dict[str, list[str] | dict[str, list[float]]] = {}
-    field_names = {f["name"] for f in reader["fields"]}
+    field_names = set(mapping.leaves)
     if p.input.validate_finite:
-        validate["finite"] = [n for n in features if n in field_names]
+        validate["finite"] = [n for n in features if n in mapping.float_fields]
     if p.input.ranges:
         unknown = sorted(set(p.input.ranges) - field_names)
         if unknown:
@@ -110,16 +104,17 @@ def input_rules(p: PipelineConfig, reader: AvroSchema,
 
 def check_config(cfg: PipelineFile) -> str:
     """What ``serve`` resolves before it touches a broker, without touching one: the registry,
-    every arm's and shadow's model (sha256 and smoke check, then closed), the reader schemas,
-    the input rules and an embedder's head. Returns one line; raises ``StreamscoreError``."""
+    every arm's and shadow's model (sha256 and smoke check, then closed), the reader schemas (a schema
+    registry's too, read only), the field mapping, the input rules and an embedder's head. Returns one line; raises ``StreamscoreError``."""
     from schemas.registry import SchemaRegistry
 
     registry = registry_for(cfg)
     schemas = SchemaRegistry.default()
     schemas.schema("prediction")
+    quiet = types.SimpleNamespace(registry_wait=lambda *_: None)   # no metrics in a check
     done = []
     for p in cfg.pipelines:
-        reader = reader_schema(p, schemas)
+        reader = reader_schema(p, schemas, registry_client(cfg, p, quiet, None))
         if p.kind == "embed":
             if p.embedder.head:
                 from models.text import LabelHead
@@ -136,19 +131,21 @@ def check_config(cfg: PipelineFile) -> str:
             active.model.close()
             features = features or entry.input_spec.names
             models.append(f"{entry.name}:{entry.version}")
-        input_rules(p, reader, features)
+        input_rules(p, field_mapping(p, reader), features)
         done.append(f"{p.name} ({', '.join(models)})")
     return f"config OK: {len(done)} pipeline(s): {'; '.join(done)}; registry {registry.root}"
 
 
 def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: ModelRegistry, admin: AdminClient,
-                  watchers: list[RegistryWatcher], metrics: ScorerMetrics) -> PipelineRuntime:
+                  watchers: list[RegistryWatcher], metrics: ScorerMetrics,
+                  registry_stop: threading.Event | None = None) -> PipelineRuntime:
     from models.routing import Router
     from schemas.columnar import BatchDecoder, BatchEncoder
     from schemas.registry import SchemaRegistry
 
     schemas = SchemaRegistry.default()
-    reader = reader_schema(p, schemas)
+    client = registry_client(cfg, p, metrics, registry_stop)
+    reader = reader_schema(p, schemas, client)
     if p.kind == "embed":
         return build_embed_runtime(p, schemas, reader, admin)
     spec = route_for(p)
@@ -163,17 +160,23 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: ModelRegistry,
     for sh in spec.shadow:
         entry, active = load_active(registry, p, name=sh.name, version=sh.version, variant="shadow")
         shadows.append(ModelSlot(active))
-    validate = input_rules(p, reader, arms[0].active.assembler.names)
-    decoder = BatchDecoder(reader, schemas, fmt=p.input.format, validate=validate or None)
-    encoder = BatchEncoder(schemas.schema("prediction"), schemas.id_for("prediction"))
+    mapping = field_mapping(p, reader)
+    validate = input_rules(p, mapping, arms[0].active.assembler.names)
+    shadow_topic = (p.output.shadow_topic or f"{p.output.topic}.shadow") if shadows else None
+    out_schema, out_id = register_output(p, mapping, schemas, client, shadow_topic)
+    decoder = BatchDecoder(reader, client or schemas, fmt=p.input.format, validate=validate or None,
+                           on_fallback=lambda _id: metrics.decode_fallback(p.name))
+    encoder = BatchEncoder(out_schema, out_id)
     return PipelineRuntime(
         name=p.name, input_topic=p.input.topic, output_topic=p.output.topic, dlq_topic=p.input.dlq_topic,
         decoder=decoder, encoder=encoder, slot=arms[0], arms=arms,
         router=Router(spec) if len(arms) > 1 else None, shadows=shadows,
-        shadow_topic=(p.output.shadow_topic or f"{p.output.topic}.shadow") if shadows else None,
+        shadow_topic=shadow_topic,
         telemetry_topic=p.telemetry.topic if p.telemetry.enabled else None,
         partitioning=p.output.partitioning,
         max_message_bytes=p.input.max_message_bytes, output_headers=p.output.headers,
+        id_field=p.input.id_field, time_field=mapping.time_field, time_scale=mapping.time_scale,
+        carry=mapping.carry,
     )
 
 
@@ -283,7 +286,8 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
     registry = registry_for(cfg)
     metrics = ScorerMetrics(instance=instance or "")
     watchers: list[RegistryWatcher] = []
-    runtimes = [build_runtime(cfg, p, registry, admin, watchers, metrics) for p in cfg.pipelines]
+    registry_stop = threading.Event()    # set by scorer.stop(): a decode waiting on the registry gives up
+    runtimes = [build_runtime(cfg, p, registry, admin, watchers, metrics, registry_stop) for p in cfg.pipelines]
     # Topics only once every model and schema resolved: a start that fails creates nothing.
     prepare_topics(cfg)
     for rt in runtimes:
@@ -313,4 +317,12 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
                     metrics=metrics)
     for w in watchers:
         scorer.closers.append(w.start().close)
+    if cfg.schema_registry is not None:
+        stop_scorer = scorer.stop
+
+        def stop() -> None:
+            registry_stop.set()
+            stop_scorer()
+
+        scorer.stop = stop  # type: ignore[method-assign]
     return scorer

@@ -34,7 +34,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if args.action == "up":
         state = services_up()
         print(json.dumps(state, indent=2))
-        print(f"\nexport KAFKA_BOOTSTRAP={state['kafka_bootstrap']} REDIS_URL={state['redis_url']}")
+        print(f"\nexport KAFKA_BOOTSTRAP={state['kafka_bootstrap']} REDIS_URL={state['redis_url']} "
+              f"SCHEMA_REGISTRY_URL={state.get('schema_registry_url')}")
         return 0 if state.get("running") else 1
     if args.action == "down":
         print(json.dumps(services_down(purge=args.purge)))

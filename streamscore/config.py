@@ -60,10 +60,34 @@ class KafkaConfig(_Strict):
         return conf
 
 
+class SchemaRegistryConfig(_Strict):
+    """A Confluent-API schema registry (Confluent, Apicurio, Karapace, Redpanda)."""
+
+    url: str
+    basic_auth: SecretStr | None = None        # "user:password"
+    ssl_ca_location: str | None = None
+    cache_ttl_s: float = Field(300.0, gt=0)    # how long a subject's latest version is trusted
+
+    def settings(self) -> Any:
+        from schemas.registry_client import RegistrySettings
+
+        auth = None
+        if self.basic_auth is not None:
+            user, sep, password = self.basic_auth.get_secret_value().partition(":")
+            if not sep:
+                raise ConfigError("schema_registry.basic_auth: expected 'user:password'")
+            auth = (user, password)
+        return RegistrySettings(url=self.url, basic_auth=auth, ssl_ca_location=self.ssl_ca_location,
+                                cache_ttl_s=self.cache_ttl_s)
+
+
 class InputConfig(_Strict):
     topic: str
     format: Literal["avro", "json"] = "avro"
+    # a bundled name, a path to an .avsc file, or registry:<subject>[:<version>]
     schema_name: str = Field("transaction", alias="schema")
+    id_field: str | None = "event_id"          # None: "<topic>:<partition>:<offset>"
+    time_field: str | None = "event_time"      # None: the Kafka message timestamp
     dead_letter_topic: str | None = None       # default: "<topic>.dlq"
     max_message_bytes: int = Field(1_000_000, gt=0)
     validate_finite: bool = True               # NaN/inf in model features -> dead letter
@@ -92,6 +116,8 @@ class OutputConfig(_Strict):
     # Also stamp model/version/variant as Kafka headers (the record always has them). Off by
     # default: messages with headers take the per-message produce path (~25% slower flat out).
     headers: bool = False
+    carry: list[str] = Field(default_factory=list)   # input fields (dotted paths) copied into each prediction
+    subject_strategy: Literal["topic", "record"] = "topic"   # <topic>-value, or <namespace>.<name>
 
 
 class TelemetryConfig(_Strict):
@@ -176,6 +202,7 @@ class PipelineFile(_Strict):
     static_membership: bool = False             # group.instance.id = <group_id>-<--instance> (needs --instance)
     commit_interval_ms: int = Field(100, ge=1)
     registry: str | None = None                 # default: the bundled demo registry
+    schema_registry: SchemaRegistryConfig | None = None   # None: the bundled schemas' fixed ids
     queue_depth: int = Field(4, ge=1, le=64)    # batches buffered between stages
     gil_switch_ms: float = Field(1.0, gt=0, le=100)   # longest GIL slice of one stage's thread (CPython's default 5)
     metrics_port: int | None = Field(None, ge=0, le=65535)   # with --processes N: port + index (0 = any free)
@@ -206,7 +233,8 @@ def _format_errors(exc: ValidationError, source: str) -> str:
 
 
 def apply_env(raw: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Environment overrides, read in this one place: KAFKA_BOOTSTRAP, KAFKA_SASL_*, STREAMSCORE_SECRETS_FILE."""
+    """Environment overrides, read in this one place: KAFKA_BOOTSTRAP, KAFKA_SASL_*, STREAMSCORE_SECRETS_FILE,
+    SCHEMA_REGISTRY_URL (the url of a ``schema_registry`` section the file has)."""
     env = dict(os.environ if env is None else env)
     kafka = dict(raw.get("kafka") or {})
     if env.get("KAFKA_BOOTSTRAP"):
@@ -224,6 +252,8 @@ def apply_env(raw: dict[str, Any], env: dict[str, str] | None = None) -> dict[st
     out = dict(raw)
     if kafka:
         out["kafka"] = kafka
+    if env.get("SCHEMA_REGISTRY_URL") and isinstance(raw.get("schema_registry"), dict):
+        out["schema_registry"] = {**raw["schema_registry"], "url": env["SCHEMA_REGISTRY_URL"]}
     return out
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from consumers.kafka_client import PRODUCER_DEFAULTS, make_producer, merged
 from schemas.errors import DeliveryError
+from schemas.columnar import long_bytes
 
 
 @dataclass
@@ -151,17 +152,6 @@ def produce_events(
     return ProduceResult(events=sent, seconds=time.monotonic() - t0)
 
 
-def _zigzag_varint(v: int) -> np.ndarray:
-    """The Avro (zig-zag varint) bytes of one long, written by the encoder's own routines."""
-    from schemas._vec import uvarint_size, write_uvarint, zigzag_encode
-
-    u = zigzag_encode(np.array([v], np.int64))
-    size = uvarint_size(u)
-    out = np.zeros(int(size[0]), np.uint8)
-    write_uvarint(out, np.zeros(1, np.int64), u, size)
-    return out
-
-
 _STAMP_ROWS = 4096
 
 
@@ -188,15 +178,15 @@ class _StampedBlock:
         cols["event_time"] = np.full(self.n, now_ms, dtype=np.int64)
         self.buf, self.starts, self.lengths, marks = _transaction_encoder().encode_buffer_marked(
             cols, self.n, "event_time")
-        self.width = len(_zigzag_varint(now_ms))
+        self.width = len(long_bytes(now_ms))
         self.pos = marks[:, None] + np.arange(self.width)
 
     def stamp(self, lo: int, n: int, now_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
         """Rows ``lo..lo+n`` with ``event_time = now_ms``: (buffer, starts, lengths, key column)."""
-        raw = _zigzag_varint(now_ms)
+        raw = long_bytes(now_ms)
         if len(raw) != self.width:
             self._encode(now_ms)
-            raw = _zigzag_varint(now_ms)
+            raw = long_bytes(now_ms)
         self.buf[self.pos[lo:lo + n]] = raw
         k = self.keys
         return (self.buf, self.starts[lo:lo + n], self.lengths[lo:lo + n],

@@ -1,9 +1,10 @@
-"""Kafka + Redis for development and tests.
+"""Kafka + Redis (+ a schema registry on request) for development and tests.
 
 Resolution order for each service (the same for ``streamscore dev up`` and the test
-fixtures): an address in the environment (``KAFKA_BOOTSTRAP`` / ``REDIS_URL``); else
-testcontainers when a Docker engine answers; else a local process we start ourselves
-(the Apache Kafka broker from Maven Central jars, Debian's redis-server).
+fixtures): an address in the environment (``KAFKA_BOOTSTRAP`` / ``REDIS_URL`` /
+``SCHEMA_REGISTRY_URL``); else testcontainers when a Docker engine answers (Kafka, Redis);
+else a local process we start ourselves (the Apache Kafka broker from Maven Central jars,
+Debian's redis-server, Apicurio Registry from Maven Central).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from streamscore.dev.kafka import KafkaBroker, broker_answers, start_kafka, wait_stopped
 from streamscore.dev.redis import RedisServer, redis_answers, start_redis
+from streamscore.dev.registry import RegistryServer, registry_answers, start_registry
 from streamscore.dev.util import cache_root
 
 
@@ -28,6 +30,7 @@ class Services:
     redis_url: str
     source: dict[str, str]                 # service -> "env" | "testcontainers" | "local"
     home: Path | None = None
+    schema_registry_url: str | None = None   # set when asked for (ensure_services(registry=True))
     _owned: list[Any] = field(default_factory=list)
 
     def stop(self) -> None:
@@ -73,8 +76,12 @@ def _testcontainers_redis() -> tuple[str, _Container]:
     return f"redis://{c.get_container_host_ip()}:{c.get_exposed_port(6379)}/0", _Container(c)
 
 
-def ensure_services(home: Path, *, kafka_heap: str = "512m", kafka_extra: dict[str, str] | None = None) -> Services:
-    """Start (or find) Kafka and Redis. The caller owns the result and must ``stop()`` it."""
+def ensure_services(home: Path, *, kafka_heap: str = "512m", kafka_extra: dict[str, str] | None = None,
+                    registry: bool = False) -> Services:
+    """Start (or find) Kafka and Redis, and the schema registry when ``registry``.
+
+    The caller owns the result and must ``stop()`` it.
+    """
     owned: list[Any] = []
     source: dict[str, str] = {}
     docker: bool | None = None
@@ -108,11 +115,25 @@ def ensure_services(home: Path, *, kafka_heap: str = "512m", kafka_extra: dict[s
                 owned.append(server)
                 redis_url = server.url
                 source["redis"] = "local"
+        registry_url = ensure_registry(home, owned, source) if registry else None
     except BaseException:
         for thing in reversed(owned):
             thing.stop()
         raise
-    return Services(kafka_bootstrap=bootstrap, redis_url=redis_url, source=source, home=home, _owned=owned)
+    return Services(kafka_bootstrap=bootstrap, redis_url=redis_url, source=source, home=home,
+                    schema_registry_url=registry_url, _owned=owned)
+
+
+def ensure_registry(home: Path, owned: list[Any], source: dict[str, str]) -> str:
+    """``$SCHEMA_REGISTRY_URL``, else a local Apicurio appended to ``owned``."""
+    url = os.environ.get("SCHEMA_REGISTRY_URL")
+    if url:
+        source["schema_registry"] = "env"
+        return url
+    server = start_registry(home / "registry")
+    owned.append(server)
+    source["schema_registry"] = "local"
+    return server.url
 
 
 # --- `streamscore dev up|down|status`: services that outlive the command -----------------
@@ -128,21 +149,24 @@ def _state_file() -> Path:
 def services_up() -> dict[str, Any]:
     """Start detached dev services (idempotent) and record them in the state file."""
     state = services_status()
-    if state.get("kafka_ok") and state.get("redis_ok"):
+    if state.get("running"):
         return state
     services_down()
-    svc = ensure_services(dev_home())
+    svc = ensure_services(dev_home(), registry=True)
     pids = {}
+    names = {KafkaBroker: "kafka", RedisServer: "redis", RegistryServer: "schema_registry"}
     for thing in svc._owned:
-        if isinstance(thing, (KafkaBroker, RedisServer)) and thing.process is not None:
-            pids["kafka" if isinstance(thing, KafkaBroker) else "redis"] = thing.process.pid
+        if isinstance(thing, (KafkaBroker, RedisServer, RegistryServer)) and thing.process is not None:
+            pids[names[type(thing)]] = thing.process.pid
     state = {
         "kafka_bootstrap": svc.kafka_bootstrap,
         "redis_url": svc.redis_url,
+        "schema_registry_url": svc.schema_registry_url,
         "source": svc.source,
         "pids": pids,
         "kafka_log": str(dev_home() / "kafka" / "kafka.log"),
         "redis_log": str(dev_home() / "redis" / "redis.log"),
+        "schema_registry_log": str(dev_home() / "registry" / "registry.log"),
     }
     _state_file().parent.mkdir(parents=True, exist_ok=True)
     _state_file().write_text(json.dumps(state, indent=2))
@@ -157,7 +181,8 @@ def services_status() -> dict[str, Any]:
     state: dict[str, Any] = json.loads(_state_file().read_text())
     state["kafka_ok"] = broker_answers(state["kafka_bootstrap"])
     state["redis_ok"] = redis_answers(state["redis_url"])
-    state["running"] = state["kafka_ok"] and state["redis_ok"]
+    state["schema_registry_ok"] = bool(state.get("schema_registry_url")) and registry_answers(state["schema_registry_url"])
+    state["running"] = state["kafka_ok"] and state["redis_ok"] and state["schema_registry_ok"]
     return state
 
 
@@ -180,7 +205,7 @@ def services_down(*, purge: bool = False) -> dict[str, Any]:
         _state_file().unlink(missing_ok=True)
     out: dict[str, Any] = {"stopped": stopped}
     if purge:
-        gone = [d for d in (dev_home() / "kafka", dev_home() / "redis") if d.exists()]
+        gone = [d for d in (dev_home() / "kafka", dev_home() / "redis", dev_home() / "registry") if d.exists()]
         for d in gone:
             shutil.rmtree(d)
         out["purged"] = [str(d) for d in gone]

@@ -38,6 +38,26 @@ def redis_url(services: Services) -> str:
     return services.redis_url
 
 
+@pytest.fixture(scope="session")
+def schema_registry(services: Services) -> Iterator[Any]:
+    """A Confluent-API schema registry: ``$SCHEMA_REGISTRY_URL``, else Apicurio started for the session.
+
+    Yields an object with ``url``; a local one also has ``kill()`` and ``restart()`` (same port).
+    """
+    from streamscore.dev.registry import LocalRegistry
+
+    url = os.environ.get("SCHEMA_REGISTRY_URL")
+    if url:
+        yield type("External", (), {"url": url, "local": False})()
+        return
+    assert services.home is not None
+    reg = LocalRegistry(services.home / "registry")
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
 @pytest.fixture
 def names() -> Callable[[str], str]:
     """Unique topic / group names for this test."""

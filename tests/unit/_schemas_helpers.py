@@ -9,7 +9,7 @@ from typing import Any
 import fastavro
 from hypothesis import strategies as st
 
-from schemas._types import strip_logical
+from schemas.codec.types import strip_logical
 from schemas.wire import frame
 
 PRIMS = ["boolean", "int", "long", "float", "double", "string", "bytes"]

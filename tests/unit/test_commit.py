@@ -281,3 +281,18 @@ def test_at_least_once_finish_is_bounded_when_acks_never_come() -> None:
     alo.finish(time.monotonic() + 1.0)
     assert time.monotonic() - t0 < 3.0
     assert consumer.commits == [], "nothing unacknowledged is committed"
+
+
+def test_outage_errors_never_stop_the_scorer_however_many() -> None:
+    h = Harness(FakeProducer())
+    timeout = KafkaError(KafkaError._MSG_TIMED_OUT, "message timed out")
+    for _ in range(30):
+        h.eos.produce_failed(DeliveryError("delivery timed out", kafka_error=timeout))
+    assert h.failures == [], "a broker outage is waited out, not a reason to exit"
+
+
+def test_exactly_once_stops_when_a_persistent_error_keeps_coming() -> None:
+    h = Harness(FakeProducer())
+    for i in range(12):
+        h.eos.produce_failed(DeliveryError(f"record too large {i}"))     # no client error: not transient
+    assert h.failures and "11 delivery failures within a minute" in str(h.failures[0])

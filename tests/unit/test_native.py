@@ -1,4 +1,4 @@
-"""The C byte kernels (schemas/_native.c) against their numpy fallbacks, and the codec on both."""
+"""The C byte kernels (schemas/codec/native.c) against their numpy fallbacks, and the codec on both."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import _native
+from schemas.codec import native as _native
 from schemas.columnar import BatchEncoder
 from schemas.registry import SchemaRegistry
 from tests.unit._schemas_helpers import random_wire_batch
@@ -99,8 +99,8 @@ def test_kernels_refuse_copies_outside_the_buffers(restore_native: None) -> None
 
 
 def test_non_ascii_scan_matches_numpy(restore_native: None) -> None:
-    from schemas._program import _non_ascii
-    from schemas._vec import PAD, Buffer
+    from schemas.codec.program import _non_ascii
+    from schemas.codec.vec import PAD, Buffer
 
     rng = np.random.default_rng(5)
     raw = rng.integers(0, 0x80, 4000, dtype=np.uint8)

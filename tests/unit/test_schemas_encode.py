@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas._types import strip_logical
+from schemas.codec.types import strip_logical
 from schemas.columnar import BatchDecoder, BatchEncoder, RaggedColumn, StrColumn
 from schemas.errors import SchemaError
 from schemas.registry import SchemaRegistry

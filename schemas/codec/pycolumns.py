@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from schemas._decode import null_column
-from schemas._types import DTYPE, NO_DEFAULT, Field, FieldType
+from schemas.codec.decode import null_column
+from schemas.codec.types import DTYPE, NO_DEFAULT, Field, FieldType
 from schemas.columns import BytesColumn, Column, RaggedColumn, StrColumn
 
 MISSING = object()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas._cursor import BAD_BRANCH, BAD_ENUM, INT_RANGE, TRUNCATED, Cursor
-from schemas._types import DTYPE, FIXED_SIZE, FieldType
-from schemas._vec import Buffer
+from schemas.codec.cursor import BAD_BRANCH, BAD_ENUM, INT_RANGE, TRUNCATED, Cursor
+from schemas.codec.types import DTYPE, FIXED_SIZE, FieldType
+from schemas.codec.vec import Buffer
 from schemas.columns import BytesColumn, Column, RaggedColumn, StrColumn
 from schemas.errors import SchemaError
 

@@ -15,9 +15,9 @@ from typing import Any, Callable, Mapping
 import fastavro
 import numpy as np
 
-from schemas._types import DTYPE, FIXED_SIZE, Field, FieldType, compilable, record_fields, strip_logical
-from schemas._vec import uvarint_size, write_uvarint, zigzag_encode
-from schemas._native import copy_rows, copy_segments
+from schemas.codec.types import DTYPE, FIXED_SIZE, Field, FieldType, compilable, record_fields, strip_logical
+from schemas.codec.vec import uvarint_size, write_uvarint, zigzag_encode
+from schemas.codec.native import copy_rows, copy_segments
 from schemas.columns import RaggedColumn, StrColumn
 from schemas.errors import SchemaError
 from schemas.registry import parse_schema

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas._vec import Buffer, read_uvarint, zigzag_decode
+from schemas.codec.vec import Buffer, read_uvarint, zigzag_decode
 
 # first error per row; 0 = fine. Messages are what a DLQ reader sees.
 OK, TRUNCATED, TRAILING, BAD_ENUM, BAD_BRANCH, BAD_LENGTH, BAD_UTF8, INT_RANGE, RESOLUTION, VARINT = range(10)

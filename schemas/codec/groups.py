@@ -14,11 +14,12 @@ import fastavro
 import numpy as np
 from fastavro.read import SchemaResolutionError
 
-from schemas._cursor import MESSAGES, OK, RESOLUTION
-from schemas._program import Program
-from schemas._pycolumns import records_to_columns
-from schemas._types import Field
-from schemas._vec import Buffer
+from schemas.codec.cursor import MESSAGES, OK, RESOLUTION
+from schemas.codec.flatten import flatten_record
+from schemas.codec.program import Program
+from schemas.codec.pycolumns import records_to_columns
+from schemas.codec.types import Field
+from schemas.codec.vec import Buffer
 from schemas.columns import Column, take
 
 GroupResult = tuple[dict[str, Column], dict[str, np.ndarray], np.ndarray, list[tuple[int, str, str]]]
@@ -66,10 +67,12 @@ class FallbackGroup:
 
     pad = 0
 
-    def __init__(self, writer: dict[str, Any], reader: dict[str, Any] | None, fields: list[Field]) -> None:
+    def __init__(self, writer: dict[str, Any], reader: dict[str, Any] | None, fields: list[Field],
+                 inlined: set[str] | None = None) -> None:
         self.writer = fastavro.parse_schema(writer)
         self.reader = None if reader is None else fastavro.parse_schema(reader)
         self.fields = fields
+        self.inlined = inlined or set()     # nested records the reader's fields are flattened from
 
     def decode(self, rows: Rows) -> GroupResult:
         records: list[Any] = []
@@ -91,7 +94,8 @@ class FallbackGroup:
             records.append(rec)
         failed = {i for i, _, _ in errors}
         keep = [i for i in range(len(records)) if i not in failed]
-        cols, nulls, good, bad = records_to_columns([records[i] for i in keep], self.fields)
+        cols, nulls, good, bad = records_to_columns([flatten_record(records[i], self.inlined) for i in keep],
+                                                    self.fields)
         errors += [(keep[j], "decode", msg) for j, msg in bad.items()]
         errors.sort()
         return cols, nulls, np.array(keep, np.int64)[good], errors

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from schemas._cursor import BAD_UTF8, OK, RESOLUTION, TRAILING, TRUNCATED, Cursor
-from schemas._decode import ResolutionError, gather_fixed, null_column, read_field
-from schemas._native import non_ascii
-from schemas._types import DTYPE, FIXED_SIZE, NO_DEFAULT, Field, FieldType, can_promote
-from schemas._vec import Buffer
+from schemas.codec.cursor import BAD_UTF8, OK, RESOLUTION, TRAILING, TRUNCATED, Cursor
+from schemas.codec.decode import ResolutionError, gather_fixed, null_column, read_field
+from schemas.codec.native import non_ascii
+from schemas.codec.types import DTYPE, FIXED_SIZE, NO_DEFAULT, Field, FieldType, can_promote
+from schemas.codec.vec import Buffer
 from schemas.columns import BytesColumn, Column, RaggedColumn, StrColumn, _gather_index
 
 _VARINT = 10

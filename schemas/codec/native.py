@@ -1,4 +1,4 @@
-"""Byte kernels in C (``_native.c``), loaded with ctypes, with numpy fallbacks.
+"""Byte kernels in C (``native.c``), loaded with ctypes, with numpy fallbacks.
 
 The columnar encoder copies many short segments (strings, fixed-width field runs) into
 one buffer. In numpy that needs an int64 index per byte copied; the C loops use memcpy.
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
-_SRC = Path(__file__).with_name("_native.c")
+_SRC = Path(__file__).with_name("native.c")
 _lib: Any = None
 _tried = False
 

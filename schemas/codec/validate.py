@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas._types import Field
+from schemas.codec.types import Field
 from schemas.columns import Column
 from schemas.errors import ConfigError
 
@@ -17,12 +17,13 @@ _NUMBERS = ("int", "long", "float", "double")
 class Rules:
     """``{"finite": [names] | True, "ranges": {name: [lo, hi]}}``; bounds are inclusive."""
 
-    def __init__(self, spec: dict[str, Any] | None, fields: list[Field]) -> None:
+    def __init__(self, spec: dict[str, Any] | None, fields: list[Field], decimals: tuple[str, ...] = ()) -> None:
         spec = dict(spec or {})
         unknown = set(spec) - {"finite", "ranges"}
         if unknown:
             raise ConfigError(f"validate: unknown keys {sorted(unknown)}; valid keys are 'finite' and 'ranges'")
         kinds = {f.name: (f.type.kind if f.type is not None else None) for f in fields}
+        kinds.update({name: "double" for name in decimals})      # decimals decode to float64
         finite = spec.get("finite", [])
         if finite is True:
             finite = [n for n, k in kinds.items() if k in _FLOATS]
