@@ -10,8 +10,9 @@ SETUP  := SETUP_LOG=$(SETUP_LOG) PYTHON=$(PYTHON) .ci/setup
 # Debian packages as package:command (the command on PATH means the package is there).
 # The demo: a JDK and Maven fetch and run the Kafka broker, redis-server, gcc for the codec's C kernels.
 DEMO_PKGS := openjdk-17-jre-headless:java maven:mvn redis-server:redis-server gcc:cc
-# The tests, on top: promtool and the Prometheus server (rules and scrape tests), Chromium (dashboard test).
-TEST_PKGS := $(DEMO_PKGS) prometheus:promtool chromium:chromium
+# The tests, on top: promtool and the Prometheus server (rules and scrape tests), Chromium (dashboard test),
+# stress-ng for the chaos runs' CPU hog (a busy-loop process stands in without it).
+TEST_PKGS := $(DEMO_PKGS) prometheus:promtool chromium:chromium stress-ng:stress-ng
 # pip extras of this package (pyproject.toml): none for the demo, [dev] for the tests.
 DEMO_EXTRAS :=
 TEST_EXTRAS := dev
@@ -59,8 +60,10 @@ integration: setup
 bench: setup
 	$(BIN)/python -m bench.run
 
+# The chaos scenarios on a local 3-broker cluster (about 30 minutes here), then the README's table from their results.
+CHAOS_ARGS ?=
 chaos: setup
-	$(BIN)/python -m bench.chaos
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS); rc=$$?; $(BIN)/python -m bench.chaos --table --write-readme; exit $$rc
 
 lint: setup
 	$(BIN)/python -m mypy consumers sinks schemas models streamscore monitoring

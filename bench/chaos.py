@@ -1,29 +1,34 @@
-"""``make chaos``: a bounded chaos run of both delivery modes against a real broker.
+"""``make chaos``: the faults users meet, on a local 3-broker cluster, in both delivery modes.
 
-For each mode: a 6-partition input topic gets N events (produced at a steady rate so
-the chaos happens mid-stream), three ``streamscore serve`` processes share one consumer
-group under stable instance names (``slot-0..2``), a seeded RNG SIGKILLs one of them at
-each progress milestone and restarts it at once, the broker is stopped and restarted
-once, and at the end the output is read with ``isolation.level=read_committed``.
+Each scenario runs once per mode on a 3-node KRaft cluster (replication factor 3,
+``min.insync.replicas=2``): events are produced at a fixed rate into a 6-partition topic
+while ``streamscore serve`` processes (one consumer group, stable instance names
+``slot-0..2``) score them, a CPU hog takes one of the machine's cores, and at progress
+milestones (a fraction of the events seen scored by a ``read_committed`` reader):
 
-Invariants checked: nothing is lost in either mode; exactly-once shows no duplicates.
-Results go to ``bench/results/chaos.json`` and a table on stdout.
+- ``leader_kill``    the leader of the busiest input partition is SIGKILLed, kept down, restarted; 3 times
+- ``broker_freeze``  that leader is frozen with SIGSTOP for 15 s, then SIGCONT (a network stall)
+- ``scale``          1 -> 3 -> 1 scorer processes (the two extra stopped with SIGTERM)
+- ``scorer_chaos``   3 scorer SIGKILLs (restarted at once), then one scorer frozen past the session
+                     and transaction timeouts and thawed (it must be fenced and keep scoring)
+- ``smoke``          one leader kill and one scorer SIGKILL (the size ``make test`` runs)
 
-    python -m bench.chaos [--events N] [--kills K] [--seed S] [--mode at_least_once|exactly_once|both]
+A scorer that exits by itself is restarted (as a supervisor would) and counted as a crash.
+Each (mode, scenario) is a row of ``bench/results/chaos.json``; ``--table`` prints the
+README's table from that file and ``--write-readme`` puts it there.
+
+    python -m bench.chaos [--scenario NAME[,NAME]] [--mode at_least_once|exactly_once|both] [--rate R] [--no-hog]
+    python -m bench.chaos --table [--write-readme]
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
+import datetime
 import json
 import logging
-import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,36 +38,66 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from bench.chaos_kit import ROOT, CpuHog, OutputWatcher, Slot, busiest, lag_by_partition, stop_all
 from consumers.kafka_client import ensure_topics
-from streamscore.dev.kafka import KafkaBroker, start_kafka
+from streamscore.dev.cluster import KafkaCluster, start_cluster
 from streamscore.produce import produce_events
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "chaos.json"
+README = ROOT / "README.md"
 MODES = ("at_least_once", "exactly_once")
+STOP_LIMIT_S = 30.0          # every SIGTERM must end a scorer within this (issue 17)
+SESSION_TIMEOUT_MS = 10000   # our default: longer than the cluster fences a dead broker (6 s), so a coordinator failover costs no session
+TRANSACTION_TIMEOUT_MS = 10000   # what streamscore.app gives the transactional producer
+HARD_STOP_LINE = "stop took longer than stop_timeout_s"   # streamscore.cli's stop backstop
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    start: int                               # scorer processes at the start (slots 0..start-1)
+    actions: tuple[tuple[float, str], ...]   # (fraction of the events scored, action)
+    seconds: float                           # how long events flow at the fixed rate
+    slots: int = 3
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("leader_kill", 3, ((0.15, "leader_kill"), (0.45, "leader_kill"), (0.75, "leader_kill")), 120.0),
+    Scenario("broker_freeze", 3, ((0.3, "broker_freeze"),), 60.0),
+    Scenario("scale", 1, ((0.25, "scale_up"), (0.6, "scale_down")), 60.0),
+    Scenario("scorer_chaos", 3, ((0.15, "scorer_kill"), (0.3, "scorer_kill"), (0.45, "scorer_kill"),
+                                 (0.6, "scorer_freeze")), 80.0),
+    Scenario("smoke", 3, ((0.3, "leader_kill"), (0.6, "scorer_kill")), 20.0),
+)}
+FULL = ("leader_kill", "broker_freeze", "scale", "scorer_chaos")
 
 
 @dataclass
 class ChaosResult:
     mode: str
+    scenario: str
     events: int
     unique_scored: int
     lost: int
     duplicates: int            # extra committed predictions (sum of count - 1 over events)
-    kills: int
-    broker_restarts: int
-    crashes: int               # scorer processes that exited by themselves (restarted like kills)
-    exit_codes: list[int]      # of the final SIGTERM of each slot
-    seconds: float
-    dead_letters: int = 0
-    kill_points: list[int] = field(default_factory=list)   # events committed when each kill happened
+    kills: int                 # scorer SIGKILLs
+    broker_kills: int
+    max_stall_s: float         # longest time no prediction arrived while input waited
+    stop_s_max: float          # slowest SIGTERM-to-exit of any scorer
+    broker_freezes: int = 0
+    scorer_freezes: int = 0
+    crashes: int = 0           # scorer processes that exited by themselves (restarted)
+    hard_stops: int = 0        # stops that hit the stop_timeout_s backstop (stacks in the slot's log)
+    exit_codes: list[int] = field(default_factory=list)   # of every SIGTERM
+    cpu_hog: str = ""
+    seconds: float = 0.0
+    ran_at: str = ""
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        if self.lost:
+        if self.lost or self.crashes or any(self.exit_codes) or self.stop_s_max > STOP_LIMIT_S:
             return False
         return self.duplicates == 0 if self.mode == "exactly_once" else True
 
@@ -71,336 +106,367 @@ class ChaosAborted(RuntimeError):
     """The scorers crash by themselves again and again: the run cannot say anything."""
 
 
-class Broker:
-    """A local broker that can be stopped and restarted on the same home and ports."""
-
-    def __init__(self, home: Path, *, heap: str = "512m") -> None:
-        self.home = home
-        self.heap = heap
-        self._broker: KafkaBroker | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        assert self._broker is not None
-        return self._broker.bootstrap
-
-    def start(self) -> None:
-        self._broker = start_kafka(self.home, heap=self.heap)
-
-    def restart(self, down_s: float = 1.0) -> None:
-        assert self._broker is not None
-        self._broker.stop()
-        time.sleep(down_s)   # clients see the broker gone, not just a blip
-        self._broker = start_kafka(self.home, heap=self.heap)
-
-    def stop(self) -> None:
-        if self._broker is not None:
-            self._broker.stop()
-
-
-class Slot:
-    """One scorer process slot with a stable instance name (restart = same transactional.id)."""
-
-    def __init__(self, index: int, config: Path, workdir: Path) -> None:
-        self.name = f"slot-{index}"
-        self.config = config
-        self.workdir = workdir
-        self.starts = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"{self.name}.log"
-
-    def start(self) -> None:
-        self.starts += 1
-        if self._log is None:
-            self._log = open(self.log_path, "ab")
-        self._log.write(f"\n===== start {self.starts} =====\n".encode())
-        self._log.flush()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("KAFKA_BOOTSTRAP", None)   # the config names the broker
-        self.proc = subprocess.Popen([sys.executable, "-m", "streamscore", "-v", "serve", "-c", str(self.config),
-                                      "--instance", self.name], stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=ROOT, env=env)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
-            return -9
-
-    def close(self) -> None:
-        self.kill()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-# ---------------------------------------------------------------------------- reading back
-def _event_id(value: bytes) -> str:
-    """The prediction's first field (event_id, an Avro string) after the 5-byte wire header."""
-    pos, shift, raw = 5, 0, 0
-    while True:
-        b = value[pos]
-        raw |= (b & 0x7F) << shift
-        pos += 1
-        if not b & 0x80:
-            break
-        shift += 7
-    n = (raw >> 1) ^ -(raw & 1)
-    return value[pos:pos + n].decode()
-
-
-def _positions(bootstrap: str, group: str, topic: str, partitions: int) -> tuple[int, int]:
-    """(sum of committed offsets of ``group``, sum of high watermarks) over ``topic``."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                  "log_level": 0})
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        done = sum(max(0, tp.offset) for tp in c.committed(tps, timeout=10))
-        high = sum(c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
-        return done, high
-    except KafkaException:   # the broker is restarting: no progress known yet
-        return -1, -1
-    finally:
-        c.close()
-
-
-def _committed_ids(bootstrap: str, topic: str, *, want: int, timeout: float,
-                   idle: float = 3.0) -> collections.Counter[str]:
-    """Every committed prediction's event id; read until ``want`` distinct ids, then ``idle`` s of quiet."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"chaos-reader-{uuid.uuid4().hex}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "isolation.level": "read_committed"})
-    ids: collections.Counter[str] = collections.Counter()
-    c.subscribe([topic])
-    deadline = time.monotonic() + timeout
-    last = time.monotonic()
-    try:
-        while time.monotonic() < deadline:
-            for m in c.consume(10000, 0.5):
-                if m.error() is None and m.value():
-                    ids[_event_id(m.value())] += 1
-                    last = time.monotonic()
-            if len(ids) >= want and time.monotonic() - last >= idle:
-                break
-    finally:
-        c.close()
-    return ids
-
-
-def _wait(cond: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return False
-
-
-# ---------------------------------------------------------------------------- one mode
-def run_chaos(
-    broker: Broker,
-    workdir: Path,
-    *,
-    mode: str,
-    events: int = 100_000,
-    kills: int = 5,
-    processes: int = 3,
-    partitions: int = 6,
-    broker_restarts: int = 1,
-    seed: int = 7,
-    produce_seconds: float | None = None,
-    time_limit: float = 300.0,
-    max_crashes: int = 10,
-    log: Callable[[str], None] = print,
-) -> ChaosResult:
-    """One chaos run of ``mode`` against ``broker`` (left running, possibly restarted)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    t0 = time.monotonic()
-    deadline = t0 + time_limit
-    rng = random.Random(f"{seed}-{mode}")
-    run = uuid.uuid4().hex[:8]
-    t_in, t_out, group = f"chaos-{mode}-{run}-in", f"chaos-{mode}-{run}-out", f"chaos-{mode}-{run}"
-    ensure_topics({"bootstrap.servers": broker.bootstrap},
-                  {t_in: partitions, t_out: partitions, f"{t_in}.dlq": partitions})
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg = workdir / f"{mode}.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "kafka": {"bootstrap_servers": broker.bootstrap,
-                  # the broker's minimum: a killed member's partitions move after ~6 s
-                  "consumer": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}},
+def _config(path: Path, bootstrap: str, group: str, mode: str, t_in: str, t_out: str) -> Path:
+    path.write_text(yaml.safe_dump({
+        "kafka": {"bootstrap_servers": bootstrap,
+                  "consumer": {"session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": 1000}},
         "group_id": group, "delivery": mode, "commit_interval_ms": 100,
         "pipelines": [{"name": "fraud", "input": {"topic": t_in}, "model": {"name": "fraud-mlp"},
                        "output": {"topic": t_out}, "batching": {"max_size": 500}}],
     }))
-    # a steady rate spreads the events over the chaos phase, so every kill is mid-stream
-    # (a broker restart stalls everything for ~15-20 s; the scorers then catch up fast)
-    produce_seconds = produce_seconds or 5.0 * (kills + 1) + 25.0 * broker_restarts
-    rate = events / produce_seconds
-    produced: dict[str, Any] = {}
+    return path
 
-    def produce() -> None:
-        try:
-            produced["result"] = produce_events({"bootstrap.servers": broker.bootstrap}, t_in, events,
-                                                rate=rate, seed=seed)
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller
-            produced["error"] = exc
 
-    slots = [Slot(i, cfg, workdir / mode) for i in range(processes)]
-    (workdir / mode).mkdir(exist_ok=True)
-    producer = threading.Thread(target=produce, name="chaos-producer", daemon=True)
-    notes: list[str] = []
-    done_kills = done_restarts = crashes = 0
-    kill_points: list[int] = []      # committed input offsets (of all partitions) at each kill
-    exit_codes: list[int] = []
-    # progress milestones: kills and broker restarts interleaved, spread over 10%..85% of the events
-    actions = ["kill"] * kills
-    for i in range(broker_restarts):
-        actions.insert(min(len(actions), (i + 1) * len(actions) // (broker_restarts + 1)), "broker")
-    marks = [int(events * (0.10 + 0.75 * i / max(1, len(actions) - 1))) for i in range(len(actions))]
-    restarted_at: dict[str, float] = {}
+def heal(cluster: KafkaCluster, timeout: float = 120.0) -> None:
+    """Every node running and unfrozen, every partition fully in sync (the state a scenario starts from)."""
+    for n in cluster.nodes:
+        n.thaw()
+        if not n.alive():
+            cluster.start_node(n.node_id)
+    cluster.wait_in_sync(timeout=timeout)
 
-    def supervise() -> None:
-        """Restart a slot that exited by itself (as a process supervisor would), with a backoff."""
-        nonlocal crashes
-        for s in slots:
-            if s.alive() or time.monotonic() - restarted_at.get(s.name, 0.0) < 2.0:
+
+class Run:
+    """One (mode, scenario) run: its processes, counters and fault actions."""
+
+    def __init__(self, cluster: KafkaCluster, workdir: Path, mode: str, scenario: Scenario, *,
+                 rate: float, partitions: int, seed: int, broker_down_s: float, freeze_s: float,
+                 scorer_freeze_s: float, log: Callable[[str], None]) -> None:
+        self.cluster, self.mode, self.sc = cluster, mode, scenario
+        self.rate, self.partitions, self.seed = rate, partitions, seed
+        self.broker_down_s, self.freeze_s, self.scorer_freeze_s = broker_down_s, freeze_s, scorer_freeze_s
+        self.log = log
+        self.rng = random.Random(f"{seed}-{mode}-{scenario.name}")
+        self.events = int(rate * scenario.seconds)
+        tag = uuid.uuid4().hex[:8]
+        self.t_in, self.t_out = f"chaos-{scenario.name}-{mode}-{tag}-in", f"chaos-{scenario.name}-{mode}-{tag}-out"
+        self.group = f"chaos-{scenario.name}-{mode}-{tag}"
+        self.workdir = workdir / f"{scenario.name}-{mode}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg = _config(self.workdir / "scorer.yaml", cluster.bootstrap, self.group, mode, self.t_in, self.t_out)
+        self.slots = [Slot(i, cfg, self.workdir) for i in range(scenario.slots)]
+        self.sent = 0
+        self.counts = {"kills": 0, "broker_kills": 0, "broker_freezes": 0, "scorer_freezes": 0, "crashes": 0}
+        self.notes: list[str] = []
+        self.t0 = time.monotonic()
+        self._restarted_at: dict[str, float] = {}
+
+    def say(self, what: str) -> None:
+        self.log(f"  [{self.sc.name}/{self.mode}] {time.monotonic() - self.t0:6.1f}s  {what}")
+
+    # ------------------------------------------------------------------ supervision
+    def supervise(self, max_crashes: int = 10) -> None:
+        """Restart a wanted slot that exited by itself (with a 2-s backoff), as a process supervisor would."""
+        for s in self.slots:
+            if not s.wanted or s.alive() or time.monotonic() - self._restarted_at.get(s.name, 0.0) < 2.0:
                 continue
-            crashes += 1
-            notes.append(f"{s.name} exited by itself with code {s.proc.returncode if s.proc else None}")
-            if crashes > max_crashes:
-                raise ChaosAborted(f"{crashes} scorer crashes (see {s.log_path})")
-            restarted_at[s.name] = time.monotonic()
+            self.counts["crashes"] += 1
+            code = s.proc.returncode if s.proc else None
+            self.notes.append(f"{s.name} exited by itself with code {code}")
+            self.say(f"{s.name} exited by itself ({code}); restarting\n{s.log_tail(15)}")
+            if self.counts["crashes"] > max_crashes:
+                raise ChaosAborted(f"{self.counts['crashes']} scorer crashes (see {s.log_path})")
+            self._restarted_at[s.name] = time.monotonic()
             s.start()
 
+    def _wait(self, seconds: float) -> None:
+        """``seconds`` of wall time, supervising meanwhile."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.supervise()
+            time.sleep(min(0.25, max(0.0, end - time.monotonic())))
+
+    # ------------------------------------------------------------------ faults
+    def _busiest_leader(self) -> tuple[int, int]:
+        p = busiest(lag_by_partition(self.cluster.bootstrap, self.group, self.t_in, self.partitions))
+        return p, self.cluster.leader_of(self.t_in, p)
+
+    def _heal(self) -> None:
+        try:
+            heal(self.cluster)
+        except Exception as exc:  # noqa: BLE001 - the run goes on; the row says so
+            self.notes.append(f"cluster not back in sync: {exc}")
+
+    def leader_kill(self) -> None:
+        p, leader = self._busiest_leader()
+        if leader < 0:
+            self.notes.append(f"partition {p} had no leader to kill")
+            return
+        self.cluster.node(leader).kill()
+        self.counts["broker_kills"] += 1
+        self.say(f"SIGKILL broker {leader} (leader of busiest partition {p}); down {self.broker_down_s:.0f}s")
+        self._wait(self.broker_down_s)
+        t = time.monotonic()
+        self.cluster.start_node(leader)
+        self.say(f"broker {leader} back after {time.monotonic() - t:.1f}s")
+        self._heal()
+
+    def broker_freeze(self) -> None:
+        p, leader = self._busiest_leader()
+        if leader < 0:
+            self.notes.append(f"partition {p} had no leader to freeze")
+            return
+        node = self.cluster.node(leader)
+        node.freeze()
+        self.counts["broker_freezes"] += 1
+        self.say(f"SIGSTOP broker {leader} (leader of busiest partition {p}) for {self.freeze_s:.0f}s")
+        try:
+            self._wait(self.freeze_s)
+        finally:
+            node.thaw()
+        self.say(f"SIGCONT broker {leader}")
+        self._heal()
+
+    def scorer_kill(self) -> None:
+        victim = self.rng.choice([s for s in self.slots if s.wanted])
+        victim.kill()
+        self.counts["kills"] += 1
+        self.say(f"SIGKILL {victim.name}; restarted at once")
+        victim.start()
+
+    def scorer_freeze(self) -> None:
+        victim = self.rng.choice([s for s in self.slots if s.wanted])
+        victim.freeze()
+        self.counts["scorer_freezes"] += 1
+        self.say(f"SIGSTOP {victim.name} for {self.scorer_freeze_s:.0f}s "
+                 f"(session {SESSION_TIMEOUT_MS / 1000:.0f}s, transaction {TRANSACTION_TIMEOUT_MS / 1000:.0f}s)")
+        try:
+            self._wait(self.scorer_freeze_s)
+        finally:
+            victim.thaw()
+        self.say(f"SIGCONT {victim.name}")
+
+    def scale_up(self) -> None:
+        for s in self.slots:
+            if not s.wanted:
+                s.start()
+        self.say(f"scaled up to {sum(s.wanted for s in self.slots)} scorers")
+
+    def scale_down(self) -> None:
+        extra = [s for s in self.slots[self.sc.start:] if s.wanted]
+        sent = [(s, s.signal_stop()) for s in extra]
+        codes = [s.wait_stopped(t, 60.0) for s, t in sent]
+        self.say(f"scaled down to {sum(s.wanted for s in self.slots)} (SIGTERM exits {codes}, "
+                 f"{[s.stop_s[-1] for s in extra]} s)")
+
+    # ------------------------------------------------------------------ the run
+    def execute(self, time_limit: float, tail_s: float = 5.0) -> ChaosResult:
+        """Produce at the fixed rate until every action is done (and at least the nominal events), plus ``tail_s``."""
+        deadline = self.t0 + time_limit
+        ensure_topics({"bootstrap.servers": self.cluster.bootstrap},
+                      {self.t_in: self.partitions, self.t_out: self.partitions, f"{self.t_in}.dlq": self.partitions})
+        produced: dict[str, Any] = {}
+        actions_done: list[float] = []      # when the last action ended
+        cap = int(self.rate * time_limit)   # the producer is bounded even if an action never returns
+
+        def progress(n: int) -> None:
+            self.sent = n
+
+        def enough() -> bool:
+            if time.monotonic() > deadline:
+                return True
+            return bool(actions_done) and self.sent >= self.events and time.monotonic() - actions_done[0] >= tail_s
+
+        def produce() -> None:
+            try:
+                produced["result"] = produce_events({"bootstrap.servers": self.cluster.bootstrap}, self.t_in,
+                                                    cap, rate=self.rate, seed=self.seed, progress=progress,
+                                                    stop=enough)
+            except BaseException as exc:  # noqa: BLE001 - reported in the row
+                produced["error"] = exc
+
+        watcher = OutputWatcher(self.cluster.bootstrap, self.t_out, lambda: self.sent)
+        producer = threading.Thread(target=produce, name="chaos-producer", daemon=True)
+        try:
+            for s in self.slots[:self.sc.start]:
+                s.start()
+            watcher.start()
+            producer.start()
+            for frac, action in self.sc.actions:
+                mark = int(self.events * frac)
+                if not watcher.wait_unique(mark, max(1.0, deadline - time.monotonic()), poll=self.supervise):
+                    self.notes.append(f"milestone {mark} ({action}) not reached in time (at {watcher.unique})")
+                    break
+                self.say(f"{watcher.unique:>7,} scored, {self.sent:>7,} sent: {action}")
+                getattr(self, action)()
+            actions_done.append(time.monotonic())
+            producer.join(max(1.0, deadline + 60.0 - time.monotonic()))
+            if "error" in produced:
+                self.notes.append(f"producer failed: {produced['error']}")
+            self.events = self.sent
+            self.say(f"{self.events:,} events sent; waiting for every prediction")
+            if not watcher.wait_unique(self.events, max(1.0, deadline - time.monotonic()), poll=self.supervise):
+                self.notes.append(f"not every event scored before the time limit ({watcher.unique:,})")
+            watcher.wait_quiet(idle=3.0, timeout=30.0)
+            self.supervise()
+            stop_all(self.slots, limit=60.0)
+        finally:
+            actions_done.append(time.monotonic())
+            for s in self.slots:
+                s.close()
+            watcher.stop()
+        if watcher.error is not None:
+            self.notes.append(f"the output reader failed: {watcher.error}")
+        return self._result(watcher)
+
+    def _result(self, watcher: OutputWatcher) -> ChaosResult:
+        from models.demo_data import generate
+
+        want = set(generate(self.events, seed=self.seed)["event_id"].tolist())
+        got = set(watcher.ids)
+        stops = [t for s in self.slots for t in s.stop_s]
+        codes = [c for s in self.slots for c in s.exit_codes]
+        for s in self.slots:
+            for t, c in zip(s.stop_s, s.exit_codes):
+                if c != 0 or t > STOP_LIMIT_S:
+                    self.notes.append(f"{s.name}: SIGTERM -> exit {c} after {t:.1f}s (log {s.log_path})")
+        hard = sum(s.log_path.read_text(errors="replace").count(HARD_STOP_LINE) for s in self.slots
+                   if s.log_path.exists())
+        if hard:
+            self.notes.append(f"{hard} stop(s) hit the stop_timeout_s backstop (see the slot logs)")
+        if got - want:
+            self.notes.append(f"{len(got - want)} unexpected event ids")
+        return ChaosResult(
+            mode=self.mode, scenario=self.sc.name, events=self.events, unique_scored=len(got & want),
+            lost=len(want - got), duplicates=sum(c - 1 for c in watcher.ids.values()),
+            kills=self.counts["kills"], broker_kills=self.counts["broker_kills"],
+            max_stall_s=round(watcher.stalls.max_stall_s, 1), stop_s_max=max(stops, default=0.0),
+            broker_freezes=self.counts["broker_freezes"], scorer_freezes=self.counts["scorer_freezes"],
+            crashes=self.counts["crashes"], hard_stops=hard, exit_codes=codes, seconds=round(time.monotonic() - self.t0, 1),
+            ran_at=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), notes=self.notes)
+
+
+def run_scenario(cluster: KafkaCluster, workdir: Path, *, mode: str, scenario: str, rate: float = 1000.0,
+                 partitions: int = 6, seed: int = 7, hog: bool = True, broker_down_s: float = 8.0,
+                 freeze_s: float = 15.0, scorer_freeze_s: float = 16.0, time_limit: float | None = None,
+                 log: Callable[[str], None] = print) -> ChaosResult:
+    """One (mode, scenario) on ``cluster`` (healed first, left running); a CPU hog beside it unless ``hog`` is off."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario must be one of {sorted(SCENARIOS)}, not {scenario!r}")
+    sc = SCENARIOS[scenario]
+    limit = time_limit or sc.seconds * 2 + 120.0
+    heal(cluster)
+    run = Run(cluster, workdir, mode, sc, rate=rate, partitions=partitions, seed=seed, broker_down_s=broker_down_s,
+              freeze_s=freeze_s, scorer_freeze_s=scorer_freeze_s, log=log)
+    cpu = CpuHog(limit + 60).start() if hog else None
     try:
-        for s in slots:
-            s.start()
-        producer.start()
-        last_done = 0
-        for action, mark in zip(actions, marks):
-            def reached(mark: int = mark) -> bool:
-                nonlocal last_done
-                supervise()
-                last_done = _positions(broker.bootstrap, group, t_in, partitions)[0]
-                return last_done >= mark
-            if not _wait(reached, max(1.0, deadline - time.monotonic())):
-                notes.append(f"milestone {mark} not reached in time (at {last_done})")
-                break
-            if action == "kill":
-                victim = slots[rng.randrange(processes)]
-                victim.kill()
-                done_kills += 1
-                kill_points.append(last_done)
-                log(f"  [{mode}] {time.monotonic() - t0:6.1f}s  committed {last_done:>7,}  SIGKILL {victim.name}")
-                victim.start()
-            else:
-                log(f"  [{mode}] {time.monotonic() - t0:6.1f}s  committed {last_done:>7,}  broker restart")
-                t_restart = time.monotonic()
-                broker.restart()
-                done_restarts += 1
-                log(f"  [{mode}] {time.monotonic() - t0:6.1f}s  broker back after {time.monotonic() - t_restart:.1f}s")
-        producer.join(max(1.0, deadline - time.monotonic()))
-        if "error" in produced:
-            notes.append(f"producer failed: {produced['error']}")
-
-        def all_committed() -> bool:
-            supervise()
-            done, high = _positions(broker.bootstrap, group, t_in, partitions)
-            return high >= events and done >= high
-
-        if not _wait(all_committed, max(1.0, deadline - time.monotonic())):
-            notes.append("not every input offset was committed before the time limit")
-        ids = _committed_ids(broker.bootstrap, t_out, want=events,
-                             timeout=max(10.0, min(120.0, deadline - time.monotonic())))
-        dead = _positions(broker.bootstrap, group, f"{t_in}.dlq", partitions)[1]
-        for s in slots:
-            exit_codes.append(s.terminate())
+        res = run.execute(limit)
     finally:
-        for s in slots:
-            s.close()
-    from models.demo_data import generate
+        if cpu is not None:
+            cpu.stop()
+    res.cpu_hog = cpu.kind if cpu is not None else ""
+    return res
 
-    want = set(generate(events, seed=seed)["event_id"].tolist())
-    got = set(ids)
-    return ChaosResult(
-        mode=mode, events=events, unique_scored=len(got & want), lost=len(want - got),
-        duplicates=sum(c - 1 for c in ids.values()), kills=done_kills, broker_restarts=done_restarts,
-        crashes=crashes, exit_codes=exit_codes, seconds=round(time.monotonic() - t0, 1),
-        dead_letters=dead, kill_points=kill_points, notes=notes + ([f"{len(got - want)} unexpected event ids"] if got - want else []),
-    )
+
+# ---------------------------------------------------------------------------- results and the README table
+TABLE_BEGIN = "<!-- chaos-table: generated by `python -m bench.chaos --table --write-readme` -->"
+TABLE_END = "<!-- /chaos-table -->"
+_COLUMNS = (("mode", "mode"), ("scenario", "scenario"), ("events", "events"), ("unique_scored", "unique scored"),
+            ("lost", "lost"), ("duplicates", "duplicates"), ("kills", "scorer kills"),
+            ("broker_kills", "broker kills"), ("max_stall_s", "max stall s"), ("stop_s_max", "slowest stop s"))
+
+
+def load_results(path: Path = RESULTS) -> list[ChaosResult]:
+    data = json.loads(path.read_text())
+    names = {f for f in ChaosResult.__dataclass_fields__}
+    return [ChaosResult(**{k: v for k, v in row.items() if k in names}) for row in data.get("results", [])]
+
+
+def save_results(results: list[ChaosResult], path: Path = RESULTS, **meta: Any) -> None:
+    """Merge ``results`` into ``path`` by (mode, scenario): a partial rerun replaces only its rows."""
+    old = load_results(path) if path.exists() else []
+    new_keys = {(r.mode, r.scenario) for r in results}
+    rows = [r for r in old if (r.mode, r.scenario) not in new_keys] + results
+    order = {name: i for i, name in enumerate(SCENARIOS)}
+    rows.sort(key=lambda r: (order.get(r.scenario, 99), MODES.index(r.mode) if r.mode in MODES else 9))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"results": [{**asdict(r), "ok": r.ok} for r in rows], **meta}, indent=2) + "\n")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def markdown_table(results: list[ChaosResult]) -> str:
+    head = [title for _k, title in _COLUMNS] + ["CPU hog", "verdict"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join("---" if k in ("mode", "scenario") else "---:" for k, _t in _COLUMNS) + "|---|---|"]
+    for r in results:
+        cells = [_cell(getattr(r, k)) for k, _t in _COLUMNS] + [r.cpu_hog or "off", "ok" if r.ok else "FAIL"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def readme_with_table(readme: str, table: str) -> str:
+    """``readme`` with the text between the chaos-table markers replaced by ``table``."""
+    if TABLE_BEGIN not in readme or TABLE_END not in readme:
+        raise ValueError(f"the README has no chaos table markers ({TABLE_BEGIN} ... {TABLE_END})")
+    head, rest = readme.split(TABLE_BEGIN, 1)
+    _old, tail = rest.split(TABLE_END, 1)
+    return f"{head}{TABLE_BEGIN}\n{table}\n{TABLE_END}{tail}"
 
 
 # ---------------------------------------------------------------------------- command line
-def format_table(results: list[ChaosResult]) -> str:
-    cols = ["mode", "events", "unique_scored", "lost", "duplicates", "kills", "broker_restarts", "crashes", "seconds"]
-    rows = [[str(getattr(r, c)) for c in cols] + ["ok" if r.ok else "FAIL"] for r in results]
-    head = cols + ["verdict"]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths))  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--kills", type=int, default=5)
-    ap.add_argument("--processes", type=int, default=3)
-    ap.add_argument("--partitions", type=int, default=6)
-    ap.add_argument("--broker-restarts", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--scenario", default=",".join(FULL), help=f"comma-separated, of {', '.join(SCENARIOS)}")
     ap.add_argument("--mode", choices=[*MODES, "both"], default="both")
-    ap.add_argument("--time-limit", type=float, default=280.0, help="seconds per mode")
+    ap.add_argument("--rate", type=float, default=1000.0, help="events/s produced while the faults happen")
+    ap.add_argument("--partitions", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--no-hog", action="store_true", help="no CPU hog beside the run")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--table", action="store_true", help="print the README table from --out and exit")
+    ap.add_argument("--write-readme", action="store_true", help="with --table: put it in README.md")
     args = ap.parse_args(argv)
+    if args.table:
+        if not args.out.exists():
+            ap.error(f"{args.out} does not exist: run python -m bench.chaos first")
+        table = markdown_table(load_results(args.out))
+        if args.write_readme:
+            README.write_text(readme_with_table(README.read_text(), table))
+            print(f"README.md: chaos table updated from {args.out}")
+        else:
+            print(table)
+        return 0
+    scenarios = [s.strip() for s in args.scenario.split(",") if s.strip()]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown or not scenarios:
+        ap.error(f"unknown scenario(s) {unknown}: choose from {', '.join(SCENARIOS)}")
     modes = list(MODES) if args.mode == "both" else [args.mode]
-    logging.getLogger("consumers.kafka_client").setLevel(logging.ERROR)   # the producer's reconnect chatter
+    logging.getLogger("consumers.kafka_client").setLevel(logging.CRITICAL)   # the producer's "broker down" chatter
     home = Path(tempfile.mkdtemp(prefix="streamscore-chaos-"))
-    broker = Broker(home / "kafka")
     results: list[ChaosResult] = []
+    print(f"starting a 3-broker cluster in {home} ...", flush=True)
+    cluster = start_cluster(home / "cluster", brokers=3)
     try:
-        print(f"starting a broker in {home} ...", flush=True)
-        broker.start()
-        for mode in modes:
-            print(f"{mode}: {args.events:,} events, {args.processes} processes, {args.kills} kills, "
-                  f"{args.broker_restarts} broker restart(s)", flush=True)
-            res = run_chaos(broker, home / "runs", mode=mode, events=args.events, kills=args.kills,
-                            processes=args.processes, partitions=args.partitions,
-                            broker_restarts=args.broker_restarts, seed=args.seed, time_limit=args.time_limit,
-                            log=lambda s: print(s, flush=True))
-            results.append(res)
-            for n in res.notes:
-                print(f"  note: {n}", flush=True)
+        for scenario in scenarios:
+            for mode in modes:
+                print(f"{scenario} / {mode}: {int(args.rate * SCENARIOS[scenario].seconds):,} events at "
+                      f"{args.rate:,.0f}/s", flush=True)
+                res = run_scenario(cluster, home / "runs", mode=mode, scenario=scenario, rate=args.rate,
+                                   partitions=args.partitions, seed=args.seed, hog=not args.no_hog,
+                                   log=lambda s: print(s, flush=True))
+                results.append(res)
+                for n in res.notes:
+                    print(f"  note: {n}", flush=True)
+                save_results([res], args.out, seed=args.seed, partitions=args.partitions, rate=args.rate)
     finally:
-        broker.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"results": [asdict(r) for r in results], "seed": args.seed,
-                                    "processes": args.processes, "partitions": args.partitions,
-                                    "logs": str(home)}, indent=2))
+        cluster.stop()
     print()
-    print(format_table(results))
+    print(markdown_table(results))
     print(f"\nwritten {args.out}; scorer logs under {home / 'runs'}")
     ok = all(r.ok for r in results)
     if ok:
-        shutil.rmtree(home / "kafka", ignore_errors=True)   # keep the scorer logs, drop the broker data
+        shutil.rmtree(home / "cluster", ignore_errors=True)   # keep the scorer logs, drop the broker data
     return 0 if ok else 1
 
 

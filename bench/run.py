@@ -148,6 +148,10 @@ def contender_cmd(name: str, bootstrap: str, t_in: str, t_out: str, group: str, 
         cfg = byo_bench.scorer_config(work / f"{group}.yaml", bootstrap, byo["registry_url"], byo["models"],
                                       byo["topic"], t_out, group)
         return [sys.executable, "-m", "streamscore", "serve", "-c", str(cfg), "--max-seconds", str(seconds)]
+    if name == "backfill":
+        cfg = scorer_config(work / f"{group}.yaml", bootstrap, t_in, t_out, group)
+        return [sys.executable, "-m", "streamscore", "backfill", "-c", str(cfg), "--from", "0", "--to-topic", t_out,
+                "--state-dir", str(work / f"{group}.state"), "--quiet"]
     if name.startswith("streamscore"):
         procs = 2 if name.endswith("2proc") else 1
         cfg = scorer_config(work / f"{group}.yaml", bootstrap, t_in, t_out, group)
@@ -373,6 +377,8 @@ def main() -> int:
     ap.add_argument("--latency-seconds", type=float, default=30.0)
     ap.add_argument("--soak-seconds", type=float, default=float(os.environ.get("SOAK_SECONDS", 300)),
                     help="RSS soak at 50%% load (0 to skip)")
+    ap.add_argument("--http-clients", type=int, default=32, help="concurrent clients of the HTTP load phase")
+    ap.add_argument("--http-seconds", type=float, default=20.0)
     ap.add_argument("--out", default=str(RESULTS / "latest.json"))
     a = ap.parse_args()
 
@@ -405,16 +411,16 @@ def main() -> int:
             print(f"pre-produced {a.events:,} events in a nested registry schema in {time.monotonic() - t0:.1f}s",
                   flush=True)
         counts = {"passthrough": a.events, "streamscore": a.events, "byo_schema": a.events,
-                  "streamscore_2proc": a.events,
+                  "backfill": a.events, "streamscore_2proc": a.events,
                   "batched": min(a.events, 300_000), "naive": min(a.events, 100_000),
                   "quix": min(a.events, 60_000), "faust": min(a.events, 30_000)}
-        wanted = a.only.split(",") if a.only else list(counts)
+        wanted = a.only.split(",") if a.only else [*counts, "http"]
         results: dict[str, Any] = {"host": host_info(), "events": a.events, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         runs: dict[str, Any] = {}
         # the contenders the ratios are built from run `--repeat` times (interleaved, so a slow
         # spell of the machine hits all of them); the table shows each one's median
-        repeated = [n for n in ("passthrough", "streamscore", "byo_schema", "batched") if n in wanted]
-        order = [n for _ in range(a.repeat) for n in repeated] + [n for n in wanted if n not in repeated]
+        repeated = [n for n in ("passthrough", "streamscore", "byo_schema", "backfill", "batched") if n in wanted]
+        order = [n for _ in range(a.repeat) for n in repeated] + [n for n in wanted if n not in repeated and n in counts]
         for name in order:
             r = run_throughput(name, bootstrap, byo["topic"] if name == "byo_schema" and byo else t_in, counts[name],
                                work, timeout=300, byo=byo)
@@ -427,6 +433,10 @@ def main() -> int:
             results[key] = int(np.median(done)) if len(done) == len(rs) else None
             if len(rs) > 1:
                 results[f"{key}_runs"] = [r["eps"] for r in rs]
+        if "http" in wanted:
+            from bench.http_load import run_http_load
+
+            results.update(run_http_load(work, clients=a.http_clients, seconds=a.http_seconds))
         results["model_only_eps"] = model_only_eps()
         print(f"  {'model_only_eps':24} {results['model_only_eps']:>10,} rows/s (batch 1024)", flush=True)
         if results.get("streamscore_eps"):
@@ -463,6 +473,8 @@ def main() -> int:
             results["ratio_vs_passthrough"] = round(s / pt, 2)
         if s and results.get("byo_schema_eps"):
             results["byo_schema_vs_streamscore"] = round(results["byo_schema_eps"] / s, 2)
+        if s and results.get("backfill_eps"):
+            results["backfill_vs_streamscore"] = round(results["backfill_eps"] / s, 2)
         results["runs"] = runs
         Path(a.out).write_text(json.dumps(results, indent=2))
         try:
@@ -482,7 +494,9 @@ def table(r: dict[str, Any]) -> str:
     rows = ["passthrough_eps", "model_only_eps", "naive_eps", "batched_eps", "quix_eps", "faust_eps",
             "streamscore_eps", "byo_schema_eps", "byo_schema_vs_streamscore", "streamscore_eps_2proc", "streamscore_p50_ms", "streamscore_p99_ms",
             "streamscore_p99_ms_after_warmup", "passthrough_p50_ms", "passthrough_p99_ms", "input_leg_p99_ms",
-            "batched_p99_ms", "streamscore_rss_mb", "ratio_vs_batched", "ratio_vs_passthrough", "soak_rss_growth"]
+            "batched_p99_ms", "streamscore_rss_mb", "ratio_vs_batched", "ratio_vs_passthrough", "soak_rss_growth",
+            "backfill_eps", "backfill_vs_streamscore", "http_rps", "http_p50_ms", "http_p99_ms", "http_peer_rps",
+            "http_peer_p50_ms", "http_peer_p99_ms", "http_ratio_vs_peer"]
     lines = ["| metric | value |", "|---|---:|"]
     for k in rows:
         v = r.get(k)

@@ -411,6 +411,7 @@ class ExactlyOnce:
         self._generations: set[int] = set()         # generations of the batches in the open transaction
         self._committed: dict[TP, int] = {}
         self._batch_error: KafkaError | None = None
+        self._txn = 0                                # which transaction an ack belongs to
         self._abort_request = threading.Event()
         self._abort_done = threading.Event()
         self._closed = False
@@ -464,10 +465,14 @@ class ExactlyOnce:
             self.sink.producer.begin_transaction()
             self._open = True
             self._started = time.monotonic()
-        return BatchAck(batch_id, self._on_done)
+        txn = self._txn
+        return BatchAck(batch_id, lambda ack: self._on_done(ack, txn))
 
-    def _on_done(self, ack: BatchAck) -> None:
-        if ack.error is not None and self._batch_error is None:
+    def _on_done(self, ack: BatchAck, txn: int) -> None:
+        # An aborted transaction's outputs fail with _PURGE_QUEUE / _PURGE_INFLIGHT once the
+        # abort purges them: expected, and no reason for a second recovery.
+        if ack.error is not None and txn == self._txn and self._batch_error is None \
+                and ack.error.code() not in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):
             self._batch_error = ack.error
 
     def close_batch(self, ranges: dict[TP, tuple[int, int]], ack: BatchAck, generation: int) -> None:
@@ -516,9 +521,7 @@ class ExactlyOnce:
             self._handle(exc.args[0], "commit")
             return
         self._committed.update(self._positions)
-        self._positions = {}
-        self._generations = set()
-        self._open = False
+        self._forget()
         self.commits += 1
 
     def _handle(self, err: KafkaError, where: str, *, recreate: bool = False, counted: object = None) -> None:
@@ -560,6 +563,8 @@ class ExactlyOnce:
         self._recovery.recreate(err, self._call_deadline())
 
     def _forget(self) -> None:
+        self._txn += 1                 # acks of the transaction being dropped are ignored from here on
+        self._batch_error = None
         self._open = False
         self._positions = {}
         self._generations = set()

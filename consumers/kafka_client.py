@@ -92,8 +92,10 @@ def _client(cls: type[_C], conf: dict[str, Any], what: str) -> _C:
         raise ConfigError(f"Kafka {what} settings refused: {err.str() if hasattr(err, 'str') else err}") from exc
 
 
-def ensure_topics(admin_conf: dict[str, Any], topics: dict[str, int], *, timeout: float = 30.0) -> dict[str, int]:
-    """Create missing topics with the given partition counts (the broker's default replication).
+def ensure_topics(admin_conf: dict[str, Any], topics: dict[str, int], *, timeout: float = 30.0,
+                  configs: dict[str, dict[str, str]] | None = None) -> dict[str, int]:
+    """Create missing topics with the given partition counts (the broker's default replication)
+    and topic ``configs`` (e.g. ``{"cleanup.policy": "compact"}``).
 
     Returns every requested topic's partition count: an existing topic keeps its own. The one
     place topics are created; a topic that cannot be raises ``ConfigError`` naming it.
@@ -101,7 +103,8 @@ def ensure_topics(admin_conf: dict[str, Any], topics: dict[str, int], *, timeout
     admin = make_admin(admin_conf)
     md = admin.list_topics(timeout=timeout).topics
     counts = {t: len(md[t].partitions) for t in topics if t in md and md[t].error is None and md[t].partitions}
-    new = [NewTopic(t, num_partitions=n, replication_factor=-1) for t, n in topics.items() if t not in counts]
+    new = [NewTopic(t, num_partitions=n, replication_factor=-1, config=(configs or {}).get(t, {}))
+           for t, n in topics.items() if t not in counts]
     if not new:
         return counts
     for topic, fut in admin.create_topics(new, operation_timeout=timeout).items():

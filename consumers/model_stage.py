@@ -68,7 +68,7 @@ class ModelStage:
                 good[rows] = False
                 continue
             t0 = time.perf_counter()
-            scores, bad = _predict_isolating(active.model, feats[rows], rows)
+            scores, bad = predict_isolating(active.model, feats[rows], rows)
             took = time.perf_counter() - t0
             self.batchers[rt.name].observe_model(len(rows), took)
             self.metrics.model_latency(rt.name, active.model.name, took, len(rows))
@@ -137,7 +137,7 @@ class ModelStage:
         work.shadow_out.append((active, scores))
 
 
-def _predict_isolating(model: ScoringModel, feats: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def predict_isolating(model: ScoringModel, feats: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Score ``feats``; if the model raises, split the batch until the bad rows stand alone."""
     scores = np.zeros(len(feats), dtype=np.float32)
     bad: list[tuple[int, str]] = []

@@ -35,6 +35,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from consumers.batcher import AdaptiveBatcher, CloseReason
 from consumers.commit import AtLeastOnce, CommitProtocol, ExactlyOnce
+from consumers.decode_stage import decode_work
 from consumers.model_stage import ModelStage
 from consumers.offsets import TP
 from consumers.outputs import OutputWriter
@@ -299,36 +300,9 @@ class Scorer:
 
     def _decode(self, rt: PipelineRuntime, msgs: list[Message]) -> Work:
         self._next_batch += 1
-        n = len(msgs)
-        # map() over the C methods: no Python bytecode per message on this path
-        parts = np.fromiter(map(Message.partition, msgs), dtype=np.int32, count=n)
-        offs = np.fromiter(map(Message.offset, msgs), dtype=np.int64, count=n)
-        ranges: dict[TP, tuple[int, int]] = {}
-        for p in np.unique(parts).tolist():
-            sel = offs[parts == p]
-            ranges[(rt.input_topic, p)] = (int(sel.min()), int(sel.max()))
-        values = list(map(Message.value, msgs))
-        work = Work(batch_id=self._next_batch, rt=rt, ranges=ranges, msgs=msgs, consumed_at=time.monotonic())
-        limit = rt.max_message_bytes
-        try:
-            oversized = np.flatnonzero(np.fromiter(map(len, values), np.int64, n) > limit).tolist()
-        except TypeError:   # a null value (tombstone) among them
-            oversized = [i for i, v in enumerate(values) if v is not None and len(v) > limit]
-        for i in oversized:
-            values[i] = None
-        decoded = rt.decoder.decode(values)
-        over = set(oversized)
-        for idx, err in decoded.errors:
-            if idx in over:
-                work.dead.append((idx, "oversized", f"value of {len(msgs[idx].value() or b'')} bytes exceeds {limit}"))
-            else:
-                work.dead.append((idx, err.reason, str(err)))
-        work.decoded = decoded
-        ok = decoded.ok_index
-        work.keys = list(map(Message.key, msgs)) if len(ok) == n else [msgs[i].key() for i in ok.tolist()]
-        work.in_parts = parts[ok]
-        self.stats.consumed += n
-        self.metrics.batch_consumed(rt.name, n)
+        work = decode_work(rt, msgs, batch_id=self._next_batch)
+        self.stats.consumed += len(msgs)
+        self.metrics.batch_consumed(rt.name, len(msgs))
         return work
 
     def _put(self, q: queue.Queue[Item], item: Item, *, force: bool = False) -> None:

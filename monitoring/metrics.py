@@ -23,6 +23,7 @@ Metric names (all prefixed ``streamscore_``)::
     consumer_fetchq_bytes{topic,partition}         consumer_replyq
     model_info{pipeline,model,version,variant}=1   model_swaps_total{pipeline,result=ok|failed}
     delivery_errors_total{pipeline}                gpu_utilization_ratio{gpu} ... (GpuMetrics)
+    child_restarts_total{instance,child,reason}    (SupervisorMetrics: the ``serve --processes N`` parent)
 """
 
 from __future__ import annotations
@@ -349,6 +350,19 @@ class GpuMetrics(Collector):
             used.add_metric([self.instance, str(i)], m.used)
             total.add_metric([self.instance, str(i)], m.total)
         yield from (util, used, total)
+
+
+class SupervisorMetrics:
+    """The ``serve --processes N`` parent's own series: restarts of children that exited abnormally."""
+
+    def __init__(self, *, registry: CollectorRegistry | None = None, instance: str = "") -> None:
+        self.instance = instance or socket.gethostname()
+        self._restarts = Counter("streamscore_child_restarts_total", "Scoring child processes restarted by the "
+                                 "serve --processes supervisor after an abnormal exit (reason: exit code or signal).",
+                                 ["instance", "child", "reason"], registry=REGISTRY if registry is None else registry)
+
+    def child_restarted(self, child: str, reason: str) -> None:
+        self._restarts.labels(self.instance, child, reason).inc()
 
 
 class MetricsServer:

@@ -25,9 +25,10 @@ import asyncio
 import logging
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import faust
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -148,11 +149,35 @@ class ProfileCache:
 
 
 def ensure_topic(config: MonitorConfig) -> int:
-    """Partitions of the telemetry topic, creating it (``partitions``, default 1) if missing."""
+    """Partitions of the telemetry topic, creating it (``partitions``, default 1) if missing; and the state changelog.
+
+    The changelog (``<app_id>-monitor-state-changelog``, compacted, as many partitions as the
+    telemetry topic) is created here, before Faust starts: created by Faust on a busy broker,
+    its first metadata can show 0 partitions and the table refuses to start (PartitionsMismatch).
+    Replication is the broker's default (3 on a cluster).
+    """
+    from confluent_kafka.admin import AdminClient
+
     from consumers.kafka_client import ensure_topics
 
+    conf = {"bootstrap.servers": config.broker}
     topic = config.telemetry_topic
-    return ensure_topics({"bootstrap.servers": config.broker}, {topic: config.partitions or 1}, timeout=15)[topic]
+    parts = ensure_topics(conf, {topic: config.partitions or 1}, timeout=15)[topic]
+    changelog = changelog_topic(config.app_id)
+    ensure_topics(conf, {changelog: parts}, configs={changelog: {"cleanup.policy": "compact"}}, timeout=15)
+    admin = AdminClient(conf)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        t = admin.list_topics(changelog, timeout=10).topics.get(changelog)
+        if t is not None and t.error is None and len(t.partitions) == parts:
+            break
+        time.sleep(0.2)
+    return parts
+
+
+def changelog_topic(app_id: str) -> str:
+    """Faust's name for the state table's changelog topic."""
+    return f"{app_id}-{STATE_TABLE}-changelog"
 
 
 class TelemetryHandler:
@@ -180,17 +205,24 @@ class TelemetryHandler:
             self.metrics.observe(result, state["alerts"])
         await self._retry(lambda: self.sink.heartbeat())
 
-    @staticmethod
-    async def _retry(fn: Any) -> None:
+    async def _retry(self, fn: Callable[[], object]) -> None:
+        """Run a Redis write on a worker thread until it succeeds.
+
+        While Redis is down the agent holds here: the record is not acknowledged, so its
+        offset is not committed and nothing after it is applied; the writes are idempotent,
+        so one that reached Redis before its reply was lost is harmless to repeat. The
+        event loop stays free meanwhile (Kafka heartbeats, commits of earlier records).
+        """
         delay = 0.2
         while True:
             try:
-                fn()
+                await asyncio.to_thread(fn)
                 return
-            except Exception as exc:  # redis down: hold the stream (offsets stay uncommitted) and retry
+            except Exception as exc:  # redis down or restarting: retry with backoff
+                self.metrics.redis_errors.inc()
                 log.warning("redis write failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 5.0)
 
 
 def _broker_url(bootstrap: str) -> list[str]:

@@ -25,6 +25,8 @@ class MonitorMetrics:
         self.telemetry = Counter("streamscore_monitor_telemetry_records", "Telemetry records applied", **kw)
         self.replayed = Counter("streamscore_monitor_replayed_records", "Telemetry records skipped as replays", **kw)
         self.windows = Counter("streamscore_monitor_windows_closed", "Windows closed", ["model"], **kw)
+        self.redis_errors = Counter("streamscore_monitor_redis_errors", "Redis writes that failed and were retried",
+                                    **kw)
 
     def observe(self, result: Mapping[str, Any], alert_states: Mapping[str, Any]) -> None:
         model = result["model"]

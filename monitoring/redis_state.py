@@ -47,7 +47,8 @@ def redact(url: str) -> str:
 
 def connect(url: str) -> Any:   # redis.Redis with decode_responses=True: every reply is str
     """A client from ``redis://`` / ``rediss://`` (TLS) URLs; the password comes from the URL."""
-    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, health_check_interval=30)
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
+                                health_check_interval=30)
 
 
 class Keys:

@@ -7,7 +7,7 @@ import threading
 import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from confluent_kafka.admin import AdminClient
 
@@ -27,11 +27,19 @@ if TYPE_CHECKING:   # imported where used, so a process loads only the backends 
     from models.hotswap import RegistryWatcher
     from models.registry import ModelEntry, ModelRegistry
     from models.routing import RouteSpec
-    from monitoring.metrics import ScorerMetrics
     from schemas.registry import SchemaRegistry
     from streamscore.contract import FieldMapping
 
 AvroSchema = dict[str, Any]     # a parsed Avro record schema (JSON)
+
+
+class RuntimeMetrics(Protocol):
+    """What building a pipeline reports (``monitoring.metrics.ScorerMetrics``; backfill: no-ops)."""
+
+    def decode_fallback(self, pipeline: str) -> None: ...
+    def registry_wait(self, pipeline: str, seconds: float) -> None: ...
+    def model_swap(self, pipeline: str, ok: bool) -> None: ...
+    def model_info(self, pipeline: str, model: str, version: str, variant: str) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,18 @@ def _model(p: PipelineConfig) -> ModelRef:
     if p.model is None:
         raise ConfigError(f"pipelines[{p.name}].model: required for a scoring pipeline")
     return p.model
+
+
+def scoring_pipeline(cfg: PipelineFile, name: str | None, command: str) -> PipelineConfig:
+    """The pipeline ``--pipeline NAME`` names (default: the file's first scoring pipeline)."""
+    for p in cfg.pipelines:
+        if p.name == name or (name is None and p.kind == "score"):
+            if p.kind != "score":
+                raise ConfigError(f"{command}: pipeline {p.name!r} is kind {p.kind!r}; {command} needs kind: score")
+            return p
+    if name is None:
+        raise ConfigError(f"{command}: the pipeline file has no scoring pipeline")
+    raise ConfigError(f"--pipeline: no pipeline {name!r}; valid: {[p.name for p in cfg.pipelines]}")
 
 
 def registry_for(cfg: PipelineFile) -> ModelRegistry:
@@ -137,10 +157,10 @@ def check_config(cfg: PipelineFile) -> str:
 
 
 def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: ModelRegistry, admin: AdminClient,
-                  watchers: list[RegistryWatcher], metrics: ScorerMetrics,
+                  watchers: list[RegistryWatcher], metrics: RuntimeMetrics,
                   registry_stop: threading.Event | None = None) -> PipelineRuntime:
     from models.routing import Router
-    from schemas.columnar import BatchDecoder, BatchEncoder
+    from schemas.columnar import BatchEncoder
     from schemas.registry import SchemaRegistry
 
     schemas = SchemaRegistry.default()
@@ -161,11 +181,9 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: ModelRegistry,
         entry, active = load_active(registry, p, name=sh.name, version=sh.version, variant="shadow")
         shadows.append(ModelSlot(active))
     mapping = field_mapping(p, reader)
-    validate = input_rules(p, mapping, arms[0].active.assembler.names)
     shadow_topic = (p.output.shadow_topic or f"{p.output.topic}.shadow") if shadows else None
     out_schema, out_id = register_output(p, mapping, schemas, client, shadow_topic)
-    decoder = BatchDecoder(reader, client or schemas, fmt=p.input.format, validate=validate or None,
-                           on_fallback=lambda _id: metrics.decode_fallback(p.name))
+    decoder = build_decoder(p, reader, client or schemas, arms[0].active.assembler.names, metrics=metrics)
     encoder = BatchEncoder(out_schema, out_id)
     return PipelineRuntime(
         name=p.name, input_topic=p.input.topic, output_topic=p.output.topic, dlq_topic=p.input.dlq_topic,
@@ -178,6 +196,16 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: ModelRegistry,
         id_field=p.input.id_field, time_field=mapping.time_field, time_scale=mapping.time_scale,
         carry=mapping.carry,
     )
+
+
+def build_decoder(p: PipelineConfig, reader: dict[str, Any], source: Any, feature_names: tuple[str, ...], *,
+                  metrics: Any, fmt: Literal["avro", "json"] | None = None) -> Any:
+    """The pipeline's input decoder with its validation rules (``fmt`` overrides ``input.format``)."""
+    from schemas.columnar import BatchDecoder
+
+    validate = input_rules(p, field_mapping(p, reader), feature_names)
+    return BatchDecoder(reader, source, fmt=fmt or p.input.format, validate=validate or None,
+                        on_fallback=lambda _id: metrics.decode_fallback(p.name))
 
 
 def build_embed_runtime(p: PipelineConfig, schemas: SchemaRegistry, reader: AvroSchema,
@@ -202,7 +230,7 @@ def build_embed_runtime(p: PipelineConfig, schemas: SchemaRegistry, reader: Avro
 
 
 def _watch(registry: ModelRegistry, p: PipelineConfig, slot: ModelSlot, entry: ModelEntry, variant: Variant,
-           metrics: ScorerMetrics) -> RegistryWatcher:
+           metrics: RuntimeMetrics) -> RegistryWatcher:
     """Hot swap: a newly promoted version replaces the slot's model between two batches."""
     from models.hotswap import RegistryWatcher
 

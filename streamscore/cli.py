@@ -14,10 +14,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from schemas.errors import ConfigError, ServiceError, StreamscoreError
 from streamscore.config import monitor_env_overrides
+
+if TYPE_CHECKING:
+    from streamscore.config import PipelineFile
 
 log = logging.getLogger("streamscore")
 
@@ -32,7 +35,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from streamscore.dev.services import services_down, services_status, services_up
 
     if args.action == "up":
-        state = services_up()
+        if args.brokers != 1 and args.brokers < 3:
+            raise ConfigError(f"--brokers must be 1 or at least 3 (replication factor 3), not {args.brokers}")
+        state = services_up(brokers=args.brokers)
         print(json.dumps(state, indent=2))
         print(f"\nexport KAFKA_BOOTSTRAP={state['kafka_bootstrap']} REDIS_URL={state['redis_url']} "
               f"SCHEMA_REGISTRY_URL={state.get('schema_registry_url')}")
@@ -107,7 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(check_config(cfg))
         return 0
     if args.processes > 1:
-        return _serve_many(args)
+        return _serve_many(args, cfg)
     from streamscore.app import build_scorer
 
     scorer = build_scorer(cfg, instance=args.instance, index=args.process_index)
@@ -132,24 +137,72 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_many(args: argparse.Namespace) -> int:
-    """N single-consumer processes in one group; signals are forwarded, exit code is the worst."""
-    procs = []
+def _serve_many(args: argparse.Namespace, cfg: "PipelineFile") -> int:
+    """N single-consumer processes in one group, each restarted if it exits abnormally (streamscore.supervisor).
+
+    With ``metrics_port`` set, this parent serves ``streamscore_child_restarts_total`` on
+    ``metrics_port + N`` (the children take ``metrics_port .. + N-1``).
+    """
+    from monitoring.metrics import SupervisorMetrics, metrics_port_for, start_metrics_server
+    from streamscore.supervisor import Supervisor
+
+    base = args.instance or "scorer"
+    children = []
     for i in range(args.processes):
-        cmd = [sys.executable, "-m", "streamscore", "serve", "-c", args.config,
-               "--instance", f"{args.instance or 'scorer'}-{i}", "--process-index", str(i)]
+        cmd = [sys.executable, "-m", "streamscore", *(["-v"] * args.verbose), "serve", "-c", args.config,
+               "--instance", f"{base}-{i}", "--process-index", str(i)]
         if args.max_seconds is not None:
             cmd += ["--max-seconds", str(args.max_seconds)]
-        procs.append(subprocess.Popen(cmd))
+        children.append((f"{base}-{i}", cmd))
+    metrics = SupervisorMetrics(instance=base)
+    port = metrics_port_for(cfg.metrics_port, args.processes)
+    if port is not None:
+        bound = start_metrics_server(port, host=cfg.metrics_host)
+        log.info("supervisor metrics on http://%s:%d/metrics", cfg.metrics_host, bound)
+    supervisor = Supervisor(children, on_restart=metrics.child_restarted)
+    signal.signal(signal.SIGTERM, lambda signum, _frame: supervisor.request_stop(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: supervisor.request_stop(signum))
+    return supervisor.run()
 
-    def forward(signum: int, _frame: Any) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    return max(p.wait() for p in procs)
+# ---------------------------------------------------------------- backfill and serve-http
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from streamscore.backfill import BackfillArgs, parse_model, parse_time, run_backfill, terminal_progress
+    from streamscore.config import load_config
+
+    cfg = load_config(args.config)
+    bargs = BackfillArgs(
+        from_ms=parse_time(args.from_, "--from") if args.from_ is not None else None,
+        to_ms=parse_time(args.to, "--to") if args.to is not None else None,
+        model=parse_model(args.model) if args.model else None,
+        to_topic=args.to_topic, to_file=Path(args.to_file) if args.to_file else None,
+        input_file=Path(args.input_file) if args.input_file else None, resume=args.resume,
+        state_dir=Path(args.state_dir) if args.state_dir else None, pipeline=args.pipeline,
+        max_rate=args.max_rate, progress=None if args.quiet else terminal_progress())
+    quiet_gc()
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        res = run_backfill(cfg, bargs, stop=stop)   # a signal ends it after the current chunk is durable
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(json.dumps(res.to_dict()), flush=True)
+    if not res.complete:
+        print("streamscore: backfill interrupted; run the same command with --resume to continue", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_serve_http(args: argparse.Namespace) -> int:
+    from streamscore.config import load_config
+    from streamscore.http_server import run_http
+
+    cfg = load_config(args.config)
+    quiet_gc()
+    run_http(cfg, host=args.host, port=args.port, pipeline=args.pipeline, max_body_bytes=args.max_body_bytes,
+             max_wait_ms=args.max_wait_ms)
+    return 0
 
 
 # ---------------------------------------------------------------- produce
@@ -375,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="local Kafka + Redis for development")
     dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument("--brokers", type=int, default=1,
+                     help="with up: 1 (a single broker) or 3+ (a local KRaft cluster, replication factor 3)")
     dev.add_argument("--purge", action="store_true",
                      help="with down: also delete the local broker's and Redis's data (it grows with every run)")
     dev.set_defaults(fn=cmd_dev)
@@ -388,6 +443,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--check", action="store_true",
                        help="validate the file, load every model and schema; touch no broker; exit 0 or 2")
     serve.set_defaults(fn=cmd_serve)
+
+    bf = sub.add_parser("backfill", help="re-score a topic's time range (or a file) with the pipeline's model")
+    bf.add_argument("-c", "--config", required=True, help="pipeline YAML file")
+    bf.add_argument("--from", dest="from_", default=None, help="start time: ISO-8601 (naive = UTC) or epoch ms")
+    bf.add_argument("--to", default=None, help="end time, exclusive (default: the topic's end when the run starts)")
+    bf.add_argument("--model", default=None, help="NAME@VERSION to score with (default: the pipeline's model)")
+    out = bf.add_mutually_exclusive_group(required=True)
+    out.add_argument("--to-topic", default=None, help="write predictions to this topic (transactional)")
+    out.add_argument("--to-file", default=None, help="write predictions to this Parquet file")
+    bf.add_argument("--input-file", default=None, help="read a Parquet or CSV file instead of the input topic")
+    bf.add_argument("--resume", action="store_true", help="continue an interrupted run with the same arguments")
+    bf.add_argument("--state-dir", default=None, help="checkpoint directory (default: OUT.parquet.backfill or .backfill-TOPIC)")
+    bf.add_argument("--pipeline", default=None, help="which pipeline of the file (default: the first scoring one)")
+    bf.add_argument("--max-rate", type=float, default=None, help="events/s ceiling (default: flat out)")
+    bf.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    bf.set_defaults(fn=cmd_backfill)
+
+    http = sub.add_parser("serve-http", help="the Open Inference Protocol V2 REST endpoint on the pipeline's model")
+    http.add_argument("-c", "--config", required=True, help="pipeline YAML file")
+    http.add_argument("--host", default="127.0.0.1")
+    http.add_argument("--port", type=int, default=8080)
+    http.add_argument("--pipeline", default=None, help="which pipeline of the file (default: the first scoring one)")
+    http.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="larger request bodies get 413")
+    http.add_argument("--max-wait-ms", type=float, default=0.0,
+                      help="longest a request waits for batch-mates (the pipeline's latency target still applies)")
+    http.set_defaults(fn=cmd_serve_http)
 
     prod = sub.add_parser("produce", help="write demo Transaction events")
     prod.add_argument("--topic", default="transactions")

@@ -7,6 +7,7 @@ cache outside the repository and reused by every later start.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -147,7 +148,6 @@ def start_kafka(
     timeout: float = 120.0,
 ) -> KafkaBroker:
     """Format storage under ``home`` (first time only) and start the broker; wait until it serves."""
-    java, libs = java_and_kafka_libs()
     home.mkdir(parents=True, exist_ok=True)
     data = home / "data"
     props_file = home / "server.properties"
@@ -159,30 +159,9 @@ def start_kafka(
         controller_port = free_port()
         port_file.write_text(f"{port} {controller_port}")
     props_file.write_text(server_properties(data, port, controller_port, extra or {}))
-    log = home / "kafka.log"
-    (home / "log4j2.yaml").write_text(LOG4J2_CONFIG.format(log=log))
-    classpath = f"{libs}/*"
     if not (data / "meta.properties").exists():
-        cluster_id = uuid.uuid4().bytes
-        import base64
-
-        cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
-        fmt = subprocess.run(
-            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(props_file)],
-            capture_output=True, text=True, timeout=120,
-        )
-        if fmt.returncode != 0:
-            raise ServiceError(f"formatting Kafka storage failed: {fmt.stdout}{fmt.stderr}")
-    env = dict(os.environ)
-    cmd = [
-        java, f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-        "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={home / 'log4j2.yaml'}",
-        "-cp", classpath, "kafka.Kafka", str(props_file),
-    ]
-    out = open(home / "kafka.out", "ab")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    out.close()
-    (home / "kafka.pid").write_text(str(proc.pid))
+        format_storage(props_file, new_cluster_id())
+    proc, log = launch_broker(home, props_file, heap=heap)
     broker = KafkaBroker(home=home, bootstrap=f"127.0.0.1:{port}", process=proc, log=log)
     try:
         wait_until(lambda: _broker_ready(broker), timeout=timeout, what=f"Kafka broker on {broker.bootstrap}",
@@ -193,22 +172,64 @@ def start_kafka(
     return broker
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def format_storage(props_file: Path, cluster_id: str) -> None:
+    """``kafka-storage format`` for the node described by ``props_file`` (its log.dirs must be empty)."""
+    java, libs = java_and_kafka_libs()
+    fmt = subprocess.run(
+        [java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+         "-c", str(props_file)],
+        capture_output=True, text=True, timeout=120,
+    )
+    if fmt.returncode != 0:
+        raise ServiceError(f"formatting Kafka storage failed: {fmt.stdout}{fmt.stderr}")
+
+
+def launch_broker(home: Path, props_file: Path, *, heap: str, initial_heap: str | None = None,
+                  jvm_flags: tuple[str, ...] = ()) -> tuple["subprocess.Popen[bytes]", Path]:
+    """Start ``kafka.Kafka`` on ``props_file`` in its own session (it outlives the caller); no wait.
+
+    Logs go to ``home/kafka.log`` (log4j) and ``home/kafka.out`` (stdout); the pid to ``home/kafka.pid``.
+    """
+    java, libs = java_and_kafka_libs()
+    log = home / "kafka.log"
+    (home / "log4j2.yaml").write_text(LOG4J2_CONFIG.format(log=log))
+    cmd = [
+        java, f"-Xmx{heap}", f"-Xms{initial_heap or heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+        *jvm_flags, "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={home / 'log4j2.yaml'}",
+        "-cp", f"{libs}/*", "kafka.Kafka", str(props_file),
+    ]
+    with open(home / "kafka.out", "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ),
+                                start_new_session=True)
+    (home / "kafka.pid").write_text(str(proc.pid))
+    return proc, log
+
+
 def _broker_ready(broker: KafkaBroker) -> bool:
     return broker_answers(broker.bootstrap, timeout=2.0)
 
 
 def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+    return brokers_answering(bootstrap, timeout) > 0
+
+
+def brokers_answering(bootstrap: str, timeout: float = 2.0) -> int:
+    """How many brokers the cluster metadata lists (0 when none answers)."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _null_logger()})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": null_logger()})
     try:
-        md = admin.list_topics(timeout=timeout)
-        return bool(md.brokers)
+        return len(admin.list_topics(timeout=timeout).brokers)
     except Exception:
-        return False
+        return 0
 
 
-def _null_logger() -> object:
+def null_logger() -> object:
     import logging
 
     logger = logging.getLogger("streamscore.dev.kafka.probe")

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamscore.dev.kafka import KafkaBroker, broker_answers, start_kafka, wait_stopped
+from streamscore.dev.cluster import KafkaCluster, start_cluster
+from streamscore.dev.kafka import KafkaBroker, brokers_answering, start_kafka, wait_stopped
 from streamscore.dev.redis import RedisServer, redis_answers, start_redis
 from streamscore.dev.registry import RegistryServer, registry_answers, start_registry
 from streamscore.dev.util import cache_root
@@ -41,6 +42,10 @@ class Services:
     @property
     def broker(self) -> KafkaBroker | None:
         return next((o for o in self._owned if isinstance(o, KafkaBroker)), None)
+
+    @property
+    def cluster(self) -> KafkaCluster | None:
+        return next((o for o in self._owned if isinstance(o, KafkaCluster)), None)
 
 
 def docker_engine_answers() -> bool:
@@ -77,9 +82,11 @@ def _testcontainers_redis() -> tuple[str, _Container]:
 
 
 def ensure_services(home: Path, *, kafka_heap: str = "512m", kafka_extra: dict[str, str] | None = None,
-                    registry: bool = False) -> Services:
+                    registry: bool = False, brokers: int = 1) -> Services:
     """Start (or find) Kafka and Redis, and the schema registry when ``registry``.
 
+    ``brokers`` > 1 starts a local KRaft cluster of that many nodes (``home/cluster``) where
+    no ``KAFKA_BOOTSTRAP`` is set; testcontainers is used for single brokers only.
     The caller owns the result and must ``stop()`` it.
     """
     owned: list[Any] = []
@@ -89,6 +96,11 @@ def ensure_services(home: Path, *, kafka_heap: str = "512m", kafka_extra: dict[s
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
         if bootstrap:
             source["kafka"] = "env"
+        elif brokers > 1:
+            cluster = start_cluster(home / "cluster", brokers=brokers, extra=kafka_extra)
+            owned.append(cluster)
+            bootstrap = cluster.bootstrap
+            source["kafka"] = f"local cluster of {brokers}"
         else:
             docker = docker_engine_answers()
             if docker:
@@ -146,25 +158,30 @@ def _state_file() -> Path:
     return dev_home() / "state.json"
 
 
-def services_up() -> dict[str, Any]:
+def services_up(*, brokers: int = 1) -> dict[str, Any]:
     """Start detached dev services (idempotent) and record them in the state file."""
     state = services_status()
-    if state.get("running"):
+    if state.get("running") and state.get("brokers", 1) == brokers:
         return state
     services_down()
-    svc = ensure_services(dev_home(), registry=True)
+    svc = ensure_services(dev_home(), registry=True, brokers=brokers)
     pids = {}
     names = {KafkaBroker: "kafka", RedisServer: "redis", RegistryServer: "schema_registry"}
     for thing in svc._owned:
-        if isinstance(thing, (KafkaBroker, RedisServer, RegistryServer)) and thing.process is not None:
+        if isinstance(thing, KafkaCluster):
+            pids.update({f"kafka-{n.node_id}": n.pid for n in thing.nodes if n.pid is not None})
+        elif isinstance(thing, (KafkaBroker, RedisServer, RegistryServer)) and thing.process is not None:
             pids[names[type(thing)]] = thing.process.pid
+    kafka_home = dev_home() / ("cluster" if brokers > 1 else "kafka")
+    logs = sorted(str(p) for p in kafka_home.glob("node-*/kafka.log")) if brokers > 1 else [str(kafka_home / "kafka.log")]
     state = {
         "kafka_bootstrap": svc.kafka_bootstrap,
         "redis_url": svc.redis_url,
         "schema_registry_url": svc.schema_registry_url,
+        "brokers": brokers,
         "source": svc.source,
         "pids": pids,
-        "kafka_log": str(dev_home() / "kafka" / "kafka.log"),
+        "kafka_log": logs[0] if len(logs) == 1 else logs,
         "redis_log": str(dev_home() / "redis" / "redis.log"),
         "schema_registry_log": str(dev_home() / "registry" / "registry.log"),
     }
@@ -179,7 +196,8 @@ def services_status() -> dict[str, Any]:
     if not _state_file().exists():
         return {"running": False}
     state: dict[str, Any] = json.loads(_state_file().read_text())
-    state["kafka_ok"] = broker_answers(state["kafka_bootstrap"])
+    state["brokers_up"] = brokers_answering(state["kafka_bootstrap"])
+    state["kafka_ok"] = state["brokers_up"] >= state.get("brokers", 1)
     state["redis_ok"] = redis_answers(state["redis_url"])
     state["schema_registry_ok"] = bool(state.get("schema_registry_url")) and registry_answers(state["schema_registry_url"])
     state["running"] = state["kafka_ok"] and state["redis_ok"] and state["schema_registry_ok"]
@@ -191,11 +209,16 @@ def services_down(*, purge: bool = False) -> dict[str, Any]:
     stopped = []
     if _state_file().exists():
         state = json.loads(_state_file().read_text())
+        signalled = {}
+        # every process at once: a cluster node stopped last would wait for a quorum that is gone
         for name, pid in state.get("pids", {}).items():
             try:
+                os.kill(pid, signal.SIGCONT)
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 continue
+            signalled[name] = pid
+        for name, pid in signalled.items():
             if not wait_stopped(pid, 30):
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -205,7 +228,8 @@ def services_down(*, purge: bool = False) -> dict[str, Any]:
         _state_file().unlink(missing_ok=True)
     out: dict[str, Any] = {"stopped": stopped}
     if purge:
-        gone = [d for d in (dev_home() / "kafka", dev_home() / "redis", dev_home() / "registry") if d.exists()]
+        gone = [d for d in (dev_home() / "kafka", dev_home() / "cluster", dev_home() / "redis", dev_home() / "registry")
+                if d.exists()]
         for d in gone:
             shutil.rmtree(d)
         out["purged"] = [str(d) for d in gone]

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from streamscore.dev.cluster import KafkaCluster, start_cluster
 from streamscore.dev.services import Services, ensure_services
 
 
@@ -26,6 +27,19 @@ def services() -> Iterator[Services]:
         yield svc
     finally:
         svc.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """A local 3-node KRaft cluster (replication factor 3, min.insync.replicas=2), started on first use.
+
+    Tests may kill, freeze and restart its nodes; each test leaves every node running and thawed.
+    """
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"), brokers=3)
+    try:
+        yield cluster
+    finally:
+        cluster.stop(timeout=20)
 
 
 @pytest.fixture(scope="session")

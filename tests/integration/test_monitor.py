@@ -25,6 +25,7 @@ from models.demo_data import DriftSpec, generate
 from models.registry import ModelRegistry
 from monitoring.redis_state import Keys, connect
 from monitoring.telemetry import TelemetryBuilder
+from streamscore.dev.redis import start_redis
 from tests.integration.helpers import ROOT, wait_for
 
 pytestmark = pytest.mark.integration
@@ -203,3 +204,44 @@ def test_drift_alerts_and_kill_restart_same_results(tmp_path: Path, bootstrap: s
     assert _comparable_drift(redis_url, pb) == _comparable_drift(redis_url, pa)
     strip = [{k: v for k, v in a.items() if k != "raised_at"} for a in alerts]
     assert [{k: v for k, v in a.items() if k != "raised_at"} for a in _alerts(redis_url, pb)] == strip
+
+
+def test_redis_killed_and_restarted_mid_window_loses_and_doubles_nothing(
+        tmp_path: Path, bootstrap: str, redis_url: str, names: Callable[[str], str],
+        topics: Callable[..., None]) -> None:
+    """The monitor's Redis is SIGKILLed with a window half full and drift alerts still to come, and
+    restarted (append-only file on, same port) a few seconds later: the monitor holds its stream
+    meanwhile, then catches up to the same windows, drift state and alerts as a monitor whose
+    Redis never went away."""
+    windows, drift_window = 14, 8
+    drift = DriftSpec(start_at=drift_window * PER_WINDOW * BATCH, shift={"f03": 2.0, "f07": -1.5})
+    topic = names("telemetry")
+    topics({topic: 1})
+    values = telemetry(range(windows * PER_WINDOW + 1), seed=6, drift=drift)
+    half = 6 * PER_WINDOW + 2
+    publish(bootstrap, topic, values[:half])
+    own = start_redis(tmp_path / "redis", persistent=True)
+    port = int(own.url.rsplit(":", 1)[1].split("/")[0])
+    pa, pb = names("a"), names("b")
+    straight = Monitor(tmp_path, "a", _config(bootstrap, redis_url, topic, names("appa"), pa))
+    outage = Monitor(tmp_path, "b", _config(bootstrap, own.url, topic, names("appb"), pb))
+    try:
+        _wait_windows(outage, own.url, pb, 6)
+        own.kill()
+        publish(bootstrap, topic, values[half:])     # windows 6..13 close while Redis is down
+        wait_for(lambda: "redis write failed" in outage.output(), 60, "the monitor meeting the outage")
+        wait_for(lambda: outage.output().count("redis write failed") >= 3, 30, "a few retries")
+        assert outage.proc.poll() is None, outage.output()
+        own = start_redis(tmp_path / "redis", port=port, persistent=True)
+        _wait_windows(straight, redis_url, pa, windows, timeout=120)
+        _wait_windows(outage, own.url, pb, windows, timeout=120)
+        assert outage.proc.poll() is None, outage.output()
+        assert _windows(own.url, pb) == _windows(redis_url, pa)
+        assert _comparable_drift(own.url, pb) == _comparable_drift(redis_url, pa)
+        strip = [{k: v for k, v in a.items() if k != "raised_at"} for a in _alerts(redis_url, pa)]
+        assert {a["feature"] for a in strip if a["state"] == "raised"} - {"__score__"} == {"f03", "f07"}
+        assert [{k: v for k, v in a.items() if k != "raised_at"} for a in _alerts(own.url, pb)] == strip
+    finally:
+        straight.stop()
+        outage.stop()
+        own.stop()

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import re
+import signal
 import threading
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -172,6 +176,33 @@ def test_processes_two_consumers_share_the_group(tmp_path: Path, bootstrap: str,
     # two member processes, each finishing cleanly and reporting its share on exit
     consumed = [json.loads(line)["consumed"] for line in scorer.output().splitlines() if line.startswith('{"consumed"')]
     assert len(consumed) == 2 and sum(consumed) >= n
+
+
+def test_processes_restarts_a_killed_child_and_counts_it(tmp_path: Path, bootstrap: str,
+                                                        names: Callable[[str], str],
+                                                        topics: Callable[..., None]) -> None:
+    """`serve --processes 2`: a SIGKILLed child is started again (same instance name), the restart is
+    counted in the parent's streamscore_child_restarts_total, and the group goes on scoring."""
+    t_in, t_out = names("tx"), names("pred")
+    topics({t_in: 4, t_out: 4})
+    cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"), [_pipeline(t_in, t_out)], metrics_port=0)
+    scorer = ScorerProcess(cfg, tmp_path / "scorer.log", "--processes", "2")
+    started = re.compile(r"started scorer-0 \(pid (\d+)\)")
+    try:
+        wait_for(lambda: bool(started.search(scorer.output())), 60, "scorer-0 started")
+        wait_for(lambda: "supervisor metrics on" in scorer.output(), 30, "the supervisor's metrics port")
+        os.kill(int(started.findall(scorer.output())[0]), signal.SIGKILL)
+        wait_for(lambda: len(started.findall(scorer.output())) == 2, 60, "scorer-0 started again")
+        assert "scorer-0 exited abnormally (SIGKILL)" in scorer.output()
+        port = int(re.findall(r"supervisor metrics on http://[^:]+:(\d+)/metrics", scorer.output())[0])
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert 'streamscore_child_restarts_total{child="scorer-0",instance="scorer",reason="SIGKILL"} 1.0' in text
+        produce_events({"bootstrap.servers": bootstrap}, t_in, 2_000, seed=14)
+        msgs = read_all(bootstrap, t_out, expect=2_000, timeout=120, alive=scorer)
+        assert len({decode_prediction(m.value())["event_id"] for m in msgs}) == 2_000
+        assert scorer.terminate() == 0, scorer.output()
+    finally:
+        scorer.close()
 
 
 def test_member_joining_mid_stream_causes_no_duplicates(tmp_path: Path, bootstrap: str,

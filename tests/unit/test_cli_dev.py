@@ -45,3 +45,12 @@ def test_down_purge_deletes_only_the_service_data(home: Path) -> None:
     assert not (home / "dev" / "kafka").exists() and not (home / "dev" / "redis").exists()
     assert (home / "kafka-4.4.0").is_dir()
     assert _down(home, "--purge") == {"stopped": [], "purged": []}     # nothing left: still fine
+
+
+def test_up_refuses_a_cluster_too_small_for_replication_factor_3(tmp_path: Path) -> None:
+    env = {**os.environ, "STREAMSCORE_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "streamscore", "dev", "up", "--brokers", "2"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "streamscore: error: --brokers must be 1 or at least 3 (replication factor 3), not 2"
+    assert not (tmp_path / "dev").exists()     # nothing started

@@ -33,6 +33,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                                        "pipelines:\n  - {name: a, input: {topic: t}, model: {name: fraud-mlp},"
                                        " output: {topic: o}}\n")
     (d / "not_yaml.yaml").write_text("pipelines: [\n")
+    (d / "ok.yaml").write_text("kafka: {bootstrap_servers: '127.0.0.1:1'}\n"
+                               "pipelines:\n  - {name: a, input: {topic: t}, model: {name: fraud-mlp}, output: {topic: o}}\n")
     (d / "monitor_bad.yaml").write_text("broker: 127.0.0.1:9092\nwindow_mss: 5\nk: 0\n")
     (d / "monitor_list.yaml").write_text("- broker\n")
     (d / "spec_top_level.json").write_text('{"features": [{"name": "amount"}]}')
@@ -92,6 +94,20 @@ CASES: list[tuple[str, str]] = [
     ("dashboard --port x", ""),
     ("dashboard --port 70000", ""),
     ("demo --seconds x", ""),
+    ("backfill", ""),
+    ("backfill -c {dir}/ok.yaml --from 0", ""),
+    ("backfill -c {dir}/ok.yaml --from 0 --to-topic t --to-file x.parquet", ""),
+    ("backfill -c {dir}/nope.yaml --from 0 --to-file x.parquet", "does not exist"),
+    ("backfill -c {dir}/ok.yaml --from yesterday --to-file x.parquet", "neither ISO-8601"),
+    ("backfill -c {dir}/ok.yaml --from 2026-01-02 --to 2026-01-01 --to-file x.parquet", "must be after"),
+    ("backfill -c {dir}/ok.yaml --to-file x.parquet", "--from is required"),
+    ("backfill -c {dir}/ok.yaml --from 0 --to-file x.parquet --max-rate 0", "--max-rate"),
+    ("backfill -c {dir}/ok.yaml --from 0 --to-file x.parquet --model @3", "NAME@VERSION"),
+    ("backfill -c {dir}/ok.yaml --input-file {dir}/nope.csv --to-file x.parquet", "does not exist"),
+    ("serve-http", ""),
+    ("serve-http -c {dir}/nope.yaml", "does not exist"),
+    ("serve-http -c {dir}/ok.yaml --port x", ""),
+    ("serve-http -c {dir}/ok.yaml --port 70000", "cannot listen"),
 ]
 
 

@@ -296,3 +296,16 @@ def test_exactly_once_stops_when_a_persistent_error_keeps_coming() -> None:
     for i in range(12):
         h.eos.produce_failed(DeliveryError(f"record too large {i}"))     # no client error: not transient
     assert h.failures and "11 delivery failures within a minute" in str(h.failures[0])
+
+
+def test_outputs_purged_by_our_own_abort_do_not_trigger_another_recovery() -> None:
+    h = Harness(FakeProducer())
+    ack = h.eos.open_batch(1)
+    ack.expect(1)
+    h.eos.close_batch({TP0: (100, 109)}, ack, 0)
+    h.eos._abort("test")                               # as a revoke does
+    ack(KafkaError(KafkaError._PURGE_QUEUE, "purged by the abort"), None)
+    late = h.eos.open_batch(2)                         # a new transaction; a late error of the old one
+    late.expect(1)
+    h.eos.tick()
+    assert h.made == [], "no producer re-created for the purge our abort caused"
