@@ -1,53 +1,49 @@
 # streamscore: `make demo` and `make test` set everything up from nothing.
+# Set-up is quiet: one line per step; apt, pip and mvn write to $(SETUP_LOG) (printed on failure).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+SETUP_LOG := build/setup.log
+SETUP  := SETUP_LOG=$(SETUP_LOG) PYTHON=$(PYTHON) .ci/setup
 
-.PHONY: setup system-deps kafka-jars registry-jar native demo test unit integration bench chaos lint dev-up dev-down clean
-
-setup: system-deps $(STAMP) kafka-jars registry-jar native
-
-# Debian packages: redis-server for Redis, Maven + a JDK to fetch and run the Kafka broker,
-# prometheus (promtool + the server) and chromium for the operations tests, gcc for the codec's kernels,
+# Debian packages as package:command (the command on PATH means the package is there).
+# The demo: a JDK and Maven fetch and run the Kafka broker, redis-server, gcc for the codec's C kernels.
+DEMO_PKGS := openjdk-17-jre-headless:java maven:mvn redis-server:redis-server gcc:cc
+# The tests, on top: promtool and the Prometheus server (rules and scrape tests), Chromium (dashboard test),
 # stress-ng for the chaos runs' CPU hog (a busy-loop process stands in without it).
-system-deps:
-	@missing=""; \
-	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
-	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
-	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
-	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
-	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
-	command -v cc >/dev/null 2>&1 || missing="$$missing gcc"; \
-	command -v stress-ng >/dev/null 2>&1 || missing="$$missing stress-ng"; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
-	fi
+TEST_PKGS := $(DEMO_PKGS) prometheus:promtool chromium:chromium stress-ng:stress-ng
+# pip extras of this package (pyproject.toml): none for the demo, [dev] for the tests.
+DEMO_EXTRAS :=
+TEST_EXTRAS := dev
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+.PHONY: setup setup-demo kafka-jars registry-jar native demo test unit integration bench chaos lint dev-up dev-down clean
+
+# What the tests (and bench, chaos, lint) need; `make demo` needs less (setup-demo).
+setup:
+	@$(SETUP) apt $(TEST_PKGS)
+	@$(SETUP) venv $(VENV) "$(TEST_EXTRAS)"
+	@$(MAKE) -s --no-print-directory kafka-jars registry-jar native
+
+setup-demo:
+	@$(SETUP) apt $(DEMO_PKGS)
+	@$(SETUP) venv $(VENV) "$(DEMO_EXTRAS)"
+	@$(MAKE) -s --no-print-directory kafka-jars native
 
 # Apache Kafka broker jars, resolved once with mvn into ~/.cache/streamscore (outside the repo).
-kafka-jars: $(STAMP)
-	@$(BIN)/python -c "from streamscore.dev.kafka import kafka_libs; print('kafka jars:', kafka_libs())"
+kafka-jars:
+	@$(SETUP) report "kafka jars" $(BIN)/python -c "from streamscore.dev.kafka import ensure_kafka_libs; print(ensure_kafka_libs())"
 
 # Apicurio Registry (the Confluent schema-registry API) for dev and tests: fetched once with mvn, unpacked into ~/.cache/streamscore.
-registry-jar: $(STAMP)
-	@$(BIN)/python -c "from streamscore.dev.registry import apicurio_jar; print('schema registry:', apicurio_jar())"
+registry-jar:
+	@$(SETUP) report "schema registry" $(BIN)/python -c "from streamscore.dev.registry import APICURIO_VERSION, apicurio_jar; from streamscore.dev.util import cache_root; c = (cache_root() / f'apicurio-{APICURIO_VERSION}' / '.complete').exists(); apicurio_jar(); print('cached' if c else 'fetched')"
 
 # The codec's C kernels (byte copies, the non-ASCII scan), compiled once into ~/.cache/streamscore/native (numpy fallback without a compiler).
-native: $(STAMP)
-	@$(BIN)/python -c "from schemas.codec.native import lib; print('native kernels:', 'built' if lib() else 'unavailable, numpy fallback')"
+native:
+	@$(SETUP) report "native kernels" $(BIN)/python -c "from schemas.codec.native import lib; print('built' if lib() else 'unavailable, numpy fallback')"
 
-demo: setup
-	$(BIN)/streamscore demo --seconds 30 --rate 20000
+demo: setup-demo
+	@$(BIN)/streamscore demo --seconds 30 --rate 20000
 
 # Type check, unit tests (no services), then integration tests (a real broker and Redis, started by the fixtures).
 test: setup
@@ -55,7 +51,7 @@ test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
-unit: $(STAMP)
+unit: setup
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
 integration: setup
@@ -69,10 +65,10 @@ CHAOS_ARGS ?=
 chaos: setup
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS); rc=$$?; $(BIN)/python -m bench.chaos --table --write-readme; exit $$rc
 
-lint: $(STAMP)
-	$(BIN)/python -m mypy consumers sinks schemas models streamscore
+lint: setup
+	$(BIN)/python -m mypy consumers sinks schemas models streamscore monitoring
 
-dev-up: setup
+dev-up: setup-demo
 	$(BIN)/streamscore dev up
 
 dev-down:

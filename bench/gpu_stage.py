@@ -134,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from models.device import _resolve_torch_device
+    from models.torch_backend import resolve_device
 
-    device = _resolve_torch_device(torch, args.device)
+    device = resolve_device(torch, args.device)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     quick = args.quick
     iters = args.iters or (3 if quick else 50)

@@ -37,7 +37,6 @@ class BatchStats:
     batches: int = 0
     rows: int = 0
     closed_by: dict[str, int] = field(default_factory=lambda: {"size": 0, "wait": 0, "latency": 0, "flush": 0})
-    last_size: int = 0
     last_wait_s: float = 0.0
 
 
@@ -129,7 +128,6 @@ class AdaptiveBatcher:
         self.stats.batches += 1
         self.stats.rows += size
         self.stats.closed_by[reason] = self.stats.closed_by.get(reason, 0) + 1
-        self.stats.last_size = size
         self.stats.last_wait_s = 0.0 if self._first_at is None else now - self._first_at
         self._rows = 0
         self._first_at = None

@@ -16,6 +16,8 @@ from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+ClientConf = dict[str, Any]     # librdkafka settings: values are str, int, bool or callbacks
+
 CONSUMER_DEFAULTS: dict[str, Any] = {
     # At-least-once: an offset is stored only after every output of its batch is acked;
     # the background committer then commits stored offsets on its interval.
@@ -90,19 +92,30 @@ def _client(cls: type[_C], conf: dict[str, Any], what: str) -> _C:
         raise ConfigError(f"Kafka {what} settings refused: {err.str() if hasattr(err, 'str') else err}") from exc
 
 
-def ensure_topics(admin_conf: dict[str, Any], topics: dict[str, int], *, timeout: float = 30.0) -> None:
-    """Create missing topics with the given partition counts (replication 1 on a dev broker)."""
+def ensure_topics(admin_conf: dict[str, Any], topics: dict[str, int], *, timeout: float = 30.0,
+                  configs: dict[str, dict[str, str]] | None = None) -> dict[str, int]:
+    """Create missing topics with the given partition counts (the broker's default replication)
+    and topic ``configs`` (e.g. ``{"cleanup.policy": "compact"}``).
+
+    Returns every requested topic's partition count: an existing topic keeps its own. The one
+    place topics are created; a topic that cannot be raises ``ConfigError`` naming it.
+    """
     admin = make_admin(admin_conf)
-    existing = set(admin.list_topics(timeout=timeout).topics)
-    new = [NewTopic(t, num_partitions=n, replication_factor=-1) for t, n in topics.items() if t not in existing]
+    md = admin.list_topics(timeout=timeout).topics
+    counts = {t: len(md[t].partitions) for t in topics if t in md and md[t].error is None and md[t].partitions}
+    new = [NewTopic(t, num_partitions=n, replication_factor=-1, config=(configs or {}).get(t, {}))
+           for t, n in topics.items() if t not in counts]
     if not new:
-        return
+        return counts
     for topic, fut in admin.create_topics(new, operation_timeout=timeout).items():
         try:
             fut.result()
-        except Exception as exc:  # already exists (raced) is fine
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
+            counts[topic] = topics[topic]
+        except Exception as exc:  # noqa: BLE001 - already exists (a racing creator) is fine
+            if "already_exists" not in str(exc).lower().replace(" ", "_"):
+                raise ConfigError(f"cannot create topic {topic!r}: {exc}") from exc
+            counts[topic] = partition_count(admin, topic, timeout) or topics[topic]
+    return counts
 
 
 def partition_count(client: Consumer | Producer | AdminClient, topic: str, timeout: float = 10.0) -> int:

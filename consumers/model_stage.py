@@ -9,20 +9,34 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
 from consumers.batcher import AdaptiveBatcher
-from consumers.runtime import ActiveModel
+from consumers.runtime import ActiveModel, ScoringModel
 from consumers.work import Work
 from schemas.errors import HookContractError, PredictError, StreamscoreError
 
 log = logging.getLogger("consumers.scorer")
 
 
+class ModelMetrics(Protocol):
+    """What the model stage reports (``monitoring.metrics.ScorerMetrics``)."""
+
+    def model_latency(self, pipeline: str, model: str, seconds: float, rows: int) -> None: ...
+
+
 class ModelStage:
-    def __init__(self, *, batchers: Mapping[str, AdaptiveBatcher], metrics: Any) -> None:
+    """The scorer's middle stage: one batch in, its scores (or embeddings) and dead rows out.
+
+    Owns nothing but references: the batchers (one per pipeline, each told its own model's
+    cost, for the latency rule) and the metrics. It reads each slot's active model once per
+    batch, so a hot swap lands between batches. It never produces, commits or touches Kafka,
+    and a shadow's failure never reaches primary output.
+    """
+
+    def __init__(self, *, batchers: Mapping[str, AdaptiveBatcher], metrics: ModelMetrics) -> None:
         self.batchers = batchers          # by pipeline name: each learns its own model's cost
         self.metrics = metrics
 
@@ -188,7 +202,7 @@ def score_isolating(runner: Any, feats: Any, rows: np.ndarray,
     return scores, fields, bad
 
 
-def predict_isolating(model: Any, feats: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def predict_isolating(model: ScoringModel, feats: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Score ``feats``; if the model raises, split the batch until the bad rows stand alone."""
     scores = np.zeros(len(feats), dtype=np.float32)
     bad: list[tuple[int, str]] = []

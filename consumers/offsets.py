@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-TP = tuple[str, int]   # (topic, partition): the one alias the consumers package uses
+TP = tuple[str, int]   # (topic, partition): the one alias the consumers package uses (not confluent_kafka.TopicPartition)
 
 
 @dataclass
@@ -36,6 +36,13 @@ class _PartitionState:
 
 
 class OffsetTracker:
+    """Which input offsets are safe to commit, per partition (see the module docstring).
+
+    Owns only bookkeeping: the pending batches of each partition and their committable
+    positions, behind one condition variable (any thread may call it). It never talks to
+    Kafka: the commit protocol (``consumers.commit``) asks ``to_commit`` and commits.
+    """
+
     def __init__(self) -> None:
         self._parts: dict[TP, _PartitionState] = {}
         self._batches: dict[int, list[TP]] = {}

@@ -6,7 +6,7 @@ batch's offsets commit only when all of them are delivered (or in the same trans
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -17,8 +17,25 @@ from schemas.columns import StrColumn, take
 from sinks.kafka_sink import BatchAck, KafkaSink, bounded_dead_letter, error_headers
 
 
+class OutputMetrics(Protocol):
+    """What the output stage reports (``monitoring.metrics.ScorerMetrics``)."""
+
+    def e2e_latency(self, pipeline: str, seconds: np.ndarray) -> None: ...
+    def dead_letters(self, pipeline: str, reason: str, n: int) -> None: ...
+
+
 class OutputWriter:
-    def __init__(self, *, sink: KafkaSink, metrics: Any, record_latency: Callable[[list[float]], None]) -> None:
+    """The scorer's last stage: encodes a scored batch and hands every output to the sink.
+
+    Owns no client: it writes through ``sink`` (the one producer) under the batch's
+    ``BatchAck``, so predictions, shadow predictions, embeddings, telemetry and dead letters
+    are all covered by one acknowledgement (or one transaction). It never waits for delivery,
+    commits offsets, or decides which records are dead (the decode and model stages do);
+    ``record_latency`` receives a sample of end-to-end latencies (ms) for the caller's live view.
+    """
+
+    def __init__(self, *, sink: KafkaSink, metrics: OutputMetrics,
+                 record_latency: Callable[[list[float]], None]) -> None:
         self.sink = sink
         self.metrics = metrics
         self._record_latency = record_latency
@@ -138,6 +155,7 @@ class OutputWriter:
                 kw = {"shadow_scores": shadow[1][np.searchsorted(work.ok_rows, rows)],
                       "shadow_model": shadow[0].model.name, "shadow_version": str(shadow[0].model.version)}
             first_tp = min(work.ranges)
+            times = sub.get(rt.time_field) if rt.time_field else None
             summary = builder.summarize(sub, work.scores[rows], variant=active.variant,
                                         event_time_ms=mapping.event_times_ms(work, rows),
                                         symbols=work.decoded.symbols,

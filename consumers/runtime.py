@@ -1,12 +1,27 @@
-"""What one pipeline needs at run time, built by the composition root and passed in."""
+"""What one pipeline needs at run time, built by the composition root and passed in.
+
+The seams are Protocols (what the stages call) or, for the codec, its public front
+``schemas.columnar``; option strings use the ``Literal`` types of the pipeline file.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from schemas.columnar import BatchDecoder, BatchEncoder
+    from schemas.columns import StrColumn
+
+# The option strings of the pipeline file; streamscore.config declares its keys with these.
+PipelineKind = Literal["score", "embed"]
+Partitioning = Literal["input", "key"]
+Variant = Literal["primary", "canary", "shadow"]
+Delivery = Literal["at_least_once", "exactly_once"]
 
 
 class ScoringModel(Protocol):
@@ -18,9 +33,28 @@ class ScoringModel(Protocol):
 
 
 class FeatureAssembler(Protocol):
-    names: tuple[str, ...]
+    @property
+    def names(self) -> tuple[str, ...]: ...
 
-    def assemble(self, columns: Any) -> np.ndarray: ...
+    def assemble(self, columns: Mapping[str, np.ndarray]) -> np.ndarray: ...
+
+
+class Router(Protocol):
+    """Assigns every row of a batch to an arm by its Kafka key (``models.routing.Router``)."""
+
+    def assign(self, keys: Sequence[bytes | None] | StrColumn) -> np.ndarray: ...
+
+
+class TelemetrySource(Protocol):
+    """Per-batch summaries of one model's inputs and scores (``monitoring.telemetry.TelemetryBuilder``)."""
+
+    def summarize(self, columns: Mapping[str, Any], scores: np.ndarray | None, *, variant: str = "primary",
+                  event_time_ms: np.ndarray | None = None, shadow_scores: np.ndarray | None = None,
+                  shadow_model: str | None = None, shadow_version: str | None = None,
+                  symbols: Mapping[str, Sequence[str]] | None = None,
+                  batch_id: str | None = None) -> Mapping[str, Any]: ...
+    def encode(self, summary: Mapping[str, Any]) -> bytes: ...
+    def key(self) -> bytes: ...
 
 
 class Runner(Protocol):
@@ -47,8 +81,8 @@ class ActiveModel:
     model: ScoringModel
     assembler: FeatureAssembler      # the plain float32 features (serve-http's coalescer reads them)
     threshold: float
-    variant: str = "primary"
-    telemetry: Any = None            # monitoring.telemetry.TelemetryBuilder for this model, or None
+    variant: Variant = "primary"
+    telemetry: TelemetrySource | None = None
     runner: Runner = None  # type: ignore[assignment]   # features, hooks, model, heads: the scorer's path
 
 
@@ -75,22 +109,21 @@ class PipelineRuntime:
     input_topic: str
     output_topic: str
     dlq_topic: str
-    decoder: Any                     # schemas.columnar.BatchDecoder
-    encoder: Any                     # schemas.columnar.BatchEncoder (Prediction)
+    decoder: BatchDecoder
+    encoder: BatchEncoder            # Prediction (kind score) or Embedding (kind embed) records
     slot: ModelSlot
-    partitioning: str = "input"      # "input": output partition = input partition mod N
+    partitioning: Partitioning = "input"   # "input": output partition = input partition mod N
     output_headers: bool = False     # also stamp model/version/variant as Kafka headers (per-message path)
     out_partitions: int = 0
     max_message_bytes: int = 1_000_000
     dlq_max_bytes: int = 1_000_000  # largest dead letter the producer and the DLQ topic accept
-    key_field: str | None = None
     id_field: str | None = "event_id"        # None: "<topic>:<partition>:<offset>" (consumers.mapping)
     time_field: str | None = "event_time"    # None: the Kafka message timestamp
     time_scale: int = 1                      # time_field units per millisecond (1000: timestamp-micros)
     carry: dict[str, str] = field(default_factory=dict)     # output field -> input column (dotted path)
-    kind: str = "score"                      # "embed": a text embedder, outputs Embedding records
+    kind: PipelineKind = "score"             # "embed": a text embedder, outputs Embedding records
     arms: list[ModelSlot] = field(default_factory=list)     # router arm i scores with arms[i]
-    router: Any = None                                       # models.routing.Router; None = one arm
+    router: Router | None = None                             # None = one arm
     shadows: list[ModelSlot] = field(default_factory=list)   # score every row; output to shadow_topic
     shadow_topic: str | None = None
     telemetry_topic: str | None = None

@@ -17,10 +17,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from models.features import INPUT_DTYPES, Feature, FeatureBatch, FeatureBuilder
-from schemas.errors import ConfigError, ModelError, PredictError
+from schemas.errors import ConfigError, ModelError, ModelLoadError, PredictError
 
-Dtype = Literal["float32", "float64", "int32", "int64", "string"]
-DTYPES: tuple[str, ...] = INPUT_DTYPES
+# Where a backend runs its model ("auto": CUDA when available).
+Device = Literal["cpu", "cuda", "auto"]
 
 
 class InputError(ModelError):
@@ -169,3 +169,19 @@ def check_scores(model_label: str, scores: Any, n_rows: int) -> np.ndarray:
             f"(raw output shape {np.shape(scores)})"
         )
     return out
+
+
+def smoke_check(model: Model, label: str) -> None:
+    """Score two rows of zeros before a model serves; one that cannot is closed and refused.
+
+    Raises ``ModelLoadError`` (naming ``label``) when the model raises ``PredictError``;
+    any other exception closes the model and propagates.
+    """
+    try:
+        model.predict(np.zeros((2, len(model.input_spec)), dtype=np.float32))
+    except PredictError as exc:
+        model.close()
+        raise ModelLoadError(f"{label} failed its smoke check: {exc}") from exc
+    except BaseException:
+        model.close()
+        raise

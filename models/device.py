@@ -30,22 +30,19 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.base import InputSpec, check_features, check_scores
-from schemas.errors import ConfigError, ModelLoadError, PredictError
+from models.base import InputSpec, check_features, check_scores, smoke_check
+from models.torch_backend import TorchDtype, check_torch_dtype, load_module, resolve_device
+from schemas.errors import ConfigError, PredictError
 
 if TYPE_CHECKING:
     from models.registry import ModelEntry, ModelRegistry
 
 log = logging.getLogger(__name__)
 
-Device = Literal["cpu", "cuda", "auto"]
-Dtype = Literal["float32", "bfloat16", "float16"]
-DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 DEFAULT_BUCKETS: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
 _STOP = object()
 
@@ -97,20 +94,6 @@ class _Plan:
     graph_failed: bool = False
 
 
-def _resolve_torch_device(torch: Any, device: str) -> Any:
-    if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
-        raise ConfigError(f"unknown device {device!r}; valid: ['cpu', 'cuda', 'cuda:N', 'auto']")
-    cuda = bool(torch.cuda.is_available())
-    if device.startswith("cuda") and not cuda:
-        raise ModelLoadError(f"device {device!r} requested but torch sees no CUDA device")
-    if device == "auto":
-        device = "cuda" if cuda else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
 class DeviceWorker:
     """Run ``model`` on one device with bucketed, pinned, double-buffered batches.
 
@@ -123,13 +106,12 @@ class DeviceWorker:
     The module is moved and cast in place (``module.to(device, dtype)``) and put in eval mode.
     """
 
-    def __init__(self, model: Any, *, device: str = "auto", dtype: Dtype = "float32",
+    def __init__(self, model: Any, *, device: str = "auto", dtype: TorchDtype = "float32",
                  buckets: Sequence[int] = DEFAULT_BUCKETS, cuda_graphs: bool = False, depth: int = 2,
                  name: str = "device-worker") -> None:
         import torch
 
-        if dtype not in DTYPES:
-            raise ConfigError(f"unknown dtype {dtype!r}; valid: {list(DTYPES)}")
+        check_torch_dtype(dtype)
         bks = sorted({int(b) for b in buckets})
         if not bks or bks[0] < 1:
             raise ConfigError(f"buckets must be positive batch sizes, got {list(buckets)}")
@@ -140,9 +122,8 @@ class DeviceWorker:
             raise ConfigError(f"DeviceWorker needs a torch.nn.Module, got {type(model).__name__}")
         self.torch = torch
         self.name = name
-        self.device = _resolve_torch_device(torch, device)
+        self.device = resolve_device(torch, device)
         self.is_cuda = self.device.type == "cuda"
-        self.dtype_name = dtype
         self.dtype = getattr(torch, dtype)
         self.buckets: tuple[int, ...] = tuple(bks)
         self.cuda_graphs = bool(cuda_graphs) and self.is_cuda
@@ -367,23 +348,8 @@ def _predict_error(name: str, n: int, exc: BaseException) -> PredictError:
 
 def load_torch_module(registry: ModelRegistry, entry: ModelEntry) -> Any:
     """Verify ``entry``'s sha256, then load its TorchScript / torch.export module on CPU."""
-    import warnings
-
-    import torch
-
     registry.verify(entry)
-    path = Path(entry.artifact_path)
-    try:
-        if entry.format == "torchscript":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                return torch.jit.load(str(path), map_location="cpu")
-        if entry.format == "torch_export":
-            return torch.export.load(str(path)).module()
-    except Exception as exc:  # noqa: BLE001 - torch raises many types
-        raise ModelLoadError(f"{entry.name}:{entry.version}: cannot load {path}: {exc}") from exc
-    raise ModelLoadError(f"{entry.name}:{entry.version}: format {entry.format!r} cannot run on a device "
-                         "worker; valid: ['torchscript', 'torch_export']")
+    return load_module(entry.artifact_path, entry.format, map_location="cpu", label=f"{entry.name}:{entry.version}")
 
 
 class DeviceModel:
@@ -400,18 +366,14 @@ class DeviceModel:
 
     @classmethod
     def from_entry(cls, registry: ModelRegistry, entry: ModelEntry, *, device: str = "auto",
-                   dtype: Dtype = "float32", **worker_options: Any) -> DeviceModel:
+                   dtype: TorchDtype = "float32", **worker_options: Any) -> DeviceModel:
         """Verify, load and smoke-check a torch registry entry on a new device worker
         (a ``RegistryWatcher`` ``loader``: ``lambda reg, e: DeviceModel.from_entry(reg, e, device="cuda")``)."""
         module = load_torch_module(registry, entry)
         worker = DeviceWorker(module, device=device, dtype=dtype, name=f"{entry.name}:{entry.version}",
                               **worker_options)
         model = cls(worker, name=entry.name, version=entry.version, input_spec=entry.input_spec)
-        try:
-            model.predict(np.zeros((2, len(entry.input_spec)), dtype=np.float32))
-        except PredictError as exc:
-            model.close()
-            raise ModelLoadError(f"{entry.name}:{entry.version} failed its smoke check: {exc}") from exc
+        smoke_check(model, f"{entry.name}:{entry.version}")
         return model
 
     @property

@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from models.base import Model
-from models.registry import ModelEntry, ModelRegistry
+from models.registry import ModelEntry, ModelSource
 
 log = logging.getLogger(__name__)
 
 SwapCallback = Callable[[ModelEntry, Model], Any]
 ErrorCallback = Callable[[str, "str | None", BaseException], None]
 Validator = Callable[[ModelEntry, Model], None]
-Loader = Callable[[ModelRegistry, ModelEntry], Model]
+Loader = Callable[[ModelSource, ModelEntry], Model]
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class RegistryWatcher:
 
     def __init__(
         self,
-        registry: ModelRegistry,
+        registry: ModelSource,
         name: str,
         *,
         on_swap: SwapCallback,

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from models.base import InputSpec, check_features, check_scores
+from models.base import Device, InputSpec, check_features, check_scores
 from schemas.errors import ModelLoadError, PredictError
-
-Device = Literal["cpu", "cuda", "auto"]
 
 
 class OnnxModel:

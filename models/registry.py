@@ -32,16 +32,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 
-from models.base import InputSpec, Model
+from models.base import InputSpec, Model, smoke_check
 from schemas.errors import ArtifactIntegrityError, ConfigError, ModelError, ModelLoadError, PredictError
 from schemas.prediction import OutputSpec
 
-Stage = Literal["staging", "production", "archived"]
-Format = Literal["onnx", "torchscript", "torch_export"]
 STAGES: tuple[str, ...] = ("staging", "production", "archived")
 FORMATS: dict[str, str] = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2"}
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -177,6 +175,14 @@ class RegistrationSpec:
                        {str(k): str(v) for k, v in (data.get("hooks") or {}).items()})
         except (TypeError, ValueError, ModelError) as exc:
             raise ConfigError(f"input spec file {path}: {exc}") from exc
+
+
+class ModelSource(Protocol):
+    """What serving reads from a model registry: this file registry, or MLflow's
+    (models.mlflow_registry.MlflowRegistry)."""
+
+    def get(self, name: str, version: str | None = None, *, stage: str | None = "production") -> ModelEntry: ...
+    def load(self, entry: ModelEntry, *, device: str = "cpu", **options: Any) -> Model: ...
 
 
 class ModelRegistry:
@@ -425,18 +431,23 @@ class ModelRegistry:
 
 
 def load_verified(entry: ModelEntry, *, device: str = "cpu", **options: Any) -> Model:
-    """Load an entry whose artifact was verified and smoke-check it on two rows."""
+    """Load an entry whose artifact was verified and smoke-check it on two rows: every output
+    a head reads must have one row per input row (models.base.smoke_check for single-output models)."""
+    label = f"{entry.name}:{entry.version}"
     model = _backend(entry, device=device, **options)
     try:
         model.load()
-        probe = entry.input_spec.probe(2)
-        if hasattr(model, "run"):
-            _check_rows(f"{entry.name}:{entry.version}", model.run(probe), entry.outputs, 2)
-        else:
-            model.predict(next(iter(probe.values())))
+    except BaseException:
+        model.close()
+        raise
+    if not hasattr(model, "run"):
+        smoke_check(model, label)
+        return model
+    try:
+        _check_rows(label, model.run(entry.input_spec.probe(2)), entry.outputs, 2)
     except PredictError as exc:
         model.close()
-        raise ModelLoadError(f"{entry.name}:{entry.version} failed its smoke check: {exc}") from exc
+        raise ModelLoadError(f"{label} failed its smoke check: {exc}") from exc
     except BaseException:
         model.close()
         raise

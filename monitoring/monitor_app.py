@@ -86,6 +86,7 @@ class MonitorConfig(BaseModel):
 
 def load_config(path: str | Path) -> MonitorConfig:
     import yaml
+    from pydantic import ValidationError
 
     try:
         data = yaml.safe_load(Path(path).read_text())
@@ -100,6 +101,30 @@ def load_config(path: str | Path) -> MonitorConfig:
     except ValidationError as exc:
         raise ConfigError("\n".join([f"invalid monitor config ({path}):",
                                       *(f"  {line}" for line in validation_problems(exc, MonitorConfig))])) from exc
+
+
+def check_config(config: MonitorConfig) -> str:
+    """What the monitor resolves before it touches Kafka or Redis: the Redis URL, the registry
+    holding the reference profiles, the window settings. Returns one line; raises ``ConfigError``."""
+    from redis.connection import parse_url
+
+    from models import DEMO_REGISTRY
+    from models.registry import ModelRegistry
+
+    url = config.redis_url.get_secret_value()
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"redis_url {redact(url)!r}: {exc}") from exc
+    if not all(part.rpartition(":")[2].isdigit() for part in config.broker.split(",")):
+        raise ConfigError(f"broker {config.broker!r}: expected host:port[,host:port]")
+    root = Path(config.registry) if config.registry else DEMO_REGISTRY
+    if not root.is_dir():
+        raise ConfigError(f"registry: directory {root} does not exist")
+    config.window_spec()
+    models = ModelRegistry(root).names()
+    return (f"monitor config OK: {config.telemetry_topic} on {config.broker} -> Redis {redact(url)} "
+            f"(prefix {config.redis_prefix}); reference profiles from {root} ({len(models)} models)")
 
 
 class ProfileCache:
@@ -124,25 +149,23 @@ class ProfileCache:
 
 
 def ensure_topic(config: MonitorConfig) -> int:
-    """Partitions of the telemetry topic, creating it (1 partition) if missing; and the state changelog.
+    """Partitions of the telemetry topic, creating it (``partitions``, default 1) if missing; and the state changelog.
 
     The changelog (``<app_id>-monitor-state-changelog``, compacted, as many partitions as the
     telemetry topic) is created here, before Faust starts: created by Faust on a busy broker,
     its first metadata can show 0 partitions and the table refuses to start (PartitionsMismatch).
     Replication is the broker's default (3 on a cluster).
     """
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": config.broker})
-    md = admin.list_topics(config.telemetry_topic, timeout=15)
-    topic = md.topics.get(config.telemetry_topic)
-    if topic is not None and topic.error is None and topic.partitions:
-        parts = len(topic.partitions)
-    else:
-        parts = config.partitions or 1
-        _create(admin, NewTopic(config.telemetry_topic, parts, -1))
+    from consumers.kafka_client import ensure_topics
+
+    conf = {"bootstrap.servers": config.broker}
+    topic = config.telemetry_topic
+    parts = ensure_topics(conf, {topic: config.partitions or 1}, timeout=15)[topic]
     changelog = changelog_topic(config.app_id)
-    _create(admin, NewTopic(changelog, parts, -1, config={"cleanup.policy": "compact"}))
+    ensure_topics(conf, {changelog: parts}, configs={changelog: {"cleanup.policy": "compact"}}, timeout=15)
+    admin = AdminClient(conf)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         t = admin.list_topics(changelog, timeout=10).topics.get(changelog)
@@ -155,15 +178,6 @@ def ensure_topic(config: MonitorConfig) -> int:
 def changelog_topic(app_id: str) -> str:
     """Faust's name for the state table's changelog topic."""
     return f"{app_id}-{STATE_TABLE}-changelog"
-
-
-def _create(admin: Any, topic: Any) -> None:
-    for fut in admin.create_topics([topic]).values():
-        try:
-            fut.result(30)
-        except Exception as exc:  # TOPIC_ALREADY_EXISTS from a racing creator is fine
-            if "already exists" not in str(exc).lower():
-                raise ConfigError(f"cannot create topic {topic.topic}: {exc}") from exc
 
 
 class TelemetryHandler:
@@ -239,8 +253,6 @@ def build_app(config: MonitorConfig, *, partitions: int | None = None) -> faust.
     async def monitor(stream: Any) -> None:
         async for event in stream.events():
             await handler.handle(event.message.partition, event.message.offset, event.value)
-
-    app.monitor_handler = handler  # type: ignore[attr-defined]  # for tests and the bench
     return app
 
 

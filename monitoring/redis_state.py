@@ -52,6 +52,8 @@ def connect(url: str) -> Any:   # redis.Redis with decode_responses=True: every 
 
 
 class Keys:
+    """Every key of the layout (``monitoring/REDIS.md``) under one prefix; writers and readers share it."""
+
     def __init__(self, prefix: str = "streamscore") -> None:
         self.prefix = prefix
         self.drift_index = f"{prefix}:drift:index"
@@ -66,6 +68,13 @@ class Keys:
 
     def shadow(self, model: str, shadow_model: str) -> str:
         return f"{self.prefix}:shadow:{model}:{shadow_model}"
+
+
+def split_member(member: str) -> tuple[str, str]:
+    """``"{model}:{feature}"`` of an index set as (model, feature); split on the last ``:``
+    (a model name may contain ``:`` only if feature names do not)."""
+    model, _, rest = member.rpartition(":")
+    return model, rest
 
 
 def _num(v: float) -> str:
@@ -180,7 +189,7 @@ def drift_show(redis_url: str, *, prefix: str = "streamscore", client: Any = Non
     head = ("MODEL", "FEATURE", "STATUS", "PSI", "THRESHOLD", "JS", "KS/CHI2_P", "N", "WINDOW_END")
     rows: list[tuple[str, ...]] = [head]
     for member in sorted(r.smembers(keys.drift_index)):
-        model, _, feature = member.partition(":")
+        model, feature = split_member(member)
         h = r.hgetall(keys.drift(model, feature))
         if not h:
             continue
@@ -190,7 +199,7 @@ def drift_show(redis_url: str, *, prefix: str = "streamscore", client: Any = Non
     out = [_table(rows)]
     shadows: list[tuple[str, ...]] = [("MODEL", "SHADOW", "AGREEMENT", "DIFF_P50", "DIFF_P90", "DIFF_P99", "PAIRS", "WINDOW_END")]
     for member in sorted(r.smembers(keys.shadow_index)):
-        model, _, shadow_model = member.partition(":")
+        model, shadow_model = split_member(member)
         h = r.hgetall(keys.shadow(model, shadow_model))
         if h:
             shadows.append((model, shadow_model, _fmt(h.get("agreement_rate")), _fmt(h.get("diff_p50")),

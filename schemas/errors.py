@@ -1,7 +1,8 @@
 """The exception tree shared by every streamscore package.
 
 It lives in ``schemas`` because that is the leaf package every other package may
-import (the data contract); nothing here imports anything of ours.
+import (the data contract); nothing here imports anything of ours. Three subclasses live
+beside the code that raises them (marked with their module); the tree is complete here.
 
     StreamscoreError
     ├── ConfigError              bad pipeline file, bad CLI option, bad environment
@@ -9,6 +10,7 @@ import (the data contract); nothing here imports anything of ours.
     ├── ServiceError             a local dev service (Kafka, Redis, registry) could not start
     ├── RegistryUnavailableError stopped while waiting for an unreachable schema registry
     ├── SchemaError              a schema cannot be parsed or compiled
+    │   ├── ResolutionError      writer and reader schemas do not resolve (the codec)
     │   └── DecodeError          one record cannot be decoded (keeps the raw bytes)
     │       ├── WireFormatError      bad magic byte, short header, empty value
     │       ├── UnknownSchemaError   writer schema id not known to the resolver
@@ -16,8 +18,11 @@ import (the data contract); nothing here imports anything of ours.
     ├── ModelError
     │   ├── ArtifactIntegrityError   artifact sha256 does not match the registry
     │   ├── ModelLoadError           artifact cannot be loaded / smoke check fails
-    │   └── PredictError             the model raised on a batch
-    │       └── HookError            a pre/post hook raised (``reason``: features / post_hook)
+    │   ├── PredictError             the model raised on a batch
+    │   │   └── HookError            a pre/post hook raised (``reason``: features / post_hook)
+    │   ├── InputError               a batch does not match the input spec (models.base)
+    │   └── UnknownModelError        no registry entry for name / version / stage
+    │                                (models.registry; also a LookupError)
     └── DeliveryError            an output could not be delivered / committed
 """
 

@@ -61,11 +61,18 @@ class BatchAck:
 
 
 class KafkaSink:
+    """The one producer of a scoring process and every output that goes through it.
+
+    Owns the producer (replaceable: a re-created transactional producer is set in place) and
+    the batch-produce path on its handle. It attaches each batch's ``BatchAck`` to the
+    messages that prove the batch delivered; it never commits offsets, begins or ends
+    transactions (``consumers.commit`` does), or retries a failed delivery.
+    """
+
     def __init__(self, producer: Producer, *, batch_produce: bool = True) -> None:
         self._batch_enabled = batch_produce
         self._batch: BatchProducer | None = None
         self.producer = producer
-        self.fatal: KafkaError | None = None
         self._lock = threading.Lock()
 
     @property

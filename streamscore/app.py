@@ -4,21 +4,42 @@ from __future__ import annotations
 
 import logging
 import threading
+import types
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from confluent_kafka.admin import AdminClient
 
 from consumers.batcher import AdaptiveBatcher
-from consumers.kafka_client import (CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, STATS_INTERVAL_MS, connection_error,
+from consumers.kafka_client import (CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, STATS_INTERVAL_MS, ClientConf, connection_error,
                                     ensure_topics, make_admin, make_consumer, make_producer, merged, partition_count,
                                     topic_max_message_bytes)
-from consumers.runtime import ActiveModel, ModelSlot, PipelineRuntime
+from consumers.runtime import ActiveModel, ModelSlot, PipelineRuntime, Runner, ScoringModel, Variant
 from consumers.scorer import Scorer
 from schemas.errors import ConfigError
 from sinks.kafka_sink import KafkaSink
 from streamscore.config import ModelRef, PipelineConfig, PipelineFile
 from streamscore.contract import field_mapping, reader_schema, register_output, registry_client
+
+if TYPE_CHECKING:   # imported where used, so a process loads only the backends it needs
+    from models.base import Model
+    from models.hotswap import RegistryWatcher
+    from models.registry import ModelEntry, ModelRegistry, ModelSource
+    from models.routing import RouteSpec
+    from schemas.registry import SchemaRegistry
+    from streamscore.contract import FieldMapping
+
+AvroSchema = dict[str, Any]     # a parsed Avro record schema (JSON)
+
+
+class RuntimeMetrics(Protocol):
+    """What building a pipeline reports (``monitoring.metrics.ScorerMetrics``; backfill: no-ops)."""
+
+    def decode_fallback(self, pipeline: str) -> None: ...
+    def registry_wait(self, pipeline: str, seconds: float) -> None: ...
+    def model_swap(self, pipeline: str, ok: bool) -> None: ...
+    def model_info(self, pipeline: str, model: str, version: str, variant: str) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +62,7 @@ def scoring_pipeline(cfg: PipelineFile, name: str | None, command: str) -> Pipel
     raise ConfigError(f"--pipeline: no pipeline {name!r}; valid: {[p.name for p in cfg.pipelines]}")
 
 
-def registry_for(cfg: PipelineFile) -> Any:
+def registry_for(cfg: PipelineFile) -> ModelSource:
     from models import DEMO_REGISTRY
     from models.registry import ModelRegistry
 
@@ -57,8 +78,8 @@ def registry_for(cfg: PipelineFile) -> Any:
     return ModelRegistry(root)
 
 
-def load_active(registry: Any, p: PipelineConfig, *, name: str | None = None, version: str | None = None,
-                variant: str = "primary") -> tuple[Any, ActiveModel]:
+def load_active(registry: ModelSource, p: PipelineConfig, *, name: str | None = None, version: str | None = None,
+                variant: Variant = "primary") -> tuple[ModelEntry, ActiveModel]:
     entry = registry.get(name or _model(p).name, version or (_model(p).version if name in (None, _model(p).name) else None),
                          stage=_model(p).stage)
     entry = with_overrides(p, entry)
@@ -66,7 +87,7 @@ def load_active(registry: Any, p: PipelineConfig, *, name: str | None = None, ve
     return entry, active_for(p, entry, model, variant)
 
 
-def with_overrides(p: PipelineConfig, entry: Any) -> Any:
+def with_overrides(p: PipelineConfig, entry: ModelEntry) -> ModelEntry:
     """The entry as this pipeline runs it: ``model.features`` replaces the entry's features
     (for the pipeline's own model, not for other arms' or shadows' models)."""
     import dataclasses
@@ -85,7 +106,7 @@ def base_name(ref: str) -> str:
     return ref.split("@", 1)[0].rsplit("/", 1)[0] if ("@" in ref or "/" in ref) else ref
 
 
-def runner_for(p: PipelineConfig, entry: Any, model: Any, threshold: float) -> Any:
+def runner_for(p: PipelineConfig, entry: ModelEntry, model: Model, threshold: float) -> Runner:
     """Features (or the pre hook), the model, the post hook and the output heads of one version."""
     from models.runner import ModelRunner, load_hook
 
@@ -99,7 +120,7 @@ def runner_for(p: PipelineConfig, entry: Any, model: Any, threshold: float) -> A
                        pre_name=pre or "", post_name=post or "", labels=tuple(getattr(model, "labels", ())))
 
 
-def active_for(p: PipelineConfig, entry: Any, model: Any, variant: str) -> ActiveModel:
+def active_for(p: PipelineConfig, entry: ModelEntry, model: Model, variant: Variant) -> ActiveModel:
     """What the scorer holds for one model version: the model, its runner, threshold, telemetry."""
     threshold = p.decision_threshold if p.decision_threshold is not None else entry.decision_threshold
     telemetry = None
@@ -115,7 +136,7 @@ def active_for(p: PipelineConfig, entry: Any, model: Any, variant: str) -> Activ
                        telemetry=telemetry, runner=runner_for(p, entry, model, threshold))
 
 
-def route_for(p: PipelineConfig) -> Any:
+def route_for(p: PipelineConfig) -> RouteSpec:
     from models.routing import Arm, RouteSpec
 
     if p.route is not None:
@@ -123,8 +144,61 @@ def route_for(p: PipelineConfig) -> Any:
     return RouteSpec(mode="single", arms=(Arm(_model(p).name, _model(p).version),))
 
 
-def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: Any, admin: AdminClient,
-                  watchers: list[Any], metrics: Any, registry_stop: threading.Event | None = None) -> PipelineRuntime:
+def input_rules(p: PipelineConfig, mapping: FieldMapping,
+                features: Sequence[str]) -> dict[str, list[str] | dict[str, list[float]]]:
+    """The decoder's record validation: finite model features, and the configured value ranges."""
+    validate: dict[str, list[str] | dict[str, list[float]]] = {}
+    field_names = set(mapping.leaves)
+    if p.input.validate_finite:
+        validate["finite"] = [n for n in features if n in mapping.float_fields]
+    if p.input.ranges:
+        unknown = sorted(set(p.input.ranges) - field_names)
+        if unknown:
+            raise ConfigError(f"pipelines[{p.name}].input.ranges: unknown fields {unknown}; "
+                              f"valid: {sorted(field_names)}")
+        validate["ranges"] = {k: list(v) for k, v in p.input.ranges.items()}
+    return validate
+
+
+def check_config(cfg: PipelineFile) -> str:
+    """What ``serve`` resolves before it touches a broker, without touching one: the registry,
+    every arm's and shadow's model (sha256 and smoke check, then closed), the reader schemas (a schema
+    registry's too, read only), the field mapping, the input rules and an embedder's head. Returns one line; raises ``StreamscoreError``."""
+    from models.registry import ModelRegistry
+    from schemas.registry import SchemaRegistry
+
+    registry = registry_for(cfg)
+    schemas = SchemaRegistry.default()
+    schemas.schema("prediction")
+    quiet = types.SimpleNamespace(registry_wait=lambda *_: None)   # no metrics in a check
+    done = []
+    for p in cfg.pipelines:
+        reader = reader_schema(p, schemas, registry_client(cfg, p, quiet, None))
+        if p.kind == "embed":
+            if p.embedder.head:
+                from models.text import LabelHead
+
+                LabelHead.load(Path(p.embedder.head))
+            done.append(f"{p.name} (embed)")
+            continue
+        spec = route_for(p)
+        models = []
+        features: Sequence[str] = ()
+        refs = [(a.name, a.version) for a in spec.arms] + [(s.name, s.version) for s in spec.shadow]
+        for name, version in refs:
+            entry, active = load_active(registry, p, name=name, version=version)
+            active.model.close()
+            features = features or entry.input_spec.names
+            models.append(f"{entry.name}:{entry.version}")
+        input_rules(p, field_mapping(p, reader), features)
+        done.append(f"{p.name} ({', '.join(models)})")
+    where = registry.root if isinstance(registry, ModelRegistry) else cfg.registry
+    return f"config OK: {len(done)} pipeline(s): {'; '.join(done)}; registry {where}"
+
+
+def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: ModelSource, admin: AdminClient,
+                  watchers: list[RegistryWatcher], metrics: RuntimeMetrics,
+                  registry_stop: threading.Event | None = None) -> PipelineRuntime:
     from models.routing import Router
     from schemas.columnar import BatchEncoder
     from schemas.prediction import OutputSpec
@@ -181,28 +255,17 @@ def build_decoder(p: PipelineConfig, reader: dict[str, Any], source: Any, featur
     """The pipeline's input decoder with its validation rules (``fmt`` overrides ``input.format``)."""
     from schemas.columnar import BatchDecoder
 
-    mapping = field_mapping(p, reader)
-    validate: dict[str, Any] = {}
-    field_names = set(mapping.leaves)
-    if p.input.validate_finite:
-        validate["finite"] = [n for n in feature_names if n in mapping.float_fields]
-    if p.input.ranges:
-        unknown = sorted(set(p.input.ranges) - field_names)
-        if unknown:
-            raise ConfigError(f"pipelines[{p.name}].input.ranges: unknown fields {unknown}; "
-                              f"valid: {sorted(field_names)}")
-        validate["ranges"] = {k: list(v) for k, v in p.input.ranges.items()}
+    validate = input_rules(p, field_mapping(p, reader), feature_names)
     return BatchDecoder(reader, source, fmt=fmt or p.input.format, validate=validate or None,
                         on_fallback=lambda _id: metrics.decode_fallback(p.name))
 
 
-def build_embed_runtime(p: PipelineConfig, schemas: Any, reader: dict[str, Any], admin: AdminClient) -> PipelineRuntime:
+def build_embed_runtime(p: PipelineConfig, schemas: SchemaRegistry, reader: AvroSchema,
+                        admin: AdminClient) -> PipelineRuntime:
     """TextEvent -> all-MiniLM-L6-v2 sentence embeddings (+ optional label) -> Embedding records."""
     from models.text import LabelHead, MiniLMEmbedder
     from schemas.columnar import BatchDecoder, BatchEncoder
 
-    if "text" not in {f["name"] for f in reader["fields"]}:
-        raise ConfigError(f"pipelines[{p.name}].input.schema: an embed pipeline needs a 'text' field")
     e = p.embedder
     head = LabelHead.load(Path(e.head)) if e.head else None
     embedder = MiniLMEmbedder(device=e.device, dtype=e.dtype, max_length=e.max_length, batch_size=e.batch_size,
@@ -218,12 +281,12 @@ def build_embed_runtime(p: PipelineConfig, schemas: Any, reader: dict[str, Any],
     )
 
 
-def _watch(registry: Any, p: PipelineConfig, slot: ModelSlot, entry: Any, variant: str, metrics: Any,
-           ref: str | None = None) -> Any:
+def _watch(registry: ModelSource, p: PipelineConfig, slot: ModelSlot, entry: ModelEntry, variant: Variant,
+           metrics: RuntimeMetrics, ref: str | None = None) -> RegistryWatcher:
     """Hot swap: a newly promoted version replaces the slot's model between two batches."""
     from models.hotswap import RegistryWatcher
 
-    def on_swap(new_entry: Any, model: Any) -> Any:
+    def on_swap(new_entry: ModelEntry, model: Model) -> ScoringModel:
         old = slot.swap(active_for(p, with_overrides(p, new_entry), model, variant))
         metrics.model_swap(p.name, True)
         metrics.model_info(p.name, new_entry.name, str(new_entry.version), variant)
@@ -235,7 +298,7 @@ def _watch(registry: Any, p: PipelineConfig, slot: ModelSlot, entry: Any, varian
         log.error("pipeline %s: %s:%s not swapped in, the current version keeps serving: %s",
                   p.name, name, version, exc)
 
-    def same_inputs(new_entry: Any, _model: Any) -> None:
+    def same_inputs(new_entry: ModelEntry, _model: Model) -> None:
         new_entry = with_overrides(p, new_entry)
         if tuple(new_entry.input_spec.names) != tuple(entry.input_spec.names):
             raise ConfigError(f"{new_entry.name}:{new_entry.version} expects features {list(new_entry.input_spec.names)}, "
@@ -265,7 +328,7 @@ def prepare_topics(cfg: PipelineFile, *, partitions: int = 4) -> None:
     ensure_topics(cfg.kafka.client_settings(), want)
 
 
-def client_settings(cfg: PipelineFile, instance: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def client_settings(cfg: PipelineFile, instance: str | None) -> tuple[ClientConf, ClientConf]:
     """librdkafka settings of one scoring process: our defaults, the mode's needs, then the file's own."""
     base = cfg.kafka.client_settings()
     consumer_conf = merged(CONSUMER_DEFAULTS, base, {"group.id": cfg.group_id,
@@ -306,7 +369,7 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
     admin = make_admin(base)
     registry = registry_for(cfg)
     metrics = ScorerMetrics(instance=instance or "")
-    watchers: list[Any] = []
+    watchers: list[RegistryWatcher] = []
     registry_stop = threading.Event()    # set by scorer.stop(): a decode waiting on the registry gives up
     runtimes = [build_runtime(cfg, p, registry, admin, watchers, metrics, registry_stop) for p in cfg.pipelines]
     # Topics only once every model and schema resolved: a start that fails creates nothing.

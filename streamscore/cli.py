@@ -106,6 +106,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from streamscore.config import load_config
 
     cfg = load_config(args.config)
+    if args.check:
+        from streamscore.app import check_config
+
+        print(check_config(cfg))
+        return 0
     if args.processes > 1:
         return _serve_many(args, cfg)
     from streamscore.app import build_scorer
@@ -357,6 +362,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     overrides = monitor_env_overrides()
     if overrides:
         cfg = cfg.model_copy(update=overrides)
+    if args.check:
+        from monitoring.monitor_app import check_config
+
+        print(check_config(cfg))
+        return 0
     run_monitor(cfg)
     return 0
 
@@ -396,10 +406,15 @@ def _redis_errors(url: str) -> Iterator[None]:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from monitoring.dashboard import serve_dashboard
 
+    if args.check:
+        from monitoring.dashboard.server import check_options
+
+        print(check_options(_redis_url(args), args.metrics_url, args.port))
+        return 0
     url = _redis_url(args)
     try:
         with _redis_errors(url):
-            server, port = serve_dashboard(url, args.metrics_url, args.host, args.port)
+            server, port = serve_dashboard(url, args.metrics_url, args.host, args.port, prefix=args.prefix)
     except OSError as exc:
         raise ServiceError(f"cannot serve the dashboard on {args.host}:{args.port}: {exc.strerror or exc}") from exc
     print(f"streamscore dashboard on http://{args.host}:{port}/ (Ctrl-C stops)", flush=True)
@@ -457,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--instance", default=None, help="this process's name in the group (stable across restarts)")
     serve.add_argument("--process-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--max-seconds", type=float, default=None, help="stop after this long (tests, benchmarks)")
+    serve.add_argument("--check", action="store_true",
+                       help="validate the file, load every model and schema; touch no broker; exit 0 or 2")
     serve.set_defaults(fn=cmd_serve)
 
     bf = sub.add_parser("backfill", help="re-score a topic's time range (or a file) with the pipeline's model")
@@ -519,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     mon = sub.add_parser("monitor", help="the side stream: drift and shadow state into Redis (Faust)")
     mon.add_argument("-c", "--config", required=True, help="monitor config (YAML)")
+    mon.add_argument("--check", action="store_true",
+                     help="validate the config (Redis URL, registry, windows); touch no broker; exit 0 or 2")
     mon.set_defaults(fn=cmd_monitor)
 
     alerts = sub.add_parser("alerts", help="drift alerts from Redis")
@@ -541,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="scorers' /metrics URLs (one or more; the flag may also repeat)")
     dash.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     dash.add_argument("--port", type=_port, default=8050)
+    dash.add_argument("--prefix", default="streamscore", help="the monitor's redis_prefix")
+    dash.add_argument("--check", action="store_true", help="validate the options; connect to nothing; exit 0 or 2")
     dash.set_defaults(fn=cmd_dashboard)
 
     demo = sub.add_parser("demo", help="run producer + scorer + live summary, bounded")

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from consumers.runtime import Delivery, Partitioning, PipelineKind
+from models.torch_backend import TorchDtype
 from schemas.errors import ConfigError, validation_problems, yaml_problem
 
 
@@ -126,7 +128,7 @@ class ModelRef(_Strict):
 
 class OutputConfig(_Strict):
     topic: str
-    partitioning: Literal["input", "key"] = "input"   # see README: "input" keeps per-key order cheaply
+    partitioning: Partitioning = "input"   # see README: "input" keeps per-key order cheaply
     shadow_topic: str | None = None            # default "<topic>.shadow" when the route has shadows
     # Also stamp model/version/variant as Kafka headers (the record always has them). Off by
     # default: messages with headers take the per-message produce path (~25% slower flat out).
@@ -155,7 +157,7 @@ class EmbedderConfig(_Strict):
     """The text pipeline's model: all-MiniLM-L6-v2, whose weights ship in a Python package."""
 
     device: str = "cpu"                        # cpu | cuda | auto
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: TorchDtype = "float32"
     max_length: int = Field(128, ge=2, le=512)
     batch_size: int = Field(64, ge=1)          # rows per length-bucketed micro-batch
     head: str | None = None                    # optional classifier head (.npz from LabelHead.save)
@@ -163,7 +165,7 @@ class EmbedderConfig(_Strict):
 
 class PipelineConfig(_Strict):
     name: str
-    kind: Literal["score", "embed"] = "score"  # embed: TextEvent -> Embedding with MiniLM
+    kind: PipelineKind = "score"               # embed: TextEvent -> Embedding with MiniLM
     input: InputConfig
     model: ModelRef | None = None              # required for kind=score
     embedder: EmbedderConfig = EmbedderConfig()
@@ -213,7 +215,7 @@ class PipelineConfig(_Strict):
 class PipelineFile(_Strict):
     kafka: KafkaConfig = KafkaConfig()
     group_id: str = "streamscore"
-    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    delivery: Delivery = "at_least_once"
     static_membership: bool = False             # group.instance.id = <group_id>-<--instance> (needs --instance)
     commit_interval_ms: int = Field(100, ge=1)
     registry: str | None = None                 # default: the bundled demo registry

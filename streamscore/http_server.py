@@ -205,6 +205,7 @@ def build_service(cfg: PipelineFile, *, pipeline: str | None = None, max_body_by
     from prometheus_client import CollectorRegistry
 
     from monitoring.metrics import ScorerMetrics
+    from models.registry import ModelRegistry
     from schemas.registry import SchemaRegistry
     from streamscore.app import _watch, active_for, build_decoder, load_active, registry_for, scoring_pipeline
     from streamscore.contract import reader_schema, registry_client
@@ -229,7 +230,8 @@ def build_service(cfg: PipelineFile, *, pipeline: str | None = None, max_body_by
         return ModelSlot(active_for(p, e, registry.load(e, device=p.model.device if p.model else "cpu"), "primary"))  # noqa: E501
 
     served = ServedModel(name=entry.name, slot=slot, decoder=decoder, platform=f"streamscore_{entry.format}",
-                         versions=lambda: [str(e.version) for e in registry.list(entry.name)],
+                         versions=lambda: ([str(e.version) for e in registry.list(entry.name)]
+                                           if isinstance(registry, ModelRegistry) else [str(slot.active.model.version)]),
                          load_version=load_version)
     if p.model.hot_swap and p.model.version is None:
         closers.append(_watch(registry, p, slot, entry, "primary", metrics).start().close)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from consumers.kafka_client import PRODUCER_DEFAULTS, make_producer, merged
+from schemas.errors import DeliveryError
 from schemas.columnar import long_bytes
 
 
@@ -125,7 +126,7 @@ def produce_events(
                 batch.produce(topic, buf, starts[:-1], lengths[:-1], np.full(n - 1, -1, np.int32), keys=keycol.buf,
                               key_starts=keycol.start[:-1], key_lengths=keycol.length[:-1], poll=producer.poll)
             except RuntimeError as exc:
-                raise RuntimeError(f"produce to {topic}: {exc}") from exc
+                raise DeliveryError(f"produce to {topic}: {exc}") from exc
             values = [buf[starts[-1]:starts[-1] + lengths[-1]].tobytes()]
             keys = [keycol.buf[keycol.start[-1]:keycol.start[-1] + keycol.length[-1]].tobytes()]
         else:
@@ -146,7 +147,8 @@ def produce_events(
             progress(sent)
     remaining = producer.flush(60)
     if remaining or errors:
-        raise RuntimeError(f"produce: {remaining} undelivered, {len(errors)} failed (first: {errors[:1]})")
+        raise DeliveryError(f"produce to {topic}: {remaining} undelivered, {len(errors)} failed "
+                            f"(first: {errors[0] if errors else 'none failed, the broker did not answer in 60 s'})")
     return ProduceResult(events=sent, seconds=time.monotonic() - t0)
 
 

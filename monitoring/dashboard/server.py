@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from monitoring.dashboard.scrape import MetricsPoller
-from monitoring.dashboard.state import RedisState
+from monitoring.dashboard.state import RedisView
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -33,7 +33,7 @@ _STATIC_FILES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], *, state: RedisState, poller: MetricsPoller) -> None:
+    def __init__(self, address: tuple[str, int], *, state: RedisView, poller: MetricsPoller) -> None:
         super().__init__(address, _Handler)
         self.state = state
         self.poller = poller
@@ -124,13 +124,33 @@ def _int(values: list[str] | None, default: int, lo: int, hi: int) -> int:
         return default
 
 
+def check_options(redis_url: str, metrics_urls: list[str], port: int) -> str:
+    """The dashboard's options, checked without connecting to anything; one line, or ``ConfigError``."""
+    from redis.connection import parse_url
+
+    from monitoring.redis_state import redact
+    from schemas.errors import ConfigError
+
+    try:
+        parse_url(redis_url)
+    except ValueError as exc:
+        raise ConfigError(f"--redis-url {redact(redis_url)!r}: {exc}") from exc
+    for url in metrics_urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--metrics-url {url!r}: expected http(s)://host:port/metrics")
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: expected 0..65535")
+    return f"dashboard options OK: Redis {redact(redis_url)}, {len(metrics_urls)} metrics URL(s), port {port}"
+
+
 def serve_dashboard(redis_url: str, metrics_urls: list[str], host: str = "127.0.0.1", port: int = 0, *,
-                    poll_interval_s: float = 1.0) -> tuple[DashboardServer, int]:
+                    poll_interval_s: float = 1.0, prefix: str = "streamscore") -> tuple[DashboardServer, int]:
     """Start the dashboard in background threads; returns ``(server, bound port)``. Stop with ``server.close()``."""
     import redis
 
     client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0)
-    server = DashboardServer((host, port), state=RedisState(client),
+    server = DashboardServer((host, port), state=RedisView(client, prefix=prefix),
                              poller=MetricsPoller(metrics_urls, interval_s=poll_interval_s))
     server.start()
     return server, server.port

@@ -1,21 +1,17 @@
-"""Reading the monitor's Redis layout (drift hashes, shadow hashes, the alerts stream).
+"""The dashboard's read-only view of the monitor's Redis state (drift and shadow hashes, alerts).
 
-Layout (written by the drift monitor; keys are fixed):
-    streamscore:drift:{model}:{feature}         HASH  one feature's current drift state
-    streamscore:drift:index                     SET   "{model}:{feature}"
-    streamscore:shadow:{model}:{shadow_model}   HASH  primary vs shadow agreement
-    streamscore:shadow:index                    SET   "{model}:{shadow_model}"
-    streamscore:alerts                          STREAM raised / cleared alerts
+Keys come from ``monitoring.redis_state.Keys``, the one home of the layout
+(``monitoring/REDIS.md``), under the same ``prefix`` the monitor writes with.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
-DRIFT_INDEX = "streamscore:drift:index"
-SHADOW_INDEX = "streamscore:shadow:index"
-ALERTS_STREAM = "streamscore:alerts"
+from monitoring.redis_state import Keys, split_member
+
 _JSON_FIELDS = ("reference", "current", "edges")
 _TEXT_FIELDS = {"model", "version", "feature", "statistic", "status", "shadow_model", "shadow_version",
                 "severity", "state", "id"}
@@ -40,23 +36,18 @@ def _typed(h: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _split_member(member: str) -> tuple[str, str]:
-    # model names may contain ':' only if feature names do not: split on the last one
-    model, _, rest = member.rpartition(":")
-    return model, rest
-
-
-class RedisState:
+class RedisView:
     """Read-only views of the monitor's state; ``client`` is a ``redis.Redis(decode_responses=True)``."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, prefix: str = "streamscore") -> None:
         self.client = client
+        self.keys = Keys(prefix)
 
-    def _hashes(self, index: str, prefix: str) -> list[dict[str, Any]]:
+    def _hashes(self, index: str, key: Callable[[str, str], str]) -> list[dict[str, Any]]:
         members = sorted(self.client.smembers(index))
         pipe = self.client.pipeline(transaction=False)
         for m in members:
-            pipe.hgetall(f"{prefix}:{m}")
+            pipe.hgetall(key(*split_member(m)))
         out = []
         for member, h in zip(members, pipe.execute()):
             if h:                                  # an index entry whose hash expired: skip it
@@ -66,17 +57,17 @@ class RedisState:
         return out
 
     def drift(self) -> list[dict[str, Any]]:
-        items = self._hashes(DRIFT_INDEX, "streamscore:drift")
+        items = self._hashes(self.keys.drift_index, self.keys.drift)
         for item in items:
-            model, feature = _split_member(item["key"])
+            model, feature = split_member(item["key"])
             item.setdefault("model", model)
             item.setdefault("feature", feature)
         return items
 
     def shadow(self) -> list[dict[str, Any]]:
-        items = self._hashes(SHADOW_INDEX, "streamscore:shadow")
+        items = self._hashes(self.keys.shadow_index, self.keys.shadow)
         for item in items:
-            model, shadow = _split_member(item["key"])
+            model, shadow = split_member(item["key"])
             item.setdefault("model", model)
             item.setdefault("shadow_model", shadow)
         return items
@@ -84,7 +75,7 @@ class RedisState:
     def alerts(self, count: int = 50) -> list[dict[str, Any]]:
         """Latest first."""
         out = []
-        for entry_id, fields in self.client.xrevrange(ALERTS_STREAM, count=count):
+        for entry_id, fields in self.client.xrevrange(self.keys.alerts, count=count):
             item = _typed(fields)
             item["id"] = entry_id
             out.append(item)

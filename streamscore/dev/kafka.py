@@ -56,9 +56,13 @@ LOG4J2_CONFIG = """Configuration:
 """
 
 
+def _libs_dir(version: str) -> Path:
+    return cache_root() / f"kafka-{version}" / "libs"
+
+
 def kafka_libs(version: str = KAFKA_VERSION) -> Path:
     """Return the directory holding the broker's jars, resolving them with mvn if needed."""
-    libs = cache_root() / f"kafka-{version}" / "libs"
+    libs = _libs_dir(version)
     marker = libs / ".complete"
     if marker.exists():
         return libs
@@ -243,3 +247,11 @@ def wait_stopped(pid: int, timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+
+def ensure_kafka_libs() -> str:
+    """``make kafka-jars``: resolve the jars if needed; says whether they were cached."""
+    cached = (_libs_dir(KAFKA_VERSION) / ".complete").exists()
+    where = kafka_libs()
+    return "cached" if cached else f"fetched into {where}"

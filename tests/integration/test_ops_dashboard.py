@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from monitoring.dashboard import serve_dashboard
 from monitoring.metrics import MetricsServer, ScorerMetrics
+from monitoring.redis_state import Keys
 
 pytestmark = pytest.mark.integration
 
@@ -161,6 +162,27 @@ def test_json_endpoints_read_redis_and_metrics(dashboard: tuple[str, str]) -> No
     assert metrics["lag"] == {"tx[0]": 1200.0, "tx[1]": 34.0} and metrics["lag_total"] == 1234.0
     assert 0 < metrics["e2e_p99_s"] < 0.2
     assert _get(base + "api/nope")[0] == 404
+
+
+def test_dashboard_reads_under_its_prefix(dash_redis_url: str) -> None:
+    """``--prefix`` (the monitor's ``redis_prefix``): only that prefix's keys are shown."""
+    model = f"fraud-{uuid.uuid4().hex[:6]}"
+    seed(dash_redis_url, model)                        # under the default prefix
+    keys = Keys("team-b")
+    r = redis.Redis.from_url(dash_redis_url, decode_responses=True)
+    r.hset(keys.drift("other-model", "f09"), mapping={"status": "drift", "value": 0.4})
+    r.sadd(keys.drift_index, "other-model:f09")
+    r.xadd(keys.alerts, {"model": "other-model", "feature": "f09", "state": "raised"})
+    r.close()
+    for prefix, want in (("team-b", {("other-model", "f09")}), ("streamscore", {(model, f) for f in ("amount", "f03", "f01")})):
+        server, port = serve_dashboard(dash_redis_url, [], prefix=prefix)
+        try:
+            status, drift = _get(f"http://127.0.0.1:{port}/api/drift")
+            assert status == 200 and {(d["model"], d["feature"]) for d in drift["items"]} == want
+            alerts = _get(f"http://127.0.0.1:{port}/api/alerts")[1]["items"]
+            assert {a["model"] for a in alerts} == {m for m, _ in want}
+        finally:
+            server.close()
 
 
 def test_redis_down_answers_503() -> None:

@@ -95,7 +95,21 @@ def test_compose_structure(compose: dict[str, Any]) -> None:
                 assert src in compose.get("volumes", {}), (name, src)
     prom = services["prometheus"]
     assert any(v.endswith(":/etc/prometheus/alerts.yml:ro") for v in prom["volumes"])
-    assert services["dashboard"]["ports"] == ["8050:8050"]
+    assert services["dashboard"]["ports"] == ["127.0.0.1:8050:8050"]
+
+
+def test_compose_publishes_on_loopback_with_passwords(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    assert "--requirepass" in " ".join(services["redis"]["command"])
+    example = (ROOT / "deploy" / "compose" / "secrets.env.example").read_text()
+    for name in ("redis", "scorer", "monitor", "dashboard", "grafana"):
+        assert services[name].get("env_file") == "deploy/compose/secrets.env", name
+    for key in ("REDIS_PASSWORD=", "REDIS_URL=redis://:", "GF_SECURITY_ADMIN_PASSWORD="):
+        assert key in example, key
+    assert "deploy/compose/secrets.env" in (ROOT / ".gitignore").read_text().splitlines()
 
 
 def test_streamscore_services_run_real_subcommands(compose: dict[str, Any]) -> None:

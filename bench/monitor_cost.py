@@ -1,7 +1,7 @@
 """Bench: telemetry cost per batch, and the monitor's CPU while it keeps up with a flat-out scorer.
 
-    python -m monitoring.bench_monitor telemetry            # µs per 2,000-row summarize
-    python -m monitoring.bench_monitor monitor -s 60        # needs KAFKA_BOOTSTRAP and REDIS_URL
+    python -m bench.monitor_cost telemetry            # µs per 2,000-row summarize
+    python -m bench.monitor_cost monitor -s 60        # needs KAFKA_BOOTSTRAP and REDIS_URL
 
 ``monitor`` runs the monitor as a child process and publishes telemetry at ``--rate``
 records/s (default 50: 100k events/s in 2,000-event batches, with a shadow model), event
@@ -143,7 +143,7 @@ def bench_monitor(seconds: float, rate: float, window_ms: int, warmup: float = 1
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m monitoring.bench_monitor")
+    parser = argparse.ArgumentParser(prog="python -m bench.monitor_cost")
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("telemetry")
     mon = sub.add_parser("monitor")

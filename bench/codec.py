@@ -1,4 +1,4 @@
-"""Throughput of the batch codec vs fastavro per record: ``python -m schemas._perf``."""
+"""Throughput of the batch codec vs fastavro per record: ``python -m bench.codec``."""
 
 from __future__ import annotations
 
