@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -171,14 +171,18 @@ def check_scores(model_label: str, scores: Any, n_rows: int) -> np.ndarray:
     return out
 
 
-def smoke_check(model: Model, label: str) -> None:
-    """Score two rows of zeros before a model serves; one that cannot is closed and refused.
+def smoke_check(model: Model, label: str, probe: Callable[[], object] | None = None) -> None:
+    """Score two rows before a model serves (``probe``, by default two rows of zeros through
+    ``predict``); one that cannot is closed and refused.
 
-    Raises ``ModelLoadError`` (naming ``label``) when the model raises ``PredictError``;
+    Raises ``ModelLoadError`` (naming ``label``) when the probe raises ``PredictError``;
     any other exception closes the model and propagates.
     """
     try:
-        model.predict(np.zeros((2, len(model.input_spec)), dtype=np.float32))
+        if probe is None:
+            model.predict(np.zeros((2, len(model.input_spec)), dtype=np.float32))
+        else:
+            probe()
     except PredictError as exc:
         model.close()
         raise ModelLoadError(f"{label} failed its smoke check: {exc}") from exc

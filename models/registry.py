@@ -442,15 +442,9 @@ def load_verified(entry: ModelEntry, *, device: str = "cpu", **options: Any) -> 
         raise
     if not hasattr(model, "run"):
         smoke_check(model, label)
-        return model
-    try:
-        _check_rows(label, model.run(entry.input_spec.probe(2)), entry.outputs, 2)
-    except PredictError as exc:
-        model.close()
-        raise ModelLoadError(f"{label} failed its smoke check: {exc}") from exc
-    except BaseException:
-        model.close()
-        raise
+    else:
+        run = model.run
+        smoke_check(model, label, lambda: _check_rows(label, run(entry.input_spec.probe(2)), entry.outputs, 2))
     return model
 
 
