@@ -79,6 +79,10 @@ def short_gil_slices(ms: float) -> None:
     sys.setswitchinterval(ms / 1000.0)
 
 
+class _StoppedDuringStartup(Exception):
+    """SIGTERM/SIGINT arrived before the scorer was built."""
+
+
 def arm_stop_backstop(budget_s: float) -> threading.Timer:
     """Make sure a stop ends within ``budget_s``, whatever the cluster does.
 
@@ -113,21 +117,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     if args.processes > 1:
         return _serve_many(args, cfg)
-    from streamscore.app import build_scorer
-
-    scorer = build_scorer(cfg, instance=args.instance, index=args.process_index)
+    built: list[Any] = []
+    stopping: list[threading.Timer] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: finishing in-flight batches", signum)
         if not stopping:
             stopping.append(arm_stop_backstop(cfg.stop_timeout_s))
-        scorer.stop()
+        if built:
+            built[0].stop()
+        else:
+            raise _StoppedDuringStartup()      # nothing consumed yet: nothing to finish
 
-    stopping: list[threading.Timer] = []
-
+    # Installed before the scorer is built: a stop asked for during startup is a clean stop too.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1 PID`: every thread's stack to stderr
+    try:
+        from streamscore.app import build_scorer
+
+        built.append(build_scorer(cfg, instance=args.instance, index=args.process_index))
+    except _StoppedDuringStartup:
+        log.info("stopped while starting")
+        return 0
+    scorer = built[0]
     t0 = time.monotonic()
     quiet_gc()
     short_gil_slices(cfg.gil_switch_ms)
