@@ -95,14 +95,43 @@ class _Interrupted(Exception):
     """A sliced call gave up because an abort was requested."""
 
 
+HANG_GRACE_S = 2.0       # a client call still running this long past its bound is abandoned
+
+
 def _sliced(fn: Callable[[float], T], *, deadline: float, interrupt: threading.Event | None = None) -> T:
     """Call ``fn(timeout)`` in slices of at most SLICE_S until it succeeds or ``deadline`` passes.
 
     librdkafka's transactional calls may be retried after a timeout (the operation goes on
     in the background), so slicing changes nothing but how soon we can give up. A
     non-retriable error is raised at once; ``interrupt`` set between slices raises
-    ``_Interrupted``.
+    ``_Interrupted``. The slices run on a thread of their own: a call that outlives its own
+    timeout (seen: send_offsets_to_transaction blocked for minutes after a leader kill) is
+    abandoned ``HANG_GRACE_S`` past the deadline and reported as a fatal timeout, so the
+    caller replaces the producer instead of hanging with it.
     """
+    box: list[tuple[bool, object]] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box.append((True, _slices(fn, deadline, interrupt)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="client-call", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic()) + HANG_GRACE_S):
+        log.error("a client call did not return %.0fs past its bound: abandoning it", HANG_GRACE_S)
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "client call did not return within its bound",
+                                        fatal=True))
+    ok, value = box[0]
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
+
+
+def _slices(fn: Callable[[float], T], deadline: float, interrupt: threading.Event | None) -> T:
     while True:
         left = deadline - time.monotonic()
         try:

@@ -309,3 +309,19 @@ def test_outputs_purged_by_our_own_abort_do_not_trigger_another_recovery() -> No
     late.expect(1)
     h.eos.tick()
     assert h.made == [], "no producer re-created for the purge our abort caused"
+
+
+def test_a_client_call_that_ignores_its_timeout_is_abandoned_and_the_producer_replaced() -> None:
+    def hangs(_timeout: float) -> None:
+        time.sleep(30)                       # as send_offsets_to_transaction did after a leader kill
+
+    h = Harness(FakeProducer({"send_offsets": hangs}))
+    h.eos._call_timeout_s = 1.0
+    h.batch(1, {TP0: (100, 119)})
+    t0 = time.monotonic()
+    h.eos.tick()
+    took = time.monotonic() - t0
+    assert took < 8.0, f"the sink waited {took:.1f}s on a hung call"
+    assert len(h.made) == 1 and h.sink.producer is h.made[0], "the hung producer is replaced"
+    assert h.eos.source_tick() is True and ("in", 0, 100) in h.consumer.seeks
+    assert h.failures == []
