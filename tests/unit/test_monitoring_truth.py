@@ -1,0 +1,81 @@
+"""The ground-truth join (pure): label before prediction, duplicates, orphans, replays, closing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from monitoring import quality
+from monitoring.truth_core import Label, Prediction, TruthCore
+from monitoring.windows import WindowSpec
+
+W = 1000
+
+
+def _core() -> TruthCore:
+    return TruthCore(windows=WindowSpec(size=W), horizon_ms=10 * W)
+
+
+def _pred(eid: str, score: float, variant: str = "primary") -> Prediction:
+    return Prediction(event_id=eid, model="m", version="1", variant=variant, score=score, decision=score >= 0.5,
+                      event_time=0)
+
+
+class Feed:
+    def __init__(self) -> None:
+        self.core, self.state, self.off = _core(), None, 0
+        self.results: list[dict[str, Any]] = []
+
+    def pred(self, p: Prediction) -> None:
+        self.off += 1
+        self.state = self.core.apply_prediction(self.state, "p", self.off, p)
+
+    def label(self, eid: str, y: bool, t: int) -> None:
+        self.off += 1
+        out = self.core.apply_label(self.state, "l", self.off, Label(eid, y, t))
+        assert out is not None
+        self.state, res = out
+        self.results += res
+
+
+def test_join_label_first_duplicates_last_win_and_orphans() -> None:
+    f = Feed()
+    f.label("a", True, 10)                  # before its prediction: waits
+    f.pred(_pred("a", 0.9))
+    f.pred(_pred("a", 0.8, "shadow"))
+    f.pred(_pred("b", 0.3))
+    f.label("b", True, 20)
+    f.label("b", False, 30)                 # duplicate, window open: last wins
+    f.pred(_pred("c", 0.6))
+    f.label("c", False, 40)
+    f.label("zz", True, 50)                 # never predicted
+    f.label("x", False, 3 * W)              # closes window 0
+    assert f.state is not None
+    assert f.state["counts"]["duplicates"] == 1 and f.state["counts"]["orphans"] == 0
+    by_variant = {r["variant"]: r for r in f.results}
+    m = by_variant["primary"]["metrics"]
+    want = quality.binary_quality(np.array([True, False, False]), np.array([0.9, 0.3, 0.6]),
+                                  np.array([True, False, True]))
+    assert m == want
+    assert by_variant["shadow"]["metrics"]["count"] == 1
+    f.label("a", False, 3 * W + 1)          # duplicate of a closed window: counted, dropped
+    assert f.state["counts"]["duplicates"] == 2 and f.state["windows"] == {}
+    f.label("y", False, 12 * W)             # the horizon passes "zz": orphaned
+    assert f.state["counts"]["orphans"] == 1
+
+
+def test_replay_changes_nothing() -> None:
+    core = _core()
+    st = core.apply_prediction(None, "p", 5, _pred("a", 0.9))
+    assert core.apply_prediction(st, "p", 5, _pred("a", 0.1)) is None
+    out = core.apply_label(st, "l", 0, Label("a", True, 1))
+    assert out is not None and core.apply_label(out[0], "l", 0, Label("a", True, 1)) is None
+
+
+def test_prediction_after_its_window_closed_is_late() -> None:
+    f = Feed()
+    f.label("a", True, 10)
+    f.label("b", True, 3 * W)
+    f.pred(_pred("a", 0.9))
+    assert f.state is not None and f.state["counts"]["late"] == 1
