@@ -39,6 +39,7 @@ from monitoring.monitor_core import MonitorCore
 from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.redis_state import RedisState, redact
 from monitoring.telemetry import decode_telemetry
+from monitoring.truth_app import GroundTruthConfig, RecordDecoder, add_ground_truth, check_partitions
 from monitoring.windows import WindowSpec
 from schemas.errors import ConfigError, DecodeError, validation_problems, yaml_problem
 
@@ -69,6 +70,9 @@ class MonitorConfig(BaseModel):
     partitions: int | None = Field(None, ge=1, description="telemetry partitions; None = ask the broker")
     raw_topic: str | None = Field(None, description="reserved: a raw Transaction topic to profile (not implemented)")
     metrics_port: int | None = None
+    ground_truth: list[GroundTruthConfig] = Field(default_factory=list,
+                                                  description="per pipeline: join delayed labels to predictions")
+    schema_registry_url: str | None = Field(None, description="decodes Avro predictions and labels (by schema id)")
     commit_interval_s: float = 1.0
     session_timeout_s: float = Field(10.0, gt=0, description="how soon a dead monitor's partitions move on")
     loglevel: str = "warning"
@@ -175,9 +179,27 @@ def ensure_topic(config: MonitorConfig) -> int:
     return parts
 
 
-def changelog_topic(app_id: str) -> str:
-    """Faust's name for the state table's changelog topic."""
-    return f"{app_id}-{STATE_TABLE}-changelog"
+def ensure_truth_topics(config: MonitorConfig) -> dict[str, int]:
+    """Per ground-truth entry, the partition count its topics share (a missing labels topic is
+    created with it) and its state changelog, made before Faust starts (see ``ensure_topic``)."""
+    from consumers.kafka_client import ensure_topics
+
+    conf = {"bootstrap.servers": config.broker}
+    out: dict[str, int] = {}
+    for gt in config.ground_truth:
+        have = ensure_topics(conf, dict.fromkeys(gt.predictions, config.partitions or 1), timeout=15)
+        have |= ensure_topics(conf, {gt.labels.topic: have[gt.predictions[0]]}, timeout=15)
+        parts = out[gt.name] = check_partitions(gt, have)
+        ensure_topics(conf, {gt.rows_topic(config.app_id): parts}, timeout=15)
+        logs = [changelog_topic(config.app_id, t) for t in (gt.join_table(), gt.quality_table())]
+        ensure_topics(conf, dict.fromkeys(logs, parts), configs=dict.fromkeys(logs, {"cleanup.policy": "compact"}),
+                      timeout=15)
+    return out
+
+
+def changelog_topic(app_id: str, table: str = STATE_TABLE) -> str:
+    """Faust's name for a state table's changelog topic."""
+    return f"{app_id}-{table}-changelog"
 
 
 class TelemetryHandler:
@@ -201,11 +223,11 @@ class TelemetryHandler:
         self.table[key] = state  # one changelog record carries the whole partition state
         self.metrics.telemetry.inc()
         for result in results:
-            await self._retry(lambda: self.sink.write_window(result))
+            await self.retry(lambda: self.sink.write_window(result))
             self.metrics.observe(result, state["alerts"])
-        await self._retry(lambda: self.sink.heartbeat())
+        await self.retry(lambda: self.sink.heartbeat())
 
-    async def _retry(self, fn: Callable[[], object]) -> None:
+    async def retry(self, fn: Callable[[], object]) -> None:
         """Run a Redis write on a worker thread until it succeeds.
 
         While Redis is down the agent holds here: the record is not acknowledged, so its
@@ -229,8 +251,10 @@ def _broker_url(bootstrap: str) -> list[str]:
     return [f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip()]
 
 
-def build_app(config: MonitorConfig, *, partitions: int | None = None) -> faust.App:
-    """The Faust app: one agent on the telemetry topic and the changelog-backed state table."""
+def build_app(config: MonitorConfig, *, partitions: int | None = None,
+              truth_partitions: Mapping[str, int] | None = None) -> faust.App:
+    """The Faust app: one agent on the telemetry topic and the changelog-backed state table;
+    per ground-truth entry, one agent on its prediction and label topics and its own table."""
     parts = partitions or config.partitions or 1
     datadir = Path(tempfile.gettempdir()) / "streamscore-faust" / config.app_id   # not the working directory
     datadir.mkdir(parents=True, exist_ok=True)                                     # Faust does not make parents
@@ -247,12 +271,18 @@ def build_app(config: MonitorConfig, *, partitions: int | None = None) -> faust.
                        profiles=ProfileCache(config.registry), alpha=config.alpha,
                        psi_warning=config.psi_warning, psi_drift=config.psi_drift)
     sink = RedisState(config.redis_url.get_secret_value(), prefix=config.redis_prefix)
-    handler = TelemetryHandler(core, table, sink, MonitorMetrics())
+    metrics = MonitorMetrics()
+    handler = TelemetryHandler(core, table, sink, metrics)
 
     @app.agent(topic, concurrency=1)
     async def monitor(stream: Any) -> None:
         async for event in stream.events():
             await handler.handle(event.message.partition, event.message.offset, event.value)
+
+    decoder = RecordDecoder(config.schema_registry_url)
+    for gt in config.ground_truth:
+        add_ground_truth(app, gt, (truth_partitions or {}).get(gt.name, parts), sink=sink, metrics=metrics,
+                         decoder=decoder, retry=handler.retry)
     return app
 
 
@@ -266,7 +296,8 @@ def run_monitor(config: MonitorConfig, *, stop_event: threading.Event | None = N
         from prometheus_client import start_http_server
 
         start_http_server(config.metrics_port)
-    app = build_app(config, partitions=parts)
+    truth_parts = ensure_truth_topics(config)
+    app = build_app(config, partitions=parts, truth_partitions=truth_parts)
     from faust.worker import Worker
 
     worker = Worker(app, loglevel=config.loglevel, quiet=True, redirect_stdouts=False, override_logging=False)

@@ -22,6 +22,12 @@ class MonitorMetrics:
                                   ["model", "feature"], **kw)
         self.shadow_agreement = Gauge("streamscore_shadow_agreement_rate", "Shadow decision agreement",
                                       ["model", "shadow_model"], **kw)
+        self.quality = Gauge("streamscore_model_quality", "Latest closed label-time window's model quality "
+                             "(metric *_cumulative: since the version went live)",
+                             ["metric", "model", "version", "variant"], **kw)
+        self.labels = Gauge("streamscore_ground_truth_labels", "Label counts of the join "
+                            "per join partition (labels, duplicates, orphans, unlabelled, late, joined)",
+                            ["pipeline", "partition", "kind"], **kw)
         self.telemetry = Counter("streamscore_monitor_telemetry_records", "Telemetry records applied", **kw)
         self.replayed = Counter("streamscore_monitor_replayed_records", "Telemetry records skipped as replays", **kw)
         self.windows = Counter("streamscore_monitor_windows_closed", "Windows closed", ["model"], **kw)
@@ -41,3 +47,14 @@ class MonitorMetrics:
             self.alert_active.labels(model, feature).set(1 if st and st["raised"] else 0)
         for shadow_model, s in result["shadow"].items():
             self.shadow_agreement.labels(model, shadow_model).set(s["agreement_rate"])
+
+    def observe_quality(self, result: Mapping[str, Any]) -> None:
+        ident = (result["model"], result["version"], result["variant"])
+        for suffix, figures in (("", result["metrics"]), ("_cumulative", result["cumulative"])):
+            for metric, v in figures.items():
+                if not math.isnan(v):
+                    self.quality.labels(metric + suffix, *ident).set(v)
+
+    def observe_labels(self, pipeline: str, partition: int, counts: Mapping[str, int]) -> None:
+        for kind, n in counts.items():
+            self.labels.labels(pipeline, str(partition), kind).set(n)

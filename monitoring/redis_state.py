@@ -62,12 +62,20 @@ class Keys:
         self.alert_ids = f"{prefix}:monitor:alert_ids"
         self.heartbeat = f"{prefix}:monitor:heartbeat"
         self.windows = f"{prefix}:monitor:windows"
+        self.quality_index = f"{prefix}:quality:index"
+        self.quality_windows = f"{prefix}:quality:windows"
 
     def drift(self, model: str, feature: str) -> str:
         return f"{self.prefix}:drift:{model}:{feature}"
 
     def shadow(self, model: str, shadow_model: str) -> str:
         return f"{self.prefix}:shadow:{model}:{shadow_model}"
+
+    def quality(self, model: str, version: str, variant: str) -> str:
+        return f"{self.prefix}:quality:{model}:{version}:{variant}"
+
+    def labels(self, pipeline: str) -> str:
+        return f"{self.prefix}:labels:{pipeline}"
 
 
 def split_member(member: str) -> tuple[str, str]:
@@ -130,6 +138,29 @@ class RedisState:
             added += int(self._add_alert(keys=[k.alerts, k.alert_ids],
                                          args=[ident, alert["window_end"], ALERTS_MAXLEN, _DEDUPE_KEEP, *flat]))
         return added
+
+    def write_quality(self, pipeline: str, result: Mapping[str, Any]) -> None:
+        """One closed quality window: the latest-window hash (with cumulative figures), its JSON
+        under ``quality:windows``, and the pipeline's label counters. Idempotent per window."""
+        k = self.keys
+        model, version, variant = result["model"], result["version"], result["variant"]
+        fields = {"pipeline": pipeline, "model": model, "version": version, "variant": variant,
+                  "window_start": str(result["window_start"]), "window_end": str(result["window_end"]),
+                  "updated_at": str(int(time.time() * 1000)),
+                  **{m: _num(v) for m, v in result["metrics"].items()},
+                  **{f"cumulative_{m}": _num(v) for m, v in result["cumulative"].items()}}
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(k.quality(model, version, variant), mapping=fields)  # type: ignore[arg-type]
+        pipe.sadd(k.quality_index, f"{model}:{version}:{variant}")
+        pipe.hset(k.quality_windows, f"{model}:{version}:{variant}:{result['window_start']}",
+                  json.dumps({"pipeline": pipeline, "model": model, "version": version, "variant": variant,
+                              "window_start": result["window_start"], "window_end": result["window_end"],
+                              "metrics": result["metrics"]}, sort_keys=True))
+        pipe.execute()
+
+    def write_label_counts(self, pipeline: str, partition: int, counts: Mapping[str, int]) -> None:
+        """One join partition's label counters (labels, duplicates, orphans, ...) as JSON."""
+        self.client.hset(self.keys.labels(pipeline), str(partition), json.dumps(dict(counts), sort_keys=True))
 
     def heartbeat(self, ms: int | None = None) -> None:
         self.client.set(self.keys.heartbeat, str(int(time.time() * 1000) if ms is None else ms))

@@ -1,25 +1,29 @@
-"""Ground truth, without Kafka or Redis: predictions and delayed labels in, closed quality windows out.
+"""Ground truth, without Kafka or Redis, in two stages (both pure functions of state and input).
 
-State is one JSON-safe dict per source partition (one Faust table key, so a partition's
-pending joins, windows, totals, counters and applied offsets are restored as a unit):
+1. ``JoinCore`` -- partitioned like the events (prediction and label topics are co-partitioned by
+   the event key). Joins each label to the predictions of its event id and emits row operations:
+   ``set`` / ``del`` of one joined row (event id -> [score, label, decision]) in the window of the
+   label's time, keyed by model|version|variant, and ``wm`` (its label-time watermark) for every
+   quality partition. State per source partition::
 
-    {"offsets": {topic: last applied offset}, "wm": max label time seen (ms) or None,
-     "swept": the window start of the last horizon sweep,
-     "pending": {event_id: {"t": earliest time seen, "label": {"y", "t"} | None,
-                            "preds": {"model|version|variant": [score, decision]}}},
-     "windows": {"model|version|variant|start": {"model", "version", "variant", "start",
-                                                 "rows": {event_id: [score, y, decision]}}},
-     "totals": {"model|version|variant": monitoring.quality totals of closed windows},
-     "counts": {"labels", "duplicates", "orphans", "unlabelled", "late", "joined"}}
+       {"offsets": {topic: last applied offset}, "wm": max label time (ms) or None, "sent": last broadcast step,
+        "pending": {event_id: {"t": earliest time seen, "label": {"y", "t"} | None,
+                               "preds": {"model|version|variant": [score, decision]}}},
+        "counts": {"labels", "duplicates", "orphans", "unlabelled", "late", "joined"}}
+
+2. ``QualityCore`` -- partitioned by model|version|variant. Applies row operations to windows
+   and closes a window once every join partition's watermark has passed its end plus lateness.
+   State per partition: ``{"wms": {source partition: wm}, "windows": {"key|start": {..., "rows"}},
+   "totals": {key: quality totals of closed windows}, "late": rows for closed windows}``.
 
 Invariants:
-- ``apply_*`` is a pure function of (state, topic, offset, record); a record at or below the
-  topic's applied offset is a replay and changes nothing (no double count after a restart).
-- A joined row lives in the window of its label's time under its event id, so a duplicate label
-  replaces the row (last one wins) while that window is open; once it has closed, the duplicate
-  is counted and dropped (a closed window's figures are final).
-- A pending entry older than the label-time watermark minus the horizon is dropped: a label that
-  never met a prediction counts as orphaned, a prediction never labelled as unlabelled.
+- A record at or below its topic's applied offset is a replay: the join changes nothing.
+- Row operations are idempotent (set by event id, delete by event id, watermark by max), so
+  re-sending them after a crash cannot double-count.
+- A duplicate label replaces the row (last one wins) while its window is open; once closed, the
+  duplicate is counted and dropped (a closed window's figures are final).
+- A pending entry older than the watermark minus the horizon is dropped: a label that never met
+  a prediction counts as orphaned, a prediction never labelled as unlabelled.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from monitoring import quality
 from monitoring.windows import WindowSpec
 
 COUNTS = ("labels", "duplicates", "orphans", "unlabelled", "late", "joined")
+Op = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -55,22 +60,24 @@ class Label:
     time: int
 
 
-def initial_state() -> dict[str, Any]:
-    return {"offsets": {}, "wm": None, "swept": None, "pending": {}, "windows": {}, "totals": {},
-            "counts": dict.fromkeys(COUNTS, 0)}
+def _check(windows: WindowSpec) -> None:
+    if windows.kind != "time" or windows.slide is not None:
+        raise ValueError("quality windows are tumbling windows of label time")
 
 
-class TruthCore:
+def join_state() -> dict[str, Any]:
+    return {"offsets": {}, "wm": None, "sent": None, "pending": {}, "counts": dict.fromkeys(COUNTS, 0)}
+
+
+class JoinCore:
     def __init__(self, *, windows: WindowSpec, horizon_ms: int) -> None:
-        if windows.kind != "time" or windows.slide is not None:
-            raise ValueError("quality windows are tumbling windows of label time")
+        _check(windows)
         self.windows = windows
         self.horizon_ms = horizon_ms
 
-    # -- records ---------------------------------------------------------------------------
     def apply_prediction(self, state: Mapping[str, Any] | None, topic: str, offset: int, p: Prediction
-                         ) -> dict[str, Any] | None:
-        """The new state (predictions close no window); None for a replay."""
+                         ) -> tuple[dict[str, Any], list[Op]] | None:
+        """The new state and the row operations to send; None for a replay."""
         st = self._begin(state, topic, offset)
         if st is None:
             return None
@@ -78,36 +85,39 @@ class TruthCore:
         entry["t"] = min(int(entry["t"]), p.event_time)
         key = f"{p.model}|{p.version}|{p.variant}"
         entry["preds"][key] = [p.score, p.decision]
-        if entry["label"] is not None:
-            self._join(st, p.event_id, key, entry)
-        return st
+        ops = [] if entry["label"] is None else self._join(st, p.event_id, key, entry)
+        return st, ops
 
     def apply_label(self, state: Mapping[str, Any] | None, topic: str, offset: int, lab: Label
-                    ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-        """The new state and the results of the windows this label closed; None for a replay."""
+                    ) -> tuple[dict[str, Any], list[Op]] | None:
         st = self._begin(state, topic, offset)
         if st is None:
             return None
         st["counts"]["labels"] += 1
         entry = st["pending"].setdefault(lab.event_id, {"t": lab.time, "label": None, "preds": {}})
+        entry["t"] = min(int(entry["t"]), lab.time)
+        ops: list[Op] = []
         old = entry["label"]
         if old is not None:
             st["counts"]["duplicates"] += 1
             old_start = self.windows.assign(int(old["t"]))[0]
             if self._closed(st, old_start):
                 return st, []      # its window's figures are final
-            for key in entry["preds"]:
-                st["windows"].get(f"{key}|{old_start}", {}).get("rows", {}).pop(lab.event_id, None)
+            ops += [{"op": "del", "key": key, "start": old_start, "eid": lab.event_id} for key in entry["preds"]]
         entry["label"] = {"y": lab.y, "t": lab.time}
         for key in entry["preds"]:
-            self._join(st, lab.event_id, key, entry)
+            ops += self._join(st, lab.event_id, key, entry)
         st["wm"] = lab.time if st["wm"] is None else max(int(st["wm"]), lab.time)
-        return st, self._close(st)
+        step = (int(st["wm"]) - self.windows.lateness) // self.windows.size
+        if step != st["sent"]:     # a window may close: tell the quality stage, sweep the horizon
+            st["sent"] = step
+            self._evict(st)
+            ops.append({"op": "wm", "wm": st["wm"]})
+        return st, ops
 
-    # -- internals -------------------------------------------------------------------------
     @staticmethod
     def _begin(state: Mapping[str, Any] | None, topic: str, offset: int) -> dict[str, Any] | None:
-        st = copy.deepcopy(dict(state)) if state else initial_state()
+        st = copy.deepcopy(dict(state)) if state else join_state()
         if offset <= int(st["offsets"].get(topic, -1)):
             return None
         st["offsets"][topic] = offset
@@ -116,31 +126,72 @@ class TruthCore:
     def _closed(self, st: Mapping[str, Any], start: int) -> bool:
         return st["wm"] is not None and self.windows.closable(start, int(st["wm"]))
 
-    def _join(self, st: dict[str, Any], event_id: str, key: str, entry: Mapping[str, Any]) -> None:
+    def _join(self, st: dict[str, Any], event_id: str, key: str, entry: Mapping[str, Any]) -> list[Op]:
         start = self.windows.assign(int(entry["label"]["t"]))[0]
         if self._closed(st, start):
             st["counts"]["late"] += 1
-            return
-        model, version, variant = key.split("|")
-        win = st["windows"].setdefault(f"{key}|{start}", {"model": model, "version": version, "variant": variant,
-                                                          "start": start, "rows": {}})
-        if event_id not in win["rows"]:
-            st["counts"]["joined"] += 1
+            return []
+        st["counts"]["joined"] += 1
         score, decision = entry["preds"][key]
-        win["rows"][event_id] = [score, bool(entry["label"]["y"]), decision]
+        return [{"op": "set", "key": key, "start": start, "eid": event_id,
+                 "row": [score, bool(entry["label"]["y"]), bool(decision)]}]
+
+    def _evict(self, st: dict[str, Any]) -> None:
+        cutoff = int(st["wm"]) - self.horizon_ms
+        for eid in [e for e, entry in st["pending"].items() if int(entry["t"]) < cutoff]:
+            entry = st["pending"].pop(eid)
+            if not entry["preds"]:
+                st["counts"]["orphans"] += 1
+            elif entry["label"] is None:
+                st["counts"]["unlabelled"] += 1
+
+
+def quality_state() -> dict[str, Any]:
+    return {"wms": {}, "windows": {}, "totals": {}, "late": 0}
+
+
+class QualityCore:
+    def __init__(self, *, windows: WindowSpec, sources: int) -> None:
+        _check(windows)
+        self.windows = windows
+        self.sources = sources      # join partitions: a window closes when all of them have passed it
+
+    def apply(self, state: Mapping[str, Any] | None, source: int, op: Mapping[str, Any]
+              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The new state and the results of the windows this operation closed."""
+        st = copy.deepcopy(dict(state)) if state else quality_state()
+        if op["op"] == "wm":
+            st["wms"][str(source)] = max(int(op["wm"]), int(st["wms"].get(str(source), op["wm"])))
+            return st, self._close(st)
+        start = int(op["start"])
+        wm = self._wm(st)
+        if wm is not None and self.windows.closable(start, wm):
+            st["late"] += 1
+            return st, []
+        wkey = f"{op['key']}|{start}"
+        if op["op"] == "del":
+            st["windows"].get(wkey, {}).get("rows", {}).pop(op["eid"], None)
+            return st, []
+        model, version, variant = str(op["key"]).split("|")
+        win = st["windows"].setdefault(wkey, {"model": model, "version": version, "variant": variant,
+                                              "start": start, "rows": {}})
+        win["rows"][op["eid"]] = list(op["row"])
+        return st, []
+
+    def _wm(self, st: Mapping[str, Any]) -> int | None:
+        wms = st["wms"]
+        return min(int(v) for v in wms.values()) if len(wms) >= self.sources else None
 
     def _close(self, st: dict[str, Any]) -> list[dict[str, Any]]:
+        wm = self._wm(st)
+        if wm is None:
+            return []
         results = []
         for wkey in sorted(st["windows"], key=lambda k: (st["windows"][k]["start"], k)):
             win = st["windows"][wkey]
-            if not self._closed(st, int(win["start"])):
-                continue
-            del st["windows"][wkey]
-            results.append(self._result(st, win))
-        current = self.windows.assign(int(st["wm"]))[0]
-        if current != st["swept"]:      # sweep the horizon once per window of label time
-            st["swept"] = current
-            self._evict(st)
+            if self.windows.closable(int(win["start"]), wm):
+                del st["windows"][wkey]
+                results.append(self._result(st, win))
         return results
 
     def _result(self, st: dict[str, Any], win: Mapping[str, Any]) -> dict[str, Any]:
@@ -155,13 +206,4 @@ class TruthCore:
         return {"model": win["model"], "version": win["version"], "variant": win["variant"],
                 "window_start": start, "window_end": self.windows.end(start),
                 "metrics": quality.binary_quality(y, score, decision),
-                "cumulative": quality.totals_quality(totals), "counts": dict(st["counts"])}
-
-    def _evict(self, st: dict[str, Any]) -> None:
-        cutoff = int(st["wm"]) - self.horizon_ms
-        for eid in [e for e, entry in st["pending"].items() if int(entry["t"]) < cutoff]:
-            entry = st["pending"].pop(eid)
-            if not entry["preds"]:
-                st["counts"]["orphans"] += 1
-            elif entry["label"] is None:
-                st["counts"]["unlabelled"] += 1
+                "cumulative": quality.totals_quality(totals)}

@@ -240,8 +240,16 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     res = produce_events(kafka.client_settings(), args.topic, args.count, rate=args.rate, seed=args.seed,
                          start=args.start, drift=drift, fmt=args.format, progress=progress)
-    print(json.dumps({"topic": args.topic, "events": res.events, "seconds": round(res.seconds, 3),
-                      "events_per_s": round(res.rate)}))
+    out: dict[str, Any] = {"topic": args.topic, "events": res.events, "seconds": round(res.seconds, 3),
+                           "events_per_s": round(res.rate)}
+    if args.labels:
+        from streamscore.produce import label_records, produce_labels
+
+        records = label_records(res.events, seed=args.seed, start=args.start, drift=drift,
+                                now_ms=int(time.time() * 1000), max_delay_ms=args.label_delay_ms,
+                                dup=args.label_dup, missing=args.label_missing)
+        out |= {"labels_topic": args.labels, "labels": produce_labels(kafka.client_settings(), args.labels, records)}
+    print(json.dumps(out))
     return 0
 
 
@@ -466,6 +474,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parser
+def _share(text: str) -> float:
+    """A share in [0, 1] (argparse type)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="streamscore", description="Streaming inference over Kafka.")
     ap.add_argument("-v", "--verbose", action="count", default=0)
@@ -525,6 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--format", choices=["avro", "json"], default="avro")
     prod.add_argument("--partitions", type=int, default=None, help="create the topic with this many partitions")
     prod.add_argument("--bootstrap", default=None, help="bootstrap servers (default: $KAFKA_BOOTSTRAP)")
+    prod.add_argument("--labels", default=None, metavar="TOPIC",
+                      help="also write the events' true labels (JSON) to TOPIC: delayed, out of order, some twice, "
+                           "some missing (docs/ground-truth.md)")
+    prod.add_argument("--label-delay-ms", type=int, default=60_000, help="labels arrive up to this long after")
+    prod.add_argument("--label-dup", type=_share, default=0.05, help="share of labels sent twice")
+    prod.add_argument("--label-missing", type=_share, default=0.10, help="share of labels never sent")
     prod.set_defaults(fn=cmd_produce)
 
     from models.registry import SPEC_FILE_HELP

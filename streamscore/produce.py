@@ -191,3 +191,47 @@ class _StampedBlock:
         k = self.keys
         return (self.buf, self.starts[lo:lo + n], self.lengths[lo:lo + n],
                 type(k)(k.buf, k.start[lo:lo + n], k.length[lo:lo + n]))
+
+
+def label_records(n: int, *, seed: int = 0, start: int = 0, now_ms: int, max_delay_ms: int = 60_000,
+                  dup: float = 0.05, missing: float = 0.10, drift: Any = None) -> list[tuple[bytes, bytes]]:
+    """(key, JSON value) of the demo's true labels (its hidden rule) for events ``start..start+n``:
+    each ``now_ms`` + a random delay, sent in label-time order (so out of event order), a share
+    ``missing`` never sent and a share ``dup`` sent twice (the duplicate a second later)."""
+    from models.demo_data import generate, labels
+
+    cols = generate(n, seed=seed, start=start, drift=drift)
+    y = labels(cols)
+    rng = np.random.default_rng([seed, start, 15])
+    keep = rng.random(n) >= missing
+    delay = rng.integers(0, max(max_delay_ms, 1), n)
+    rows = [(int(now_ms + delay[i]), i) for i in np.flatnonzero(keep)]
+    rows += [(t + 1000, i) for t, i in rows if rng.random() < dup]
+    out = []
+    for t, i in sorted(rows):
+        rec = {"event_id": str(cols["event_id"][i]), "label": bool(y[i]), "label_time": t}
+        out.append((str(cols["account_id"][i]).encode(), json.dumps(rec).encode()))
+    return out
+
+
+def produce_labels(conf: dict[str, Any], topic: str, records: list[tuple[bytes, bytes]]) -> int:
+    """Write label records (keyed like their events, so they meet their predictions' partition)."""
+    producer = make_producer(merged(PRODUCER_DEFAULTS, {"linger.ms": 5}, conf))
+    errors: list[str] = []
+
+    def on_error(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=on_error)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    remaining = producer.flush(60)
+    if remaining or errors:
+        raise DeliveryError(f"produce labels to {topic}: {remaining} undelivered, {len(errors)} failed "
+                            f"(first: {errors[0] if errors else 'the broker did not answer in 60 s'})")
+    return len(records)

@@ -1,0 +1,277 @@
+"""Ground truth in the side-stream monitor: config, record decoding and the Faust agent.
+
+Crash safety is the drift monitor's (``monitoring/monitor_app.py``): all of a partition's join
+state is one key of a changelog-backed Faust table (``truth-<name>-join``), with the last applied
+offset per topic inside it, so a SIGKILL + restart replays records after the committed offset
+and ``JoinCore`` skips the ones already applied. The join sends row operations to an internal
+topic (``<app_id>-truth-<name>-rows``) read by the quality stage (table ``truth-<name>-quality``);
+they are idempotent, so replaying them is harmless. See ``monitoring/truth_core.py``.
+
+Co-partitioning: labels must be keyed like the scored events (the prediction's ``key``) and
+every topic of one entry must have the same number of partitions, so an event's label and its
+predictions meet in the same partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import json
+import logging
+import re
+import zlib
+from collections.abc import Mapping
+from typing import Any, Awaitable, Callable, Literal, Protocol
+
+import faust
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from monitoring.monitor_metrics import MonitorMetrics
+from monitoring.redis_state import RedisState
+from monitoring.truth_core import JoinCore, Label, Prediction, QualityCore
+from monitoring.windows import WindowSpec
+from schemas.errors import ConfigError, DecodeError
+
+log = logging.getLogger(__name__)
+DAY_MS = 86_400_000
+_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": DAY_MS}
+
+
+def duration_ms(v: int | str) -> int:
+    """``7d``, ``12h``, ``30m``, ``10s``, ``500ms`` or an int of ms."""
+    if isinstance(v, int):
+        return v
+    m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|d)\s*", v)
+    if m is None:
+        raise ValueError(f"duration {v!r}: expected an int of ms or <n>ms|s|m|h|d, e.g. 7d")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+class LabelsConfig(BaseModel):
+    """Where one pipeline's labels arrive and how to read them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    topic: str
+    id_field: str = "event_id"
+    label_field: str = "label"
+    time_field: str | None = Field("label_time", description="label time (ms); None = the Kafka timestamp")
+    horizon: int = Field(7 * DAY_MS, gt=0, description="how long a prediction waits for its label (ms or 7d)")
+    format: Literal["json", "avro"] = "json"
+
+    @field_validator("horizon", mode="before")
+    @classmethod
+    def _horizon(cls, v: Any) -> Any:
+        return duration_ms(v) if isinstance(v, str) else v
+
+
+class GroundTruthConfig(BaseModel):
+    """One pipeline's join: its prediction topics (output, shadow) and its labels."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    predictions: list[str] = Field(min_length=1, description="prediction topics (the output and shadow topics)")
+    labels: LabelsConfig
+    window_ms: int = Field(3_600_000, gt=0, description="tumbling quality windows of label time")
+    lateness_ms: int = Field(0, ge=0, description="how far behind the newest label time a window stays open")
+
+    def join_table(self) -> str:
+        return f"truth-{self.name}-join"
+
+    def quality_table(self) -> str:
+        return f"truth-{self.name}-quality"
+
+    def rows_topic(self, app_id: str) -> str:
+        """The internal topic from the join to the quality stage (keyed by model|version|variant)."""
+        return f"{app_id}-truth-{self.name}-rows"
+
+    def topics(self) -> list[str]:
+        return [*self.predictions, self.labels.topic]
+
+
+def field_at(record: Mapping[str, Any], path: str) -> Any:
+    """A dotted path's value; ``DecodeError`` if absent."""
+    cur: Any = record
+    for part in path.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            raise DecodeError(f"field {path!r} missing", reason="missing_field")
+        cur = cur[part]
+    return cur
+
+
+def _ms(v: Any) -> int:
+    return round(v.timestamp() * 1000) if isinstance(v, datetime.datetime) else int(v)
+
+
+class RecordDecoder:
+    """JSON, or Confluent-framed Avro whose writer schema comes from the registry by id."""
+
+    def __init__(self, registry_url: str | None) -> None:
+        self.registry_url = registry_url
+        self._client: Any = None
+
+    def decode(self, value: bytes) -> Mapping[str, Any]:
+        if value[:1] == b"\x00":
+            return self._avro(value)
+        try:
+            rec = json.loads(value)
+        except ValueError as exc:
+            raise DecodeError(f"not JSON: {exc}", raw=value) from exc
+        if not isinstance(rec, dict):
+            raise DecodeError("a JSON record must be an object", raw=value)
+        return rec
+
+    def _avro(self, value: bytes) -> Mapping[str, Any]:
+        import fastavro
+
+        from schemas.wire import unframe
+
+        if self.registry_url is None:
+            raise DecodeError("an Avro record, but the monitor has no schema_registry_url", raw=value)
+        if self._client is None:
+            from schemas.registry_client import RegistryClient, RegistrySettings
+
+            self._client = RegistryClient(RegistrySettings(url=self.registry_url))
+        schema_id, body = unframe(value)
+        try:
+            rec = fastavro.schemaless_reader(io.BytesIO(bytes(body)), self._client.by_id(schema_id))
+        except (ValueError, EOFError, IndexError) as exc:
+            raise DecodeError(f"Avro body does not match schema {schema_id}: {exc}", raw=value) from exc
+        if not isinstance(rec, dict):
+            raise DecodeError("an Avro record must be a record", raw=value)
+        return rec
+
+
+def to_prediction(rec: Mapping[str, Any]) -> Prediction | None:
+    """A binary-score prediction; None for other heads (classes, values)."""
+    if "score" not in rec or "decision" not in rec:
+        return None
+    return Prediction(event_id=str(rec["event_id"]), model=str(rec["model"]), version=str(rec["version"]),
+                      variant=str(rec["variant"]), score=float(rec["score"]), decision=bool(rec["decision"]),
+                      event_time=_ms(rec["event_time"]))
+
+
+def to_label(rec: Mapping[str, Any], cfg: LabelsConfig, timestamp_ms: int) -> Label:
+    y = field_at(rec, cfg.label_field)
+    if isinstance(y, str):
+        if y.lower() not in ("0", "1", "true", "false"):
+            raise DecodeError(f"label {y!r}: expected a boolean, 0/1 or true/false", reason="bad_label")
+        y = y.lower() in ("1", "true")
+    t = timestamp_ms if cfg.time_field is None else _ms(field_at(rec, cfg.time_field))
+    return Label(event_id=str(field_at(rec, cfg.id_field)), y=bool(y), time=t)
+
+
+Retry = Callable[[Callable[[], object]], Awaitable[None]]
+
+
+class RowSender(Protocol):
+    async def __call__(self, op: Mapping[str, Any], partition: int) -> None: ...
+
+
+def quality_partition(key: str, parts: int) -> int:
+    """The quality partition of one model|version|variant (stable across processes)."""
+    return zlib.crc32(key.encode()) % parts
+
+
+class JoinHandler:
+    """One prediction or label record at a time: the join, its row operations, the state table.
+
+    Row operations are sent (and their delivery awaited) BEFORE the state holding the join is
+    written: a crash in between replays the record, and the operations are idempotent."""
+
+    def __init__(self, cfg: GroundTruthConfig, core: JoinCore, table: Any, sink: RedisState,
+                 metrics: MonitorMetrics, decoder: RecordDecoder, retry: Retry, send: RowSender,
+                 quality_parts: int) -> None:
+        self.cfg, self.core, self.table, self.sink = cfg, core, table, sink
+        self.metrics, self.decoder, self.retry, self.send = metrics, decoder, retry, send
+        self.quality_parts = quality_parts
+
+    async def handle(self, topic: str, partition: int, offset: int, value: bytes, timestamp_ms: int) -> None:
+        key = str(partition)
+        try:
+            rec = await asyncio.to_thread(self.decoder.decode, value)   # a registry lookup may wait out an outage
+            if topic == self.cfg.labels.topic:
+                out = self.core.apply_label(self.table.get(key), topic, offset,
+                                            to_label(rec, self.cfg.labels, timestamp_ms))
+            else:
+                pred = to_prediction(rec)
+                if pred is None:
+                    return
+                out = self.core.apply_prediction(self.table.get(key), topic, offset, pred)
+        except (DecodeError, KeyError, TypeError, ValueError) as exc:
+            log.warning("skipping %s record at %s/%s: %s", self.cfg.name, partition, offset, exc)
+            return
+        if out is None:
+            self.metrics.replayed.inc()
+            return
+        state, ops = out
+        for op in ops:
+            if op["op"] == "wm":
+                for qp in range(self.quality_parts):
+                    await self.send({**op, "src": partition}, qp)
+            else:
+                await self.send({**op, "src": partition}, quality_partition(op["key"], self.quality_parts))
+        self.table[key] = state   # one changelog record carries the whole partition state
+        if any(op["op"] == "wm" for op in ops):
+            counts = dict(state["counts"])
+            await self.retry(lambda: self.sink.write_label_counts(self.cfg.name, partition, counts))
+            self.metrics.observe_labels(self.cfg.name, partition, counts)
+
+
+class QualityHandler:
+    """One row operation at a time: windows per model|version|variant, closed ones to Redis."""
+
+    def __init__(self, cfg: GroundTruthConfig, core: QualityCore, table: Any, sink: RedisState,
+                 metrics: MonitorMetrics, retry: Retry) -> None:
+        self.cfg, self.core, self.table, self.sink, self.metrics, self.retry = cfg, core, table, sink, metrics, retry
+
+    async def handle(self, partition: int, value: bytes) -> None:
+        key = str(partition)
+        op = json.loads(value)
+        state, results = self.core.apply(self.table.get(key), int(op["src"]), op)
+        for result in results:      # Redis first (idempotent): a crash before the table write replays the close
+            await self.retry(lambda: self.sink.write_quality(self.cfg.name, result))
+            self.metrics.observe_quality(result)
+        self.table[key] = state
+
+
+def check_partitions(cfg: GroundTruthConfig, parts: Mapping[str, int]) -> int:
+    """The one partition count shared by every topic of ``cfg``; ``ConfigError`` otherwise."""
+    counts = {t: parts[t] for t in cfg.topics()}
+    if len(set(counts.values())) != 1:
+        raise ConfigError(f"ground_truth {cfg.name}: its topics must have equal partition counts "
+                          f"(labels keyed like the events), got {counts}")
+    return next(iter(counts.values()))
+
+
+def add_ground_truth(app: faust.App, gt: GroundTruthConfig, parts: int, *, sink: RedisState,
+                     metrics: MonitorMetrics, decoder: RecordDecoder, retry: Retry) -> None:
+    """The join agent (prediction + label topics), the rows topic and the quality agent of one entry."""
+    windows = WindowSpec(size=gt.window_ms, lateness=gt.lateness_ms)
+    rows = app.topic(gt.rows_topic(app.conf.id), value_serializer="raw", key_serializer="raw", partitions=parts)
+
+    async def send(op: Mapping[str, Any], partition: int) -> None:
+        fut = await rows.send(key=str(op.get("key", "")).encode(), value=json.dumps(op).encode(),
+                              partition=partition, force=True)
+        await fut   # delivered before the join state that caused it is written
+
+    joiner = JoinHandler(gt, JoinCore(windows=windows, horizon_ms=gt.labels.horizon),
+                         app.Table(gt.join_table(), default=None, partitions=parts), sink, metrics, decoder, retry,
+                         send, parts)
+    scorer = QualityHandler(gt, QualityCore(windows=windows, sources=parts),
+                            app.Table(gt.quality_table(), default=None, partitions=parts), sink, metrics, retry)
+    sources = app.topic(*gt.topics(), value_serializer="raw", key_serializer="raw", partitions=parts)
+
+    async def join(stream: Any) -> None:
+        async for event in stream.events():
+            m = event.message
+            await joiner.handle(m.topic, m.partition, m.offset, event.value, int(m.timestamp * 1000))
+
+    async def score(stream: Any) -> None:
+        async for event in stream.events():
+            await scorer.handle(event.message.partition, event.value)
+
+    app.agent(sources, name=f"truth-{gt.name}-join", concurrency=1)(join)
+    app.agent(rows, name=f"truth-{gt.name}-quality", concurrency=1)(score)

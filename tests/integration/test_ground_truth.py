@@ -1,0 +1,173 @@
+"""Ground truth end to end: Avro predictions (registry) and JSON labels on real Kafka, the monitor
+in a child process (SIGKILLed and restarted midway), quality windows in real Redis, checked
+against scikit-learn on the same joined set.
+
+Labels arrive shuffled, ~30% before their predictions, 5% twice (the second with the other
+label: last wins), 10% never, plus orphans for events never predicted. Windows are 10 s of
+label time; a lateness longer than the span keeps them open until a final far-future label.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import fastavro
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+from sklearn import metrics as skm
+
+from monitoring.redis_state import Keys, connect
+from schemas.prediction import prediction_schema
+from schemas.registry_client import RegistryClient, RegistrySettings
+from schemas.wire import frame
+from tests.integration.helpers import committed, wait_for
+from tests.integration.test_monitor import Monitor
+
+pytestmark = pytest.mark.integration
+
+N = 600
+WINDOW_MS = 10_000
+SPAN_MS = 3 * WINDOW_MS
+LATENESS_MS = 100_000
+HORIZON_MS = 200_000
+ORPHANS = 10
+
+
+def _events(seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Predictions (primary or canary per event, shadow for every event) and labels in publish order."""
+    rng = np.random.default_rng(seed)
+    preds, labels = [], []
+    for i in range(N):
+        eid, key = f"e{i}", f"acct-{i % 17}"
+        y = bool(rng.random() < 0.3)
+        base = float(np.clip(rng.normal(0.65 if y else 0.35, 0.2), 0, 1))
+        canary = rng.random() < 0.25
+        for variant, version, score in (("canary" if canary else "primary", "2" if canary else "1", base),
+                                        ("shadow", "9", float(np.clip(base + rng.normal(0, 0.15), 0, 1)))):
+            preds.append({"event_id": eid, "key": key, "model": "fraud", "version": version, "variant": variant,
+                          "score": round(score, 3), "decision": score >= 0.5, "event_time": 1_000 + i,
+                          "scored_at": 2_000 + i})
+        if rng.random() >= 0.10:
+            labels.append({"event_id": eid, "key": key, "label": y, "label_time": int(rng.integers(0, SPAN_MS))})
+            if rng.random() < 0.05:
+                labels.append({"event_id": eid, "key": key, "label": not y,
+                               "label_time": int(rng.integers(0, SPAN_MS))})
+    for j in range(ORPHANS):
+        labels.append({"event_id": f"orphan{j}", "key": f"acct-{j}", "label": True, "label_time": 5 * j})
+    return preds, [labels[i] for i in rng.permutation(len(labels))]
+
+
+def _expected(preds: list[dict[str, Any]], labels: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    final = {lab["event_id"]: lab for lab in labels}                       # last one wins
+    rows: dict[str, list[tuple[float, bool, bool]]] = {}
+    for p in preds:
+        lab = final.get(p["event_id"])
+        if lab is None:
+            continue
+        start = lab["label_time"] - lab["label_time"] % WINDOW_MS
+        rows.setdefault(f"fraud:{p['version']}:{p['variant']}:{start}", []).append(
+            (p["score"], lab["label"], p["decision"]))
+    out = {}
+    for key, r in rows.items():
+        s = np.array([x[0] for x in r])
+        y = np.array([x[1] for x in r])
+        d = np.array([x[2] for x in r])
+        out[key] = {"count": len(r), "auc": skm.roc_auc_score(y, s), "log_loss": skm.log_loss(y, s),
+                    "precision": skm.precision_score(y, d, zero_division=0),
+                    "recall": skm.recall_score(y, d, zero_division=0)}
+    return out
+
+
+def _produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]]) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for key, value in records:
+        p.produce(topic, value, key=key.encode())
+    assert p.flush(30) == 0
+
+
+def test_quality_windows_equal_sklearn_across_a_kill(tmp_path: Path, bootstrap: str, redis_url: str,
+                                                     schema_registry: Any, names: Callable[[str], str],
+                                                     topics: Callable[..., None]) -> None:
+    pred_topic, label_topic, tele = names("pred"), names("labels"), names("tele")
+    topics({pred_topic: 2, label_topic: 2, tele: 1})
+    app_id, prefix = names("truth-mon"), names("truth")
+    schema = prediction_schema()
+    sid = RegistryClient(RegistrySettings(url=schema_registry.url)).register(f"{pred_topic}-value", schema)
+    parsed = fastavro.parse_schema(schema)
+
+    def avro(rec: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, parsed, rec)
+        return frame(sid, buf.getvalue())
+
+    preds, labels = _events(seed=7)
+    early, late = labels[: len(labels) * 3 // 10], labels[len(labels) * 3 // 10:]
+    config = {"broker": bootstrap, "telemetry_topic": tele, "redis_url": redis_url, "redis_prefix": prefix,
+              "app_id": app_id, "commit_interval_s": 0.5, "loglevel": os.environ.get("TRUTH_LOGLEVEL", "warning"),
+              "schema_registry_url": schema_registry.url,
+              "ground_truth": [{"name": "fraud", "predictions": [pred_topic],
+                                "labels": {"topic": label_topic, "horizon": HORIZON_MS},
+                                "window_ms": WINDOW_MS, "lateness_ms": LATENESS_MS}]}
+
+    def lab(rec: dict[str, Any]) -> tuple[str, bytes]:
+        return rec["key"], json.dumps(rec).encode()
+
+    mon = Monitor(tmp_path, "mon1", config)
+    try:
+        _produce(bootstrap, label_topic, [lab(r) for r in early])     # labels before their predictions
+        _produce(bootstrap, pred_topic, [(p["key"], avro(p)) for p in preds])
+        half = len(late) // 2
+        _produce(bootstrap, label_topic, [lab(r) for r in late[:half]])
+
+        def progressed() -> bool:
+            assert mon.proc.poll() is None, f"monitor exited:\n{mon.output()}"
+            done = committed(bootstrap, app_id, label_topic, 2)
+            return sum(max(v, 0) for v in done.values()) >= len(early) + half // 2
+        wait_for(progressed, 180, "the monitor to commit half of the labels")
+        if os.environ.get("TRUTH_KILL", "1") == "1":
+            mon.kill()
+            mon = Monitor(tmp_path, "mon2", config)
+        _produce(bootstrap, label_topic, [lab(r) for r in late[half:]])
+
+        def consumed() -> bool:   # windows close by label time only: the closing labels come after the rest
+            assert mon.proc.poll() is None, f"monitor exited:\n{mon.output()}"
+            return (sum(committed(bootstrap, app_id, pred_topic, 2).values()) >= len(preds)
+                    and sum(committed(bootstrap, app_id, label_topic, 2).values()) >= len(labels))
+        wait_for(consumed, 180, "the restarted monitor to consume every prediction and label")
+        close = LATENESS_MS + HORIZON_MS + 10 * WINDOW_MS             # closes every window on both partitions
+        _produce(bootstrap, label_topic, [(f"acct-{k}", json.dumps({"event_id": f"end{k}", "label": False,
+                                                                     "label_time": close}).encode())
+                                          for k in range(17)])
+        want = _expected(preds, labels)
+        r = connect(redis_url)
+        keys = Keys(prefix)
+
+        def all_windows() -> bool:
+            assert mon.proc.poll() is None, f"monitor exited:\n{mon.output()}"
+            return set(r.hkeys(keys.quality_windows)) >= set(want)
+        wait_for(all_windows, 180, f"{len(want)} quality windows")
+        got = {k: json.loads(v) for k, v in r.hgetall(keys.quality_windows).items()}
+        assert set(got) == set(want)
+        for key, w in want.items():
+            m = got[key]["metrics"]
+            assert m["count"] == w["count"], key
+            for metric in ("auc", "log_loss", "precision", "recall"):
+                assert abs(m[metric] - w[metric]) < 1e-9, (key, metric, m[metric], w[metric])
+        def counts() -> dict[str, int]:
+            per_part = [json.loads(v) for v in r.hgetall(keys.labels("fraud")).values()]
+            return {k: sum(c[k] for c in per_part) for k in ("labels", "duplicates", "orphans")}
+        n_dups = len(labels) - len({x["event_id"] for x in labels})
+        want_counts = {"duplicates": n_dups, "orphans": ORPHANS}    # written when a window step passes
+        wait_for(lambda: {k: counts()[k] for k in want_counts} == want_counts, 60,
+                 f"label counts {want_counts} (last {counts()})")
+        assert len(labels) + 2 <= counts()["labels"] <= len(labels) + 17
+        latest = r.hgetall(keys.quality("fraud", "1", "primary"))
+        assert latest["variant"] == "primary" and float(latest["cumulative_count"]) == sum(
+            w["count"] for k, w in want.items() if k.startswith("fraud:1:primary:"))
+    finally:
+        mon.stop()
