@@ -40,6 +40,7 @@ from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.redis_state import RedisState, redact
 from monitoring.telemetry import decode_telemetry
 from monitoring.truth_app import GroundTruthConfig, RecordDecoder, add_ground_truth, check_partitions
+from monitoring.truth_core import QualityDrop
 from monitoring.windows import WindowSpec
 from schemas.errors import ConfigError, DecodeError, validation_problems, yaml_problem
 
@@ -132,24 +133,34 @@ def check_config(config: MonitorConfig) -> str:
 
 
 class ProfileCache:
-    """Reference profiles by (model, version) from a model registry directory."""
+    """Reference profiles (and reference AUC) by (model, version) from a model registry directory."""
 
     def __init__(self, root: str | Path | None) -> None:
         from models import DEMO_REGISTRY
         from models.registry import ModelRegistry
 
         self.registry = ModelRegistry(Path(root) if root else DEMO_REGISTRY)
-        self._cache: dict[tuple[str, str], Mapping[str, Any] | None] = {}
+        self._cache: dict[tuple[str, str], Any] = {}
 
-    def __call__(self, model: str, version: str) -> Mapping[str, Any] | None:
+    def _entry(self, model: str, version: str) -> Any:
         key = (model, version)
         if key not in self._cache:
             try:
-                self._cache[key] = self.registry.get(model, version).reference_profile or None
+                self._cache[key] = self.registry.get(model, version)
             except Exception as exc:  # unknown model/version: judged once, logged once
-                log.warning("no reference profile for %s:%s: %s", model, version, exc)
+                log.warning("no registry entry for %s:%s: %s", model, version, exc)
                 self._cache[key] = None
         return self._cache[key]
+
+    def __call__(self, model: str, version: str) -> Mapping[str, Any] | None:
+        entry = self._entry(model, version)
+        return (entry.reference_profile or None) if entry is not None else None
+
+    def auc(self, model: str, version: str) -> float | None:
+        """The version's reference AUC (``metrics.auc`` of its registry entry), if it has one."""
+        entry = self._entry(model, version)
+        value = entry.metrics.get("auc") if entry is not None else None
+        return float(value) if value is not None else None
 
 
 def ensure_topic(config: MonitorConfig) -> int:
@@ -267,8 +278,9 @@ def build_app(config: MonitorConfig, *, partitions: int | None = None,
     )
     topic = app.topic(config.telemetry_topic, value_serializer="raw", key_serializer="raw", partitions=parts)
     table = app.Table(STATE_TABLE, default=None, partitions=parts)  # json values (the app default)
+    profiles = ProfileCache(config.registry)
     core = MonitorCore(windows=config.window_spec(), hysteresis=Hysteresis(config.k, config.m),
-                       profiles=ProfileCache(config.registry), alpha=config.alpha,
+                       profiles=profiles, alpha=config.alpha,
                        psi_warning=config.psi_warning, psi_drift=config.psi_drift)
     sink = RedisState(config.redis_url.get_secret_value(), prefix=config.redis_prefix)
     metrics = MonitorMetrics()
@@ -281,8 +293,9 @@ def build_app(config: MonitorConfig, *, partitions: int | None = None,
 
     decoder = RecordDecoder(config.schema_registry_url)
     for gt in config.ground_truth:
+        drop = None if gt.auc_drop is None else QualityDrop(profiles.auc, gt.auc_drop, Hysteresis(config.k, config.m))
         add_ground_truth(app, gt, (truth_partitions or {}).get(gt.name, parts), sink=sink, metrics=metrics,
-                         decoder=decoder, retry=handler.retry)
+                         decoder=decoder, retry=handler.retry, drop=drop)
     return app
 
 

@@ -129,8 +129,13 @@ class RedisState:
             pipe.sadd(k.shadow_index, f"{model}:{shadow_model}")
         pipe.hset(k.windows, f"{model}:{result['window_start']}", json.dumps(window_summary(result), sort_keys=True))
         pipe.execute()
+        return self.add_alerts(result["alerts"])
+
+    def add_alerts(self, alerts: list[Mapping[str, Any]]) -> int:
+        """Append alerts to the stream, each at most once (by model|feature|window_end|state)."""
+        k = self.keys
         added = 0
-        for alert in result["alerts"]:
+        for alert in alerts:
             ident = f"{alert['model']}|{alert['feature']}|{alert['window_end']}|{alert['state']}"
             flat: list[str] = []
             for key, value in alert.items():
@@ -141,7 +146,7 @@ class RedisState:
 
     def write_quality(self, pipeline: str, result: Mapping[str, Any]) -> None:
         """One closed quality window: the latest-window hash (with cumulative figures), its JSON
-        under ``quality:windows``, and the pipeline's label counters. Idempotent per window."""
+        under ``quality:windows``, and its quality-drop alerts. Idempotent per window."""
         k = self.keys
         model, version, variant = result["model"], result["version"], result["variant"]
         fields = {"pipeline": pipeline, "model": model, "version": version, "variant": variant,
@@ -157,6 +162,7 @@ class RedisState:
                               "window_start": result["window_start"], "window_end": result["window_end"],
                               "metrics": result["metrics"]}, sort_keys=True))
         pipe.execute()
+        self.add_alerts(result.get("alerts", []))
 
     def write_label_counts(self, pipeline: str, partition: int, counts: Mapping[str, int]) -> None:
         """One join partition's label counters (labels, duplicates, orphans, ...) as JSON."""

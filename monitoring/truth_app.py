@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.redis_state import RedisState
-from monitoring.truth_core import JoinCore, Label, Prediction, QualityCore
+from monitoring.truth_core import JoinCore, Label, Prediction, QualityCore, QualityDrop
 from monitoring.windows import WindowSpec
 from schemas.errors import ConfigError, DecodeError
 
@@ -76,6 +76,8 @@ class GroundTruthConfig(BaseModel):
     labels: LabelsConfig
     window_ms: int = Field(3_600_000, gt=0, description="tumbling quality windows of label time")
     lateness_ms: int = Field(0, ge=0, description="how far behind the newest label time a window stays open")
+    auc_drop: float | None = Field(0.05, gt=0, lt=1, description="alert when a window's AUC falls this far below "
+                                   "the version's reference AUC (registry metrics.auc), k windows in a row; None: off")
 
     def join_table(self) -> str:
         return f"truth-{self.name}-join"
@@ -247,7 +249,8 @@ def check_partitions(cfg: GroundTruthConfig, parts: Mapping[str, int]) -> int:
 
 
 def add_ground_truth(app: faust.App, gt: GroundTruthConfig, parts: int, *, sink: RedisState,
-                     metrics: MonitorMetrics, decoder: RecordDecoder, retry: Retry) -> None:
+                     metrics: MonitorMetrics, decoder: RecordDecoder, retry: Retry,
+                     drop: QualityDrop | None = None) -> None:
     """The join agent (prediction + label topics), the rows topic and the quality agent of one entry."""
     windows = WindowSpec(size=gt.window_ms, lateness=gt.lateness_ms)
     rows = app.topic(gt.rows_topic(app.conf.id), value_serializer="raw", key_serializer="raw", partitions=parts)
@@ -260,7 +263,7 @@ def add_ground_truth(app: faust.App, gt: GroundTruthConfig, parts: int, *, sink:
     joiner = JoinHandler(gt, JoinCore(windows=windows, horizon_ms=gt.labels.horizon),
                          app.Table(gt.join_table(), default=None, partitions=parts), sink, metrics, decoder, retry,
                          send, parts)
-    scorer = QualityHandler(gt, QualityCore(windows=windows, sources=parts),
+    scorer = QualityHandler(gt, QualityCore(windows=windows, sources=parts, drop=drop),
                             app.Table(gt.quality_table(), default=None, partitions=parts), sink, metrics, retry)
     sources = app.topic(*gt.topics(), value_serializer="raw", key_serializer="raw", partitions=parts)
 

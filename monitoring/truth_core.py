@@ -29,9 +29,13 @@ Invariants:
 from __future__ import annotations
 
 import copy
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+from monitoring import alerts as alerting
 
 import numpy as np
 
@@ -147,14 +151,29 @@ class JoinCore:
 
 
 def quality_state() -> dict[str, Any]:
-    return {"wms": {}, "windows": {}, "totals": {}, "late": 0}
+    return {"wms": {}, "windows": {}, "totals": {}, "late": 0, "alerts": {}}
+
+
+ReferenceAuc = Callable[[str, str], "float | None"]
+
+
+@dataclass(frozen=True)
+class QualityDrop:
+    """Alert when a window's AUC is more than ``auc_drop`` below the version's reference AUC,
+    ``hysteresis.raise_after`` windows in a row; clear after ``clear_after`` windows without."""
+
+    reference: ReferenceAuc
+    auc_drop: float = 0.05
+    hysteresis: alerting.Hysteresis = alerting.Hysteresis()
 
 
 class QualityCore:
-    def __init__(self, *, windows: WindowSpec, sources: int) -> None:
+    def __init__(self, *, windows: WindowSpec, sources: int, drop: QualityDrop | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         _check(windows)
         self.windows = windows
         self.sources = sources      # join partitions: a window closes when all of them have passed it
+        self.drop, self.clock = drop, clock
 
     def apply(self, state: Mapping[str, Any] | None, source: int, op: Mapping[str, Any]
               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -203,7 +222,25 @@ class QualityCore:
         totals = quality.add_totals(st["totals"].get(key) or quality.empty_totals(), y, score, decision)
         st["totals"][key] = totals
         start = int(win["start"])
-        return {"model": win["model"], "version": win["version"], "variant": win["variant"],
-                "window_start": start, "window_end": self.windows.end(start),
-                "metrics": quality.binary_quality(y, score, decision),
-                "cumulative": quality.totals_quality(totals)}
+        result = {"model": win["model"], "version": win["version"], "variant": win["variant"],
+                  "window_start": start, "window_end": self.windows.end(start),
+                  "metrics": quality.binary_quality(y, score, decision),
+                  "cumulative": quality.totals_quality(totals), "alerts": []}
+        self._alert(st, key, result)
+        return result
+
+    def _alert(self, st: dict[str, Any], key: str, result: dict[str, Any]) -> None:
+        """Quality-drop hysteresis per model|version|variant (windows without an AUC do not count)."""
+        auc = result["metrics"]["auc"]
+        ref = self.drop.reference(result["model"], result["version"]) if self.drop else None
+        if self.drop is None or ref is None or math.isnan(auc):
+            return
+        new, transition = alerting.step(st["alerts"].get(key) or alerting.initial_state(),
+                                        auc < ref - self.drop.auc_drop, self.drop.hysteresis)
+        st["alerts"][key] = new
+        if transition is not None:
+            result["alerts"].append(alerting.alert_record(
+                model=result["model"], version=result["version"], feature=f"quality:{result['variant']}:auc",
+                statistic="auc_drop", value=ref - auc, threshold=self.drop.auc_drop,
+                window_start=result["window_start"], window_end=result["window_end"], state=transition,
+                raised_at=int(self.clock() * 1000)))

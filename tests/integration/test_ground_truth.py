@@ -36,6 +36,7 @@ SPAN_MS = 3 * WINDOW_MS
 LATENESS_MS = 100_000
 HORIZON_MS = 200_000
 ORPHANS = 10
+MODEL = "fraud-mlp"   # its demo registry entry v1 has a reference AUC (0.993): this stream (~0.85) drops
 
 
 def _events(seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -49,7 +50,7 @@ def _events(seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         canary = rng.random() < 0.25
         for variant, version, score in (("canary" if canary else "primary", "2" if canary else "1", base),
                                         ("shadow", "9", float(np.clip(base + rng.normal(0, 0.15), 0, 1)))):
-            preds.append({"event_id": eid, "key": key, "model": "fraud", "version": version, "variant": variant,
+            preds.append({"event_id": eid, "key": key, "model": MODEL, "version": version, "variant": variant,
                           "score": round(score, 3), "decision": score >= 0.5, "event_time": 1_000 + i,
                           "scored_at": 2_000 + i})
         if rng.random() >= 0.10:
@@ -70,7 +71,7 @@ def _expected(preds: list[dict[str, Any]], labels: list[dict[str, Any]]) -> dict
         if lab is None:
             continue
         start = lab["label_time"] - lab["label_time"] % WINDOW_MS
-        rows.setdefault(f"fraud:{p['version']}:{p['variant']}:{start}", []).append(
+        rows.setdefault(f"{MODEL}:{p['version']}:{p['variant']}:{start}", []).append(
             (p["score"], lab["label"], p["decision"]))
     out = {}
     for key, r in rows.items():
@@ -166,8 +167,12 @@ def test_quality_windows_equal_sklearn_across_a_kill(tmp_path: Path, bootstrap: 
         wait_for(lambda: {k: counts()[k] for k in want_counts} == want_counts, 60,
                  f"label counts {want_counts} (last {counts()})")
         assert len(labels) + 2 <= counts()["labels"] <= len(labels) + 17
-        latest = r.hgetall(keys.quality("fraud", "1", "primary"))
+        latest = r.hgetall(keys.quality(MODEL, "1", "primary"))
         assert latest["variant"] == "primary" and float(latest["cumulative_count"]) == sum(
-            w["count"] for k, w in want.items() if k.startswith("fraud:1:primary:"))
+            w["count"] for k, w in want.items() if k.startswith(f"{MODEL}:1:primary:"))
+        # quality drop: raised once, after k=2 windows, for the version with a reference AUC only
+        alerts = [f for _id, f in r.xrange(keys.alerts)]
+        assert [(a["model"], a["version"], a["feature"], a["state"], a["window_start"]) for a in alerts] == [
+            (MODEL, "1", "quality:primary:auc", "raised", str(WINDOW_MS))]
     finally:
         mon.stop()

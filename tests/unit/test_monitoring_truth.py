@@ -117,3 +117,21 @@ def test_demo_labels_follow_the_hidden_rule_with_dups_and_gaps() -> None:
     assert 0.04 < (len(ids) - len(set(ids))) / len(set(ids)) < 0.06   # ~5% twice
     assert ids != sorted(ids, key=lambda e: int(e.rsplit("-", 1)[1]))  # out of event order
     assert [r["label_time"] for r in recs] == sorted(r["label_time"] for r in recs)
+
+
+def test_quality_drop_alert_after_k_bad_windows_then_clears() -> None:
+    from monitoring.alerts import Hysteresis
+    from monitoring.truth_core import QualityDrop
+
+    q = QualityCore(windows=WindowSpec(size=W), sources=1,
+                    drop=QualityDrop(lambda m, v: 0.95, 0.05, Hysteresis(2, 1)), clock=lambda: 1.0)
+    st: dict[str, Any] | None = None
+    fired = []
+    for w, good in enumerate([True, False, False, False, True]):
+        rows = [(0.9, True), (0.1, False)] if good else [(0.1, True), (0.9, False)]
+        for i, (s, y) in enumerate(rows):
+            st, _ = q.apply(st, 0, {"op": "set", "key": "m|1|canary", "start": w * W, "eid": f"{w}-{i}",
+                                    "row": [s, y, s >= 0.5]})
+        st, res = q.apply(st, 0, {"op": "wm", "wm": (w + 1) * W})
+        fired += [(w, a["state"], a["feature"]) for r in res for a in r["alerts"]]
+    assert fired == [(2, "raised", "quality:canary:auc"), (4, "cleared", "quality:canary:auc")]
