@@ -1,4 +1,7 @@
-"""Ground truth, without Kafka or Redis, in two stages (both pure functions of state and input).
+"""Ground truth, without Kafka or Redis, in two stages (deterministic functions of state and input).
+
+The state passed in is updated in place and returned (it can hold thousands of pending events,
+so copying it per record would dominate the cost); a replay is detected before any change.
 
 1. ``JoinCore`` -- partitioned like the events (prediction and label topics are co-partitioned by
    the event key). Joins each label to the predictions of its event id and emits row operations:
@@ -28,7 +31,6 @@ Invariants:
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Mapping
@@ -79,7 +81,7 @@ class JoinCore:
         self.windows = windows
         self.horizon_ms = horizon_ms
 
-    def apply_prediction(self, state: Mapping[str, Any] | None, topic: str, offset: int, p: Prediction
+    def apply_prediction(self, state: dict[str, Any] | None, topic: str, offset: int, p: Prediction
                          ) -> tuple[dict[str, Any], list[Op]] | None:
         """The new state and the row operations to send; None for a replay."""
         st = self._begin(state, topic, offset)
@@ -92,7 +94,7 @@ class JoinCore:
         ops = [] if entry["label"] is None else self._join(st, p.event_id, key, entry)
         return st, ops
 
-    def apply_label(self, state: Mapping[str, Any] | None, topic: str, offset: int, lab: Label
+    def apply_label(self, state: dict[str, Any] | None, topic: str, offset: int, lab: Label
                     ) -> tuple[dict[str, Any], list[Op]] | None:
         st = self._begin(state, topic, offset)
         if st is None:
@@ -120,8 +122,8 @@ class JoinCore:
         return st, ops
 
     @staticmethod
-    def _begin(state: Mapping[str, Any] | None, topic: str, offset: int) -> dict[str, Any] | None:
-        st = copy.deepcopy(dict(state)) if state else join_state()
+    def _begin(state: dict[str, Any] | None, topic: str, offset: int) -> dict[str, Any] | None:
+        st = state if isinstance(state, dict) else join_state()
         if offset <= int(st["offsets"].get(topic, -1)):
             return None
         st["offsets"][topic] = offset
@@ -175,10 +177,10 @@ class QualityCore:
         self.sources = sources      # join partitions: a window closes when all of them have passed it
         self.drop, self.clock = drop, clock
 
-    def apply(self, state: Mapping[str, Any] | None, source: int, op: Mapping[str, Any]
+    def apply(self, state: dict[str, Any] | None, source: int, op: Mapping[str, Any]
               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The new state and the results of the windows this operation closed."""
-        st = copy.deepcopy(dict(state)) if state else quality_state()
+        st = state if isinstance(state, dict) else quality_state()
         if op["op"] == "wm":
             st["wms"][str(source)] = max(int(op["wm"]), int(st["wms"].get(str(source), op["wm"])))
             return st, self._close(st)
