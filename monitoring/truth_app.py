@@ -1,9 +1,9 @@
 """Ground truth in the side-stream monitor: config, record decoding and the Faust agent.
 
-Crash safety is the drift monitor's (``monitoring/monitor_app.py``): all of a partition's join
-state is one key of a changelog-backed Faust table (``truth-<name>-join``), with the last applied
-offset per topic inside it, so a SIGKILL + restart replays records after the committed offset
-and ``JoinCore`` skips the ones already applied. The join sends row operations to an internal
+Crash safety: the join state lives in a changelog-backed Faust table (``truth-<name>-join``), one
+key per pending event plus one meta key per partition holding the last applied offset per topic
+and naming the entries its record wrote (written first, completed after a crash), so a SIGKILL +
+restart replays records after the committed offset and ``JoinCore`` skips the ones already applied. The join sends row operations to an internal
 topic (``<app_id>-truth-<name>-rows``) read by the quality stage (table ``truth-<name>-quality``);
 they are idempotent, so replaying them is harmless. See ``monitoring/truth_core.py``.
 
@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.redis_state import RedisState
-from monitoring.truth_core import JoinCore, Label, Prediction, QualityCore, QualityDrop
+from monitoring.truth_core import JoinCore, Label, Prediction, QualityCore, QualityDrop, Store, write
 from monitoring.windows import WindowSpec
 from schemas.errors import ConfigError, DecodeError
 
@@ -183,7 +183,7 @@ class JoinHandler:
     Row operations are sent (and their delivery awaited) BEFORE the state holding the join is
     written: a crash in between replays the record, and the operations are idempotent."""
 
-    def __init__(self, cfg: GroundTruthConfig, core: JoinCore, table: Any, sink: RedisState,
+    def __init__(self, cfg: GroundTruthConfig, core: JoinCore, table: Store, sink: RedisState,
                  metrics: MonitorMetrics, decoder: RecordDecoder, retry: Retry, send: RowSender,
                  quality_parts: int) -> None:
         self.cfg, self.core, self.table, self.sink = cfg, core, table, sink
@@ -191,33 +191,31 @@ class JoinHandler:
         self.quality_parts = quality_parts
 
     async def handle(self, topic: str, partition: int, offset: int, value: bytes, timestamp_ms: int) -> None:
-        key = str(partition)
         try:
             rec = await asyncio.to_thread(self.decoder.decode, value)   # a registry lookup may wait out an outage
             if topic == self.cfg.labels.topic:
-                out = self.core.apply_label(self.table.get(key), topic, offset,
+                out = self.core.apply_label(self.table, partition, topic, offset,
                                             to_label(rec, self.cfg.labels, timestamp_ms))
             else:
                 pred = to_prediction(rec)
                 if pred is None:
                     return
-                out = self.core.apply_prediction(self.table.get(key), topic, offset, pred)
+                out = self.core.apply_prediction(self.table, partition, topic, offset, pred)
         except (DecodeError, KeyError, TypeError, ValueError) as exc:
             log.warning("skipping %s record at %s/%s: %s", self.cfg.name, partition, offset, exc)
             return
         if out is None:
             self.metrics.replayed.inc()
             return
-        state, ops = out
-        for op in ops:
+        for op in out.ops:
             if op["op"] == "wm":
                 for qp in range(self.quality_parts):
                     await self.send({**op, "src": partition}, qp)
             else:
                 await self.send({**op, "src": partition}, quality_partition(op["key"], self.quality_parts))
-        self.table[key] = state   # one changelog record carries the whole partition state
-        if any(op["op"] == "wm" for op in ops):
-            counts = dict(state["counts"])
+        write(self.table, out)   # a few small changelog records: the partition meta, then the event's entry
+        if any(op["op"] == "wm" for op in out.ops) and out.meta is not None:
+            counts = dict(out.meta["counts"])
             await self.retry(lambda: self.sink.write_label_counts(self.cfg.name, partition, counts))
             self.metrics.observe_labels(self.cfg.name, partition, counts)
 
@@ -225,18 +223,17 @@ class JoinHandler:
 class QualityHandler:
     """One row operation at a time: windows per model|version|variant, closed ones to Redis."""
 
-    def __init__(self, cfg: GroundTruthConfig, core: QualityCore, table: Any, sink: RedisState,
+    def __init__(self, cfg: GroundTruthConfig, core: QualityCore, table: Store, sink: RedisState,
                  metrics: MonitorMetrics, retry: Retry) -> None:
         self.cfg, self.core, self.table, self.sink, self.metrics, self.retry = cfg, core, table, sink, metrics, retry
 
     async def handle(self, partition: int, value: bytes) -> None:
-        key = str(partition)
         op = json.loads(value)
-        state, results = self.core.apply(self.table.get(key), int(op["src"]), op)
+        update, results = self.core.apply(self.table, partition, int(op["src"]), op)
         for result in results:      # Redis first (idempotent): a crash before the table write replays the close
             await self.retry(lambda: self.sink.write_quality(self.cfg.name, result))
             self.metrics.observe_quality(result)
-        self.table[key] = state
+        write(self.table, update)
 
 
 def check_partitions(cfg: GroundTruthConfig, parts: Mapping[str, int]) -> int:

@@ -1,25 +1,31 @@
-"""Ground truth, without Kafka or Redis, in two stages (deterministic functions of state and input).
+"""Ground truth, without Kafka or Redis, in two stages (deterministic functions of a key-value store and input).
 
-The state passed in is updated in place and returned (it can hold thousands of pending events,
-so copying it per record would dominate the cost); a replay is detected before any change.
+State lives in a key-value ``Store`` (a changelog-backed Faust table in the monitor) with one
+small key per event and per joined row, so a record reads and writes O(1) state (a horizon
+sweep and a window close scan the store, once per window step).
 
 1. ``JoinCore`` -- partitioned like the events (prediction and label topics are co-partitioned by
    the event key). Joins each label to the predictions of its event id and emits row operations:
    ``set`` / ``del`` of one joined row (event id -> [score, label, decision]) in the window of the
    label's time, keyed by model|version|variant, and ``wm`` (its label-time watermark) for every
-   quality partition. State per source partition::
+   quality partition. Keys per source partition ``p``::
 
-       {"offsets": {topic: last applied offset}, "wm": max label time (ms) or None, "sent": last broadcast step,
-        "pending": {event_id: {"t": earliest time seen, "label": {"y", "t"} | None,
-                               "preds": {"model|version|variant": [score, decision]}}},
-        "counts": {"labels", "duplicates", "orphans", "unlabelled", "late", "joined"}}
+       m|p       {"offsets": {topic: last applied offset}, "wm": max label time (ms) or None,
+                  "sent": last broadcast step, "counts": {...}, "last": {"put": {key: value}, "del": [key]}}
+       e|p|<id>  {"t": earliest time seen, "label": {"y", "t"} | None,
+                  "preds": {"model|version|variant": [score, decision]}}
 
-2. ``QualityCore`` -- partitioned by model|version|variant. Applies row operations to windows
-   and closes a window once every join partition's watermark has passed its end plus lateness.
-   State per partition: ``{"wms": {source partition: wm}, "windows": {"key|start": {..., "rows"}},
-   "totals": {key: quality totals of closed windows}, "late": rows for closed windows}``.
+2. ``QualityCore`` -- partitioned by model|version|variant. Keys per quality partition ``q``::
+
+       q|q                  {"wms": {source: wm}, "windows": {"key|start": {model, version, variant, start}},
+                             "totals": {key: totals of closed windows}, "late", "alerts", "gc": [key]}
+       r|q|<key|start>|<id>  [score, label, decision]
 
 Invariants:
+- Writes go in order to one changelog partition (``write``): the meta key first, then the keys
+  it names (``last`` / ``gc``). A crash leaves a prefix; a meta that reached the changelog is
+  completed from what it names before the next change (``settle``), one that did not leaves the
+  record unapplied (the join replays it; row operations are idempotent).
 - A record at or below its topic's applied offset is a replay: the join changes nothing.
 - Row operations are idempotent (set by event id, delete by event id, watermark by max), so
   re-sending them after a crash cannot double-count.
@@ -33,19 +39,58 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Callable
-
-from monitoring import alerts as alerting
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from monitoring import alerts as alerting
 from monitoring import quality
 from monitoring.windows import WindowSpec
 
 COUNTS = ("labels", "duplicates", "orphans", "unlabelled", "late", "joined")
 Op = dict[str, Any]
+
+
+class Store(Protocol):
+    """The key-value state (a Faust table): JSON values by string key."""
+
+    def get(self, key: str) -> Any: ...
+    def __setitem__(self, key: str, value: Any) -> None: ...
+    def __delitem__(self, key: str) -> None: ...
+    def items(self) -> Iterable[tuple[str, Any]]: ...
+
+
+@dataclass
+class Update:
+    """One record's changes: ``meta`` (None: unchanged) under ``meta_key``, then ``put`` and ``delete``."""
+
+    meta_key: str
+    meta: dict[str, Any] | None
+    put: dict[str, Any] = field(default_factory=dict)
+    delete: list[str] = field(default_factory=list)
+
+
+def write(store: Store, u: Update) -> None:
+    """Meta first: it names the other writes, so a crash after it is completed by ``settle``."""
+    if u.meta is not None:
+        store[u.meta_key] = u.meta
+    for key, value in u.put.items():
+        store[key] = value
+    for key in u.delete:
+        if store.get(key) is not None:
+            del store[key]
+
+
+def settle(store: Store, put: Mapping[str, Any], delete: Iterable[str]) -> None:
+    """Redo the writes a stored meta names (no-ops unless a crash cut them off)."""
+    for key, value in put.items():
+        if store.get(key) != value:
+            store[key] = value
+    for key in delete:
+        if store.get(key) is not None:
+            del store[key]
 
 
 @dataclass(frozen=True)
@@ -71,8 +116,14 @@ def _check(windows: WindowSpec) -> None:
         raise ValueError("quality windows are tumbling windows of label time")
 
 
-def join_state() -> dict[str, Any]:
-    return {"offsets": {}, "wm": None, "sent": None, "pending": {}, "counts": dict.fromkeys(COUNTS, 0)}
+def join_meta() -> dict[str, Any]:
+    return {"offsets": {}, "wm": None, "sent": None, "counts": dict.fromkeys(COUNTS, 0),
+            "last": {"put": {}, "del": []}}
+
+
+@dataclass
+class JoinUpdate(Update):
+    ops: list[Op] = field(default_factory=list)
 
 
 class JoinCore:
@@ -81,79 +132,100 @@ class JoinCore:
         self.windows = windows
         self.horizon_ms = horizon_ms
 
-    def apply_prediction(self, state: dict[str, Any] | None, topic: str, offset: int, p: Prediction
-                         ) -> tuple[dict[str, Any], list[Op]] | None:
-        """The new state and the row operations to send; None for a replay."""
-        st = self._begin(state, topic, offset)
-        if st is None:
-            return None
-        entry = st["pending"].setdefault(p.event_id, {"t": p.event_time, "label": None, "preds": {}})
-        entry["t"] = min(int(entry["t"]), p.event_time)
-        key = f"{p.model}|{p.version}|{p.variant}"
-        entry["preds"][key] = [p.score, p.decision]
-        ops = [] if entry["label"] is None else self._join(st, p.event_id, key, entry)
-        return st, ops
+    @staticmethod
+    def meta(store: Store, part: int) -> dict[str, Any]:
+        meta = store.get(f"m|{part}")
+        return meta if isinstance(meta, dict) else join_meta()
 
-    def apply_label(self, state: dict[str, Any] | None, topic: str, offset: int, lab: Label
-                    ) -> tuple[dict[str, Any], list[Op]] | None:
-        st = self._begin(state, topic, offset)
-        if st is None:
+    def apply_prediction(self, store: Store, part: int, topic: str, offset: int, p: Prediction) -> JoinUpdate | None:
+        """The changes to write and the row operations to send first; None for a replay."""
+        meta = self._begin(store, part, topic, offset)
+        if meta is None:
             return None
-        st["counts"]["labels"] += 1
-        entry = st["pending"].setdefault(lab.event_id, {"t": lab.time, "label": None, "preds": {}})
-        entry["t"] = min(int(entry["t"]), lab.time)
+        ekey = f"e|{part}|{p.event_id}"
+        old = store.get(ekey) or {"t": p.event_time, "label": None, "preds": {}}
+        key = f"{p.model}|{p.version}|{p.variant}"
+        entry = {"t": min(int(old["t"]), p.event_time), "label": old["label"],
+                 "preds": {**old["preds"], key: [p.score, p.decision]}}
+        ops = [] if entry["label"] is None else self._join(meta, p.event_id, key, entry)
+        return self._update(meta, part, {ekey: entry}, [], ops)
+
+    def apply_label(self, store: Store, part: int, topic: str, offset: int, lab: Label) -> JoinUpdate | None:
+        meta = self._begin(store, part, topic, offset)
+        if meta is None:
+            return None
+        meta["counts"]["labels"] += 1
+        ekey = f"e|{part}|{lab.event_id}"
+        old = store.get(ekey) or {"t": lab.time, "label": None, "preds": {}}
+        entry = {"t": min(int(old["t"]), lab.time), "label": {"y": lab.y, "t": lab.time}, "preds": old["preds"]}
         ops: list[Op] = []
-        old = entry["label"]
-        if old is not None:
-            st["counts"]["duplicates"] += 1
-            old_start = self.windows.assign(int(old["t"]))[0]
-            if self._closed(st, old_start):
-                return st, []      # its window's figures are final
+        if old["label"] is not None:
+            meta["counts"]["duplicates"] += 1
+            old_start = self.windows.assign(int(old["label"]["t"]))[0]
+            if self._closed(meta, old_start):
+                return self._update(meta, part, {}, [], [])     # its window's figures are final
             ops += [{"op": "del", "key": key, "start": old_start, "eid": lab.event_id} for key in entry["preds"]]
-        entry["label"] = {"y": lab.y, "t": lab.time}
         for key in entry["preds"]:
-            ops += self._join(st, lab.event_id, key, entry)
-        st["wm"] = lab.time if st["wm"] is None else max(int(st["wm"]), lab.time)
-        step = (int(st["wm"]) - self.windows.lateness) // self.windows.size
-        if step != st["sent"]:     # a window may close: tell the quality stage, sweep the horizon
-            st["sent"] = step
-            self._evict(st)
-            ops.append({"op": "wm", "wm": st["wm"]})
-        return st, ops
+            ops += self._join(meta, lab.event_id, key, entry)
+        meta["wm"] = lab.time if meta["wm"] is None else max(int(meta["wm"]), lab.time)
+        put, delete = {ekey: entry}, []
+        step = (int(meta["wm"]) - self.windows.lateness) // self.windows.size
+        if step != meta["sent"]:   # a window may close: tell the quality stage, sweep the horizon
+            meta["sent"] = step
+            delete = self._evict(store, meta, part, ekey, entry)
+            if ekey in delete:
+                put = {}
+            ops.append({"op": "wm", "wm": meta["wm"]})
+        return self._update(meta, part, put, delete, ops)
 
     @staticmethod
-    def _begin(state: dict[str, Any] | None, topic: str, offset: int) -> dict[str, Any] | None:
-        st = state if isinstance(state, dict) else join_state()
-        if offset <= int(st["offsets"].get(topic, -1)):
+    def _begin(store: Store, part: int, topic: str, offset: int) -> dict[str, Any] | None:
+        """A private copy of the partition's meta, settled; None for a replay."""
+        stored = JoinCore.meta(store, part)
+        settle(store, stored["last"]["put"], stored["last"]["del"])
+        if offset <= int(stored["offsets"].get(topic, -1)):
             return None
-        st["offsets"][topic] = offset
-        return st
+        return {**stored, "offsets": {**stored["offsets"], topic: offset}, "counts": dict(stored["counts"])}
 
-    def _closed(self, st: Mapping[str, Any], start: int) -> bool:
-        return st["wm"] is not None and self.windows.closable(start, int(st["wm"]))
+    @staticmethod
+    def _update(meta: dict[str, Any], part: int, put: dict[str, Any], delete: list[str], ops: list[Op]
+                ) -> JoinUpdate:
+        meta["last"] = {"put": put, "del": delete}
+        return JoinUpdate(f"m|{part}", meta, put, delete, ops)
 
-    def _join(self, st: dict[str, Any], event_id: str, key: str, entry: Mapping[str, Any]) -> list[Op]:
+    def _closed(self, meta: Mapping[str, Any], start: int) -> bool:
+        return meta["wm"] is not None and self.windows.closable(start, int(meta["wm"]))
+
+    def _join(self, meta: dict[str, Any], event_id: str, key: str, entry: Mapping[str, Any]) -> list[Op]:
         start = self.windows.assign(int(entry["label"]["t"]))[0]
-        if self._closed(st, start):
-            st["counts"]["late"] += 1
+        if self._closed(meta, start):
+            meta["counts"]["late"] += 1
             return []
-        st["counts"]["joined"] += 1
+        meta["counts"]["joined"] += 1
         score, decision = entry["preds"][key]
         return [{"op": "set", "key": key, "start": start, "eid": event_id,
                  "row": [score, bool(entry["label"]["y"]), bool(decision)]}]
 
-    def _evict(self, st: dict[str, Any]) -> None:
-        cutoff = int(st["wm"]) - self.horizon_ms
-        for eid in [e for e, entry in st["pending"].items() if int(entry["t"]) < cutoff]:
-            entry = st["pending"].pop(eid)
-            if not entry["preds"]:
-                st["counts"]["orphans"] += 1
-            elif entry["label"] is None:
-                st["counts"]["unlabelled"] += 1
+    def _evict(self, store: Store, meta: dict[str, Any], part: int, ekey: str, entry: Mapping[str, Any]
+               ) -> list[str]:
+        """Keys of this partition's entries past the horizon (``entry`` stands for ``ekey``), counted."""
+        cutoff = int(meta["wm"]) - self.horizon_ms
+        prefix = f"e|{part}|"
+        mine = ((k, v) for k, v in store.items() if k.startswith(prefix) and k != ekey)
+        gone = []
+        for key, value in [*mine, (ekey, entry)]:
+            if int(value["t"]) >= cutoff:
+                continue
+            gone.append(key)
+            if not value["preds"]:
+                meta["counts"]["orphans"] += 1
+            elif value["label"] is None:
+                meta["counts"]["unlabelled"] += 1
+        return gone
 
 
-def quality_state() -> dict[str, Any]:
-    return {"wms": {}, "windows": {}, "totals": {}, "late": 0, "alerts": {}}
+def quality_meta() -> dict[str, Any]:
+    return {"wms": {}, "windows": {}, "totals": {}, "late": 0, "alerts": {}, "gc": []}
 
 
 ReferenceAuc = Callable[[str, str], "float | None"]
@@ -177,69 +249,86 @@ class QualityCore:
         self.sources = sources      # join partitions: a window closes when all of them have passed it
         self.drop, self.clock = drop, clock
 
-    def apply(self, state: dict[str, Any] | None, source: int, op: Mapping[str, Any]
-              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The new state and the results of the windows this operation closed."""
-        st = state if isinstance(state, dict) else quality_state()
+    def apply(self, store: Store, part: int, source: int, op: Mapping[str, Any]
+              ) -> tuple[Update, list[dict[str, Any]]]:
+        """The changes to write and the results of the windows this operation closed (to publish first)."""
+        mkey = f"q|{part}"
+        stored = store.get(mkey)
+        meta: dict[str, Any] = stored if isinstance(stored, dict) else quality_meta()
         if op["op"] == "wm":
-            st["wms"][str(source)] = max(int(op["wm"]), int(st["wms"].get(str(source), op["wm"])))
-            return st, self._close(st)
+            return self._close(store, part, self._changed(store, meta, wms={
+                **meta["wms"], str(source): max(int(op["wm"]), int(meta["wms"].get(str(source), op["wm"])))}))
         start = int(op["start"])
-        wm = self._wm(st)
+        wm = self._wm(meta)
         if wm is not None and self.windows.closable(start, wm):
-            st["late"] += 1
-            return st, []
+            return Update(mkey, self._changed(store, meta, late=int(meta["late"]) + 1)), []
         wkey = f"{op['key']}|{start}"
+        rkey = f"r|{part}|{wkey}|{op['eid']}"
         if op["op"] == "del":
-            st["windows"].get(wkey, {}).get("rows", {}).pop(op["eid"], None)
-            return st, []
-        model, version, variant = str(op["key"]).split("|")
-        win = st["windows"].setdefault(wkey, {"model": model, "version": version, "variant": variant,
-                                              "start": start, "rows": {}})
-        win["rows"][op["eid"]] = list(op["row"])
-        return st, []
+            return Update(mkey, None, delete=[rkey]), []
+        new = None
+        if wkey not in meta["windows"]:
+            model, version, variant = str(op["key"]).split("|")
+            new = self._changed(store, meta, windows={
+                **meta["windows"], wkey: {"model": model, "version": version, "variant": variant, "start": start}})
+        return Update(mkey, new, put={rkey: list(op["row"])}), []
 
-    def _wm(self, st: Mapping[str, Any]) -> int | None:
-        wms = st["wms"]
+    @staticmethod
+    def _changed(store: Store, meta: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+        """A new meta: the deletes the old one names are settled first, so its ``gc`` can be dropped."""
+        settle(store, {}, meta["gc"])
+        return {**meta, "gc": [], **changes}
+
+    def _wm(self, meta: Mapping[str, Any]) -> int | None:
+        wms = meta["wms"]
         return min(int(v) for v in wms.values()) if len(wms) >= self.sources else None
 
-    def _close(self, st: dict[str, Any]) -> list[dict[str, Any]]:
-        wm = self._wm(st)
-        if wm is None:
-            return []
-        results = []
-        for wkey in sorted(st["windows"], key=lambda k: (st["windows"][k]["start"], k)):
-            win = st["windows"][wkey]
-            if self.windows.closable(int(win["start"]), wm):
-                del st["windows"][wkey]
-                results.append(self._result(st, win))
-        return results
+    def _close(self, store: Store, part: int, meta: dict[str, Any]) -> tuple[Update, list[dict[str, Any]]]:
+        mkey = f"q|{part}"
+        wm = self._wm(meta)
+        closing = {w: info for w, info in meta["windows"].items()
+                   if wm is not None and self.windows.closable(int(info["start"]), wm)}
+        if not closing:
+            return Update(mkey, meta), []
+        rows: dict[str, dict[str, Any]] = {w: {} for w in closing}
+        prefix = f"r|{part}|"
+        for key, row in store.items():      # one scan per closing step, not per row
+            if key.startswith(prefix):
+                wkey, _, eid = key[len(prefix):].rpartition("|")
+                if wkey in rows:
+                    rows[wkey][eid] = row
+        meta = {**meta, "windows": {w: i for w, i in meta["windows"].items() if w not in closing},
+                "totals": dict(meta["totals"]), "alerts": dict(meta["alerts"])}
+        results = [self._result(meta, closing[w], rows[w])
+                   for w in sorted(closing, key=lambda k: (closing[k]["start"], k))]
+        meta["gc"] = [f"{prefix}{w}|{eid}" for w in closing for eid in rows[w]]
+        return Update(mkey, meta, delete=meta["gc"]), results
 
-    def _result(self, st: dict[str, Any], win: Mapping[str, Any]) -> dict[str, Any]:
+    def _result(self, meta: dict[str, Any], win: Mapping[str, Any], by_eid: Mapping[str, Any]) -> dict[str, Any]:
         key = f"{win['model']}|{win['version']}|{win['variant']}"
-        rows = [win["rows"][eid] for eid in sorted(win["rows"])]
+        rows = [by_eid[eid] for eid in sorted(by_eid)]
         score = np.array([r[0] for r in rows], dtype=np.float64)
         y = np.array([r[1] for r in rows], dtype=bool)
         decision = np.array([r[2] for r in rows], dtype=bool)
-        totals = quality.add_totals(st["totals"].get(key) or quality.empty_totals(), y, score, decision)
-        st["totals"][key] = totals
+        totals = quality.add_totals(meta["totals"].get(key) or quality.empty_totals(), y, score, decision)
+        meta["totals"][key] = totals
         start = int(win["start"])
         result = {"model": win["model"], "version": win["version"], "variant": win["variant"],
                   "window_start": start, "window_end": self.windows.end(start),
                   "metrics": quality.binary_quality(y, score, decision),
                   "cumulative": quality.totals_quality(totals), "alerts": []}
-        self._alert(st, key, result)
+        self._alert(meta, key, result)
         return result
 
-    def _alert(self, st: dict[str, Any], key: str, result: dict[str, Any]) -> None:
+    def _alert(self, meta: dict[str, Any], key: str, result: dict[str, Any]) -> None:
         """Quality-drop hysteresis per model|version|variant (windows without an AUC do not count)."""
         auc = result["metrics"]["auc"]
         ref = self.drop.reference(result["model"], result["version"]) if self.drop else None
         if self.drop is None or ref is None or math.isnan(auc):
             return
-        new, transition = alerting.step(st["alerts"].get(key) or alerting.initial_state(),
+        new, transition = alerting.step(meta["alerts"].get(key) or alerting.initial_state(),
                                         auc < ref - self.drop.auc_drop, self.drop.hysteresis)
-        st["alerts"][key] = new
+        meta["alerts"][key] = new
         if transition is not None:
             result["alerts"].append(alerting.alert_record(
                 model=result["model"], version=result["version"], feature=f"quality:{result['variant']}:auc",

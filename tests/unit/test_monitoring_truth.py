@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 
 from monitoring import quality
-from monitoring.truth_core import JoinCore, Label, Prediction, QualityCore
+from monitoring.truth_core import JoinCore, Label, Prediction, QualityCore, write
 from monitoring.windows import WindowSpec
 
 W = 1000
@@ -23,30 +24,41 @@ def _pred(eid: str, score: float, variant: str = "primary") -> Prediction:
 
 
 class Feed:
+    """The join and the quality stage over dict stores (a Faust table is a changelog-backed dict)."""
+
     def __init__(self) -> None:
-        self.core, self.state, self.off = _core(), None, 0
+        self.core, self.store, self.off = _core(), {}, 0
         self.quality = QualityCore(windows=WindowSpec(size=W), sources=1)
-        self.qstate: dict[str, Any] | None = None
+        self.qstore: dict[str, Any] = {}
         self.results: list[dict[str, Any]] = []
+
+    def quality_windows(self) -> list[str]:
+        """Open windows and the row keys left in the quality store."""
+        return [*self.qstore["q|0"]["windows"], *(k for k in self.qstore if k.startswith("r|"))]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(JoinCore.meta(self.store, 0)["counts"])
 
     def _ops(self, ops: list[dict[str, Any]]) -> None:
         for op in ops + ops:            # every operation twice: they are idempotent
-            self.qstate, res = self.quality.apply(self.qstate, 0, op)
+            update, res = self.quality.apply(self.qstore, 0, 0, op)
+            write(self.qstore, update)
             self.results += res
 
     def pred(self, p: Prediction) -> None:
         self.off += 1
-        out = self.core.apply_prediction(self.state, "p", self.off, p)
+        out = self.core.apply_prediction(self.store, 0, "p", self.off, p)
         assert out is not None
-        self.state, ops = out
-        self._ops(ops)
+        self._ops(out.ops)
+        write(self.store, out)
 
     def label(self, eid: str, y: bool, t: int) -> None:
         self.off += 1
-        out = self.core.apply_label(self.state, "l", self.off, Label(eid, y, t))
+        out = self.core.apply_label(self.store, 0, "l", self.off, Label(eid, y, t))
         assert out is not None
-        self.state, ops = out
-        self._ops(ops)
+        self._ops(out.ops)
+        write(self.store, out)
 
 
 def test_join_label_first_duplicates_last_win_and_orphans() -> None:
@@ -61,8 +73,7 @@ def test_join_label_first_duplicates_last_win_and_orphans() -> None:
     f.label("c", False, 40)
     f.label("zz", True, 50)                 # never predicted
     f.label("x", False, 3 * W)              # closes window 0
-    assert f.state is not None
-    assert f.state["counts"]["duplicates"] == 1 and f.state["counts"]["orphans"] == 0
+    assert f.counts["duplicates"] == 1 and f.counts["orphans"] == 0
     by_variant = {r["variant"]: r for r in f.results}
     m = by_variant["primary"]["metrics"]
     want = quality.binary_quality(np.array([True, False, False]), np.array([0.9, 0.3, 0.6]),
@@ -70,19 +81,21 @@ def test_join_label_first_duplicates_last_win_and_orphans() -> None:
     assert m == want
     assert by_variant["shadow"]["metrics"]["count"] == 1
     f.label("a", False, 3 * W + 1)          # duplicate of a closed window: counted, dropped
-    assert f.state["counts"]["duplicates"] == 2 and f.qstate is not None and f.qstate["windows"] == {}
+    assert f.counts["duplicates"] == 2 and f.quality_windows() == []
     f.label("y", False, 12 * W)             # the horizon passes "zz": orphaned
-    assert f.state["counts"]["orphans"] == 1
+    assert f.counts["orphans"] == 1
 
 
 def test_replay_changes_nothing() -> None:
-    core = _core()
-    first = core.apply_prediction(None, "p", 5, _pred("a", 0.9))
+    core, store = _core(), {}
+    first = core.apply_prediction(store, 0, "p", 5, _pred("a", 0.9))
     assert first is not None
-    st = first[0]
-    assert core.apply_prediction(st, "p", 5, _pred("a", 0.1)) is None
-    out = core.apply_label(st, "l", 0, Label("a", True, 1))
-    assert out is not None and core.apply_label(out[0], "l", 0, Label("a", True, 1)) is None
+    write(store, first)
+    assert core.apply_prediction(store, 0, "p", 5, _pred("a", 0.1)) is None
+    out = core.apply_label(store, 0, "l", 0, Label("a", True, 1))
+    assert out is not None
+    write(store, out)
+    assert core.apply_label(store, 0, "l", 0, Label("a", True, 1)) is None
 
 
 def test_prediction_after_its_window_closed_is_late() -> None:
@@ -90,15 +103,17 @@ def test_prediction_after_its_window_closed_is_late() -> None:
     f.label("a", True, 10)
     f.label("b", True, 3 * W)
     f.pred(_pred("a", 0.9))
-    assert f.state is not None and f.state["counts"]["late"] == 1
+    assert f.counts["late"] == 1
 
 
 def test_quality_waits_for_every_source_watermark() -> None:
-    q = QualityCore(windows=WindowSpec(size=W), sources=2)
-    st, _ = q.apply(None, 0, {"op": "set", "key": "m|1|primary", "start": 0, "eid": "a", "row": [0.9, True, True]})
-    st, res = q.apply(st, 0, {"op": "wm", "wm": 5 * W})
-    assert res == []
-    st, res = q.apply(st, 1, {"op": "wm", "wm": W})
+    q, store = QualityCore(windows=WindowSpec(size=W), sources=2), {}
+    res = []
+    for src, op in [(0, {"op": "set", "key": "m|1|primary", "start": 0, "eid": "a", "row": [0.9, True, True]}),
+                    (0, {"op": "wm", "wm": 5 * W}), (1, {"op": "wm", "wm": W})]:
+        assert res == []
+        update, res = q.apply(store, 0, src, op)
+        write(store, update)
     assert [r["metrics"]["count"] for r in res] == [1]
 
 
@@ -125,13 +140,94 @@ def test_quality_drop_alert_after_k_bad_windows_then_clears() -> None:
 
     q = QualityCore(windows=WindowSpec(size=W), sources=1,
                     drop=QualityDrop(lambda m, v: 0.95, 0.05, Hysteresis(2, 1)), clock=lambda: 1.0)
-    st: dict[str, Any] | None = None
+    store: dict[str, Any] = {}
     fired = []
     for w, good in enumerate([True, False, False, False, True]):
         rows = [(0.9, True), (0.1, False)] if good else [(0.1, True), (0.9, False)]
         for i, (s, y) in enumerate(rows):
-            st, _ = q.apply(st, 0, {"op": "set", "key": "m|1|canary", "start": w * W, "eid": f"{w}-{i}",
-                                    "row": [s, y, s >= 0.5]})
-        st, res = q.apply(st, 0, {"op": "wm", "wm": (w + 1) * W})
+            update, _ = q.apply(store, 0, 0, {"op": "set", "key": "m|1|canary", "start": w * W,
+                                              "eid": f"{w}-{i}", "row": [s, y, s >= 0.5]})
+            write(store, update)
+        update, res = q.apply(store, 0, 0, {"op": "wm", "wm": (w + 1) * W})
+        write(store, update)
         fired += [(w, a["state"], a["feature"]) for r in res for a in r["alerts"]]
     assert fired == [(2, "raised", "quality:canary:auc"), (4, "cleared", "quality:canary:auc")]
+
+
+class Changelog(dict[str, Any]):
+    """A dict store logging every write in order, JSON-encoded, as a Faust table's changelog does."""
+
+    def __init__(self, log: list[tuple[str, str | None]] | None = None) -> None:
+        super().__init__()
+        self.log: list[tuple[str, str | None]] = []
+        for key, value in log or []:
+            if value is None:
+                self.pop(key, None)
+            else:
+                self[key] = json.loads(value)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.log.append((key, json.dumps(value)))
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.log.append((key, None))
+        super().__delitem__(key)
+
+
+def _records(seed: int) -> list[tuple[str, int, Prediction | Label]]:
+    """Predictions and labels interleaved: labels first or after, 20% twice, some never, orphans."""
+    rng = np.random.default_rng(seed)
+    recs: list[tuple[str, int, Prediction | Label]] = []
+    for i in range(60):
+        score = float(rng.random())
+        recs.append(("p", int(rng.integers(0, 10_000)), _pred(f"e{i}", score)))
+        recs.append(("p", int(rng.integers(0, 10_000)), _pred(f"e{i}", 1 - score, "shadow")))
+        for _ in range(int(rng.random() < 0.9) + int(rng.random() < 0.2)):
+            recs.append(("l", int(rng.integers(0, 10_000)), Label(f"e{i}", bool(rng.random() < 0.4),
+                                                                   int(rng.integers(0, 6 * W)))))
+    recs += [("l", int(rng.integers(0, 10_000)), Label(f"orphan{j}", True, j * W)) for j in range(3)]
+    recs.sort(key=lambda r: r[1])
+    return [*recs, ("l", 10_000, Label("end", False, 40 * W))]
+
+
+def test_a_crash_after_any_changelog_prefix_ends_with_the_same_windows() -> None:
+    """Restore the join store from every prefix of its changelog, replay from a committed offset at or
+    before the last fully written record: the windows and the counts equal an uninterrupted run's."""
+    spec = WindowSpec(size=W, lateness=6 * W)
+    core, quality = JoinCore(windows=spec, horizon_ms=10 * W), QualityCore(windows=spec, sources=1)
+    recs = _records(seed=11)
+
+    def run(store: Changelog, start: int, stop: int | None = None) -> tuple[list[list[dict[str, Any]]], list[int]]:
+        ops, ends = [], []
+        for off, (kind, _t, rec) in list(enumerate(recs))[start:stop]:
+            out = (core.apply_prediction(store, 0, "p", off, rec) if isinstance(rec, Prediction)
+                   else core.apply_label(store, 0, "l", off, rec))
+            ops.append(out.ops if out is not None else [])
+            if out is not None:
+                write(store, out)
+            ends.append(len(store.log))
+        return ops, ends
+
+    def windows(ops: list[list[dict[str, Any]]]) -> dict[tuple[str, int], str]:
+        qstore: dict[str, Any] = {}
+        out = {}
+        for op in [o for batch in ops for o in batch]:
+            update, res = quality.apply(qstore, 0, 0, op)
+            write(qstore, update)
+            out |= {(r["variant"], r["window_start"]): json.dumps(r["metrics"], sort_keys=True) for r in res}
+        return out
+
+    full = Changelog()
+    ops, ends = run(full, 0)
+    want, want_counts = windows(ops), JoinCore.meta(full, 0)["counts"]
+    assert len(want) == 12 and want_counts["duplicates"] > 0 and want_counts["orphans"] == 3
+    assert want_counts["unlabelled"] > 0 and want_counts["late"] == 0
+    for cut in range(len(full.log) + 1):
+        done = sum(1 for e in ends if e <= cut)              # records whose writes all reached the changelog
+        crashed = min(done, len(recs) - 1)                  # the record being written (its ops were sent)
+        for committed in {max(done - 3, 0), done}:
+            store = Changelog(full.log[:cut])
+            again, _ = run(store, committed)
+            assert windows(ops[:crashed + 1] + again) == want, (cut, committed)
+            assert JoinCore.meta(store, 0)["counts"] == want_counts, (cut, committed)
