@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Awaitable, Callable, Literal, Protocol
 
 import faust
@@ -169,7 +169,8 @@ Retry = Callable[[Callable[[], object]], Awaitable[None]]
 
 
 class RowSender(Protocol):
-    async def __call__(self, op: Mapping[str, Any], partition: int) -> None: ...
+    async def __call__(self, ops: Sequence[tuple[Mapping[str, Any], int]]) -> None:
+        """Send every (operation, quality partition) and return once all are delivered."""
 
 
 def quality_partition(key: str, parts: int) -> int:
@@ -207,12 +208,10 @@ class JoinHandler:
         if out is None:
             self.metrics.replayed.inc()
             return
-        for op in out.ops:
-            if op["op"] == "wm":
-                for qp in range(self.quality_parts):
-                    await self.send({**op, "src": partition}, qp)
-            else:
-                await self.send({**op, "src": partition}, quality_partition(op["key"], self.quality_parts))
+        sends = [({**op, "src": partition}, qp) for op in out.ops for qp in (
+            range(self.quality_parts) if op["op"] == "wm" else [quality_partition(op["key"], self.quality_parts)])]
+        if sends:
+            await self.send(sends)   # one delivery wait per record, not per operation
         write(self.table, out)   # a few small changelog records: the partition meta, then the event's entry
         if any(op["op"] == "wm" for op in out.ops) and out.meta is not None:
             counts = dict(out.meta["counts"])
@@ -252,10 +251,10 @@ def add_ground_truth(app: faust.App, gt: GroundTruthConfig, parts: int, *, sink:
     windows = WindowSpec(size=gt.window_ms, lateness=gt.lateness_ms)
     rows = app.topic(gt.rows_topic(app.conf.id), value_serializer="raw", key_serializer="raw", partitions=parts)
 
-    async def send(op: Mapping[str, Any], partition: int) -> None:
-        fut = await rows.send(key=str(op.get("key", "")).encode(), value=json.dumps(op).encode(),
-                              partition=partition, force=True)
-        await fut   # delivered before the join state that caused it is written
+    async def send(ops: Sequence[tuple[Mapping[str, Any], int]]) -> None:
+        futs = [await rows.send(key=str(op.get("key", "")).encode(), value=json.dumps(op).encode(),
+                                partition=partition, force=True) for op, partition in ops]
+        await asyncio.gather(*futs)   # delivered before the join state that caused them is written
 
     joiner = JoinHandler(gt, JoinCore(windows=windows, horizon_ms=gt.labels.horizon),
                          app.Table(gt.join_table(), default=None, partitions=parts), sink, metrics, decoder, retry,
