@@ -139,7 +139,9 @@ def test_quality_windows_equal_sklearn_across_a_kill(tmp_path: Path, bootstrap: 
             assert mon.proc.poll() is None, f"monitor exited:\n{mon.output()}"
             return (sum(committed(bootstrap, app_id, pred_topic, 2).values()) >= len(preds)
                     and sum(committed(bootstrap, app_id, label_topic, 2).values()) >= len(labels))
-        wait_for(consumed, 180, "the restarted monitor to consume every prediction and label")
+        # the restart: start (~2 s), rejoin once the killed member's session expires (<= 10 s),
+        # changelog recovery, then a broker round trip per labelled record; generous for a busy machine
+        wait_for(consumed, 300, "the restarted monitor to consume every prediction and label")
         close = LATENESS_MS + HORIZON_MS + 10 * WINDOW_MS             # closes every window on both partitions
         _produce(bootstrap, label_topic, [(f"acct-{k}", json.dumps({"event_id": f"end{k}", "label": False,
                                                                      "label_time": close}).encode())
