@@ -3,9 +3,10 @@
 Crash safety: the join state lives in a changelog-backed Faust table (``truth-<name>-join``), one
 key per pending event plus one meta key per partition holding the last applied offset per topic
 and naming the entries its record wrote (written first, completed after a crash), so a SIGKILL +
-restart replays records after the committed offset and ``JoinCore`` skips the ones already applied. The join sends row operations to an internal
-topic (``<app_id>-truth-<name>-rows``) read by the quality stage (table ``truth-<name>-quality``);
-they are idempotent, so replaying them is harmless. See ``monitoring/truth_core.py``.
+restart replays records after the committed offset and ``JoinCore`` skips the ones already
+applied. The join sends row operations to an internal topic (``<app_id>-truth-<name>-rows``)
+read by the quality stage (table ``truth-<name>-quality``, one key per joined row); they are
+idempotent, so replaying them is harmless. See ``monitoring/truth_core.py``.
 
 Co-partitioning: labels must be keyed like the scored events (the prediction's ``key``) and
 every topic of one entry must have the same number of partitions, so an event's label and its

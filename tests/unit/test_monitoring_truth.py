@@ -268,3 +268,44 @@ def test_the_quality_stage_restored_from_any_changelog_prefix_ends_with_the_same
             again, _ = run(store, ops[committed:])
             assert published | {k: v for r in again for k, v in r.items()} == want, (cut, committed)
             assert not [k for k in store if k.startswith("r|")], (cut, committed)
+
+
+def test_join_handler_delivers_a_records_operations_before_writing_its_state() -> None:
+    import asyncio
+    from collections.abc import Mapping, Sequence
+
+    from prometheus_client import CollectorRegistry
+
+    from monitoring.monitor_metrics import MonitorMetrics
+    from monitoring.truth_app import GroundTruthConfig, JoinHandler, LabelsConfig, RecordDecoder
+
+    cfg = GroundTruthConfig(name="t", predictions=["preds"], labels=LabelsConfig(topic="labels"), window_ms=W)
+    table = Changelog()
+    sent: list[tuple[int, str, int]] = []      # (table writes so far, op, quality partition)
+
+    async def send(ops: Sequence[tuple[Mapping[str, Any], int]]) -> None:
+        sent.extend((len(table.log), op["op"], qp) for op, qp in ops)
+
+    class Sink:
+        def write_label_counts(self, pipeline: str, partition: int, counts: Mapping[str, int]) -> None:
+            pass
+
+    async def retry(fn: Any) -> None:
+        fn()
+
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry)
+    h = JoinHandler(cfg, _core(), table, Sink(), metrics,  # type: ignore[arg-type]
+                    RecordDecoder(None), retry, send, quality_parts=3)
+    pred = {"event_id": "a", "model": "m", "version": "1", "variant": "primary", "score": 0.9, "decision": True,
+            "event_time": 0}
+
+    async def feed() -> None:
+        await h.handle("preds", 0, 0, json.dumps(pred).encode(), 0)
+        await h.handle("labels", 0, 0, json.dumps({"event_id": "a", "label": True, "label_time": 5}).encode(), 0)
+        await h.handle("labels", 0, 0, json.dumps({"event_id": "a", "label": False, "label_time": 5}).encode(), 0)
+
+    asyncio.run(feed())
+    assert [(n, op) for n, op, _qp in sent if op == "set"] == [(2, "set")]     # before the label's writes
+    assert sorted(qp for _n, op, qp in sent if op == "wm") == [0, 1, 2]         # the watermark to every partition
+    assert registry.get_sample_value("streamscore_monitor_replayed_records_total") == 1   # the third: a replay
