@@ -25,7 +25,7 @@ from schemas.codec.vec import PAD, Buffer, uvarint_size, write_uvarint, zigzag_e
 from schemas.columns import BytesColumn, Column, DecodedBatch, RaggedColumn, StrColumn, concat, take
 from schemas.errors import DecodeError, RecordValidationError, SchemaError, UnknownSchemaError, WireFormatError
 from schemas.registry import parse_schema
-from schemas.wire import HEADER_SIZE
+from schemas.wire import HEADER_SIZE, header_error
 
 __all__ = [
     "BatchDecoder",
@@ -41,6 +41,13 @@ __all__ = [
 
 Engine = Literal["auto", "numpy", "fastavro"]
 log = logging.getLogger(__name__)
+
+
+def _not_framed(value: bytes | None) -> WireFormatError:
+    """Why a value the vectorised header check rejected is not wire format (wire.py's wording)."""
+    err = header_error(value)
+    assert err is not None, "the header check and wire.header_error disagree"
+    return err
 
 
 class SchemaSource(Protocol):
@@ -158,7 +165,7 @@ class BatchDecoder:
         ids = ((buf.words(head) >> np.uint64(8)) & np.uint64(0xFFFFFFFF)).astype(np.uint32).byteswap().astype(np.int64)
         if not framed.all():
             for i in np.flatnonzero(~framed).tolist():
-                errors.append((i, self._wire_error(values[i])))
+                errors.append((i, _not_framed(values[i])))
         results: list[tuple[np.ndarray, dict[str, Column], dict[str, np.ndarray]]] = []
         good_rows = np.flatnonzero(framed)
         uniq = np.unique(ids[good_rows]) if good_rows.size else np.empty(0, np.int64)
@@ -180,21 +187,13 @@ class BatchDecoder:
                 results.append((rows[local_ok], cols, nulls))
         return self._finish(results, errors, ids, values)
 
-    @staticmethod
-    def _wire_error(value: bytes | None) -> WireFormatError:
-        if not value:
-            return WireFormatError("empty message value", raw=value)
-        if len(value) < HEADER_SIZE:
-            return WireFormatError(f"value is {len(value)} bytes, shorter than the 5-byte header", raw=value)
-        return WireFormatError(f"bad magic byte {value[0]}", raw=value)
-
     def _decode_json(self, values: Sequence[bytes | None]) -> DecodedBatch:
         errors: list[tuple[int, DecodeError]] = []
         parsed: list[Any] = []
         index: list[int] = []
         for i, v in enumerate(values):
             if not v:
-                errors.append((i, WireFormatError("empty message value", raw=v)))
+                errors.append((i, _not_framed(v)))
                 continue
             try:
                 parsed.append(flatten_record(json.loads(v), self._inlined))
