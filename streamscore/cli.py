@@ -157,7 +157,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         to_topic=args.to_topic, to_file=Path(args.to_file) if args.to_file else None,
         input_file=Path(args.input_file) if args.input_file else None, resume=args.resume,
         state_dir=Path(args.state_dir) if args.state_dir else None, pipeline=args.pipeline,
-        max_rate=args.max_rate, progress=None if args.quiet else terminal_progress())
+        max_rate=args.max_rate, progress=None if args.quiet else terminal_progress(), compare=args.compare)
+    compare_out = Path(args.compare_out) if args.compare_out else None
+    if compare_out is not None and not args.compare:
+        raise ConfigError("--compare-out: only with --compare")
     quiet_gc()
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -166,6 +169,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if res.compare is not None:
+        from streamscore.backfill.compare import summary_lines
+
+        print("\n".join(summary_lines(res.compare)), file=sys.stderr, flush=True)
+        if compare_out is not None:
+            compare_out.write_text(json.dumps(res.compare, indent=2) + "\n")
     print(json.dumps(res.to_dict()), flush=True)
     if not res.complete:
         print("streamscore: backfill interrupted; run the same command with --resume to continue", file=sys.stderr)
@@ -467,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--state-dir", default=None, help="checkpoint directory (default: OUT.parquet.backfill or .backfill-TOPIC)")
     bf.add_argument("--pipeline", default=None, help="which pipeline of the file (default: the first scoring one)")
     bf.add_argument("--max-rate", type=float, default=None, help="events/s ceiling (default: flat out)")
+    bf.add_argument("--compare", action="store_true",
+                    help="also score with the production version and compare it with --model (the candidate)")
+    bf.add_argument("--compare-out", default=None, help="write the --compare report to this JSON file")
     bf.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     bf.set_defaults(fn=cmd_backfill)
 
