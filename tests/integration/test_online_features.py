@@ -117,3 +117,46 @@ def test_lookups_match_offline_scores_and_survive_a_redis_kill(tmp_path: Path, b
     assert np.abs(served - x).max() <= 1e-6
     missing = sum(a not in store for a in cols["account_id"].tolist())
     assert 0 < missing < N                                   # defaults were used, and looked-up values too
+
+
+def test_on_missing_dead_letter_sends_exactly_the_events_without_an_entry(tmp_path: Path, bootstrap: str,
+                                                                            names: Any, topics: Any) -> None:
+    import redis
+
+    n = 3000
+    t_in, t_out = names("t-online-dl"), names("t-online-dl-out")
+    topics({t_in: 2, t_out: 2, f"{t_in}.dlq": 2})
+    model = write_linear_onnx(tmp_path / "m.onnx", W)
+    ModelRegistry(tmp_path / "registry").register("online", model, format="onnx",
+                                                  input_spec=InputSpec.from_dict({"features": FEATURES}),
+                                                  output_spec={}, stage="production")
+    cols = generate(n, seed=SEED + 1)
+    store = _account_features(sorted(set(cols["account_id"].tolist())))
+    server = start_redis(tmp_path / "redis")
+    r = redis.Redis.from_url(server.url)
+    for a, feats in store.items():
+        r.hset(f"acct:{a}", mapping=feats)
+    lookup = {"name": "acct", "redis": {"url": server.url, "key": "acct:{account_id}", "fields": ["limit", "risk"]},
+              "on_missing": "dead_letter"}
+    pipeline = {"name": "online", "input": {"topic": t_in}, "model": {"name": "online"}, "output": {"topic": t_out},
+                "telemetry": {"enabled": False}, "lookups": [lookup]}
+    cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g-online-dl"), [pipeline],
+                       registry=str(tmp_path / "registry"))
+    absent = {e for e, a in zip(cols["event_id"].tolist(), cols["account_id"].tolist()) if a not in store}
+    assert 0 < len(absent) < n
+    scorer = ScorerProcess(cfg, tmp_path / "scorer.log")
+    try:
+        produce_events({"bootstrap.servers": bootstrap}, t_in, n, seed=SEED + 1)
+        out = read_all(bootstrap, t_out, expect=n - len(absent), timeout=180, idle=2.0, alive=scorer)
+        dlq = read_all(bootstrap, f"{t_in}.dlq", expect=len(absent), timeout=60, idle=2.0, alive=scorer)
+        assert scorer.terminate() == 0, scorer.output()[-3000:]
+    finally:
+        scorer.close()
+        server.stop()
+    from tests.integration.helpers import decode_transaction
+
+    assert {decode_transaction(m.value())["event_id"] for m in dlq} == absent and len(dlq) == len(absent)
+    assert {dict(m.headers())["error.class"] for m in dlq} == {b"lookup_missing"}
+    schema = fastavro.parse_schema(output_schema(prediction_fields(), []))
+    scored = {fastavro.schemaless_reader(io.BytesIO(m.value()[5:]), schema)["event_id"] for m in out}
+    assert scored == set(cols["event_id"].tolist()) - absent and len(out) == n - len(absent)
