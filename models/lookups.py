@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 FieldKind = Literal["float", "string"]
 OnMissing = Literal["default", "dead_letter"]
 TS_FIELD = "_ts"
+Row = tuple[Any, ...]     # a key's parsed values, its _ts and whether its hash exists (Lookup._row)
 
 
 class HashStore(Protocol):
@@ -86,13 +87,13 @@ class _Cache:
 
     ttl_s: float
     max_keys: int
-    entries: dict[str, tuple[float, list[bytes | None]]] = field(default_factory=dict)
+    entries: dict[str, tuple[float, Row]] = field(default_factory=dict)
 
-    def get(self, key: str, now: float) -> list[bytes | None] | None:
+    def get(self, key: str, now: float) -> Row | None:
         hit = self.entries.get(key)
         return hit[1] if hit is not None and now - hit[0] < self.ttl_s else None
 
-    def put(self, keys: Sequence[str], values: Sequence[list[bytes | None]], now: float) -> None:
+    def put(self, keys: Sequence[str], values: Sequence[Row], now: float) -> None:
         if self.ttl_s <= 0:
             return
         for k, v in zip(keys, values):
@@ -128,6 +129,7 @@ class Lookup:
         self._cache = _Cache(spec.cache_ttl_s, spec.cache_max_keys)
         self._hmget = [f for f, _ in spec.fields] + [TS_FIELD]
         self._last_fetched = 0
+        self._affixes = (spec.key[:spec.key.index("{")], spec.key[spec.key.index("}") + 1:])
 
     def join(self, columns: Mapping[str, Any], nulls: Mapping[str, np.ndarray],
              symbols: Mapping[str, Sequence[str]], n: int) -> Joined:
@@ -141,25 +143,33 @@ class Lookup:
             codes = np.where(null, -1, codes)
         valid = codes >= 0
         used, inv = np.unique(codes[valid], return_inverse=True)   # the key values this batch has
-        keys = [spec.key.replace("{" + spec.key_field + "}", uniques[u]) for u in used.tolist()]
+        prefix, suffix = self._affixes
+        keys = [prefix + uniques[u] + suffix for u in used.tolist()]
         codes = np.full(n, len(keys), np.int64)                     # a null key -> the extra "missing" slot
         codes[valid] = inv.reshape(-1)
-        raw = self._fetch(keys)
-        now = time.time()
-        exists = np.array([_fresh(v[-1], any(x is not None for x in v), spec.max_age_s, now) for v in raw] + [False])
+        rows = self._fetch(keys)
+        k, m = len(spec.fields), len(rows)
+        exists = np.fromiter((r[k + 1] for r in rows), bool, m)
+        if spec.max_age_s is not None:
+            ts = np.fromiter((r[k] for r in rows), np.float64, m)
+            with np.errstate(invalid="ignore"):
+                exists &= time.time() - ts <= spec.max_age_s      # no _ts (NaN): not fresh
+        exists = np.append(exists, False)
         missing = ~exists[codes]
         out: dict[str, np.ndarray] = {}
         defaults = dict(spec.defaults)
         for j, (name, kind) in enumerate(spec.fields):
-            values = [_parse(v[j], kind) if ok else None for v, ok in zip(raw, exists.tolist())]
             dflt = defaults.get(name)
-            values.append(None if dflt is None else _parse(str(dflt).encode(), kind))
             if kind == "float":
-                table = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+                table = np.append(np.fromiter((r[j] for r in rows), np.float64, m), np.nan)
+                table[~exists] = np.nan
                 if dflt is not None:
-                    table = np.where(np.isnan(table), float(dflt), table)
+                    table[np.isnan(table)] = float(dflt)
             else:
-                table = np.array([str(dflt) if v is None and dflt is not None else v for v in values], dtype=object)
+                table = np.array([r[j] for r in rows] + [None], dtype=object)
+                table[~exists] = None
+                if dflt is not None:
+                    table[np.fromiter((v is None for v in table.tolist()), bool, m + 1)] = str(dflt)
             out[f"{spec.name}.{name}"] = table[codes]
         dead: dict[int, str] = {}
         if spec.on_missing == "dead_letter" and missing.any():
@@ -169,18 +179,25 @@ class Lookup:
                                  int(missing.sum()))
         return Joined(out, dead)
 
-    def _fetch(self, keys: list[str]) -> list[list[bytes | None]]:
-        """Every key's raw values: the cache's fresh ones, the rest in one round trip."""
+    def _fetch(self, keys: list[str]) -> list[Row]:
+        """Every key's parsed values: the cache's fresh ones, the rest in one round trip."""
         now = time.monotonic()
-        got: list[list[bytes | None] | None] = [self._cache.get(k, now) for k in keys]
+        got: list[Row | None] = [self._cache.get(k, now) for k in keys]
         todo = [i for i, v in enumerate(got) if v is None]
         self._last_fetched = len(todo)
         if todo:
-            fetched = self._call([keys[i] for i in todo])
+            fetched = [self._row(raw) for raw in self._call([keys[i] for i in todo])]
             for i, v in zip(todo, fetched):
                 got[i] = v
             self._cache.put([keys[i] for i in todo], fetched, time.monotonic())
-        return [v if v is not None else [None] * len(self._hmget) for v in got]
+        return [v for v in got if v is not None]
+
+    def _row(self, raw: list[bytes | None]) -> Row:
+        """(field values: float, NaN if absent, or str / None; _ts, NaN if absent; whether the hash exists)."""
+        values = [_parse(v, kind) for v, (_, kind) in zip(raw, self.spec.fields)]
+        ts = _parse(raw[-1], "float")
+        return (*(np.nan if v is None and kind == "float" else v for v, (_, kind) in zip(values, self.spec.fields)),
+                np.nan if ts is None else ts, any(x is not None for x in raw))
 
     def _call(self, keys: list[str]) -> list[list[bytes | None]]:
         """One round trip; while the store does not answer, wait with capped backoff (never give up a row)."""
@@ -236,17 +253,6 @@ def _key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.nda
         return codes, [str(u) for u in uniq.tolist()]
     codes, uniques = string_values(col, symbols, n)
     return codes, [str(u) for u in uniques.tolist()]
-
-
-def _fresh(ts: bytes | None, exists: bool, max_age_s: float | None, now: float) -> bool:
-    if not exists:
-        return False
-    if max_age_s is None:
-        return True
-    try:
-        return ts is not None and now - float(ts) <= max_age_s
-    except ValueError:
-        return False
 
 
 def _parse(raw: bytes | None, kind: FieldKind) -> Any:
