@@ -157,7 +157,10 @@ class ModelStage:
             log.warning("shadow %s:%s failed on a batch (primary output unaffected): %s", active.model.name,
                         active.model.version, first[-1] if first else type(exc).__name__)
             return
-        work.shadow_out.append((active, scores, scored.fields))
+        fields = scored.fields
+        if work.rt.include_features:
+            fields = {**fields, "features": active.runner.feature_maps(feats, rows)}
+        work.shadow_out.append((active, scores, fields))
 
 
 def _store(work: Work, n: int, rows: np.ndarray, fields: dict[str, np.ndarray]) -> None:
