@@ -9,6 +9,7 @@ beside the code that raises them (marked with their module); the tree is complet
     │   └── HookContractError    a pre/post hook returned the wrong shape (stops the pipeline)
     ├── ServiceError             a local dev service (Kafka, Redis, registry) could not start
     ├── RegistryUnavailableError stopped while waiting for an unreachable schema registry
+    ├── LookupUnavailableError   a feature lookup's store did not answer (stopped, or max_wait_s)
     ├── SchemaError              a schema cannot be parsed or compiled
     │   ├── ResolutionError      writer and reader schemas do not resolve (the codec)
     │   └── DecodeError          one record cannot be decoded (keeps the raw bytes)
@@ -52,6 +53,10 @@ class ServiceError(StreamscoreError):
 
 class RegistryUnavailableError(StreamscoreError):
     """The scorer was stopped while a batch waited for the schema registry to answer."""
+
+
+class LookupUnavailableError(StreamscoreError):
+    """A batch's feature lookup got no answer from its store before a stop or ``max_wait_s``."""
 
 
 class SchemaError(StreamscoreError):
