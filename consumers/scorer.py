@@ -41,7 +41,7 @@ from consumers.offsets import TP
 from consumers.outputs import OutputWriter
 from consumers.runtime import PipelineRuntime
 from consumers.work import Work
-from schemas.errors import DeliveryError
+from schemas.errors import DeliveryError, StoppedWhileWaiting
 from sinks.kafka_sink import KafkaSink
 
 if TYPE_CHECKING:
@@ -151,6 +151,10 @@ class Scorer:
         return start + max(1.0, self._stop_timeout_s - CLOSE_RESERVE_S)
 
     def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, StoppedWhileWaiting) and self._stop.is_set():
+            # a stop ended a wait (registry, lookup store): not a failure; that batch is never committed
+            log.info("%s: its batch is left to the next owner", exc)
+            return
         if self._failure is None:
             self._failure = exc
             log.error("scorer failing: %s", exc)

@@ -29,7 +29,7 @@ import numpy as np
 
 from models.features import string_values
 from schemas.backoff import Backoff
-from schemas.errors import ConfigError, LookupUnavailableError
+from schemas.errors import ConfigError, LookupStoppedError, LookupUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class Lookup:
                                                  f"{backoff.waited_s():.0f}s (max_wait_s); nothing was committed "
                                                  f"past this batch") from exc
                 if not backoff.pause():
-                    raise LookupUnavailableError(f"lookup {self.spec.name}: stopped while waiting for the store"
+                    raise LookupStoppedError(f"lookup {self.spec.name}: stopped while waiting for the store"
                                                  ) from exc
                 continue
             if backoff.started is not None:

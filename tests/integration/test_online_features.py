@@ -160,3 +160,39 @@ def test_on_missing_dead_letter_sends_exactly_the_events_without_an_entry(tmp_pa
     schema = fastavro.parse_schema(output_schema(prediction_fields(), []))
     scored = {fastavro.schemaless_reader(io.BytesIO(m.value()[5:]), schema)["event_id"] for m in out}
     assert scored == set(cols["event_id"].tolist()) - absent and len(out) == n - len(absent)
+
+
+def test_sigterm_while_a_batch_waits_on_a_dead_store_is_a_clean_stop(tmp_path: Path, bootstrap: str, names: Any,
+                                                                     topics: Any) -> None:
+    """Redis is gone before the first batch: the batch waits; a SIGTERM then ends the scorer with
+    exit 0 within its stop budget, and no offset moves past the batch that never got its features."""
+    import socket
+
+    t_in, t_out, group = names("t-online-stop"), names("t-online-stop-out"), names("g-online-stop")
+    topics({t_in: 2, t_out: 2, f"{t_in}.dlq": 2})
+    model = write_linear_onnx(tmp_path / "m.onnx", W)
+    ModelRegistry(tmp_path / "registry").register("online", model, format="onnx",
+                                                  input_spec=InputSpec.from_dict({"features": FEATURES}),
+                                                  output_spec={}, stage="production")
+    with socket.socket() as s:                     # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    lookup = {"name": "acct", "redis": {"url": f"redis://127.0.0.1:{dead_port}/0", "key": "acct:{account_id}",
+                                        "fields": ["limit", "risk"], "timeout_ms": 200},
+              "defaults": DEFAULTS}
+    pipeline = {"name": "online", "input": {"topic": t_in}, "model": {"name": "online"},
+                "output": {"topic": t_out}, "telemetry": {"enabled": False}, "lookups": [lookup]}
+    cfg = write_config(tmp_path / "p.yaml", bootstrap, group, [pipeline], registry=str(tmp_path / "registry"),
+                       stop_timeout_s=10)
+    scorer = ScorerProcess(cfg, tmp_path / "scorer.log")
+    try:
+        produce_events({"bootstrap.servers": bootstrap}, t_in, 500, seed=SEED)
+        wait_for(lambda: "the store does not answer" in scorer.output(), 120, "the scorer meeting the dead store")
+        sent = time.monotonic()
+        assert scorer.terminate(timeout=30) == 0, scorer.output()[-3000:]
+        assert time.monotonic() - sent <= 10 + 5, "stopped within stop_timeout_s (slack for a busy machine)"
+    finally:
+        scorer.close()
+    assert "scorer failing" not in scorer.output()
+    assert sum(max(o, 0) for o in committed(bootstrap, group, t_in, 2).values()) == 0
+    assert read_all(bootstrap, t_out, expect=0, timeout=5, idle=3.0) == []
