@@ -242,11 +242,11 @@ class Scorer:
         that drained it (fewer rows than asked for were waiting)."""
         want = max(1, min(b.max_size - len(self._bufs[t]) for t, b in self.batchers.items()))
         now = time.monotonic()
-        open_ = [b.time_left(now) for t, b in self.batchers.items() if self._bufs[t]]
+        open_ = [b for t, b in self.batchers.items() if self._bufs[t]]
         msgs = list(self.consumer.consume(want, 0))
-        if len(msgs) < want and open_ and not (self._model_idle() and any(b.close_by_need for b in self.batchers.values())):
+        if len(msgs) < want and open_ and not (self._model_idle() and all(b.close_by_need for b in open_)):
             # a batch is open and the model stage is busy: wait for more rows, but no longer than its deadline
-            msgs.extend(self.consumer.consume(want - len(msgs), min(open_)))
+            msgs.extend(self.consumer.consume(want - len(msgs), min(b.time_left(now) for b in open_)))
         elif not msgs and not open_:
             # idle: wake on the first message, then take whatever else is already here
             first = self.consumer.poll(0.1)
