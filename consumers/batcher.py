@@ -3,7 +3,8 @@
 A batch closes on the first of: ``max_size`` rows; ``max_wait`` since its FIRST row
 arrived; by need — the caller has drained every row already fetched and the next stage is
 idle, so waiting could only add latency, never make the next stage cheaper (at high load
-the next stage is busy, and batches keep growing to amortise per-batch costs); or the latency rule — when the rows already waiting would miss the latency
+the next stage is busy, and batches keep growing to amortise per-batch costs; off unless
+``close_by_need``); or the latency rule — when the rows already waiting would miss the latency
 target if we waited for more. The rule uses two running estimates: the arrival rate
 (rows/s) and the model's cost (a fixed part plus a per-row part, fitted from observed
 batches). Waiting is worth it only while the oldest row's age, plus the time to gather
@@ -50,7 +51,7 @@ class AdaptiveBatcher:
         max_wait_s: float,
         latency_target_s: float | None = None,
         overhead_s: float = 0.001,
-        close_by_need: bool = True,
+        close_by_need: bool = False,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be >= 1")

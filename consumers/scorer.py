@@ -114,6 +114,7 @@ class Scorer:
         self._bufs: dict[str, list[Message]] = {t: [] for t in self.by_topic}
         self._paused = False
         self._model_busy = False                 # the model stage is scoring a batch
+        self._sink_busy = False                  # the sink stage is emitting a batch
         self._lat_lock = threading.Lock()
         self.assigned = threading.Event()        # set once the group has given us partitions
         self._revoked_now: set[TP] = set()       # partitions revoked inside the current consume() call
@@ -257,8 +258,10 @@ class Scorer:
         return msgs, len(msgs) < want
 
     def _model_idle(self) -> bool:
-        """The model stage holds no batch and none waits for it (read without a lock: a hint)."""
-        return not self._model_busy and self._q_model.empty()
+        """The model and sink stages hold no batch and none waits for them (read without a lock:
+        a hint). A busy sink counts: a batch closed early would only queue behind it, and each
+        batch costs the sink a fixed amount (encode set-up, telemetry, produce calls)."""
+        return not (self._model_busy or self._sink_busy) and self._q_model.empty() and self._q_sink.empty()
 
     def _accept(self, msgs: list[Message]) -> None:
         good = msgs
@@ -399,12 +402,15 @@ class Scorer:
             if isinstance(work, _Stop):
                 break
             if work is not None and self._failure is None and self.commit.current(work.generation):
+                self._sink_busy = True
                 try:
                     self._emit(work)
                 except DeliveryError as exc:
                     self.commit.produce_failed(exc)
                 except KafkaException as exc:      # begin_transaction on a failed producer
                     self.commit.produce_failed(DeliveryError(str(exc), kafka_error=exc.args[0]))
+                finally:
+                    self._sink_busy = False
             self.commit.tick()
         if self._failure is None:
             self.commit.finish(self._deadline())

@@ -66,7 +66,7 @@ def test_bad_settings_are_refused() -> None:
 
 
 def test_closes_by_need_only_when_drained_and_the_model_stage_is_idle() -> None:
-    b = AdaptiveBatcher(max_size=1000, max_wait_s=0.010, latency_target_s=None)
+    b = AdaptiveBatcher(max_size=1000, max_wait_s=0.010, latency_target_s=None, close_by_need=True)
     b.add(50, 0.0)
     assert b.should_close(0.001, drained=True, next_idle=False) is None, "model busy: keep growing"
     assert b.should_close(0.001, drained=False, next_idle=True) is None, "more already fetched: take it first"
@@ -76,8 +76,8 @@ def test_closes_by_need_only_when_drained_and_the_model_stage_is_idle() -> None:
     assert b.should_close(0.002, drained=True, next_idle=True) is None, "an empty batch never closes"
 
 
-def test_close_by_need_can_be_turned_off() -> None:
-    b = AdaptiveBatcher(max_size=1000, max_wait_s=0.010, latency_target_s=None, close_by_need=False)
+def test_close_by_need_is_off_by_default() -> None:
+    b = AdaptiveBatcher(max_size=1000, max_wait_s=0.010, latency_target_s=None)
     b.add(50, 0.0)
     assert b.should_close(0.001, drained=True, next_idle=True) is None
     assert b.should_close(0.011, drained=True, next_idle=True) == "wait"
