@@ -25,7 +25,7 @@ from schemas.codec.vec import PAD, Buffer, uvarint_size, write_uvarint, zigzag_e
 from schemas.columns import BytesColumn, Column, DecodedBatch, RaggedColumn, StrColumn, concat, take
 from schemas.errors import DecodeError, RecordValidationError, SchemaError, UnknownSchemaError, WireFormatError
 from schemas.registry import parse_schema
-from schemas.wire import HEADER_SIZE, header_error
+from schemas.wire import HEADER_SIZE, frame, header_error
 
 __all__ = [
     "BatchDecoder",
@@ -75,6 +75,32 @@ def long_bytes(v: int) -> np.ndarray:
     out = np.zeros(int(size[0]), np.uint8)
     write_uvarint(out, np.zeros(1, np.int64), u, size)
     return out
+
+
+_PLACEHOLDERS: dict[str, Any] = {"null": None, "boolean": False, "int": 1, "long": 1, "float": 1.0, "double": 1.0,
+                                 "bytes": b"\x00", "string": "warm-up"}
+
+
+def placeholder(t: Any, named: dict[str, Any] | None = None) -> Any:
+    """One valid value of Avro type ``t`` (a parsed schema, logical types stripped): the first
+    non-null branch of a union, the first enum symbol, empty arrays and maps, ones for numbers."""
+    named = {} if named is None else named
+    if isinstance(t, list):
+        return placeholder(next((b for b in t if b != "null"), "null"), named)
+    if isinstance(t, str):
+        return placeholder(named[t], named) if t in named else _PLACEHOLDERS[t]
+    kind = t["type"]
+    if "name" in t:
+        named[t["name"]] = t
+    if kind == "record":
+        return {f["name"]: placeholder(f["type"], named) for f in t["fields"]}
+    if kind == "enum":
+        return t["symbols"][0]
+    if kind == "fixed":
+        return bytes(t["size"])
+    if kind in ("array", "map"):
+        return [] if kind == "array" else {}
+    return placeholder(kind, named)
 
 
 def _join(values: Sequence[bytes | None], pad: int) -> tuple[bytes, np.ndarray]:
@@ -150,6 +176,26 @@ class BatchDecoder:
                 self.on_fallback(schema_id)
         same = writer == self.reader
         return FallbackGroup(writer, None if same else self.reader, self.fields, self._inlined)
+
+    def samples(self, n: int) -> list[bytes] | None:
+        """``n`` values of one placeholder record of the reader schema, in this decoder's input
+        format (Avro framed with the reader schema's id), for warming the decode path up; None
+        when the reader schema has no id in ``registry`` (nothing framed would resolve)."""
+        import io
+
+        import fastavro
+
+        record = placeholder(self.reader)
+        if self.fmt == "json":
+            value = json.dumps(record, default=lambda b: b.decode("latin-1")).encode()
+        else:
+            schema_id = self.registry.find(self.reader)
+            if schema_id is None:
+                return None
+            out = io.BytesIO()
+            fastavro.schemaless_writer(out, parse_schema(self.reader), record)
+            value = frame(schema_id, out.getvalue())
+        return [value] * n
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         """Decode ``values``; a bad value becomes an entry in ``errors``, never an exception."""

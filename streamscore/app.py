@@ -384,7 +384,8 @@ def batcher_for(p: PipelineConfig) -> AdaptiveBatcher:
     if b.max_size is None:           # PipelineConfig fills in the default for its kind
         raise ConfigError(f"pipelines[{p.name}].batching.max_size: missing")
     return AdaptiveBatcher(max_size=b.max_size, max_wait_s=b.max_wait_ms / 1000.0,
-                           latency_target_s=None if b.latency_target_ms is None else b.latency_target_ms / 1000.0)
+                           latency_target_s=None if b.latency_target_ms is None else b.latency_target_ms / 1000.0,
+                           close_by_need=b.close_by_need)
 
 
 def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int = 0) -> Scorer:
