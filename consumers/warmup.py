@@ -89,9 +89,13 @@ class _Msg:
 
 def warm_up(rt: PipelineRuntime, batcher: AdaptiveBatcher, sink: DrySink | None = None) -> int:
     """Run one pipeline's synthetic batches (see the module doc); returns the rows scored in
-    the seeding pass (0 when the pipeline cannot be warmed: an embedder, or a reader schema
-    with no id to frame it with)."""
+    the seeding pass (0 when the pipeline is not warmed: an embedder, a pipeline with feature
+    lookups, or a reader schema with no id to frame it with)."""
     if rt.kind != "score":
+        return 0
+    if rt.lookups:
+        # synthetic keys would be looked up in the user's store (and wait on it if it is down)
+        log.info("pipeline %s: no warm-up (it has feature lookups)", rt.name)
         return 0
     sizes = warm_sizes(batcher.max_size)
     values = rt.decoder.samples(sizes[-1])

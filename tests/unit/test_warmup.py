@@ -48,3 +48,14 @@ def test_no_warm_up_without_a_schema_id(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(rt.decoder.registry, "find", lambda _schema: None)
     assert warm_up(rt, batcher, DrySink()) == 0
     assert batcher.cost_fit() == (0.0, 0.0)
+
+
+def test_no_warm_up_for_a_pipeline_with_lookups() -> None:
+    """Synthetic keys must never reach the user's feature store (nor wait on it when it is down)."""
+    rt, batcher = _runtime(batching={"max_size": 16}, lookups=[{
+        "name": "acct", "redis": {"url": "redis://127.0.0.1:1/0", "key": "acct:{account_id}", "fields": ["limit"]},
+        "defaults": {"limit": 1.0}}])
+    assert rt.lookups is not None
+    sink = DrySink()
+    assert warm_up(rt, batcher, sink) == 0
+    assert sink.records == 0 and batcher.cost_fit() == (0.0, 0.0)
