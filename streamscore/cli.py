@@ -94,9 +94,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # Installed before the scorer is built: a stop asked for during startup is a clean stop too.
     stops = StopSignals(cfg.stop_timeout_s)
-    stops.install()
-    faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1 PID`: every thread's stack to stderr
-    try:
+    try:                                   # from the first moment a signal can raise StoppedDuringStartup
+        stops.install()
+        faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1 PID`: every thread's stack to stderr
         from streamscore.app import build_scorer
 
         scorer = build_scorer(cfg, instance=args.instance, index=args.process_index)

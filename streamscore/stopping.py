@@ -63,7 +63,7 @@ class StopSignals:
         self.budget_s = budget_s
         self.on_stop: Callable[[], None] | None = None
         self.backstop: threading.Timer | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()       # a second signal can interrupt the first handler
 
     def install(self) -> None:
         """Main thread only (``signal.signal`` and ``set_wakeup_fd`` require it)."""

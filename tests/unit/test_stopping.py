@@ -28,9 +28,9 @@ STARTING = textwrap.dedent("""
     import time
     from streamscore.stopping import StopSignals, StoppedDuringStartup
     stops = StopSignals(budget_s=30.0)
-    stops.install()
-    print("ready", flush=True)
     try:
+        stops.install()
+        print("ready", flush=True)
         while True:
             time.sleep(0.01)                      # building the scorer
     except StoppedDuringStartup:
