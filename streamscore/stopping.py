@@ -36,8 +36,10 @@ log = logging.getLogger("streamscore")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class StoppedDuringStartup(Exception):
-    """SIGTERM/SIGINT arrived before the scorer was built."""
+class StoppedDuringStartup(BaseException):
+    """SIGTERM/SIGINT arrived before the scorer was built. A BaseException, as KeyboardInterrupt
+    is: raised wherever the main thread is (an ``import onnxruntime`` inside a model loader's
+    ``except Exception``, say), it must not turn into that code's error."""
 
 
 def arm_stop_backstop(budget_s: float) -> threading.Timer:
