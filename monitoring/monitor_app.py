@@ -6,13 +6,16 @@ Crash safety (why a SIGKILL + restart ends with the same window results):
    is restored as a unit, never half-updated.
 2. A record at or below the restored ``offset`` is a replay and is skipped
    (``MonitorCore.apply``), so Faust committing behind the changelog cannot double-count.
-3. Faust flushes the producer (changelog writes) before it commits consumer offsets, and
-   the agent handles one record at a time (concurrency 1, no buffering), so the
-   committed offset never passes a record whose state change is not in the changelog;
-   records after the committed offset are simply read again.
-4. Closing a window is a pure function of the restored state and the replayed records,
-   and Redis writes are idempotent per window (``RedisState``), so a window closed
-   before the crash and closed again after it leaves one result and one alert.
+3. A record is acknowledged only once its state change is on the broker: the handler
+   waits for the changelog write (``TelemetryHandler._persist``; Faust's flush before a
+   commit does not guarantee it), and the agent handles one record at a time
+   (concurrency 1), so the committed offset never passes a record whose state change is
+   not in the changelog; records after the committed offset are simply read again.
+4. A record's Redis writes come before its state change, so a restored state never
+   covers a window that is not in Redis. Closing a window is a pure function of the
+   restored state and the replayed records, and Redis writes are idempotent per window
+   (``RedisState``), so a window closed before the crash and closed again after it
+   leaves one result and one alert.
 
 Telemetry must be keyed by model (``TelemetryBuilder.key()``) so each model's windows
 live in one partition.
@@ -26,7 +29,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -180,11 +183,23 @@ def changelog_topic(app_id: str) -> str:
     return f"{app_id}-{STATE_TABLE}-changelog"
 
 
+class StateTable(faust.Table):  # type: ignore[misc]   # faust is untyped
+    """The state table; remembers its latest changelog write so the agent can wait for it."""
+
+    last_write: Awaitable[object] | None = None
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        self.last_write = fut
+        return fut
+
+
 class TelemetryHandler:
     """One telemetry record at a time: state table update, Redis writes, metrics."""
 
     def __init__(self, core: MonitorCore, table: Any, sink: RedisState, metrics: MonitorMetrics) -> None:
         self.core, self.table, self.sink, self.metrics = core, table, sink, metrics
+        self._seen: set[str] = set()
 
     async def handle(self, partition: int, offset: int, value: bytes) -> None:
         key = str(partition)
@@ -193,17 +208,41 @@ class TelemetryHandler:
         except DecodeError as exc:
             log.warning("skipping undecodable telemetry at %s/%s: %s", partition, offset, exc)
             return
-        out = self.core.apply(self.table.get(key), offset, summary)
+        before = self.table.get(key)
+        if key not in self._seen:   # where this process picked up: restored state vs. first record read
+            self._seen.add(key)
+            log.info("partition %s: first record at offset %s, restored state at offset %s", partition, offset,
+                     None if before is None else before["offset"])
+        out = self.core.apply(before, offset, summary)
         if out is None:
             self.metrics.replayed.inc()
             return
         state, results = out
-        self.table[key] = state  # one changelog record carries the whole partition state
-        self.metrics.telemetry.inc()
+        # Redis first, the state second: a record at or below the restored offset is skipped, so
+        # a state that reached the changelog before this record's windows reached Redis would
+        # lose those windows for good at a crash in between.
         for result in results:
             await self._retry(lambda: self.sink.write_window(result))
             self.metrics.observe(result, state["alerts"])
         await self._retry(lambda: self.sink.heartbeat())
+        await self._persist(key, state)
+        self.metrics.telemetry.inc()
+
+    async def _persist(self, key: str, state: dict[str, Any]) -> None:
+        """Set the partition state and wait until its changelog record is on the broker.
+
+        The record is acknowledged (and so committable) only when this returns. Faust's own
+        flush before a commit does not wait for it: the producer buffer is drained with a
+        0.1 s timeout and a record it has dequeued but not yet handed to the client is in
+        neither queue, so a commit could pass a state change that a SIGKILL then loses (the
+        restarted monitor skips the record: one batch short, or a window that never closes).
+        A failed changelog write is logged by Faust only; it is repeated here.
+        """
+        async def write() -> None:
+            self.table[key] = state   # one changelog record carries the whole partition state
+            await self.table.last_write
+
+        await _until_done(write, "state changelog write")
 
     async def _retry(self, fn: Callable[[], object]) -> None:
         """Run a Redis write on a worker thread until it succeeds.
@@ -213,16 +252,22 @@ class TelemetryHandler:
         so one that reached Redis before its reply was lost is harmless to repeat. The
         event loop stays free meanwhile (Kafka heartbeats, commits of earlier records).
         """
-        delay = 0.2
-        while True:
-            try:
-                await asyncio.to_thread(fn)
-                return
-            except Exception as exc:  # redis down or restarting: retry with backoff
-                self.metrics.redis_errors.inc()
-                log.warning("redis write failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await _until_done(lambda: asyncio.to_thread(fn), "redis write", self.metrics.redis_errors.inc)
+
+
+async def _until_done(attempt: Callable[[], Awaitable[object]], what: str,
+                      on_error: Callable[[], None] = lambda: None) -> None:
+    """Await ``attempt()`` until it succeeds, logging each failure and backing off (0.2 s doubling to 5 s)."""
+    delay = 0.2
+    while True:
+        try:
+            await attempt()
+            return
+        except Exception as exc:  # Redis or the broker down, restarting, timing out: try again
+            on_error()
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _broker_url(bootstrap: str) -> list[str]:
@@ -242,7 +287,8 @@ def build_app(config: MonitorConfig, *, partitions: int | None = None) -> faust.
         broker_session_timeout=config.session_timeout_s, broker_heartbeat_interval=config.session_timeout_s / 5,
     )
     topic = app.topic(config.telemetry_topic, value_serializer="raw", key_serializer="raw", partitions=parts)
-    table = app.Table(STATE_TABLE, default=None, partitions=parts)  # json values (the app default)
+    table = app.tables.add(StateTable(app, name=STATE_TABLE, default=None, beacon=app.tables.beacon,
+                                      partitions=parts))  # json values (the app default)
     core = MonitorCore(windows=config.window_spec(), hysteresis=Hysteresis(config.k, config.m),
                        profiles=ProfileCache(config.registry), alpha=config.alpha,
                        psi_warning=config.psi_warning, psi_drift=config.psi_drift)
