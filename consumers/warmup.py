@@ -20,6 +20,7 @@ from consumers.decode_stage import decode_work
 from consumers.model_stage import ModelStage
 from consumers.outputs import OutputWriter
 from consumers.runtime import PipelineRuntime
+from consumers.work import SyntheticMessage
 from schemas.columns import StrColumn
 from sinks.kafka_sink import BatchAck, Headers
 
@@ -62,31 +63,6 @@ class _Quiet:
     def dead_letters(self, pipeline: str, reason: str, n: int) -> None: ...
 
 
-class _Msg:
-    """A synthetic message with the accessors decode_work reads."""
-
-    def __init__(self, topic: str, offset: int, value: bytes) -> None:
-        self._topic, self._offset, self._value = topic, offset, value
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> bytes:
-        return b"warm-up"
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 0)
-
-
 def warm_up(rt: PipelineRuntime, batcher: AdaptiveBatcher, sink: DrySink | None = None) -> int:
     """Run one pipeline's synthetic batches (see the module doc); returns the rows scored in
     the seeding pass (0 when the pipeline is not warmed: an embedder, a pipeline with feature
@@ -110,7 +86,7 @@ def warm_up(rt: PipelineRuntime, batcher: AdaptiveBatcher, sink: DrySink | None 
         stage = ModelStage(batchers={rt.name: target}, metrics=_Quiet())
         scored = 0
         for n in sizes:
-            msgs = [_Msg(rt.input_topic, i, v) for i, v in enumerate(values[:n])]
+            msgs = [SyntheticMessage(rt.input_topic, i, v, key=b"warm-up") for i, v in enumerate(values[:n])]
             work = decode_work(rt, msgs, batch_id=0)   # type: ignore[arg-type]   # duck-typed messages
             stage.score(work)
             if work.ok_rows is not None and len(work.ok_rows):
