@@ -92,8 +92,15 @@ class Slot:
         if self.proc is None:
             return 0
         try:
-            code = self.proc.wait(max(0.1, sent_at + limit - time.monotonic()))
+            code = self.proc.wait(max(0.1, sent_at + limit - 5.0 - time.monotonic()))
         except subprocess.TimeoutExpired:
+            # still alive: every thread's stack into its log (faulthandler, needs no GIL), then the kill
+            self.proc.send_signal(signal.SIGUSR1)
+            try:
+                code = self.proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                code = None
+        if code is None:
             self.proc.kill()
             self.proc.wait(30)
             code = -9

@@ -44,34 +44,63 @@ def _bodies(n: int = 512) -> list[bytes]:
                                     "data": row.tolist()}]}).encode() for row in feats]
 
 
-async def _load(url: str, clients: int, seconds: float, bodies: list[bytes]) -> dict[str, Any]:
-    import httpx
+def _request(path: str, body: bytes) -> bytes:
+    head = (f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n")
+    return head.encode() + body
 
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    """One request on a keep-alive connection; returns the status (the body is read and dropped)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def _load(url: str, clients: int, seconds: float, bodies: list[bytes]) -> dict[str, Any]:
+    """Closed-loop clients, each on its own keep-alive connection. The client is raw HTTP/1.1 on
+    asyncio streams (requests pre-encoded), so that the load generator, which shares the
+    machine's cores with the server, costs little per request next to either server."""
+    host, port = url.removeprefix("http://").split(":")
+    requests = [_request("/v2/models/fraud-mlp/infer", b) for b in bodies]
     lat: list[float] = []
     errors = 0
     stop_at = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        async def one(i: int) -> None:
-            nonlocal errors
+    async def one(i: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
             k = i
             while time.monotonic() < stop_at:
                 t0 = time.perf_counter()
-                r = await client.post("/v2/models/fraud-mlp/infer", content=bodies[k % len(bodies)],
-                                      headers={"content-type": "application/json"})
+                status = await _exchange(reader, writer, requests[k % len(requests)])
                 lat.append(time.perf_counter() - t0)
-                if r.status_code != 200:
+                if status != 200:
                     errors += 1
                 k += clients
+        finally:
+            writer.close()
 
-        t0 = time.monotonic()
-        await asyncio.gather(*(one(i) for i in range(clients)))
-        took = time.monotonic() - t0
+    t0 = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(clients)))
+    took = time.monotonic() - t0
     arr = np.array(lat) * 1000.0
     return {"requests": len(lat), "errors": errors, "rps": round(len(lat) / took, 1),
             "p50_ms": round(float(np.percentile(arr, 50)), 2) if len(arr) else None,
             "p99_ms": round(float(np.percentile(arr, 99)), 2) if len(arr) else None}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -114,18 +143,35 @@ def run_http_load(work: Path, *, clients: int = 32, seconds: float = 20.0) -> di
         try:
             url = f"http://127.0.0.1:{port}"
             _wait_ready(url, proc)
-            asyncio.run(_load(url, clients, 2.0, bodies))          # warm-up (connections, first batches)
-            r = asyncio.run(_load(url, clients, seconds, bodies))
+            _run(_load(url, clients, 2.0, bodies))          # warm-up (connections, first batches)
+            cpu0, own0 = _cpu_seconds(proc.pid), time.process_time()
+            r = _run(_load(url, clients, seconds, bodies))
+            server_cpu, client_cpu = _cpu_seconds(proc.pid) - cpu0, time.process_time() - own0
         finally:
             stop_process(proc)
             log.close()
         out[f"{prefix}_rps"], out[f"{prefix}_p50_ms"], out[f"{prefix}_p99_ms"] = r["rps"], r["p50_ms"], r["p99_ms"]
         out[f"{prefix}_errors"] = r["errors"]
+        # CPU per request: what the server spends, whatever else the machine runs (rps depends on the load)
+        out[f"{prefix}_cpu_us_per_req"] = round(server_cpu / max(r["requests"], 1) * 1e6, 1)
+        out[f"{prefix}_client_cpu_us_per_req"] = round(client_cpu / max(r["requests"], 1) * 1e6, 1)
         print(f"  http {name:11} {clients} clients x {seconds:.0f}s: {r['rps']:,} req/s, p50 {r['p50_ms']} ms, "
-              f"p99 {r['p99_ms']} ms ({r['requests']:,} requests, {r['errors']} errors)", flush=True)
+              f"p99 {r['p99_ms']} ms ({r['requests']:,} requests, {r['errors']} errors); server CPU "
+              f"{out[f'{prefix}_cpu_us_per_req']} us/request, client {out[f'{prefix}_client_cpu_us_per_req']}",
+              flush=True)
     if out.get("http_peer_rps"):
         out["http_ratio_vs_peer"] = round(out["http_rps"] / out["http_peer_rps"], 2)
+        out["http_cpu_ratio_vs_peer"] = round(out["http_peer_cpu_us_per_req"] / max(out["http_cpu_us_per_req"], 1e-9), 2)
     return out
+
+
+def _run(coro: Any) -> dict[str, Any]:
+    """Run the load on uvloop where it is installed (the client's own cost per request is lower)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[no-any-return]
+    return uvloop.run(coro)  # type: ignore[no-any-return]
 
 
 def main() -> int:

@@ -531,7 +531,8 @@ def table(r: dict[str, Any]) -> str:
             "streamscore_p99_ms_after_warmup", "passthrough_p50_ms", "passthrough_p99_ms", "input_leg_p99_ms",
             "batched_p99_ms", "streamscore_rss_mb", "ratio_vs_batched", "ratio_vs_passthrough", "soak_rss_growth",
             "backfill_eps", "backfill_vs_streamscore", "http_rps", "http_p50_ms", "http_p99_ms", "http_peer_rps",
-            "http_peer_p50_ms", "http_peer_p99_ms", "http_ratio_vs_peer"]
+            "http_peer_p50_ms", "http_peer_p99_ms", "http_ratio_vs_peer", "http_cpu_us_per_req",
+            "http_peer_cpu_us_per_req", "http_cpu_ratio_vs_peer"]
     lines = ["| metric | value |", "|---|---:|"]
     for k in rows:
         v = r.get(k)

@@ -1,7 +1,10 @@
 """When to close a micro-batch.
 
 A batch closes on the first of: ``max_size`` rows; ``max_wait`` since its FIRST row
-arrived; or the latency rule — when the rows already waiting would miss the latency
+arrived; by need — the caller has drained every row already fetched and the next stage is
+idle, so waiting could only add latency, never make the next stage cheaper (at high load
+the next stage is busy, and batches keep growing to amortise per-batch costs; off unless
+``close_by_need``); or the latency rule — when the rows already waiting would miss the latency
 target if we waited for more. The rule uses two running estimates: the arrival rate
 (rows/s) and the model's cost (a fixed part plus a per-row part, fitted from observed
 batches). Waiting is worth it only while the oldest row's age, plus the time to gather
@@ -17,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-CloseReason = Literal["size", "wait", "latency", "flush"]
+CloseReason = Literal["size", "wait", "need", "latency", "flush"]
 
 
 @dataclass
@@ -36,7 +39,7 @@ class BatchStats:
 
     batches: int = 0
     rows: int = 0
-    closed_by: dict[str, int] = field(default_factory=lambda: {"size": 0, "wait": 0, "latency": 0, "flush": 0})
+    closed_by: dict[str, int] = field(default_factory=lambda: {"size": 0, "wait": 0, "need": 0, "latency": 0, "flush": 0})
     last_wait_s: float = 0.0
 
 
@@ -48,6 +51,7 @@ class AdaptiveBatcher:
         max_wait_s: float,
         latency_target_s: float | None = None,
         overhead_s: float = 0.001,
+        close_by_need: bool = False,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be >= 1")
@@ -57,6 +61,7 @@ class AdaptiveBatcher:
         self.max_wait_s = max_wait_s
         self.latency_target_s = latency_target_s
         self.overhead_s = overhead_s         # encode/produce/ack time not covered by the model fit
+        self.close_by_need = close_by_need
         self._rows = 0
         self._first_at: float | None = None
         self._oldest_age_at_first = 0.0
@@ -84,7 +89,9 @@ class AdaptiveBatcher:
         return self._rows
 
     # -- the closing rules ---------------------------------------------------------------
-    def should_close(self, now: float) -> CloseReason | None:
+    def should_close(self, now: float, *, drained: bool = False, next_idle: bool = False) -> CloseReason | None:
+        """Why the open batch closes now, or None. ``drained``: the caller holds no fetched row
+        it has not added; ``next_idle``: the stage the batch goes to has nothing to do."""
         if self._rows == 0 or self._first_at is None:
             return None
         if self._rows >= self.max_size:
@@ -92,6 +99,8 @@ class AdaptiveBatcher:
         waited = now - self._first_at
         if waited >= self.max_wait_s:
             return "wait"
+        if self.close_by_need and drained and next_idle:
+            return "need"
         if self.latency_target_s is not None and self._would_miss_target(now):
             return "latency"
         return None
@@ -116,6 +125,10 @@ class AdaptiveBatcher:
             budget = self.latency_target_s - age - self.model_cost(self.max_size) - self.overhead_s
             left = min(left, budget)
         return max(0.0, left)
+
+    def cost_fit(self) -> tuple[float, float]:
+        """The fitted model cost: (fixed seconds per batch, seconds per row)."""
+        return self._cost
 
     def model_cost(self, rows: int) -> float:
         fixed, per_row = self._cost

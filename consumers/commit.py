@@ -91,6 +91,21 @@ class CommitProtocol(Protocol):
     def abandon(self) -> None: ...
 
 
+def _serve(sink: KafkaSink, timeout: float = 0.0) -> KafkaError | None:
+    """Serve the producer's callbacks. A producer without an error_cb raises its fatal error
+    (fenced, out-of-order sequence after a leader change) from poll or flush: returned here,
+    so the protocol recovers from it as from the same error met on any other path."""
+    try:
+        if timeout > 0:
+            sink.flush(timeout)
+        else:
+            sink.poll(0)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        return err if isinstance(err, KafkaError) else KafkaError(KafkaError._FATAL, str(exc), fatal=True)
+    return None
+
+
 class _Interrupted(Exception):
     """A sliced call gave up because an abort was requested."""
 
@@ -361,7 +376,9 @@ class AtLeastOnce:
         self.rewinder.request()
 
     def tick(self) -> None:
-        self.sink.poll(0)
+        err = _serve(self.sink)
+        if err is not None:
+            self._errors.append(KafkaException(err))
         while self._errors:
             exc = self._errors.popleft()
             self._recover(exc, exc.args[0] if isinstance(exc, KafkaException) else None)
@@ -386,8 +403,14 @@ class AtLeastOnce:
         self._deadline = deadline
         if self.failed:
             return
-        remaining = self.sink.flush(max(0.1, deadline - time.monotonic()))
-        self.sink.poll(0)
+        try:
+            remaining = self.sink.flush(max(0.1, deadline - time.monotonic()))
+        except KafkaException as exc:       # fatally failed while stopping: the next owner replays
+            log.warning("flush failed while stopping (%s): unacknowledged batches are replayed", exc)
+            remaining = 0
+        err = _serve(self.sink)
+        if err is not None:
+            log.warning("producer failed while stopping (%s): unacknowledged batches are replayed", err)
         if remaining:
             log.warning("%d outputs unacknowledged at the stop deadline: their batches are replayed", remaining)
         self._store()
@@ -526,7 +549,10 @@ class ExactlyOnce:
                      counted=err if err is not None else exc)
 
     def tick(self) -> None:
-        self.sink.poll(0)
+        err = _serve(self.sink)
+        if err is not None:
+            self._handle(err, "poll", recreate=True)
+            return
         if self._abort_request.is_set():
             self._abort("revoke")
             self._abort_request.clear()
@@ -612,7 +638,9 @@ class ExactlyOnce:
             self._abort("revoke")
         elif self._open:
             self._commit()
-        self.sink.flush(max(0.1, min(10.0, deadline - time.monotonic())))
+        err = _serve(self.sink, max(0.1, min(10.0, deadline - time.monotonic())))
+        if err is not None:
+            log.warning("producer failed while stopping (%s): what is not committed is replayed", err)
         self._closed = True
         self._abort_done.set()
 

@@ -59,8 +59,16 @@ class ModelStage:
         else:
             parts = [(actives[0], np.arange(n))]
         good = np.ones(n, dtype=bool)
+        missing = False
+        if rt.lookups is not None:           # waits while the store is down: no row is lost to an outage
+            for r, msg in rt.lookups.enrich(work.decoded).items():
+                good[r] = False
+                work.dead.append((int(work.decoded.ok_index[r]), "lookup_missing", msg))
+                missing = True
         feats_by_runner: dict[int, Any] = {}
         for active, rows in parts:
+            if missing:
+                rows = rows[good[rows]]
             if len(rows) == 0:
                 continue
             feats = self._features(work, active, feats_by_runner)
@@ -80,6 +88,8 @@ class ModelStage:
             self.batchers[rt.name].observe_model(len(rows), took)
             self.metrics.model_latency(rt.name, active.model.name, took, len(rows))
             work.scores[rows] = scores
+            if rt.include_features:
+                fields = {**fields, "features": active.runner.feature_maps(feats, rows)}
             _store(work, n, rows, fields)
             for r, reason, msg in bad:
                 good[rows[r]] = False
@@ -147,7 +157,10 @@ class ModelStage:
             log.warning("shadow %s:%s failed on a batch (primary output unaffected): %s", active.model.name,
                         active.model.version, first[-1] if first else type(exc).__name__)
             return
-        work.shadow_out.append((active, scores, scored.fields))
+        fields = scored.fields
+        if work.rt.include_features:
+            fields = {**fields, "features": active.runner.feature_maps(feats, rows)}
+        work.shadow_out.append((active, scores, fields))
 
 
 def _store(work: Work, n: int, rows: np.ndarray, fields: dict[str, np.ndarray]) -> None:

@@ -14,7 +14,17 @@ from consumers import mapping
 from consumers.runtime import ActiveModel
 from consumers.work import Work
 from schemas.columns import StrColumn, take
-from sinks.kafka_sink import BatchAck, KafkaSink, bounded_dead_letter, error_headers
+from sinks.kafka_sink import BatchAck, Headers, bounded_dead_letter, error_headers
+
+
+class OutputSink(Protocol):
+    """Where encoded outputs go (``sinks.kafka_sink.KafkaSink``; warm-up passes one that discards)."""
+
+    def produce_encoded(self, topic: str, encoded: tuple[np.ndarray, np.ndarray, np.ndarray], keys: StrColumn | None,
+                        ack: BatchAck, *, partitions: np.ndarray | None = None,
+                        headers: Headers | None = None) -> None: ...
+    def produce_one(self, topic: str, value: bytes | None, key: bytes | None, ack: BatchAck,
+                    *, headers: Headers | None = None, partition: int = -1) -> None: ...
 
 
 class OutputMetrics(Protocol):
@@ -34,7 +44,7 @@ class OutputWriter:
     ``record_latency`` receives a sample of end-to-end latencies (ms) for the caller's live view.
     """
 
-    def __init__(self, *, sink: KafkaSink, metrics: OutputMetrics,
+    def __init__(self, *, sink: OutputSink, metrics: OutputMetrics,
                  record_latency: Callable[[list[float]], None]) -> None:
         self.sink = sink
         self.metrics = metrics

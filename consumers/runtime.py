@@ -57,6 +57,15 @@ class TelemetrySource(Protocol):
     def key(self) -> bytes: ...
 
 
+class Enricher(Protocol):
+    """Adds looked-up feature columns to a decoded batch (``models.lookups.Lookups``).
+
+    ``enrich`` returns only once every row has its values (it waits while the store is down,
+    or raises); the result names the rows to dead-letter (row -> message)."""
+
+    def enrich(self, batch: Any) -> dict[int, str]: ...
+
+
 class Runner(Protocol):
     """Scores rows of a decoded batch with one model version (models.runner.ModelRunner).
 
@@ -74,6 +83,8 @@ class Runner(Protocol):
     def features(self, batch: Any) -> Any: ...
 
     def score(self, feats: Any, rows: np.ndarray, batch: Any) -> Any: ...
+
+    def feature_maps(self, feats: Any, rows: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
@@ -127,6 +138,8 @@ class PipelineRuntime:
     shadows: list[ModelSlot] = field(default_factory=list)   # score every row; output to shadow_topic
     shadow_topic: str | None = None
     telemetry_topic: str | None = None
+    lookups: Enricher | None = None                          # online feature lookups (None: none)
+    include_features: bool = False                           # write the model inputs into each prediction
     counters: dict[str, int] = field(default_factory=lambda: {"in": 0, "out": 0, "dead": 0, "shadow_errors": 0})
 
     def __post_init__(self) -> None:

@@ -40,8 +40,9 @@ from consumers.model_stage import ModelStage
 from consumers.offsets import TP
 from consumers.outputs import OutputWriter
 from consumers.runtime import PipelineRuntime
+from consumers.warmup import warm_up
 from consumers.work import Work
-from schemas.errors import DeliveryError
+from schemas.errors import DeliveryError, StoppedWhileWaiting
 from sinks.kafka_sink import KafkaSink
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class Scorer:
         commit_interval_s: float = 0.1,
         stop_timeout_s: float = 30.0,
         metrics: ScorerMetrics | None = None,
+        warm_up: bool = True,
     ) -> None:
         missing = [p.name for p in pipelines if p.name not in batchers]
         if missing:
@@ -111,6 +113,8 @@ class Scorer:
         self._next_batch = 0
         self._bufs: dict[str, list[Message]] = {t: [] for t in self.by_topic}
         self._paused = False
+        self._model_busy = False                 # the model stage is scoring a batch
+        self._sink_busy = False                  # the sink stage is emitting a batch
         self._lat_lock = threading.Lock()
         self.assigned = threading.Event()        # set once the group has given us partitions
         self._revoked_now: set[TP] = set()       # partitions revoked inside the current consume() call
@@ -123,6 +127,7 @@ class Scorer:
         self.metrics = metrics
         self.model_stage = ModelStage(batchers={p.name: batchers[p.name] for p in pipelines}, metrics=metrics)
         self.outputs = OutputWriter(sink=sink, metrics=metrics, record_latency=self._record_latency)
+        self.warm_up = warm_up                    # run synthetic batches through every stage before joining
         self.closers: list[Callable[[], None]] = []   # run when the scorer stops (e.g. registry watchers)
         self.commit: CommitProtocol
         if delivery == "exactly_once":
@@ -151,6 +156,10 @@ class Scorer:
         return start + max(1.0, self._stop_timeout_s - CLOSE_RESERVE_S)
 
     def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, StoppedWhileWaiting) and self._stop.is_set():
+            # a stop ended a wait (registry, lookup store): not a failure; that batch is never committed
+            log.info("%s: its batch is left to the next owner", exc)
+            return
         if self._failure is None:
             self._failure = exc
             log.error("scorer failing: %s", exc)
@@ -158,6 +167,9 @@ class Scorer:
 
     def run(self, *, max_seconds: float | None = None) -> None:
         """Run until stop() (or max_seconds); raises the first stage failure."""
+        if self.warm_up:
+            for rt in self.pipelines:
+                warm_up(rt, self.batchers[rt.input_topic])
         self.consumer.subscribe(list(self.by_topic), on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         model_t = threading.Thread(target=self._guard(self._model_loop, self._q_model, self._q_sink),
@@ -208,7 +220,7 @@ class Scorer:
         while not self._stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            msgs = self._consume()
+            msgs, drained = self._consume()
             if self.commit.source_tick():
                 # a rewind was asked for: what we hold and what this call returned are stale
                 self._drop(None)
@@ -220,8 +232,9 @@ class Scorer:
             if msgs:
                 self._accept(msgs)
             now = time.monotonic()
+            idle = self._model_idle()
             for topic, batcher in self.batchers.items():
-                reason = batcher.should_close(now)
+                reason = batcher.should_close(now, drained=drained, next_idle=idle)
                 if reason is not None:
                     self._dispatch(topic, reason)
         if self._failure is None:
@@ -229,22 +242,30 @@ class Scorer:
                 if buf:
                     self._dispatch(topic, "flush")
 
-    def _consume(self) -> list[Message]:
+    def _consume(self) -> tuple[list[Message], bool]:
+        """What the consumer has fetched (up to what the open batches still take), and whether
+        that drained it (fewer rows than asked for were waiting)."""
         want = max(1, min(b.max_size - len(self._bufs[t]) for t, b in self.batchers.items()))
         now = time.monotonic()
-        open_ = [b.time_left(now) for t, b in self.batchers.items() if self._bufs[t]]
-        if open_:
-            # a batch is open: wait for more rows, but no longer than its deadline
-            return list(self.consumer.consume(want, min(open_)))
-        # idle: wake on the first message, then take whatever else is already here
+        open_ = [b for t, b in self.batchers.items() if self._bufs[t]]
         msgs = list(self.consumer.consume(want, 0))
-        if not msgs:
+        if len(msgs) < want and open_ and not (self._model_idle() and all(b.close_by_need for b in open_)):
+            # a batch is open and the model stage is busy: wait for more rows, but no longer than its deadline
+            msgs.extend(self.consumer.consume(want - len(msgs), min(b.time_left(now) for b in open_)))
+        elif not msgs and not open_:
+            # idle: wake on the first message, then take whatever else is already here
             first = self.consumer.poll(0.1)
             if first is not None:
                 msgs = [first]
                 if want > 1:
                     msgs.extend(self.consumer.consume(want - 1, 0))
-        return msgs
+        return msgs, len(msgs) < want
+
+    def _model_idle(self) -> bool:
+        """The model and sink stages hold no batch and none waits for them (read without a lock:
+        a hint). A busy sink counts: a batch closed early would only queue behind it, and each
+        batch costs the sink a fixed amount (encode set-up, telemetry, produce calls)."""
+        return not (self._model_busy or self._sink_busy) and self._q_model.empty() and self._q_sink.empty()
 
     def _accept(self, msgs: list[Message]) -> None:
         good = msgs
@@ -366,8 +387,12 @@ class Scorer:
             if isinstance(work, _Stop):
                 self._put(self._q_sink, _STOP, force=True)
                 return
-            if self._failure is None and self.commit.current(work.generation):
-                self.model_stage.score(work)
+            self._model_busy = True
+            try:
+                if self._failure is None and self.commit.current(work.generation):
+                    self.model_stage.score(work)
+            finally:
+                self._model_busy = False
             work.scored_at = time.monotonic()
             self._put(self._q_sink, work, force=True)
 
@@ -381,12 +406,15 @@ class Scorer:
             if isinstance(work, _Stop):
                 break
             if work is not None and self._failure is None and self.commit.current(work.generation):
+                self._sink_busy = True
                 try:
                     self._emit(work)
                 except DeliveryError as exc:
                     self.commit.produce_failed(exc)
                 except KafkaException as exc:      # begin_transaction on a failed producer
                     self.commit.produce_failed(DeliveryError(str(exc), kafka_error=exc.args[0]))
+                finally:
+                    self._sink_busy = False
             self.commit.tick()
         if self._failure is None:
             self.commit.finish(self._deadline())

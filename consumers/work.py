@@ -36,3 +36,38 @@ class Work:
     generation: int = 0
     consumed_at: float = 0.0                  # time.monotonic() at each stage, for stage latency metrics
     scored_at: float = 0.0
+
+
+class SyntheticMessage:
+    """A record that did not come from a consumer (a warm-up batch, a backfill file row),
+    with the accessors the stages read from a Kafka message."""
+
+    __slots__ = ("_topic", "_offset", "_value", "_key", "_timestamp")
+
+    def __init__(self, topic: str, offset: int, value: bytes, *, key: bytes | None = None,
+                 timestamp_ms: int = 0) -> None:
+        self._topic, self._offset, self._value = topic, offset, value
+        self._key, self._timestamp = key, timestamp_ms
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        """(type, ms) as confluent-kafka gives it: type 0 (not available) when no time was set."""
+        return (1, self._timestamp) if self._timestamp else (0, 0)
+
+    def error(self) -> None:
+        return None
+

@@ -233,6 +233,18 @@ class FeatureBuilder:
             self.inputs[name] = (dtype, width + f.width)
         self.default_input = default_input
 
+    def column_names(self) -> dict[str, list[str]]:
+        """Model input -> the name of each of its columns: the feature's name, or
+        ``name=value`` for each one_hot column (``name=<other>`` for the extra one)."""
+        out: dict[str, list[str]] = {name: [] for name in self.inputs}
+        for f in self.features:
+            names = [f.name]
+            if f.width > 1:
+                t = f.transforms[0]
+                names = [f"{f.name}={v}" for v in t.get("vocabulary")] + [f"{f.name}=<other>"][:f.width - len(t.get("vocabulary"))]
+            out[f.input or self.default_input].extend(names)
+        return out
+
     def build(self, columns: Mapping[str, Any], nulls: Mapping[str, np.ndarray],
               symbols: Mapping[str, Sequence[str]], n: int) -> FeatureBatch:
         bad = _Bad(n)

@@ -133,6 +133,22 @@ class ModelRunner:
             outputs = self._check_post(_call(self.post, f"post hook {self.post_name}", "post_hook", outputs, cols, n), n)
         return self._heads(outputs, n)
 
+    def feature_maps(self, feats: FeatureBatch, rows: np.ndarray) -> np.ndarray:
+        """Each row's numeric model inputs as {column name: value} (``output.include_features``);
+        string inputs are left out (the record's map holds doubles)."""
+        maps = np.empty(len(rows), dtype=object)
+        maps[:] = [{} for _ in range(len(rows))]
+        if feats.inputs is None:
+            return maps
+        names = self.input_spec.builder.column_names()
+        for name, mat in feats.inputs.items():
+            if mat.dtype == object:
+                continue
+            cols = names.get(name) or [f"{name}[{j}]" for j in range(mat.shape[1])]
+            for m, values in zip(maps.tolist(), mat[rows].astype(np.float64).tolist()):
+                m.update(zip(cols, values))
+        return maps
+
     def _check_pre(self, got: Any, n: int) -> dict[str, np.ndarray]:
         want = self.input_spec.inputs
         if not isinstance(got, Mapping) or set(got) != set(want):

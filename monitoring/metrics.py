@@ -216,6 +216,14 @@ class ScorerMetrics:
         self._decode_fallbacks = Counter("streamscore_decode_fallbacks", "Writer schemas decoded per record "
                                          "(fastavro) because the columnar decoder cannot compile them.",
                                          [*inst, "pipeline"], registry=reg)
+        self._lookup_waits = Counter("streamscore_lookup_waits", "Retries while a feature lookup's Redis did not "
+                                     "answer and a batch waited.", [*inst, "pipeline", "lookup"], registry=reg)
+        self._lookup_wait_s = Counter("streamscore_lookup_wait_seconds", "Time batches waited for a feature "
+                                      "lookup's Redis.", [*inst, "pipeline", "lookup"], registry=reg)
+        self._lookup_keys = Counter("streamscore_lookup_keys", "Distinct keys a lookup needed, by where they came "
+                                    "from (fetched, cached).", [*inst, "pipeline", "lookup", "source"], registry=reg)
+        self._lookup_missing = Counter("streamscore_lookup_missing_rows", "Events whose lookup key had no fresh entry.",
+                                       [*inst, "pipeline", "lookup"], registry=reg)
         self._e2e = BulkHistogram("streamscore_e2e_latency_seconds", "Event time to prediction produced, per event.",
                                   ["pipeline"], E2E_BUCKETS, const_labels={"instance": self.instance})
         self._consumer = ConsumerStatsCollector({"instance": self.instance})
@@ -292,6 +300,16 @@ class ScorerMetrics:
 
     def decode_fallback(self, pipeline: str) -> None:
         self._child(self._decode_fallbacks, pipeline).inc()
+
+    def lookup_wait(self, pipeline: str, lookup: str, seconds: float) -> None:
+        self._child(self._lookup_waits, pipeline, lookup).inc()
+        self._child(self._lookup_wait_s, pipeline, lookup).inc(seconds)
+
+    def lookup_keys(self, pipeline: str, lookup: str, fetched: int, cached: int, missing: int) -> None:
+        self._child(self._lookup_keys, pipeline, lookup, "fetched").inc(fetched)
+        self._child(self._lookup_keys, pipeline, lookup, "cached").inc(cached)
+        if missing:
+            self._child(self._lookup_missing, pipeline, lookup).inc(missing)
 
 
 class GpuMetrics(Collector):

@@ -6,13 +6,16 @@ Crash safety (why a SIGKILL + restart ends with the same window results):
    is restored as a unit, never half-updated.
 2. A record at or below the restored ``offset`` is a replay and is skipped
    (``MonitorCore.apply``), so Faust committing behind the changelog cannot double-count.
-3. Faust flushes the producer (changelog writes) before it commits consumer offsets, and
-   the agent handles one record at a time (concurrency 1, no buffering), so the
-   committed offset never passes a record whose state change is not in the changelog;
-   records after the committed offset are simply read again.
-4. Closing a window is a pure function of the restored state and the replayed records,
-   and Redis writes are idempotent per window (``RedisState``), so a window closed
-   before the crash and closed again after it leaves one result and one alert.
+3. A record is acknowledged only once its state change is on the broker: the handler
+   waits for the changelog write (``TelemetryHandler._persist``; Faust's flush before a
+   commit does not guarantee it), and the agent handles one record at a time
+   (concurrency 1), so the committed offset never passes a record whose state change is
+   not in the changelog; records after the committed offset are simply read again.
+4. A record's Redis writes come before its state change, so a restored state never
+   covers a window that is not in Redis. Closing a window is a pure function of the
+   restored state and the replayed records, and Redis writes are idempotent per window
+   (``RedisState``), so a window closed before the crash and closed again after it
+   leaves one result and one alert.
 
 Telemetry must be keyed by model (``TelemetryBuilder.key()``) so each model's windows
 live in one partition.
@@ -35,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from monitoring.alerts import Hysteresis
 from monitoring.drift import DEFAULT_ALPHA, PSI_DRIFT, PSI_WARNING
+from monitoring.faust_state import state_table, until_done
 from monitoring.monitor_core import MonitorCore
 from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.redis_state import RedisState, redact
@@ -218,6 +222,7 @@ class TelemetryHandler:
 
     def __init__(self, core: MonitorCore, table: Any, sink: RedisState, metrics: MonitorMetrics) -> None:
         self.core, self.table, self.sink, self.metrics = core, table, sink, metrics
+        self._seen: set[str] = set()
 
     async def handle(self, partition: int, offset: int, value: bytes) -> None:
         key = str(partition)
@@ -226,17 +231,41 @@ class TelemetryHandler:
         except DecodeError as exc:
             log.warning("skipping undecodable telemetry at %s/%s: %s", partition, offset, exc)
             return
-        out = self.core.apply(self.table.get(key), offset, summary)
+        before = self.table.get(key)
+        if key not in self._seen:   # where this process picked up: restored state vs. first record read
+            self._seen.add(key)
+            log.info("partition %s: first record at offset %s, restored state at offset %s", partition, offset,
+                     None if before is None else before["offset"])
+        out = self.core.apply(before, offset, summary)
         if out is None:
             self.metrics.replayed.inc()
             return
         state, results = out
-        self.table[key] = state  # one changelog record carries the whole partition state
-        self.metrics.telemetry.inc()
+        # Redis first, the state second: a record at or below the restored offset is skipped, so
+        # a state that reached the changelog before this record's windows reached Redis would
+        # lose those windows for good at a crash in between.
         for result in results:
             await self.retry(lambda: self.sink.write_window(result))
             self.metrics.observe(result, state["alerts"])
         await self.retry(lambda: self.sink.heartbeat())
+        await self._persist(key, state)
+        self.metrics.telemetry.inc()
+
+    async def _persist(self, key: str, state: dict[str, Any]) -> None:
+        """Set the partition state and wait until its changelog record is on the broker.
+
+        The record is acknowledged (and so committable) only when this returns. Faust's own
+        flush before a commit does not wait for it: the producer buffer is drained with a
+        0.1 s timeout and a record it has dequeued but not yet handed to the client is in
+        neither queue, so a commit could pass a state change that a SIGKILL then loses (the
+        restarted monitor skips the record: one batch short, or a window that never closes).
+        A failed changelog write is logged by Faust only; it is repeated here.
+        """
+        async def write() -> None:
+            self.table[key] = state   # one changelog record carries the whole partition state
+            await self.table.last_write
+
+        await until_done(write, "state changelog write")
 
     async def retry(self, fn: Callable[[], object]) -> None:
         """Run a Redis write on a worker thread until it succeeds.
@@ -246,16 +275,7 @@ class TelemetryHandler:
         so one that reached Redis before its reply was lost is harmless to repeat. The
         event loop stays free meanwhile (Kafka heartbeats, commits of earlier records).
         """
-        delay = 0.2
-        while True:
-            try:
-                await asyncio.to_thread(fn)
-                return
-            except Exception as exc:  # redis down or restarting: retry with backoff
-                self.metrics.redis_errors.inc()
-                log.warning("redis write failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await until_done(lambda: asyncio.to_thread(fn), "redis write", self.metrics.redis_errors.inc)
 
 
 def _broker_url(bootstrap: str) -> list[str]:
@@ -277,7 +297,7 @@ def build_app(config: MonitorConfig, *, partitions: int | None = None,
         broker_session_timeout=config.session_timeout_s, broker_heartbeat_interval=config.session_timeout_s / 5,
     )
     topic = app.topic(config.telemetry_topic, value_serializer="raw", key_serializer="raw", partitions=parts)
-    table = app.Table(STATE_TABLE, default=None, partitions=parts)  # json values (the app default)
+    table = state_table(app, STATE_TABLE, parts)
     profiles = ProfileCache(config.registry)
     core = MonitorCore(windows=config.window_spec(), hysteresis=Hysteresis(config.k, config.m),
                        profiles=profiles, alpha=config.alpha,

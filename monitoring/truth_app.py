@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.redis_state import RedisState
-from monitoring.truth_core import JoinCore, Label, Prediction, QualityCore, QualityDrop, Store, write
+from monitoring.faust_state import DurableStore, persist, state_table
+from monitoring.truth_core import JoinCore, Label, Prediction, QualityCore, QualityDrop
 from monitoring.windows import WindowSpec
 from schemas.errors import ConfigError, DecodeError
 
@@ -182,10 +183,12 @@ def quality_partition(key: str, parts: int) -> int:
 class JoinHandler:
     """One prediction or label record at a time: the join, its row operations, the state table.
 
-    Row operations are sent (and their delivery awaited) BEFORE the state holding the join is
-    written: a crash in between replays the record, and the operations are idempotent."""
+    Row operations are sent (and their delivery awaited) and the label counts written to Redis
+    BEFORE the state holding the join is written, and the record returns (is acknowledged) only
+    once that state is on the changelog (``faust_state.persist``): a crash before it replays the
+    record, and the operations and Redis writes are idempotent."""
 
-    def __init__(self, cfg: GroundTruthConfig, core: JoinCore, table: Store, sink: RedisState,
+    def __init__(self, cfg: GroundTruthConfig, core: JoinCore, table: DurableStore, sink: RedisState,
                  metrics: MonitorMetrics, decoder: RecordDecoder, retry: Retry, send: RowSender,
                  quality_parts: int) -> None:
         self.cfg, self.core, self.table, self.sink = cfg, core, table, sink
@@ -193,6 +196,7 @@ class JoinHandler:
         self.quality_parts = quality_parts
 
     async def handle(self, topic: str, partition: int, offset: int, value: bytes, timestamp_ms: int) -> None:
+        self.table.take_writes()    # what the last record wrote was awaited: start afresh
         try:
             rec = await asyncio.to_thread(self.decoder.decode, value)   # a registry lookup may wait out an outage
             if topic == self.cfg.labels.topic:
@@ -213,27 +217,30 @@ class JoinHandler:
             range(self.quality_parts) if op["op"] == "wm" else [quality_partition(op["key"], self.quality_parts)])]
         if sends:
             await self.send(sends)   # one delivery wait per record, not per operation
-        write(self.table, out)   # a few small changelog records: the partition meta, then the event's entry
         if any(op["op"] == "wm" for op in out.ops) and out.meta is not None:
             counts = dict(out.meta["counts"])
             await self.retry(lambda: self.sink.write_label_counts(self.cfg.name, partition, counts))
             self.metrics.observe_labels(self.cfg.name, partition, counts)
+        # a few small changelog records (the partition meta, then the event's entry), on the broker
+        # before the record is acknowledged
+        await persist(self.table, out, f"{self.cfg.name} join changelog write")
 
 
 class QualityHandler:
     """One row operation at a time: windows per model|version|variant, closed ones to Redis."""
 
-    def __init__(self, cfg: GroundTruthConfig, core: QualityCore, table: Store, sink: RedisState,
+    def __init__(self, cfg: GroundTruthConfig, core: QualityCore, table: DurableStore, sink: RedisState,
                  metrics: MonitorMetrics, retry: Retry) -> None:
         self.cfg, self.core, self.table, self.sink, self.metrics, self.retry = cfg, core, table, sink, metrics, retry
 
     async def handle(self, partition: int, value: bytes) -> None:
         op = json.loads(value)
+        self.table.take_writes()    # what the last record wrote was awaited: start afresh
         update, results = self.core.apply(self.table, partition, int(op["src"]), op)
         for result in results:      # Redis first (idempotent): a crash before the table write replays the close
             await self.retry(lambda: self.sink.write_quality(self.cfg.name, result))
             self.metrics.observe_quality(result)
-        write(self.table, update)
+        await persist(self.table, update, f"{self.cfg.name} quality changelog write")
 
 
 def check_partitions(cfg: GroundTruthConfig, parts: Mapping[str, int]) -> int:
@@ -258,10 +265,10 @@ def add_ground_truth(app: faust.App, gt: GroundTruthConfig, parts: int, *, sink:
         await asyncio.gather(*futs)   # delivered before the join state that caused them is written
 
     joiner = JoinHandler(gt, JoinCore(windows=windows, horizon_ms=gt.labels.horizon),
-                         app.Table(gt.join_table(), default=None, partitions=parts), sink, metrics, decoder, retry,
+                         state_table(app, gt.join_table(), parts, keep_writes=True), sink, metrics, decoder, retry,
                          send, parts)
     scorer = QualityHandler(gt, QualityCore(windows=windows, sources=parts, drop=drop),
-                            app.Table(gt.quality_table(), default=None, partitions=parts), sink, metrics, retry)
+                            state_table(app, gt.quality_table(), parts, keep_writes=True), sink, metrics, retry)
     sources = app.topic(*gt.topics(), value_serializer="raw", key_serializer="raw", partitions=parts)
 
     async def join(stream: Any) -> None:

@@ -72,13 +72,18 @@ class Update:
     delete: list[str] = field(default_factory=list)
 
 
-def write(store: Store, u: Update) -> None:
-    """Meta first: it names the other writes, so a crash after it is completed by ``settle``."""
+def write(store: Store, u: Update, *, again: bool = False) -> None:
+    """Meta first: it names the other writes, so a crash after it is completed by ``settle``.
+
+    ``again``: a repeat after a failed changelog write; a key this update deleted before is
+    deleted again (set, then deleted), so the changelog gets its tombstone."""
     if u.meta is not None:
         store[u.meta_key] = u.meta
     for key, value in u.put.items():
         store[key] = value
     for key in u.delete:
+        if again and store.get(key) is None:
+            store[key] = 0
         if store.get(key) is not None:
             del store[key]
 

@@ -25,7 +25,7 @@ from schemas.codec.vec import PAD, Buffer, uvarint_size, write_uvarint, zigzag_e
 from schemas.columns import BytesColumn, Column, DecodedBatch, RaggedColumn, StrColumn, concat, take
 from schemas.errors import DecodeError, RecordValidationError, SchemaError, UnknownSchemaError, WireFormatError
 from schemas.registry import parse_schema
-from schemas.wire import HEADER_SIZE
+from schemas.wire import HEADER_SIZE, frame, header_error
 
 __all__ = [
     "BatchDecoder",
@@ -41,6 +41,13 @@ __all__ = [
 
 Engine = Literal["auto", "numpy", "fastavro"]
 log = logging.getLogger(__name__)
+
+
+def _not_framed(value: bytes | None) -> WireFormatError:
+    """Why a value the vectorised header check rejected is not wire format (wire.py's wording)."""
+    err = header_error(value)
+    assert err is not None, "the header check and wire.header_error disagree"
+    return err
 
 
 class SchemaSource(Protocol):
@@ -68,6 +75,32 @@ def long_bytes(v: int) -> np.ndarray:
     out = np.zeros(int(size[0]), np.uint8)
     write_uvarint(out, np.zeros(1, np.int64), u, size)
     return out
+
+
+_PLACEHOLDERS: dict[str, Any] = {"null": None, "boolean": False, "int": 1, "long": 1, "float": 1.0, "double": 1.0,
+                                 "bytes": b"\x00", "string": "warm-up"}
+
+
+def placeholder(t: Any, named: dict[str, Any] | None = None) -> Any:
+    """One valid value of Avro type ``t`` (a parsed schema, logical types stripped): the first
+    non-null branch of a union, the first enum symbol, empty arrays and maps, ones for numbers."""
+    named = {} if named is None else named
+    if isinstance(t, list):
+        return placeholder(next((b for b in t if b != "null"), "null"), named)
+    if isinstance(t, str):
+        return placeholder(named[t], named) if t in named else _PLACEHOLDERS[t]
+    kind = t["type"]
+    if "name" in t:
+        named[t["name"]] = t
+    if kind == "record":
+        return {f["name"]: placeholder(f["type"], named) for f in t["fields"]}
+    if kind == "enum":
+        return t["symbols"][0]
+    if kind == "fixed":
+        return bytes(t["size"])
+    if kind in ("array", "map"):
+        return [] if kind == "array" else {}
+    return placeholder(kind, named)
 
 
 def _join(values: Sequence[bytes | None], pad: int) -> tuple[bytes, np.ndarray]:
@@ -144,6 +177,26 @@ class BatchDecoder:
         same = writer == self.reader
         return FallbackGroup(writer, None if same else self.reader, self.fields, self._inlined)
 
+    def samples(self, n: int) -> list[bytes] | None:
+        """``n`` values of one placeholder record of the reader schema, in this decoder's input
+        format (Avro framed with the reader schema's id), for warming the decode path up; None
+        when the reader schema has no id in ``registry`` (nothing framed would resolve)."""
+        import io
+
+        import fastavro
+
+        record = placeholder(self.reader)
+        if self.fmt == "json":
+            value = json.dumps(record, default=lambda b: b.decode("latin-1")).encode()
+        else:
+            schema_id = self.registry.find(self.reader)
+            if schema_id is None:
+                return None
+            out = io.BytesIO()
+            fastavro.schemaless_writer(out, parse_schema(self.reader), record)
+            value = frame(schema_id, out.getvalue())
+        return [value] * n
+
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         """Decode ``values``; a bad value becomes an entry in ``errors``, never an exception."""
         if self.fmt == "json":
@@ -158,7 +211,7 @@ class BatchDecoder:
         ids = ((buf.words(head) >> np.uint64(8)) & np.uint64(0xFFFFFFFF)).astype(np.uint32).byteswap().astype(np.int64)
         if not framed.all():
             for i in np.flatnonzero(~framed).tolist():
-                errors.append((i, self._wire_error(values[i])))
+                errors.append((i, _not_framed(values[i])))
         results: list[tuple[np.ndarray, dict[str, Column], dict[str, np.ndarray]]] = []
         good_rows = np.flatnonzero(framed)
         uniq = np.unique(ids[good_rows]) if good_rows.size else np.empty(0, np.int64)
@@ -180,21 +233,13 @@ class BatchDecoder:
                 results.append((rows[local_ok], cols, nulls))
         return self._finish(results, errors, ids, values)
 
-    @staticmethod
-    def _wire_error(value: bytes | None) -> WireFormatError:
-        if not value:
-            return WireFormatError("empty message value", raw=value)
-        if len(value) < HEADER_SIZE:
-            return WireFormatError(f"value is {len(value)} bytes, shorter than the 5-byte header", raw=value)
-        return WireFormatError(f"bad magic byte {value[0]}", raw=value)
-
     def _decode_json(self, values: Sequence[bytes | None]) -> DecodedBatch:
         errors: list[tuple[int, DecodeError]] = []
         parsed: list[Any] = []
         index: list[int] = []
         for i, v in enumerate(values):
             if not v:
-                errors.append((i, WireFormatError("empty message value", raw=v)))
+                errors.append((i, _not_framed(v)))
                 continue
             try:
                 parsed.append(flatten_record(json.loads(v), self._inlined))

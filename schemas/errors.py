@@ -8,7 +8,10 @@ beside the code that raises them (marked with their module); the tree is complet
     ├── ConfigError              bad pipeline file, bad CLI option, bad environment
     │   └── HookContractError    a pre/post hook returned the wrong shape (stops the pipeline)
     ├── ServiceError             a local dev service (Kafka, Redis, registry) could not start
-    ├── RegistryUnavailableError stopped while waiting for an unreachable schema registry
+    ├── StoppedWhileWaiting      a stop ended a batch's wait for a service (a clean stop)
+    │   ├── RegistryUnavailableError  ... for an unreachable schema registry
+    │   └── LookupStoppedError        ... for a lookup's store (also a LookupUnavailableError)
+    ├── LookupUnavailableError   a feature lookup's store did not answer within max_wait_s
     ├── SchemaError              a schema cannot be parsed or compiled
     │   ├── ResolutionError      writer and reader schemas do not resolve (the codec)
     │   └── DecodeError          one record cannot be decoded (keeps the raw bytes)
@@ -50,8 +53,22 @@ class ServiceError(StreamscoreError):
     """A local development service could not be started or reached."""
 
 
-class RegistryUnavailableError(StreamscoreError):
+class StoppedWhileWaiting(StreamscoreError):
+    """A stop ended a batch's wait for a service that did not answer. The batch is not
+    committed (its offsets never advance; the next owner replays it): the scorer stops
+    cleanly, exit 0, as for any other stop."""
+
+
+class RegistryUnavailableError(StoppedWhileWaiting):
     """The scorer was stopped while a batch waited for the schema registry to answer."""
+
+
+class LookupUnavailableError(StreamscoreError):
+    """A batch's feature lookup got no answer from its store within ``max_wait_s``."""
+
+
+class LookupStoppedError(LookupUnavailableError, StoppedWhileWaiting):
+    """The scorer was stopped while a batch waited for a lookup's store to answer."""
 
 
 class SchemaError(StreamscoreError):

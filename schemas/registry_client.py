@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from schemas.backoff import Backoff
 from schemas.errors import ConfigError, RegistryUnavailableError, SchemaError, UnknownSchemaError
 from schemas.registry import parse_schema
 
@@ -140,8 +140,7 @@ class RegistryClient:
 
     # -- the wait ------------------------------------------------------------------------------
     def _retrying(self, call: Callable[[], Any], what: str, *, not_found: Callable[[], Exception]) -> Any:
-        delay = 0.05
-        started: float | None = None
+        backoff = Backoff(self.stop, max_s=self.max_backoff_s, on_wait=self.on_wait)
         while True:
             try:
                 result = call()
@@ -150,16 +149,12 @@ class RegistryClient:
                     raise not_found() from exc
                 if not _is_outage(exc):
                     raise SchemaError(f"schema registry {self.url}, {what}: {type(exc).__name__}: {exc}") from exc
-                if started is None:
-                    started = time.monotonic()
+                if backoff.failed():
                     log.warning("schema registry %s unreachable fetching %s; waiting (%s)", self.url, what, exc)
-                if self.on_wait is not None:
-                    self.on_wait(delay)
-                if self.stop.wait(delay):
+                if not backoff.pause():
                     raise RegistryUnavailableError(f"stopped while waiting for schema registry {self.url} ({what})"
                                                    ) from exc
-                delay = min(delay * 2, self.max_backoff_s)
                 continue
-            if started is not None:
-                log.warning("schema registry %s answers again after %.1fs", self.url, time.monotonic() - started)
+            if backoff.started is not None:
+                log.warning("schema registry %s answers again after %.1fs", self.url, backoff.waited_s())
             return result

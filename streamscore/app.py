@@ -40,6 +40,8 @@ class RuntimeMetrics(Protocol):
     def registry_wait(self, pipeline: str, seconds: float) -> None: ...
     def model_swap(self, pipeline: str, ok: bool) -> None: ...
     def model_info(self, pipeline: str, model: str, version: str, variant: str) -> None: ...
+    def lookup_wait(self, pipeline: str, lookup: str, seconds: float) -> None: ...
+    def lookup_keys(self, pipeline: str, lookup: str, fetched: int, cached: int, missing: int) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +239,9 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: ModelSource, a
     finite = arms[0].active.assembler.names if entries[0].input_spec.plain else ()
     decoder = build_decoder(p, reader, client or schemas, finite, metrics=metrics)
     encoder = BatchEncoder(out_schema, out_id)
+    if p.output.include_features and (_model(p).pre or any(e.hooks.get("pre") for e in entries)):
+        raise ConfigError(f"pipelines[{p.name}].output.include_features: a pre hook builds the model inputs; "
+                          f"include_features needs declarative features")
     return PipelineRuntime(
         name=p.name, input_topic=p.input.topic, output_topic=p.output.topic, dlq_topic=p.input.dlq_topic,
         decoder=decoder, encoder=encoder, slot=arms[0], arms=arms,
@@ -246,8 +251,31 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: ModelSource, a
         partitioning=p.output.partitioning,
         max_message_bytes=p.input.max_message_bytes, output_headers=p.output.headers,
         id_field=p.input.id_field, time_field=mapping.time_field, time_scale=mapping.time_scale,
-        carry=mapping.carry,
+        carry=mapping.carry, include_features=p.output.include_features,
+        lookups=lookups_for(p, mapping.leaves, metrics, registry_stop or threading.Event()),
     )
+
+
+def lookups_for(p: PipelineConfig, fields: Any, metrics: RuntimeMetrics, stop: threading.Event) -> Any:
+    """The pipeline's online feature lookups (None when it has none: the scorer's path is unchanged)."""
+    if not p.lookups:
+        return None
+    from models.lookups import Lookup, Lookups, RedisHashStore
+    from streamscore.config import redis_url_from_env
+
+    out = []
+    for lk in p.lookups:
+        spec = lk.spec()
+        if spec.key_field not in fields:
+            raise ConfigError(f"pipelines[{p.name}].lookups[{lk.name}].redis.key: field {spec.key_field!r} is not "
+                              f"in the input schema; valid: {sorted(fields)}")
+        clash = sorted(set(spec.columns()) & set(fields))
+        if clash:
+            raise ConfigError(f"pipelines[{p.name}].lookups[{lk.name}]: columns {clash} clash with input fields")
+        url = lk.redis.url.get_secret_value() if lk.redis.url is not None else redis_url_from_env()
+        store = RedisHashStore(url, timeout_s=lk.redis.timeout_ms / 1000.0)
+        out.append(Lookup(spec, store, pipeline=p.name, metrics=metrics, stop=stop, max_wait_s=lk.redis.max_wait_s))
+    return Lookups(out)
 
 
 def build_decoder(p: PipelineConfig, reader: dict[str, Any], source: Any, feature_names: tuple[str, ...], *,
@@ -356,7 +384,8 @@ def batcher_for(p: PipelineConfig) -> AdaptiveBatcher:
     if b.max_size is None:           # PipelineConfig fills in the default for its kind
         raise ConfigError(f"pipelines[{p.name}].batching.max_size: missing")
     return AdaptiveBatcher(max_size=b.max_size, max_wait_s=b.max_wait_ms / 1000.0,
-                           latency_target_s=None if b.latency_target_ms is None else b.latency_target_ms / 1000.0)
+                           latency_target_s=None if b.latency_target_ms is None else b.latency_target_ms / 1000.0,
+                           close_by_need=b.close_by_need)
 
 
 def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int = 0) -> Scorer:
@@ -370,7 +399,7 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
     registry = registry_for(cfg)
     metrics = ScorerMetrics(instance=instance or "")
     watchers: list[RegistryWatcher] = []
-    registry_stop = threading.Event()    # set by scorer.stop(): a decode waiting on the registry gives up
+    registry_stop = threading.Event()    # set by scorer.stop(): a batch waiting on the registry or a lookup gives up
     runtimes = [build_runtime(cfg, p, registry, admin, watchers, metrics, registry_stop) for p in cfg.pipelines]
     # Topics only once every model and schema resolved: a start that fails creates nothing.
     prepare_topics(cfg)
@@ -401,7 +430,7 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
                     metrics=metrics)
     for w in watchers:
         scorer.closers.append(w.start().close)
-    if cfg.schema_registry is not None:
+    if cfg.schema_registry is not None or any(p.lookups for p in cfg.pipelines):
         stop_scorer = scorer.stop
 
         def stop() -> None:

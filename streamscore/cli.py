@@ -79,33 +79,6 @@ def short_gil_slices(ms: float) -> None:
     sys.setswitchinterval(ms / 1000.0)
 
 
-class _StoppedDuringStartup(Exception):
-    """SIGTERM/SIGINT arrived before the scorer was built."""
-
-
-def arm_stop_backstop(budget_s: float) -> threading.Timer:
-    """Make sure a stop ends within ``budget_s``, whatever the cluster does.
-
-    Every blocking call of the scorer is bounded to fit the budget; if one still outlives
-    it (a librdkafka close waiting on an unreachable coordinator, say), the process dumps
-    every thread's stack and exits 0 at the deadline. Nothing is lost that way: offsets
-    move only after outputs are acknowledged (or committed in a transaction), so whatever
-    was not committed is replayed by the partitions' next owner.
-    """
-    def hard_exit() -> None:
-        log.error("stop took longer than stop_timeout_s=%.0fs: exiting without a clean close "
-                  "(uncommitted work is replayed by the next owner); stacks follow", budget_s)
-        faulthandler.dump_traceback(all_threads=True)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-    timer = threading.Timer(max(0.5, budget_s - 0.5), hard_exit)
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from streamscore.config import load_config
 
@@ -117,30 +90,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     if args.processes > 1:
         return _serve_many(args, cfg)
-    built: list[Any] = []
-    stopping: list[threading.Timer] = []
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal %d: finishing in-flight batches", signum)
-        if not stopping:
-            stopping.append(arm_stop_backstop(cfg.stop_timeout_s))
-        if built:
-            built[0].stop()
-        else:
-            raise _StoppedDuringStartup()      # nothing consumed yet: nothing to finish
+    from streamscore.stopping import StopSignals, StoppedDuringStartup
 
     # Installed before the scorer is built: a stop asked for during startup is a clean stop too.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1 PID`: every thread's stack to stderr
-    try:
+    stops = StopSignals(cfg.stop_timeout_s)
+    try:                                   # from the first moment a signal can raise StoppedDuringStartup
+        stops.install()
+        faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1 PID`: every thread's stack to stderr
         from streamscore.app import build_scorer
 
-        built.append(build_scorer(cfg, instance=args.instance, index=args.process_index))
-    except _StoppedDuringStartup:
+        scorer = build_scorer(cfg, instance=args.instance, index=args.process_index)
+        stops.on_stop = scorer.stop
+        if stops.backstop is not None:      # asked while building: the watcher had nobody to tell
+            scorer.stop()
+    except StoppedDuringStartup:
         log.info("stopped while starting")
         return 0
-    scorer = built[0]
     t0 = time.monotonic()
     quiet_gc()
     short_gil_slices(cfg.gil_switch_ms)
@@ -192,7 +157,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         to_topic=args.to_topic, to_file=Path(args.to_file) if args.to_file else None,
         input_file=Path(args.input_file) if args.input_file else None, resume=args.resume,
         state_dir=Path(args.state_dir) if args.state_dir else None, pipeline=args.pipeline,
-        max_rate=args.max_rate, progress=None if args.quiet else terminal_progress())
+        max_rate=args.max_rate, progress=None if args.quiet else terminal_progress(), compare=args.compare)
+    compare_out = Path(args.compare_out) if args.compare_out else None
+    if compare_out is not None and not args.compare:
+        raise ConfigError("--compare-out: only with --compare")
     quiet_gc()
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -201,6 +169,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if res.compare is not None:
+        from streamscore.backfill.compare import summary_lines
+
+        print("\n".join(summary_lines(res.compare)), file=sys.stderr, flush=True)
+        if compare_out is not None:
+            compare_out.write_text(json.dumps(res.compare, indent=2) + "\n")
     print(json.dumps(res.to_dict()), flush=True)
     if not res.complete:
         print("streamscore: backfill interrupted; run the same command with --resume to continue", file=sys.stderr)
@@ -521,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--state-dir", default=None, help="checkpoint directory (default: OUT.parquet.backfill or .backfill-TOPIC)")
     bf.add_argument("--pipeline", default=None, help="which pipeline of the file (default: the first scoring one)")
     bf.add_argument("--max-rate", type=float, default=None, help="events/s ceiling (default: flat out)")
+    bf.add_argument("--compare", action="store_true",
+                    help="also score with the production version and compare it with --model (the candidate)")
+    bf.add_argument("--compare-out", default=None, help="write the --compare report to this JSON file")
     bf.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     bf.set_defaults(fn=cmd_backfill)
 

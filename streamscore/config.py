@@ -126,6 +126,47 @@ class ModelRef(_Strict):
         return v
 
 
+class RedisLookupConfig(_Strict):
+    """Where a lookup reads: one hash per key (docs/online-features.md)."""
+
+    url: SecretStr | None = None               # None: $REDIS_URL, else redis://127.0.0.1:6379/0
+    key: str                                   # one {field} of the event, e.g. "acct:{account_id}"
+    fields: list[str] | dict[str, Literal["float", "string"]]   # a list: every field is a float
+    timeout_ms: float = Field(1000.0, gt=0)    # one round trip slower than this counts as "not answering"
+    max_wait_s: float | None = Field(600.0, gt=0)   # a batch waits this long for the store, then the scorer fails
+
+
+class LookupConfig(_Strict):
+    """Per-key values read once per batch and joined in as columns ``<name>.<field>``."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    redis: RedisLookupConfig
+    defaults: dict[str, float | str] = Field(default_factory=dict)   # per field, when the key or field is missing
+    max_age_s: float | None = Field(None, gt=0)    # an entry whose _ts is older counts as missing
+    on_missing: Literal["default", "dead_letter"] = "default"
+    cache_ttl_s: float = Field(1.0, ge=0)          # 0: no local cache
+    cache_max_keys: int = Field(100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _spec(self) -> "LookupConfig":
+        try:
+            self.spec().check()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    def spec(self) -> Any:
+        """The ``models.lookups.LookupSpec`` this section describes."""
+        from models.lookups import LookupSpec
+
+        f = self.redis.fields
+        kinds: tuple[tuple[str, Literal["float", "string"]], ...] = (
+            tuple((k, "float") for k in f) if isinstance(f, list) else tuple(f.items()))
+        return LookupSpec(name=self.name, key=self.redis.key, fields=kinds, defaults=tuple(self.defaults.items()),
+                          max_age_s=self.max_age_s, on_missing=self.on_missing, cache_ttl_s=self.cache_ttl_s,
+                          cache_max_keys=self.cache_max_keys)
+
+
 class OutputConfig(_Strict):
     topic: str
     partitioning: Partitioning = "input"   # see README: "input" keeps per-key order cheaply
@@ -135,6 +176,7 @@ class OutputConfig(_Strict):
     headers: bool = False
     carry: list[str] = Field(default_factory=list)   # input fields (dotted paths) copied into each prediction
     subject_strategy: Literal["topic", "record"] = "topic"   # <topic>-value, or <namespace>.<name>
+    include_features: bool = False             # a `features` map (model input column -> value) in each prediction
 
 
 class TelemetryConfig(_Strict):
@@ -151,6 +193,7 @@ class BatchingConfig(_Strict):
     max_size: int | None = Field(None, ge=1, le=65536)   # None: SCORE_MAX_BATCH or EMBED_MAX_BATCH by kind
     max_wait_ms: float = Field(6.0, ge=0)
     latency_target_ms: float | None = Field(20.0, gt=0)
+    close_by_need: bool = False       # close once the fetched rows are drained and model + sink are idle (docs/performance.md)
 
 
 class EmbedderConfig(_Strict):
@@ -174,6 +217,7 @@ class PipelineConfig(_Strict):
     decision_threshold: float | None = Field(None, ge=0, le=1)   # None: the registry entry's
     route: dict[str, Any] | None = None        # canary / ab / shadow routing (models.routing.RouteSpec)
     telemetry: TelemetryConfig = TelemetryConfig()
+    lookups: list[LookupConfig] = Field(default_factory=list)   # online features from Redis, per batch
 
     @model_validator(mode="before")
     @classmethod
@@ -197,6 +241,11 @@ class PipelineConfig(_Strict):
             raise ValueError("model is required for a scoring pipeline (kind: score)")
         if self.kind == "embed" and self.route is not None:
             raise ValueError("route applies to scoring pipelines only")
+        if self.kind == "embed" and (self.lookups or self.output.include_features):
+            raise ValueError("lookups and output.include_features apply to scoring pipelines only")
+        names = [lk.name for lk in self.lookups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"lookup names must be unique, got {names}")
         return self
 
     @field_validator("route")

@@ -113,12 +113,18 @@ def field_mapping(p: PipelineConfig, reader: dict[str, Any]) -> FieldMapping:
     return FieldMapping(leaves, decimal_paths(reader), time_field, scale, carry)
 
 
+# output.include_features: model input column -> the value the model was given
+FEATURES_FIELD: dict[str, Any] = {"name": "features", "type": {"type": "map", "values": "double"}}
+
+
 def register_output(p: PipelineConfig, mapping: FieldMapping, bundled: SchemaRegistry, client: RegistryClient | None,
                     shadow_topic: str | None, outputs: OutputSpec | None = None) -> tuple[dict[str, Any], int]:
     """The output schema (the prediction fields of the model's ``outputs`` + carried fields) and
     its id: registered under the output subject(s) when a registry is configured, else in the
     in-process table."""
-    schema = output_schema(prediction_fields(outputs), carried_fields(p.output.carry, mapping.leaves, mapping.decimals))
+    features = [FEATURES_FIELD] if p.output.include_features else []
+    schema = output_schema([*prediction_fields(outputs), *features],
+                           carried_fields(p.output.carry, mapping.leaves, mapping.decimals))
     if client is None:
         return schema, bundled.register(schema)
     topics = [p.output.topic] + ([shadow_topic] if shadow_topic and p.output.subject_strategy == "topic" else [])

@@ -1,6 +1,7 @@
 """``streamscore serve-http``: the pipeline's model behind the Open Inference Protocol V2 (REST).
 
-Starlette on uvicorn. Handlers parse and validate (``streamscore.oip``), then await the
+Uvicorn (httptools, uvloop); ``infer`` on raw ASGI with orjson (``OipApp``), the other endpoints
+on Starlette. Handlers parse and validate (``streamscore.oip``), then await the
 RequestCoalescer, which batches concurrent requests with the pipeline's AdaptiveBatcher
 settings and runs the model on the event loop's thread. The live model follows
 the registry (the same RegistryWatcher as ``serve``); ``/versions/{v}`` pins a version.
@@ -17,12 +18,14 @@ Errors answer ``{"error": "..."}``: 400 bad body or input, 404 unknown model or 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
+import re
 import socket
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
@@ -67,7 +70,48 @@ class ServedModel:
         return slot
 
 
-def build_app(served: ServedModel, coalescer: RequestCoalescer, *, max_body_bytes: int = MAX_BODY_BYTES) -> Any:
+INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived: nothing to answer."""
+
+
+class OipApp:
+    """The ASGI app. ``.../infer`` is answered on raw ASGI (the hot path: no routing, request or
+    response objects, orjson both ways); the other endpoints are Starlette routes."""
+
+    def __init__(self, routes: Any, infer: Callable[[str, str | None, Scope, Receive], Awaitable[tuple[int, bytes]]]) -> None:
+        self.routes = routes
+        self.infer = infer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        m = INFER_PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
+        if m is None:
+            await self.routes(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            await send_json(send, 405, oip.error_body(f"method {scope['method']} not allowed; infer takes POST"))
+            return
+        try:
+            status, body = await self.infer(m.group(1), m.group(2), scope, receive)
+        except ClientGone:
+            return
+        await send_json(send, status, body)
+
+
+async def send_json(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_app(served: ServedModel, coalescer: RequestCoalescer, *, max_body_bytes: int = MAX_BODY_BYTES) -> OipApp:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
@@ -76,11 +120,9 @@ def build_app(served: ServedModel, coalescer: RequestCoalescer, *, max_body_byte
     def error(status: int, message: str) -> Response:
         return JSONResponse({"error": message}, status_code=status)
 
-    async def slot_for(request: Request) -> ModelSlot:
-        name = request.path_params["name"]
+    async def slot_for(name: str, version: str | None) -> ModelSlot:
         if name != served.name:
             raise oip.BadRequest(f"unknown model {name!r}; this server serves {served.name!r}", 404)
-        version = request.path_params.get("version")
         if version is None:
             return served.slot
         from models.registry import UnknownModelError
@@ -103,7 +145,7 @@ def build_app(served: ServedModel, coalescer: RequestCoalescer, *, max_body_byte
 
     async def model_meta(request: Request) -> Response:
         try:
-            slot = await slot_for(request)
+            slot = await slot_for(request.path_params["name"], request.path_params.get("version"))
         except oip.BadRequest as exc:
             return error(exc.status, str(exc))
         a = slot.active
@@ -115,47 +157,50 @@ def build_app(served: ServedModel, coalescer: RequestCoalescer, *, max_body_byte
 
     async def model_ready(request: Request) -> Response:
         try:
-            await slot_for(request)
+            await slot_for(request.path_params["name"], request.path_params.get("version"))
         except oip.BadRequest as exc:
             return error(exc.status, str(exc))
         return JSONResponse({"name": served.name, "ready": True})
 
-    async def infer(request: Request) -> Response:
+    async def infer(name: str, version: str | None, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         try:
-            body = await read_body(request, max_body_bytes)
+            body = await read_body(scope, receive, max_body_bytes)
             req = oip.parse_body(body)
-            slot = await slot_for(request)
+            slot = await slot_for(name, version)
             feats = features(req, slot, served.decoder)
         except oip.BadRequest as exc:
-            return error(exc.status, str(exc))
+            return exc.status, oip.error_body(str(exc))
         try:
             scored = await coalescer.score(slot, feats)
         except PredictError as exc:
-            return error(500, str(exc))
-        return JSONResponse(oip.infer_response(model=served.name, version=str(scored.active.model.version),
-                                               request_id=req.get("id"), scores=scored.scores,
-                                               decisions=scored.decisions))
+            return 500, oip.error_body(str(exc))
+        return 200, oip.infer_response(model=served.name, version=str(scored.active.model.version),
+                                       request_id=req.get("id"), scores=scored.scores, decisions=scored.decisions)
 
     base = "/v2/models/{name}"
     routes = [Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_meta)]
     for prefix in (base, base + "/versions/{version}"):
-        routes += [Route(prefix, model_meta), Route(prefix + "/ready", model_ready),
-                   Route(prefix + "/infer", infer, methods=["POST"])]
-    return Starlette(routes=routes)
+        routes += [Route(prefix, model_meta), Route(prefix + "/ready", model_ready)]
+    return OipApp(Starlette(routes=routes), infer)
 
 
-async def read_body(request: Any, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise oip.BadRequest(f"request body of {declared} bytes exceeds the limit of {limit}", 413)
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for k, v in scope["headers"]:
+        if k == b"content-length" and v.isdigit() and int(v) > limit:
+            raise oip.BadRequest(f"request body of {v.decode()} bytes exceeds the limit of {limit}", 413)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = msg.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise oip.BadRequest(f"request body exceeds the limit of {limit} bytes", 413)
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not msg.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def features(req: dict[str, Any], slot: ModelSlot, decoder: Any) -> np.ndarray:
@@ -262,8 +307,10 @@ def bind(host: str, port: int) -> socket.socket:
 def uvicorn_server(app: Any) -> Any:
     import uvicorn
 
+    # httptools and uvloop are what uvicorn's "auto" picks when installed; named so a missing one is not silent
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                         timeout_keep_alive=30))
+                                         timeout_keep_alive=30, http="httptools", loop=loop))
 
 
 def run_http(cfg: PipelineFile, *, host: str, port: int, pipeline: str | None = None,

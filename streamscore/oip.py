@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 import numpy as np
+import orjson
 
 from schemas.errors import StreamscoreError
 
@@ -35,9 +36,19 @@ class BadRequest(StreamscoreError):
         self.status = status
 
 
+def loads(body: bytes) -> Any:
+    """JSON as the stdlib reads it, parsed by orjson when it can (several times faster)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # what orjson refuses and the stdlib reads (NaN, integers past 64 bits, lone surrogates),
+        # or malformed: the stdlib's error names the problem
+        return json.loads(body)
+
+
 def parse_body(body: bytes) -> dict[str, Any]:
     try:
-        req = json.loads(body)
+        req = loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
     if not isinstance(req, dict):
@@ -174,15 +185,20 @@ def record_values(req: dict[str, Any]) -> list[bytes]:
 
 
 def infer_response(*, model: str, version: str, request_id: str | None, scores: np.ndarray,
-                   decisions: np.ndarray) -> dict[str, Any]:
+                   decisions: np.ndarray) -> bytes:
+    """The V2 inference response body (scores written as the float64 value of each float32)."""
     n = len(scores)
     out: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": [
-        {"name": "score", "datatype": "FP32", "shape": [n], "data": scores.astype(np.float64).tolist()},
-        {"name": "decision", "datatype": "BOOL", "shape": [n], "data": decisions.tolist()},
+        {"name": "score", "datatype": "FP32", "shape": [n], "data": np.ascontiguousarray(scores, dtype=np.float64)},
+        {"name": "decision", "datatype": "BOOL", "shape": [n], "data": np.ascontiguousarray(decisions, dtype=np.bool_)},
     ]}
     if request_id is not None:
         out["id"] = request_id
-    return out
+    return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
 
 
 def model_metadata(*, name: str, versions: list[str], platform: str, input_name: str,

@@ -56,6 +56,7 @@ class BackfillArgs:
     chunk_events: int = 100_000          # a chunk closes on this many events or chunk_seconds
     chunk_seconds: float = 2.0
     progress: Callable[[str, bool], None] | None = None   # (line, is_final)
+    compare: bool = False                # also score with production (as a shadow) and compare with --model
 
 
 @dataclass
@@ -67,9 +68,12 @@ class BackfillResult:
     skipped: int = 0                  # events a previous run already covered (--resume)
     output: str = ""
     complete: bool = False            # False: interrupted; the state directory is kept for --resume
+    compare: dict[str, Any] | None = None   # --compare: streamscore.backfill.compare.Comparison.report()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["events_per_s"] = round(self.events / self.seconds) if self.seconds > 0 else 0
         d["seconds"] = round(self.seconds, 3)
+        if self.compare is None:
+            del d["compare"]
         return d

@@ -38,11 +38,12 @@ from consumers.batcher import AdaptiveBatcher
 from consumers.decode_stage import decode_work
 from consumers.model_stage import ModelStage
 from consumers.outputs import OutputWriter
-from consumers.runtime import PipelineRuntime
+from consumers.runtime import ModelSlot, PipelineRuntime
 from consumers.work import Work
 from schemas.errors import ConfigError, DeliveryError
 from sinks.kafka_sink import BatchAck, KafkaSink
 from streamscore.backfill.args import BackfillArgs, BackfillResult
+from streamscore.backfill.compare import Comparison
 from streamscore.backfill.parquet import ParquetParts, concat_parts
 from streamscore.backfill.progress import Progress
 from streamscore.backfill.sources import FileRows, Source, TopicRange
@@ -72,7 +73,7 @@ def run_backfill(cfg: PipelineFile, args: BackfillArgs, *, stop: threading.Event
     from confluent_kafka.admin import AdminClient
 
     from consumers.kafka_client import connection_error
-    from streamscore.app import build_runtime, registry_for, scoring_pipeline
+    from streamscore.app import build_runtime, load_active, registry_for, scoring_pipeline
 
     _check_args(args)
     stop = stop or threading.Event()
@@ -84,9 +85,16 @@ def run_backfill(cfg: PipelineFile, args: BackfillArgs, *, stop: threading.Event
     admin = AdminClient(base)
     _ensure_topics(base, admin, p0, args)
     p = backfill_pipeline(p0, args, args.to_topic or p0.output.topic)
-    rt = build_runtime(cfg, p, registry_for(cfg), admin, [], _NoMetrics())
+    registry = registry_for(cfg)
+    rt = build_runtime(cfg, p, registry, admin, [], _NoMetrics())
     if args.to_file is not None or args.input_file is not None:
         rt = dataclasses.replace(rt, partitioning="key")   # no input partition to follow / no partitions to pick
+    comparison = None
+    if args.compare:
+        # production scores the same rows as the batch's shadow; rt.shadow_topic stays None: nothing is written for it
+        prod = ModelSlot(load_active(registry, p0, variant="shadow")[1])
+        rt = dataclasses.replace(rt, shadows=[prod])
+        comparison = Comparison(production=_label(prod), candidate=_label(rt.slot))
     state_dir, state = _open_state(args, p, base, rt)
     out = Outputs(cfg, args, state, state_dir, rt)
     try:
@@ -101,7 +109,7 @@ def run_backfill(cfg: PipelineFile, args: BackfillArgs, *, stop: threading.Event
                              "group.id": state.group, "isolation.level": "read_committed"}
             source = TopicRange(consumer_conf, p.input.topic, ranges=state.ranges, positions=out.positions)
             out.group_metadata = source.consumer.consumer_group_metadata
-        res = _score_all(source, rt, out, args, p.batching.max_size or 8192, cfg.queue_depth, stop)
+        res = _score_all(source, rt, out, args, p.batching.max_size or 8192, cfg.queue_depth, stop, comparison)
     finally:
         out.close()
     if res.complete:
@@ -120,6 +128,11 @@ def _check_args(args: BackfillArgs) -> None:
         raise ConfigError(f"--max-rate: must be > 0 events/s, got {args.max_rate}")
     if args.input_file is not None and not args.input_file.is_file():
         raise ConfigError(f"--input-file: {args.input_file} does not exist")
+    if args.compare and args.model is None:
+        raise ConfigError("--compare: give the candidate as --model NAME@VERSION (production is the pipeline's model)")
+    if args.compare and args.resume:
+        raise ConfigError("--compare: a comparison runs in one pass and cannot --resume; remove the state directory "
+                          "and run it again")
     if args.from_ms is not None and args.to_ms is not None and args.to_ms <= args.from_ms:
         raise ConfigError(f"backfill: --to ({args.to_ms}) must be after --from ({args.from_ms})")
 
@@ -252,8 +265,8 @@ class Outputs:
             self.producer.flush(30)
 
 
-def _score_all(source: Source, rt: PipelineRuntime, out: Outputs, args: BackfillArgs,
-               max_rows: int, queue_depth: int, stop: threading.Event) -> BackfillResult:
+def _score_all(source: Source, rt: PipelineRuntime, out: Outputs, args: BackfillArgs, max_rows: int,
+               queue_depth: int, stop: threading.Event, comparison: Comparison | None) -> BackfillResult:
     """Source thread reads and decodes; this thread scores, emits and checkpoints every chunk."""
     # backfill closes batches by size only; the model stage still feeds its cost fit
     stage = ModelStage(batchers={rt.name: AdaptiveBatcher(max_size=max_rows, max_wait_s=1.0)}, metrics=_NoMetrics())
@@ -276,6 +289,8 @@ def _score_all(source: Source, rt: PipelineRuntime, out: Outputs, args: Backfill
                 break
             work: Work = item
             stage.score(work)
+            if comparison is not None:
+                comparison.add(work)
             res.predictions += out.emit(work, work.batch_id)
             for (_t, part), (_lo, hi) in work.ranges.items():
                 pos[part] = hi + 1
@@ -298,6 +313,8 @@ def _score_all(source: Source, rt: PipelineRuntime, out: Outputs, args: Backfill
         source.close()
     res.seconds = time.monotonic() - t0
     progress.finish()
+    if comparison is not None:
+        res.compare = comparison.report()
     return res
 
 
@@ -339,6 +356,11 @@ def _committed(conf: dict[str, Any], group: str, topic: str, ranges: dict[int, t
         raise DeliveryError(f"reading the backfill's committed offsets: {exc}") from exc
     finally:
         c.close()
+
+
+def _label(slot: ModelSlot) -> str:
+    m = slot.active.model
+    return f"{m.name}@{m.version}"
 
 
 class _NoMetrics:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumers.work import SyntheticMessage
 from schemas.errors import ConfigError, DeliveryError, StreamscoreError
 
 log = logging.getLogger(__name__)
@@ -111,36 +112,6 @@ class TopicRange:
         self.consumer.close()
 
 
-class FileMessage:
-    """A file row standing in for a Kafka message: its JSON value, row index as offset."""
-
-    __slots__ = ("_value", "_offset", "_topic")
-
-    def __init__(self, value: bytes, offset: int, topic: str) -> None:
-        self._value, self._offset, self._topic = value, offset, topic
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> bytes | None:
-        return None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def timestamp(self) -> tuple[int, int]:
-        return (0, 0)
-
-    def error(self) -> None:
-        return None
-
-
 class FileRows:
     """Rows of a Parquet or CSV file, as JSON records the pipeline's decoder reads (partition 0, offset = row)."""
 
@@ -170,7 +141,7 @@ class FileRows:
     def chunks(self, max_rows: int) -> Iterator[list[Message]]:
         for lo in range(self.start, self.total, max_rows):
             rows = self.table.slice(lo, max_rows).to_pylist()
-            yield [FileMessage(json.dumps(r, default=_json_default).encode(), lo + i, self.topic)  # type: ignore[misc]
+            yield [SyntheticMessage(self.topic, lo + i, json.dumps(r, default=_json_default).encode())
                    for i, r in enumerate(rows)]
 
     def close(self) -> None:

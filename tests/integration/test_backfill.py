@@ -171,6 +171,8 @@ def test_backfill_bad_arguments_are_one_line(tmp_path: Path, bootstrap: str, pro
         (["--from", "0", "--to-file", str(tmp_path / "x.parquet"), "--model", "nope@1"], "nope"),
         (["--from", "0", "--to-file", str(tmp_path / "y.parquet"), "--resume"], "nothing to resume"),
         (["--input-file", str(tmp_path / "missing.csv"), "--to-file", str(tmp_path / "z.parquet")], "does not exist"),
+        (["--from", "0", "--to-file", str(tmp_path / "c.parquet"), "--compare"], "--compare: give the candidate"),
+        (["--from", "0", "--to-file", str(tmp_path / "c.parquet"), "--compare-out", "c.json"], "only with --compare"),
     ]
     for args, needle in cases:
         code = main(["backfill", "-c", str(cfg), "--quiet", *args])
@@ -195,3 +197,61 @@ def test_backfill_from_csv_file(tmp_path: Path, bootstrap: str, produced: dict[s
     exp = produced["expected"]
     assert sorted(p["event_id"] for p in preds) == sorted(cols["event_id"].tolist())
     assert max(abs(p["score"] - exp[p["event_id"]]) for p in preds) <= 1e-5
+
+
+def test_backfill_compare_candidate_with_production(tmp_path: Path, bootstrap: str, produced: dict[str, Any]) -> None:
+    """--compare: decisions and score differences equal onnxruntime's on the same events, for a
+    candidate whose weights and threshold differ from production's."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    root = tmp_path / "registry"
+    shutil.copytree(DEMO_REGISTRY, root)
+    reg = ModelRegistry(root)
+    v1 = reg.get("fraud-mlp")
+    m = onnx.load(str(v1.artifact_path))
+    init = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))     # the largest weight matrix
+    w = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array((w * 1.5 + 0.05).astype(w.dtype), init.name))
+    onnx.save(m, str(tmp_path / "candidate.onnx"))
+    reg.register("fraud-mlp", tmp_path / "candidate.onnx", format="onnx", input_spec=v1.input_spec,
+                 output_spec=v1.output_spec, stage="staging", version="2", decision_threshold=0.3)
+    cfg = write_config(tmp_path / "p.yaml", bootstrap, "g-bf", [{
+        "name": "fraud", "input": {"topic": produced["topic"]}, "model": {"name": "fraud-mlp"},
+        "output": {"topic": "unused"}}], registry=str(root))
+    out, report = tmp_path / "cand.parquet", tmp_path / "compare.json"
+    proc = _backfill(cfg, tmp_path / "c.log", "--from", str(produced["t1"]), "--to", str(produced["t2"]),
+                     "--to-file", str(out), "--model", "fraud-mlp@2", "--compare", "--compare-out", str(report))
+    assert proc.wait(180) == 0, (tmp_path / "c.log").read_text()[-3000:]
+    got = json.loads(report.read_text())
+
+    cols = generate(BEFORE + IN_RANGE + AFTER, seed=SEED)
+    feats = np.stack([np.asarray(cols[f], dtype=np.float32) for f in v1.input_spec.names], axis=1)[BEFORE:BEFORE + IN_RANGE]
+
+    def offline(path: Path) -> np.ndarray:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.asarray(sess.run(None, {sess.get_inputs()[0].name: feats})[0], dtype=np.float32).reshape(-1)
+
+    prod, cand = offline(v1.artifact_path), offline(reg.get("fraud-mlp", "2", stage=None).artifact_path)
+    diff = cand.astype(np.float64) - prod.astype(np.float64)
+    pos_p, pos_c = prod >= v1.decision_threshold, cand >= 0.3
+    assert got["production"] == "fraud-mlp@1" and got["candidate"] == "fraud-mlp@2"
+    assert got["compared"] == IN_RANGE and got["not_compared"] == 0
+    d = got["decisions"]
+    assert d["agree"] == int(np.count_nonzero(pos_p == pos_c)) < IN_RANGE, "the candidate should decide differently"
+    assert d["candidate_only_positive"] == int(np.count_nonzero(pos_c & ~pos_p))
+    assert d["production_only_positive"] == int(np.count_nonzero(pos_p & ~pos_c))
+    s = got["score_diff"]
+    assert abs(s["mean_abs"] - float(np.abs(diff).mean())) <= 1e-6 and s["mean_abs"] > 0.01
+    assert abs(s["mean"] - float(diff.mean())) <= 1e-6
+    for key, q in (("p1", 0.01), ("p50", 0.5), ("p99", 0.99)):
+        assert abs(s["quantiles"][key] - float(np.quantile(diff, q))) <= 1e-5, key
+    assert got["quality"] is None and "labels" in got["quality_note"]
+    preds = pq.read_table(out).to_pylist()        # the output holds the candidate's predictions
+    assert {p["version"] for p in preds} == {"2"} and len(preds) == IN_RANGE
+    by_id = dict(zip(cols["event_id"].tolist()[BEFORE:BEFORE + IN_RANGE], cand.tolist()))
+    assert max(abs(p["score"] - by_id[p["event_id"]]) for p in preds) <= 1e-5
+    summary = json.loads((tmp_path / "c.log").read_text().strip().splitlines()[-1])
+    assert summary["compare"]["decisions"] == d

@@ -102,7 +102,7 @@ class Monitor:
 
 def _config(bootstrap: str, redis_url: str, topic: str, app_id: str, prefix: str) -> dict[str, Any]:
     return {"broker": bootstrap, "telemetry_topic": topic, "redis_url": redis_url, "redis_prefix": prefix,
-            "app_id": app_id, "window_ms": WINDOW_MS, "k": 2, "m": 2, "commit_interval_s": 0.5, "loglevel": "warning"}
+            "app_id": app_id, "window_ms": WINDOW_MS, "k": 2, "m": 2, "commit_interval_s": 0.5, "loglevel": "info"}
 
 
 def _windows(redis_url: str, prefix: str) -> dict[str, dict[str, Any]]:
@@ -118,7 +118,11 @@ def _wait_windows(mon: Monitor, redis_url: str, prefix: str, count: int, timeout
     def done() -> bool:
         assert mon.proc.poll() is None, f"monitor exited:\n{mon.output()}"
         return len(_windows(redis_url, prefix)) >= count
-    wait_for(done, timeout, f"{count} closed windows under {prefix}")
+    try:
+        wait_for(done, timeout, f"{count} closed windows under {prefix}")
+    except AssertionError as exc:  # where it stood: group, recovery, restored vs. first-read offset (INFO)
+        closed = sorted(_windows(redis_url, prefix))
+        raise AssertionError(f"{exc}; closed: {closed}\nmonitor log:\n{mon.output()}") from None
 
 
 def test_stationary_stream_no_alerts_and_shadow_agreement(tmp_path: Path, bootstrap: str, redis_url: str,

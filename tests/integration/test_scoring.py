@@ -234,3 +234,32 @@ def test_member_joining_mid_stream_causes_no_duplicates(tmp_path: Path, bootstra
     dupes = sum(c - 1 for c in ids.values())
     assert dupes == 0, f"{dupes} events scored twice across a graceful rebalance"
     assert "revoking" in first.output(), "the second member never took partitions over"
+
+
+def test_warm_up_before_joining_produces_nothing(tmp_path: Path, bootstrap: str, names: Callable[[str], str],
+                                                 topics: Callable[..., None]) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    t_in, t_out, t_tele = names("tx"), names("pred"), names("tele")
+    topics({t_in: 4, t_out: 4})
+    cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"),
+                       [_pipeline(t_in, t_out, telemetry={"topic": t_tele})])
+    scorer = ScorerProcess(cfg, tmp_path / "scorer.log")
+    outputs = (t_out, f"{t_in}.dlq", t_tele)
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": names("probe")})
+    try:
+        wait_for(lambda: "warmed up with batches of" in scorer.output() and "assigned" in scorer.output(),
+                 120, "the scorer to warm up and join its group")
+        assert "warmed up with batches of [1, 4, 16, 64, 256, 1024" in scorer.output()
+        for topic in outputs:    # warm-up scored thousands of rows; none of them left the process
+            meta = probe.list_topics(topic, timeout=10).topics[topic]
+            highs = [probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions]
+            assert sum(highs) == 0, f"{topic} got {sum(highs)} records before any input"
+        produce_events({"bootstrap.servers": bootstrap}, t_in, 20, seed=5)
+        msgs = read_all(bootstrap, t_out, expect=20, timeout=60, idle=2.0, alive=scorer)
+        assert scorer.terminate() == 0, scorer.output()
+    finally:
+        probe.close()
+        scorer.close()
+    ids = [decode_prediction(m.value())["event_id"] for m in msgs]
+    assert len(ids) == 20 and not any(i == "warm-up" for i in ids), ids

@@ -63,3 +63,21 @@ def test_bad_settings_are_refused() -> None:
         AdaptiveBatcher(max_size=0, max_wait_s=0.1)
     with pytest.raises(ValueError):
         AdaptiveBatcher(max_size=1, max_wait_s=-1)
+
+
+def test_closes_by_need_only_when_drained_and_the_model_stage_is_idle() -> None:
+    b = AdaptiveBatcher(max_size=1000, max_wait_s=0.010, latency_target_s=None, close_by_need=True)
+    b.add(50, 0.0)
+    assert b.should_close(0.001, drained=True, next_idle=False) is None, "model busy: keep growing"
+    assert b.should_close(0.001, drained=False, next_idle=True) is None, "more already fetched: take it first"
+    assert b.should_close(0.001) is None, "callers that cannot tell keep the clock rules"
+    assert b.should_close(0.001, drained=True, next_idle=True) == "need"
+    assert b.close(0.001, "need") == 50 and b.stats.closed_by["need"] == 1
+    assert b.should_close(0.002, drained=True, next_idle=True) is None, "an empty batch never closes"
+
+
+def test_close_by_need_is_off_by_default() -> None:
+    b = AdaptiveBatcher(max_size=1000, max_wait_s=0.010, latency_target_s=None)
+    b.add(50, 0.0)
+    assert b.should_close(0.001, drained=True, next_idle=True) is None
+    assert b.should_close(0.011, drained=True, next_idle=True) == "wait"

@@ -55,6 +55,9 @@ class FakeProducer:
         self._do("abort", timeout)
 
     def poll(self, timeout: float = 0) -> int:
+        fn = self.behaviour.pop("poll", None)         # raises once, as a client raising its fatal error
+        if fn is not None:
+            fn(timeout)
         return 0
 
     def flush(self, timeout: float = 0) -> int:
@@ -146,14 +149,14 @@ def test_partitions_lost_while_send_offsets_hangs_aborts_and_rewinds_within_seco
     assert h.failures == []
 
 
-@pytest.mark.parametrize("path", ["delivery_report", "produce_call", "commit"])
+@pytest.mark.parametrize("path", ["delivery_report", "produce_call", "commit", "poll"])
 def test_a_fenced_producer_is_recreated_and_partitions_rewound_whichever_path_reports_it(path: str) -> None:
     fenced = KafkaError(KafkaError._FENCED, "fenced by a newer epoch", fatal=True)
 
     def raise_fenced(_t: float) -> None:
         raise KafkaException(fenced)
 
-    h = Harness(FakeProducer({"commit": raise_fenced} if path == "commit" else {}))
+    h = Harness(FakeProducer({path: raise_fenced} if path in ("commit", "poll") else {}))
     ack = h.eos.open_batch(1)
     if path == "delivery_report":
         ack.expect(1)
@@ -325,3 +328,19 @@ def test_a_client_call_that_ignores_its_timeout_is_abandoned_and_the_producer_re
     assert len(h.made) == 1 and h.sink.producer is h.made[0], "the hung producer is replaced"
     assert h.eos.source_tick() is True and ("in", 0, 100) in h.consumer.seeks
     assert h.failures == []
+
+
+def test_at_least_once_fatal_error_raised_from_poll_recreates_and_replays() -> None:
+    """Seen in make test's chaos: OUT_OF_ORDER_SEQUENCE_NUMBER raised by producer.poll after a leader
+    kill ended the scorer ('scorer failing'); it is recovered from like a fatal delivery report."""
+    def raise_oos(_t: float) -> None:
+        raise KafkaException(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "sequence desync", fatal=True))
+
+    consumer = FakeConsumer({TP0: 100})
+    made: list[FakeProducer] = []
+    failures: list[BaseException] = []
+    alo = _alo(FakeProducer({"poll": raise_oos}), consumer, made, failures)
+    alo.tick()
+    assert len(made) == 1 and failures == [], "a new producer, and the scorer goes on"
+    assert alo.source_tick() is True
+    assert consumer.seeks == [("in", 0, 100)]

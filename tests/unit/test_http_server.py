@@ -118,6 +118,9 @@ def test_health_server_and_model_metadata(client: httpx.Client) -> None:
     assert [o["name"] for o in meta["outputs"]] == ["score", "decision"]
     assert client.get(f"/v2/models/{NAME}/versions/1").json()["versions"] == ["1"]
     assert client.get(f"/v2/models/{NAME}/ready").json() == {"name": NAME, "ready": True}
+    r = client.get(f"/v2/models/{NAME}/infer")
+    assert r.status_code == 405 and "POST" in r.json()["error"]
+    assert client.get("/v2/models/x/y/z").status_code == 404
 
 
 def test_tensor_infer_matches_onnxruntime(client: httpx.Client) -> None:

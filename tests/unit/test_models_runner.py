@@ -94,3 +94,42 @@ def test_a_hook_returning_the_wrong_shape_fails_naming_the_hook(tmp_path: Path) 
     batch = _batch(8)
     with pytest.raises(HookContractError, match=r"pre hook my.hooks:pre: input 'features' must have shape \(8, 3\)"):
         score_isolating(runner, runner.features(batch), np.arange(8), batch)
+
+
+def test_model_stage_joins_lookups_and_writes_features_for_primary_and_shadow(tmp_path: Path) -> None:
+    from consumers.model_stage import ModelStage
+    from consumers.runtime import ActiveModel, ModelSlot, PipelineRuntime
+    from consumers.work import Work
+
+    spec = InputSpec.from_dict({"features": [{"name": "a"}, {"name": "b"}, {"name": "c", "field": "acct.c"}]})
+    model = _model(tmp_path)
+    runner = ModelRunner(model, input_spec=spec, output_spec=OutputSpec(), threshold=0.5)
+
+    class Enricher:
+        def enrich(self, batch: Any) -> dict[int, str]:
+            batch.columns["acct.c"] = np.array([1.0, 2.0, 3.0, 4.0])
+            return {1: "no entry"}
+
+    class Metrics:
+        def model_latency(self, *a: Any) -> None: ...
+
+    def active(variant: Any) -> ActiveModel:
+        return ActiveModel(model=model, assembler=spec, threshold=0.5, variant=variant, runner=runner)
+
+    from consumers.batcher import AdaptiveBatcher
+
+    rt = PipelineRuntime(name="p", input_topic="t", output_topic="o", dlq_topic="d", decoder=None,  # type: ignore[arg-type]
+                         encoder=None, slot=ModelSlot(active("primary")),  # type: ignore[arg-type]
+                         shadows=[ModelSlot(active("shadow"))], lookups=Enricher(), include_features=True)
+    batch = _batch(4)
+    work = Work(batch_id=1, rt=rt, ranges={}, msgs=[], decoded=batch, keys=[b""] * 4)
+    ModelStage(batchers={"p": AdaptiveBatcher(max_size=8, max_wait_s=0.01)}, metrics=Metrics()).score(work)
+    assert work.dead == [(1, "lookup_missing", "no entry")]
+    assert work.ok_rows is not None and work.ok_rows.tolist() == [0, 2, 3]
+    x = np.stack([batch.columns["a"], batch.columns["b"], [1.0, 2.0, 3.0, 4.0]], axis=1).astype(np.float32)
+    want = 1 / (1 + np.exp(-(x @ W)))
+    assert work.scores is not None
+    np.testing.assert_allclose(work.scores[[0, 2, 3]], want[[0, 2, 3]], rtol=1e-5)
+    assert work.fields["features"][2] == {"a": float(x[2, 0]), "b": float(x[2, 1]), "c": 3.0}
+    (_, _, shadow_fields), = work.shadow_out
+    assert [m["c"] for m in shadow_fields["features"]] == [1.0, 3.0, 4.0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from typing import Any
 
 import numpy as np
@@ -174,6 +175,10 @@ class Changelog(dict[str, Any]):
         self.log.append((key, None))
         super().__delitem__(key)
 
+    def take_writes(self) -> list[Awaitable[object]]:
+        """Every write is on the log at once (a delivered changelog)."""
+        return []
+
 
 def _records(seed: int) -> list[tuple[str, int, Prediction | Label]]:
     """Predictions and labels interleaved: labels first or after, 20% twice, some never, orphans."""
@@ -309,3 +314,84 @@ def test_join_handler_delivers_a_records_operations_before_writing_its_state() -
     assert [(n, op) for n, op, _qp in sent if op == "set"] == [(2, "set")]     # before the label's writes
     assert sorted(qp for _n, op, qp in sent if op == "wm") == [0, 1, 2]         # the watermark to every partition
     assert registry.get_sample_value("streamscore_monitor_replayed_records_total") == 1   # the third: a replay
+
+
+def test_truth_handlers_return_only_once_their_changelog_writes_are_delivered() -> None:
+    """A record is acknowledged when its handler returns: not before its state is on the changelog,
+    and a failed changelog write is repeated, deletes included."""
+    import asyncio
+    from collections.abc import Mapping, Sequence
+
+    from prometheus_client import CollectorRegistry
+
+    from monitoring.monitor_metrics import MonitorMetrics
+    from monitoring.truth_app import GroundTruthConfig, JoinHandler, LabelsConfig, QualityHandler, RecordDecoder
+
+    class Pending(Changelog):
+        """Each write's delivery is a future the test settles."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.futs: list[asyncio.Future[object]] = []     # not yet taken
+            self.sent: list[asyncio.Future[object]] = []     # all of them
+
+        def _sent(self) -> None:
+            self.futs.append(asyncio.get_running_loop().create_future())
+            self.sent.append(self.futs[-1])
+
+        def __setitem__(self, key: str, value: Any) -> None:
+            super().__setitem__(key, value)
+            self._sent()
+
+        def __delitem__(self, key: str) -> None:
+            super().__delitem__(key)
+            self._sent()
+
+        def take_writes(self) -> list[Awaitable[object]]:
+            futs, self.futs = self.futs, []
+            return list(futs)
+
+    cfg = GroundTruthConfig(name="t", predictions=["preds"], labels=LabelsConfig(topic="labels"), window_ms=W)
+
+    async def send(ops: Sequence[tuple[Mapping[str, Any], int]]) -> None:
+        pass
+
+    class Sink:
+        def write_label_counts(self, pipeline: str, partition: int, counts: Mapping[str, int]) -> None:
+            pass
+
+        def write_quality(self, pipeline: str, result: Mapping[str, Any]) -> None:
+            pass
+
+    async def retry(fn: Any) -> None:
+        fn()
+
+    metrics = MonitorMetrics(CollectorRegistry())
+    jtable, qtable = Pending(), Pending()
+    join = JoinHandler(cfg, _core(), jtable, Sink(), metrics, RecordDecoder(None), retry, send,  # type: ignore[arg-type]
+                       quality_parts=1)
+    qual = QualityHandler(cfg, QualityCore(windows=WindowSpec(W), sources=1), qtable, Sink(),  # type: ignore[arg-type]
+                          metrics, retry)
+    pred = {"event_id": "a", "model": "m", "version": "1", "variant": "primary", "score": 0.9, "decision": True,
+            "event_time": 0}
+
+    async def run() -> None:
+        task = asyncio.ensure_future(join.handle("preds", 0, 0, json.dumps(pred).encode(), 0))
+        await asyncio.sleep(0.01)
+        assert not task.done() and jtable.sent                  # waiting for its changelog writes
+        for f in jtable.sent:
+            f.set_result(None)
+        await asyncio.wait_for(task, 1)
+        set_op = {"op": "set", "key": "m|1|primary", "start": 0, "eid": "a", "row": [0.9, True, True], "src": 0}
+        task = asyncio.ensure_future(qual.handle(0, json.dumps(set_op).encode()))
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        logged = len(qtable.log)
+        qtable.sent[0].set_exception(RuntimeError("broker down"))
+        await asyncio.sleep(0.5)                                # the retry's 0.2 s backoff
+        assert len(qtable.log) > logged and not task.done()     # written again, waiting again
+        for f in qtable.sent[1:]:
+            f.set_result(None)
+        await asyncio.wait_for(task, 1)
+
+    asyncio.run(run())

@@ -1,0 +1,84 @@
+"""Changelog-backed state the monitor's agents can wait on, and the retry loop they share.
+
+A record is acknowledged (and so committable) only when its handler returns, so a handler that
+awaits its state's changelog writes before returning never lets a commit pass a state change
+that is not on the broker. Faust's own flush before a commit does not guarantee that: it drains
+the producer buffer with a 0.1 s timeout, and a record it has dequeued but not yet handed to the
+client is in neither queue. A failed changelog write is only logged by Faust, so it is repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any, Callable, Protocol
+
+import faust
+
+from monitoring.truth_core import Store, Update, write
+
+log = logging.getLogger(__name__)
+
+
+class StateTable(faust.Table):  # type: ignore[misc]   # faust is untyped
+    """A Faust table that remembers its latest changelog write, and with ``keep_writes`` every
+    write since the last ``take_writes()`` (a record that writes several keys waits for all)."""
+
+    last_write: Awaitable[object] | None = None
+    keep_writes = False
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        self.last_write = fut
+        if self.keep_writes:
+            self.__dict__.setdefault("_writes", []).append(fut)
+        return fut
+
+    def take_writes(self) -> list[Awaitable[object]]:
+        """The changelog writes since the last call (their delivery futures)."""
+        writes: list[Awaitable[object]] = self.__dict__.pop("_writes", [])
+        return writes
+
+
+def state_table(app: faust.App, name: str, parts: int, *, keep_writes: bool = False) -> Any:
+    """A ``StateTable`` of JSON values (the app default), registered with the app."""
+    table = StateTable(app, name=name, default=None, beacon=app.tables.beacon, partitions=parts)
+    table.keep_writes = keep_writes
+    return app.tables.add(table)
+
+
+class DurableStore(Store, Protocol):
+    """A ``Store`` whose writes go to a changelog and can be waited for."""
+
+    def take_writes(self) -> list[Awaitable[object]]: ...
+
+
+async def until_done(attempt: Callable[[], Awaitable[object]], what: str,
+                     on_error: Callable[[], None] = lambda: None) -> None:
+    """Await ``attempt()`` until it succeeds, logging each failure and backing off (0.2 s doubling to 5 s)."""
+    delay = 0.2
+    while True:
+        try:
+            await attempt()
+            return
+        except Exception as exc:  # Redis or the broker down, restarting, timing out: try again
+            on_error()
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def persist(store: DurableStore, update: Update, what: str) -> None:
+    """Write ``update`` (``truth_core.write``: meta first) and wait until every changelog write since
+    the last ``take_writes()`` -- the record's settling writes included -- is on the broker. A retry
+    writes every key again, deletes included (``again``), so a lost changelog write is repeated."""
+    tries = 0
+
+    async def attempt() -> None:
+        nonlocal tries
+        write(store, update, again=tries > 0)
+        tries += 1
+        await asyncio.gather(*store.take_writes())
+
+    await until_done(attempt, what)
