@@ -17,6 +17,17 @@ ECE_BINS = 10
 _EPS = float(np.finfo(np.float64).eps)
 
 
+def midranks(score: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``score``, tied scores sharing their mean rank."""
+    order = np.argsort(score, kind="mergesort")
+    s = np.asarray(score, dtype=np.float64)[order]
+    ranks = np.empty(s.size, dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    ends = np.r_[starts[1:], s.size]
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
 def auc(y: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC as the Mann-Whitney statistic with tied scores sharing their mean rank; NaN with one class."""
     y = np.asarray(y, dtype=bool)
@@ -24,14 +35,7 @@ def auc(y: np.ndarray, score: np.ndarray) -> float:
     neg = y.size - pos
     if pos == 0 or neg == 0:
         return math.nan
-    order = np.argsort(score, kind="mergesort")
-    s = np.asarray(score, dtype=np.float64)[order]
-    ranks = np.empty(s.size, dtype=np.float64)
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    ends = np.r_[starts[1:], s.size]
-    mean_rank = (starts + ends + 1) / 2.0          # 1-based mean rank of each tie group
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+    return float((midranks(score)[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
 def log_loss(y: np.ndarray, score: np.ndarray) -> float:

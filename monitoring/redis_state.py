@@ -77,6 +77,9 @@ class Keys:
     def labels(self, pipeline: str) -> str:
         return f"{self.prefix}:labels:{pipeline}"
 
+    def quality_pairs(self, model: str, version: str, variant: str) -> str:
+        return f"{self.prefix}:quality:pairs:{model}:{version}:{variant}"
+
 
 def split_member(member: str) -> tuple[str, str]:
     """``"{model}:{feature}"`` of an index set as (model, feature); split on the last ``:``
@@ -144,9 +147,10 @@ class RedisState:
                                          args=[ident, alert["window_end"], ALERTS_MAXLEN, _DEDUPE_KEEP, *flat]))
         return added
 
-    def write_quality(self, pipeline: str, result: Mapping[str, Any]) -> None:
+    def write_quality(self, pipeline: str, result: Mapping[str, Any], *, keep_pairs: int = 168) -> None:
         """One closed quality window: the latest-window hash (with cumulative figures), its JSON
-        under ``quality:windows``, and its quality-drop alerts. Idempotent per window."""
+        under ``quality:windows``, its sampled joined rows (``pairs``, if any; the newest
+        ``keep_pairs`` windows are kept), and its quality-drop alerts. Idempotent per window."""
         k = self.keys
         model, version, variant = result["model"], result["version"], result["variant"]
         fields = {"pipeline": pipeline, "model": model, "version": version, "variant": variant,
@@ -161,7 +165,16 @@ class RedisState:
                   json.dumps({"pipeline": pipeline, "model": model, "version": version, "variant": variant,
                               "window_start": result["window_start"], "window_end": result["window_end"],
                               "metrics": result["metrics"]}, sort_keys=True))
+        pairs_key = k.quality_pairs(model, version, variant)
+        if "pairs" in result:
+            pipe.hset(pairs_key, str(result["window_start"]), json.dumps(
+                {"pipeline": pipeline, "window_start": result["window_start"], "window_end": result["window_end"],
+                 "count": result["metrics"]["count"], **result["pairs"]}))
         pipe.execute()
+        if "pairs" in result:
+            starts = sorted(int(w) for w in self.client.hkeys(pairs_key))
+            if len(starts) > keep_pairs:
+                self.client.hdel(pairs_key, *(str(w) for w in starts[:len(starts) - keep_pairs]))
         self.add_alerts(result.get("alerts", []))
 
     def write_label_counts(self, pipeline: str, partition: int, counts: Mapping[str, int]) -> None:

@@ -80,6 +80,9 @@ class GroundTruthConfig(BaseModel):
     lateness_ms: int = Field(0, ge=0, description="how far behind the newest label time a window stays open")
     auc_drop: float | None = Field(0.05, gt=0, lt=1, description="alert when a window's AUC falls this far below "
                                    "the version's reference AUC (registry metrics.auc), k windows in a row; None: off")
+    compare_pairs: int = Field(5000, ge=0, description="joined (score, label) rows kept per closed window and "
+                               "model|version|variant for `streamscore models compare` (0: none)")
+    compare_windows: int = Field(168, ge=1, description="closed windows of those rows kept per model|version|variant")
 
     def join_table(self) -> str:
         return f"truth-{self.name}-join"
@@ -238,7 +241,8 @@ class QualityHandler:
         self.table.take_writes()    # what the last record wrote was awaited: start afresh
         update, results = self.core.apply(self.table, partition, int(op["src"]), op)
         for result in results:      # Redis first (idempotent): a crash before the table write replays the close
-            await self.retry(lambda: self.sink.write_quality(self.cfg.name, result))
+            await self.retry(lambda: self.sink.write_quality(self.cfg.name, result,
+                                                             keep_pairs=self.cfg.compare_windows))
             self.metrics.observe_quality(result)
         await persist(self.table, update, f"{self.cfg.name} quality changelog write")
 
@@ -267,7 +271,8 @@ def add_ground_truth(app: faust.App, gt: GroundTruthConfig, parts: int, *, sink:
     joiner = JoinHandler(gt, JoinCore(windows=windows, horizon_ms=gt.labels.horizon),
                          state_table(app, gt.join_table(), parts, keep_writes=True), sink, metrics, decoder, retry,
                          send, parts)
-    scorer = QualityHandler(gt, QualityCore(windows=windows, sources=parts, drop=drop),
+    scorer = QualityHandler(gt, QualityCore(windows=windows, sources=parts, drop=drop,
+                                                  pairs_per_window=gt.compare_pairs),
                             state_table(app, gt.quality_table(), parts, keep_writes=True), sink, metrics, retry)
     sources = app.topic(*gt.topics(), value_serializer="raw", key_serializer="raw", partitions=parts)
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -246,13 +247,21 @@ class QualityDrop:
     hysteresis: alerting.Hysteresis = alerting.Hysteresis()
 
 
+def sample_pairs(by_eid: Mapping[str, Any], limit: int) -> dict[str, list[Any]]:
+    """At most ``limit`` joined rows as ``{"eid", "score", "label"}`` lists: the events with the lowest
+    CRC32 of their id, so arms that scored the same events (primary and shadow) keep the same ones."""
+    eids = sorted(by_eid, key=lambda e: (zlib.crc32(e.encode()), e))[:limit]
+    return {"eid": eids, "score": [float(by_eid[e][0]) for e in eids], "label": [bool(by_eid[e][1]) for e in eids]}
+
+
 class QualityCore:
     def __init__(self, *, windows: WindowSpec, sources: int, drop: QualityDrop | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, pairs_per_window: int = 0) -> None:
         _check(windows)
         self.windows = windows
         self.sources = sources      # join partitions: a window closes when all of them have passed it
         self.drop, self.clock = drop, clock
+        self.pairs_per_window = pairs_per_window   # joined rows kept per closed window for canary verdicts
 
     def apply(self, store: Store, part: int, source: int, op: Mapping[str, Any]
               ) -> tuple[Update, list[dict[str, Any]]]:
@@ -322,6 +331,8 @@ class QualityCore:
                   "window_start": start, "window_end": self.windows.end(start),
                   "metrics": quality.binary_quality(y, score, decision),
                   "cumulative": quality.totals_quality(totals), "alerts": []}
+        if self.pairs_per_window:
+            result["pairs"] = sample_pairs(by_eid, self.pairs_per_window)
         self._alert(meta, key, result)
         return result
 

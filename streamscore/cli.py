@@ -235,6 +235,7 @@ MODELS_USAGE = {
     "rollback": "models rollback NAME",
     "check": "models check NAME [VERSION] --sample FILE [--schema NAME] [--hook-path DIR]",
     "schema": "models schema NAME [VERSION]",
+    "compare": "models compare NAME [--challenger MODEL:VERSION:VARIANT] [--window START_MS] [--level L] [--json]",
 }
 
 
@@ -245,7 +246,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     root = Path(args.registry) if args.registry else DEMO_REGISTRY
     reg = ModelRegistry(root)
     need = {"show": ("name",), "register": ("name", "artifact"), "promote": ("name", "version"),
-            "rollback": ("name",), "check": ("name", "sample"), "schema": ("name",)}.get(args.action, ())
+            "rollback": ("name",), "check": ("name", "sample"), "schema": ("name",),
+            "compare": ("name",)}.get(args.action, ())
     missing = [n.upper() if n not in ("artifact", "sample") else f"--{n}" for n in need if getattr(args, n) is None]
     if missing:
         raise ConfigError(f"models {args.action}: missing {' and '.join(missing)} (usage: streamscore "
@@ -266,6 +268,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     if args.action == "register":
         return _register(reg, args)
+    if args.action == "compare":
+        return _compare(args)
     if args.action == "check":
         from streamscore.check import check_sample
 
@@ -288,6 +292,22 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{e.name}:{e.version} is now {e.stage}")
         return 0
     raise AssertionError(args.action)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Primary vs challenger AUC on the same labelled window, from what the monitor keeps in Redis."""
+    from monitoring.canary_report import build_report, render
+    from monitoring.redis_state import connect
+
+    if not 0 < args.level < 1:
+        raise ConfigError(f"models compare: --level must be within (0, 1), got {args.level}")
+    url = _redis_url(args)
+    with _redis_errors(url):
+        rep = build_report(connect(url), args.prefix, args.name, primary_version=args.version,
+                           challenger=args.challenger, window=args.window, level=args.level, method=args.method,
+                           min_class=args.min_labels, seed=args.seed)
+    print(json.dumps(rep.as_dict()) if args.json else render(rep))
+    return 0
 
 
 def _register(reg: Any, args: argparse.Namespace) -> int:
@@ -533,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mod = sub.add_parser("models", help="the model registry")
     mod.add_argument("action", choices=["train-demo", "list", "show", "register", "promote", "rollback", "check",
-                                        "schema"])
+                                        "schema", "compare"])
     mod.add_argument("name", nargs="?")
     mod.add_argument("version", nargs="?")
     mod.add_argument("--registry", default=None, help="registry directory (default: the bundled demo registry)")
@@ -546,7 +566,18 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--schema", default="transaction", help="check: the input's reader schema (default transaction)")
     mod.add_argument("--hook-path", default=None, help="check: a directory to import hooks from")
     mod.add_argument("--stage", default=None, help="register: staging (default); promote: production (default)")
-    mod.add_argument("--seed", type=int, default=7)
+    mod.add_argument("--seed", type=int, default=7, help="train-demo: training seed; compare: bootstrap seed")
+    mod.add_argument("--challenger", default=None, metavar="MODEL:VERSION:VARIANT",
+                     help="compare: the arm to judge (default: the one other live arm; VERSION picks the primary)")
+    mod.add_argument("--window", type=int, default=None, metavar="START_MS",
+                     help="compare: one closed window (default: every kept window since the challenger went live)")
+    mod.add_argument("--level", type=float, default=0.95, help="compare: confidence level of the AUC difference")
+    mod.add_argument("--method", choices=["delong", "bootstrap"], default="delong", help="compare: the interval")
+    mod.add_argument("--min-labels", type=int, default=30,
+                     help="compare: fewest positive and negative labels per arm for a verdict")
+    mod.add_argument("--json", action="store_true", help="compare: one JSON object")
+    mod.add_argument("--redis-url", default=None, help="compare: default $REDIS_URL, else redis://127.0.0.1:6379/0")
+    mod.add_argument("--prefix", default="streamscore", help="compare: the monitor's redis_prefix")
     mod.set_defaults(fn=cmd_models)
 
     mon = sub.add_parser("monitor", help="the side stream: drift and shadow state into Redis (Faust)")

@@ -63,7 +63,8 @@ def _events(seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return preds, [labels[i] for i in rng.permutation(len(labels))]
 
 
-def _expected(preds: list[dict[str, Any]], labels: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _joined(preds: list[dict[str, Any]], labels: list[dict[str, Any]]) -> dict[str, list[tuple[float, bool, bool]]]:
+    """``model:version:variant:window_start`` -> its joined (score, label, decision) rows."""
     final = {lab["event_id"]: lab for lab in labels}                       # last one wins
     rows: dict[str, list[tuple[float, bool, bool]]] = {}
     for p in preds:
@@ -73,8 +74,12 @@ def _expected(preds: list[dict[str, Any]], labels: list[dict[str, Any]]) -> dict
         start = lab["label_time"] - lab["label_time"] % WINDOW_MS
         rows.setdefault(f"{MODEL}:{p['version']}:{p['variant']}:{start}", []).append(
             (p["score"], lab["label"], p["decision"]))
+    return rows
+
+
+def _expected(preds: list[dict[str, Any]], labels: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out = {}
-    for key, r in rows.items():
+    for key, r in _joined(preds, labels).items():
         s = np.array([x[0] for x in r])
         y = np.array([x[1] for x in r])
         d = np.array([x[2] for x in r])
@@ -93,7 +98,8 @@ def _produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]]) -> No
 
 def test_quality_windows_equal_sklearn_across_a_kill(tmp_path: Path, bootstrap: str, redis_url: str,
                                                      schema_registry: Any, names: Callable[[str], str],
-                                                     topics: Callable[..., None]) -> None:
+                                                     topics: Callable[..., None],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     pred_topic, label_topic, tele = names("pred"), names("labels"), names("tele")
     topics({pred_topic: 2, label_topic: 2, tele: 1})
     app_id, prefix = names("truth-mon"), names("truth")
@@ -176,5 +182,39 @@ def test_quality_windows_equal_sklearn_across_a_kill(tmp_path: Path, bootstrap: 
         alerts = [f for _id, f in r.xrange(keys.alerts)]
         assert [(a["model"], a["version"], a["feature"], a["state"], a["window_start"]) for a in alerts] == [
             (MODEL, "1", "quality:primary:auc", "raised", str(WINDOW_MS))]
+        _check_compare(redis_url, prefix, _joined(preds, labels), capsys)
     finally:
         mon.stop()
+
+
+def _check_compare(redis_url: str, prefix: str, joined: dict[str, list[tuple[float, bool, bool]]],
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``streamscore models compare`` on what the monitor kept: both AUCs equal scikit-learn's on the
+    joined rows of every window (the canary and the shadow are live from the first); the shadow
+    scored the primary's events too, so it is compared paired."""
+    from streamscore.cli import main
+
+    def arm(name: str) -> tuple[list[float], list[bool]]:
+        rows = [x for k, r in sorted(joined.items()) if k.startswith(f"{MODEL}:{name}:") for x in r]
+        return [x[0] for x in rows], [x[1] for x in rows]
+
+    capsys.readouterr()
+    args = ["models", "compare", MODEL, "--redis-url", redis_url, "--prefix", prefix]
+    assert main(args) == 2
+    assert "several challengers of fraud-mlp:1:primary" in capsys.readouterr().err
+    s_p, y_p = arm("1:primary")
+    seen = {}
+    for chal, paired in (("2:canary", False), ("9:shadow", True)):
+        assert main([*args, "--challenger", f"{MODEL}:{chal}", "--json"]) == 0
+        got = json.loads(capsys.readouterr().out)
+        s_c, y_c = arm(chal)
+        if paired:          # the shadow's rows of the primary's events
+            assert got["n_challenger"] == len(s_p)
+        else:
+            assert got["n_challenger"] == len(s_c)
+            assert abs(got["auc_challenger"] - skm.roc_auc_score(y_c, s_c)) < 1e-9
+        assert got["n_primary"] == len(s_p) and got["paired"] is paired
+        assert abs(got["auc_primary"] - skm.roc_auc_score(y_p, s_p)) < 1e-9
+        assert got["verdict"] == ("better" if got["low"] > 0 else "worse" if got["high"] < 0 else "not yet known")
+        seen[chal] = {k: got[k] for k in ("auc_primary", "auc_challenger", "low", "high", "verdict")}
+    print(seen)
