@@ -335,14 +335,26 @@ def _hash_logistic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def risk(columns: Mapping[str, np.ndarray]) -> np.ndarray:
     """The hidden rule's noiseless risk score (float64)."""
-    s = {k: (np.asarray(columns[k], dtype=np.float64) - FEATURE_LOC[j]) / FEATURE_SCALE[j]
-         for j, k in enumerate(NUMERIC) if k in ("f02", "f03", "f07", "f09", "f11")}
+    s = {k: _standard(columns, k) for k in ("f02", "f03", "f07", "f09", "f11")}
     la = np.log1p(np.maximum(np.asarray(columns["amount"], dtype=np.float64), 0.0))
     return (1.3 * s["f03"] - 1.0 * s["f07"] + 1.1 * s["f02"] * s["f11"]
             + 1.4 * np.tanh(la - 5.0) + 0.6 * (s["f09"] ** 2 - 1.0))
 
 
-def labels(columns: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Ground truth: ``risk + 0.4 * logistic noise > threshold`` (about 3% positives)."""
-    noise = _hash_logistic(columns["f14"], columns["f15"])
-    return risk(columns) + 0.4 * noise > _LABEL_THRESHOLD
+def _standard(columns: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    j = NUMERIC.index(name)
+    return (np.asarray(columns[name], dtype=np.float64) - FEATURE_LOC[j]) / FEATURE_SCALE[j]
+
+
+def labels(columns: Mapping[str, np.ndarray], *, concept: np.ndarray | None = None) -> np.ndarray:
+    """Ground truth: ``risk + 0.4 * logistic noise > threshold`` (about 3% positives).
+
+    ``concept``: a boolean mask of rows under concept drift. In those rows, where f01 is above its
+    mean (about half of them), the rule's f03 and f07 terms change sign: the features and the
+    positive rate stay the same, which events are positive does not (the demo model's AUC on
+    drifted rows falls from ~0.99 to ~0.87)."""
+    r = risk(columns)
+    if concept is not None:
+        flip = np.asarray(concept, dtype=bool) & (_standard(columns, "f01") > 0)
+        r = np.where(flip, r - 2.0 * (1.3 * _standard(columns, "f03") - 1.0 * _standard(columns, "f07")), r)
+    return r + 0.4 * _hash_logistic(columns["f14"], columns["f15"]) > _LABEL_THRESHOLD

@@ -201,6 +201,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     kafka = kafka_from_env(args.bootstrap)
     drift = DriftSpec.parse(args.drift) if args.drift else None
+    if args.concept_drift is not None and not args.labels:
+        raise ConfigError("produce: --concept-drift changes the labels, so it needs --labels TOPIC")
     if args.partitions:
         from consumers.kafka_client import ensure_topics
 
@@ -221,7 +223,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
         records = label_records(res.events, seed=args.seed, start=args.start, drift=drift,
                                 now_ms=int(time.time() * 1000), max_delay_ms=args.label_delay_ms,
-                                dup=args.label_dup, missing=args.label_missing)
+                                dup=args.label_dup, missing=args.label_missing, concept_from=args.concept_drift)
         out |= {"labels_topic": args.labels, "labels": produce_labels(kafka.client_settings(), args.labels, records)}
     print(json.dumps(out))
     return 0
@@ -547,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--label-delay-ms", type=int, default=60_000, help="labels arrive up to this long after")
     prod.add_argument("--label-dup", type=_share, default=0.05, help="share of labels sent twice")
     prod.add_argument("--label-missing", type=_share, default=0.10, help="share of labels never sent")
+    prod.add_argument("--concept-drift", type=int, nargs="?", const=0, default=None, metavar="START",
+                      help="labels of events from global index START (default 0) follow a changed rule where f01 is "
+                           "above its mean; the features' distributions stay the same")
     prod.set_defaults(fn=cmd_produce)
 
     from models.registry import SPEC_FILE_HELP

@@ -194,14 +194,16 @@ class _StampedBlock:
 
 
 def label_records(n: int, *, seed: int = 0, start: int = 0, now_ms: int, max_delay_ms: int = 60_000,
-                  dup: float = 0.05, missing: float = 0.10, drift: Any = None) -> list[tuple[bytes, bytes]]:
+                  dup: float = 0.05, missing: float = 0.10, drift: Any = None,
+                  concept_from: int | None = None) -> list[tuple[bytes, bytes]]:
     """(key, JSON value) of the demo's true labels (its hidden rule) for events ``start..start+n``:
     each ``now_ms`` + a random delay, sent in label-time order (so out of event order), a share
-    ``missing`` never sent and a share ``dup`` sent twice (the duplicate a second later)."""
+    ``missing`` never sent and a share ``dup`` sent twice (the duplicate a second later).
+    ``concept_from``: events from this global index on follow the drifted rule (``labels``)."""
     from models.demo_data import generate, labels
 
     cols = generate(n, seed=seed, start=start, drift=drift)
-    y = labels(cols)
+    y = labels(cols, concept=None if concept_from is None else np.arange(start, start + n) >= concept_from)
     rng = np.random.default_rng([seed, start, 15])
     keep = rng.random(n) >= missing
     delay = rng.integers(0, max(max_delay_ms, 1), n)

@@ -218,3 +218,76 @@ def _check_compare(redis_url: str, prefix: str, joined: dict[str, list[tuple[flo
         assert got["verdict"] == ("better" if got["low"] > 0 else "worse" if got["high"] < 0 else "not yet known")
         seen[chal] = {k: got[k] for k in ("auc_primary", "auc_challenger", "low", "high", "verdict")}
     print(seen)
+
+
+CD_WINDOW_MS = 30_000        # quality windows of label time; each holds the labels of 3,000 events
+CD_EVENTS = 3_000
+CD_WINDOWS, CD_DRIFT = 6, 3  # concept drift from the first event of window 3
+CD_NEG_SHARE = 0.05          # every positive and 5% of the negatives get predictions and labels
+
+
+def test_concept_drift_raises_a_quality_alert_and_no_data_drift_alert(tmp_path: Path, bootstrap: str,
+                                                                      redis_url: str, names: Callable[[str], str],
+                                                                      topics: Callable[..., None]) -> None:
+    """``produce --labels --concept-drift``'s labels (``label_records(concept_from=...)``) on predictions of
+    the demo model: the features do not move, so drift (on telemetry of every event, 50-s windows)
+    stays quiet, while the windowed AUC falls below the reference (0.993 - 0.05) from the drift on.
+
+    Only every positive and 5% of the negatives are sent (the monitor's cost is per record; the
+    AUC does not depend on how many negatives are sampled, only its noise does)."""
+    from models.demo_data import generate, labels
+    from streamscore.produce import label_records
+    from tests.integration.test_monitor import BATCH, _model, telemetry
+
+    entry, model = _model()
+    pred_topic, label_topic, tele = names("cdpred"), names("cdlabels"), names("cdtele")
+    topics({pred_topic: 1, label_topic: 1, tele: 1})
+    app_id, prefix = names("cd-mon"), names("cd")
+    start = CD_DRIFT * CD_EVENTS
+    preds: list[tuple[str, bytes]] = []
+    labs: list[tuple[str, bytes]] = []
+    for w in range(CD_WINDOWS):
+        cols = generate(CD_EVENTS, seed=21, start=w * CD_EVENTS)
+        y = labels(cols, concept=np.arange(w * CD_EVENTS, (w + 1) * CD_EVENTS) >= start)
+        keep = y | (np.random.default_rng([21, w]).random(CD_EVENTS) < CD_NEG_SHARE)
+        score = model.predict(entry.input_spec.assemble(cols))
+        for i in np.flatnonzero(keep):
+            preds.append((str(cols["account_id"][i]), json.dumps({
+                "event_id": str(cols["event_id"][i]), "model": entry.name, "version": entry.version,
+                "variant": "primary", "score": float(score[i]), "decision": bool(score[i] >= entry.decision_threshold),
+                "event_time": int(cols["event_time"][i])}).encode()))
+        wanted = {str(e) for e in cols["event_id"][keep]}
+        labs += [(k.decode(), v) for k, v in label_records(
+            CD_EVENTS, seed=21, start=w * CD_EVENTS, now_ms=w * CD_WINDOW_MS, max_delay_ms=CD_WINDOW_MS - 2_000,
+            concept_from=start) if json.loads(v)["event_id"] in wanted]
+    labs.append(("acct-end", json.dumps({"event_id": "end", "label": False,
+                                         "label_time": (CD_WINDOWS + 1) * CD_WINDOW_MS}).encode()))   # closes the last
+    batches = 5 * (CD_WINDOWS * CD_EVENTS // (5 * BATCH) + 1)
+    config = {"broker": bootstrap, "telemetry_topic": tele, "redis_url": redis_url, "redis_prefix": prefix,
+              "app_id": app_id, "window_ms": 50_000, "k": 2, "m": 2, "commit_interval_s": 0.5,
+              "ground_truth": [{"name": "cd", "predictions": [pred_topic], "labels": {"topic": label_topic},
+                                "window_ms": CD_WINDOW_MS, "auc_drop": 0.05}]}
+    _produce(bootstrap, tele, [("fraud-mlp", v) for v in telemetry(range(batches + 1), seed=21)])
+    _produce(bootstrap, pred_topic, preds)
+    _produce(bootstrap, label_topic, labs)
+    mon = Monitor(tmp_path, "cd", config)
+    r = connect(redis_url)
+    keys = Keys(prefix)
+    try:
+        def closed() -> bool:
+            assert mon.proc.poll() is None, f"monitor exited:\n{mon.output()}"
+            return (len(r.hkeys(keys.quality_windows)) >= CD_WINDOWS
+                    and len(r.hkeys(keys.windows)) >= batches * BATCH * 10 // 50_000)
+        wait_for(closed, 150, f"{CD_WINDOWS} quality windows and the drift windows")
+    finally:
+        mon.stop()
+    aucs = {json.loads(v)["window_start"] // CD_WINDOW_MS: json.loads(v)["metrics"]["auc"]
+            for v in r.hvals(keys.quality_windows)}
+    alerts = [f for _id, f in r.xrange(keys.alerts)]
+    quality = [(a["feature"], a["state"], int(a["window_start"]) // CD_WINDOW_MS) for a in alerts
+               if a["feature"].startswith("quality:")]
+    print({"auc_by_window": aucs, "alerts": quality, "drift_windows": len(r.hkeys(keys.windows))})
+    assert [a for a in alerts if not a["feature"].startswith("quality:")] == []       # no data-drift alert
+    assert all(aucs[w] > 0.95 for w in range(CD_DRIFT)), aucs
+    assert all(aucs[w] < 0.943 for w in range(CD_DRIFT, CD_WINDOWS)), aucs
+    assert quality == [("quality:primary:auc", "raised", CD_DRIFT + 1)]   # k = 2: the drift's second window

@@ -82,6 +82,7 @@ CASES: list[tuple[str, str]] = [
     ("models register newmodel --artifact {onnx} --input-spec {dir}/spec_top_level.json --registry {reg}",
      "does not match 1 features"),
     ("models register ../evil --artifact {onnx} --registry {reg}", "directory name"),
+    ("produce --concept-drift 5 --bootstrap 127.0.0.1:1", "needs --labels"),
     ("models compare", "missing NAME"),
     ("models compare fraud-mlp --redis-url {redis}", "Redis"),
     ("models compare fraud-mlp --level 1.5 --redis-url {redis}", "--level"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 
 import numpy as np
 import pytest
@@ -181,3 +182,28 @@ def test_generate_rejects_bad_arguments() -> None:
     with pytest.raises(ConfigError, match="seed"):
         generate(5, seed=-1)
     assert all(len(v) == 0 for v in generate(0).values())
+
+
+def test_concept_drift_changes_which_events_are_positive_not_the_features_or_the_rate() -> None:
+    from models import DEMO_REGISTRY
+    from models.registry import ModelRegistry
+    from monitoring.quality import auc
+    from streamscore.produce import label_records
+
+    cols = generate(40_000, seed=12)
+    before = labels(cols)
+    mask = np.arange(40_000) >= 20_000
+    after = labels(cols, concept=mask)
+    np.testing.assert_array_equal(after[~mask], before[~mask])            # before START: the old rule
+    changed = after[mask] != before[mask]
+    assert 0.01 < changed.mean() < 0.05                                    # a few % of rows change label
+    assert abs(after[mask].mean() - before[mask].mean()) < 0.005           # the positive rate stays ~3%
+    f01 = cols["f01"][mask]
+    assert not changed[f01 <= 0].any()                                     # only where f01 is above its mean
+    reg = ModelRegistry(DEMO_REGISTRY)
+    entry = reg.get("fraud-mlp")
+    score = reg.load(entry).predict(entry.input_spec.assemble(cols))
+    assert auc(before[mask], score[mask]) > 0.98 and auc(after[mask], score[mask]) < 0.9
+    recs = label_records(1000, seed=12, start=19_500, now_ms=0, dup=0.0, missing=0.0, concept_from=20_000)
+    got = {json.loads(v)["event_id"]: json.loads(v)["label"] for _k, v in recs}
+    assert got == {str(e): bool(y) for e, y in zip(cols["event_id"][19_500:20_500], after[19_500:20_500])}
