@@ -2,7 +2,7 @@
 
 Each function matches scikit-learn's definition (tests/unit/test_monitoring_quality.py checks
 them to 1e-9): ``roc_auc_score``, ``log_loss`` (scores clipped to [eps, 1 - eps], eps the
-float64 machine epsilon), ``brier_score_loss``, ``precision/recall/f1_score`` of the decisions
+float64 machine epsilon), ``brier_score_loss``, ``precision/recall/f1_score`` and ``accuracy_score`` of the decisions
 (0 where undefined, sklearn's ``zero_division=0``). ECE uses ``ECE_BINS`` equal-width bins.
 """
 
@@ -78,14 +78,19 @@ def binary_quality(y: np.ndarray, score: np.ndarray, decision: np.ndarray) -> di
     n = int(np.asarray(y).size)
     if n == 0:
         return {"count": 0.0, **{m: math.nan for m in METRICS if m != "count"}}
-    tp, fp, fn, _tn = confusion(y, decision)
+    tp, fp, fn, tn = confusion(y, decision)
     precision, recall, f1 = precision_recall_f1(tp, fp, fn)
     return {"count": float(n), "positive_rate": float(np.mean(np.asarray(y, dtype=np.float64))),
             "auc": auc(y, score), "log_loss": log_loss(y, score), "brier": brier(y, score),
-            "precision": precision, "recall": recall, "f1": f1, "ece": ece(y, score)}
+            "precision": precision, "recall": recall, "f1": f1, "accuracy": (tp + tn) / n, "ece": ece(y, score)}
 
 
 AUC_BINS = 1000   # score histogram resolution of the cumulative AUC (ties within a bin count half)
+
+
+def score_bins(score: np.ndarray) -> np.ndarray:
+    """Each score's bin of the ``AUC_BINS`` equal-width histograms (scores outside [0, 1] in the end bins)."""
+    return np.clip((np.asarray(score, dtype=np.float64) * AUC_BINS).astype(np.int64), 0, AUC_BINS - 1)
 
 
 def empty_totals() -> dict[str, Any]:
@@ -102,7 +107,7 @@ def add_totals(tot: dict[str, Any], y: np.ndarray, score: np.ndarray, decision: 
     pc = np.clip(p, _EPS, 1 - _EPS)
     tp, fp, fn, _tn = confusion(yb, decision)
     ei = np.minimum((p * ECE_BINS).astype(np.int64), ECE_BINS - 1)
-    ai = np.clip((p * AUC_BINS).astype(np.int64), 0, AUC_BINS - 1)
+    ai = score_bins(p)
 
     def vec(name: str, add: np.ndarray) -> list[float]:
         return (np.asarray(tot[name], dtype=np.float64) + add).tolist()
@@ -129,10 +134,12 @@ def totals_quality(tot: dict[str, Any]) -> dict[str, float]:
     below = np.cumsum(neg_h) - neg_h
     auc_v = float((pos_h * (below + neg_h / 2)).sum() / (pos * neg)) if pos and neg else math.nan
     gap = np.abs(np.asarray(tot["ece_y"], dtype=np.float64) - np.asarray(tot["ece_p"], dtype=np.float64))
-    precision, recall, f1 = precision_recall_f1(int(tot["tp"]), int(tot["fp"]), int(tot["fn"]))
+    tp, fp, fn = int(tot["tp"]), int(tot["fp"]), int(tot["fn"])
+    precision, recall, f1 = precision_recall_f1(tp, fp, fn)
     return {"count": float(n), "positive_rate": int(tot["pos"]) / n, "auc": auc_v,
             "log_loss": float(tot["ll"]) / n, "brier": float(tot["brier"]) / n,
-            "precision": precision, "recall": recall, "f1": f1, "ece": float(gap.sum() / n)}
+            "precision": precision, "recall": recall, "f1": f1, "accuracy": (n - fp - fn) / n,
+            "ece": float(gap.sum() / n)}
 
 
-METRICS = ("count", "positive_rate", "auc", "log_loss", "brier", "precision", "recall", "f1", "ece")
+METRICS = ("count", "positive_rate", "auc", "log_loss", "brier", "precision", "recall", "f1", "accuracy", "ece")

@@ -47,7 +47,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from monitoring import alerts as alerting
-from monitoring import quality
+from monitoring import cbpe, quality
 from monitoring.windows import WindowSpec
 
 COUNTS = ("labels", "duplicates", "orphans", "unlabelled", "late", "joined")
@@ -324,12 +324,14 @@ class QualityCore:
         score = np.array([r[0] for r in rows], dtype=np.float64)
         y = np.array([r[1] for r in rows], dtype=bool)
         decision = np.array([r[2] for r in rows], dtype=bool)
-        totals = quality.add_totals(meta["totals"].get(key) or quality.empty_totals(), y, score, decision)
+        prior = meta["totals"].get(key) or quality.empty_totals()
+        calib = cbpe.calibration(prior["hist_pos"], prior["hist_neg"])   # this version's earlier windows
+        totals = quality.add_totals(prior, y, score, decision)
         meta["totals"][key] = totals
         start = int(win["start"])
         result = {"model": win["model"], "version": win["version"], "variant": win["variant"],
                   "window_start": start, "window_end": self.windows.end(start),
-                  "metrics": quality.binary_quality(y, score, decision),
+                  "metrics": {**quality.binary_quality(y, score, decision), **cbpe.estimate(score, decision, calib)},
                   "cumulative": quality.totals_quality(totals), "alerts": []}
         if self.pairs_per_window:
             result["pairs"] = sample_pairs(by_eid, self.pairs_per_window)

@@ -269,11 +269,16 @@ def test_concept_drift_raises_a_quality_alert_and_no_data_drift_alert(tmp_path: 
                                 "window_ms": CD_WINDOW_MS, "auc_drop": 0.05}]}
     _produce(bootstrap, tele, [("fraud-mlp", v) for v in telemetry(range(batches + 1), seed=21)])
     _produce(bootstrap, pred_topic, preds)
-    _produce(bootstrap, label_topic, labs)
     mon = Monitor(tmp_path, "cd", config)
     r = connect(redis_url)
     keys = Keys(prefix)
     try:
+        def predicted() -> bool:    # labels after their predictions: none runs ahead and closes a window early
+            assert mon.proc.poll() is None, f"monitor exited:\n{mon.output()}"
+            return sum(committed(bootstrap, app_id, pred_topic, 1).values()) >= len(preds)
+        wait_for(predicted, 120, "the monitor to read every prediction")
+        _produce(bootstrap, label_topic, labs)
+
         def closed() -> bool:
             assert mon.proc.poll() is None, f"monitor exited:\n{mon.output()}"
             return (len(r.hkeys(keys.quality_windows)) >= CD_WINDOWS
@@ -281,13 +286,19 @@ def test_concept_drift_raises_a_quality_alert_and_no_data_drift_alert(tmp_path: 
         wait_for(closed, 150, f"{CD_WINDOWS} quality windows and the drift windows")
     finally:
         mon.stop()
-    aucs = {json.loads(v)["window_start"] // CD_WINDOW_MS: json.loads(v)["metrics"]["auc"]
-            for v in r.hvals(keys.quality_windows)}
+    metrics = {json.loads(v)["window_start"] // CD_WINDOW_MS: json.loads(v)["metrics"]
+               for v in r.hvals(keys.quality_windows)}
+    aucs = {w: m["auc"] for w, m in metrics.items()}
+    accuracy = {w: (round(m["accuracy"], 4), round(m["est_accuracy"], 4)) for w, m in sorted(metrics.items())}
     alerts = [f for _id, f in r.xrange(keys.alerts)]
     quality = [(a["feature"], a["state"], int(a["window_start"]) // CD_WINDOW_MS) for a in alerts
                if a["feature"].startswith("quality:")]
-    print({"auc_by_window": aucs, "alerts": quality, "drift_windows": len(r.hkeys(keys.windows))})
+    print({"auc_by_window": aucs, "alerts": quality, "drift_windows": len(r.hkeys(keys.windows)),
+           "accuracy_realized_estimated": accuracy})
     assert [a for a in alerts if not a["feature"].startswith("quality:")] == []       # no data-drift alert
     assert all(aucs[w] > 0.95 for w in range(CD_DRIFT)), aucs
     assert all(aucs[w] < 0.943 for w in range(CD_DRIFT, CD_WINDOWS)), aucs
     assert quality == [("quality:primary:auc", "raised", CD_DRIFT + 1)]   # k = 2: the drift's second window
+    # CBPE, calibrated on the earlier windows: close before the drift, blind to it after
+    assert np.isnan(metrics[0]["est_accuracy"]) and abs(accuracy[CD_DRIFT - 1][0] - accuracy[CD_DRIFT - 1][1]) <= 0.02
+    assert all(accuracy[w][1] - accuracy[w][0] > 0.05 for w in range(CD_DRIFT, CD_WINDOWS)), accuracy

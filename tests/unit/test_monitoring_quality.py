@@ -31,6 +31,7 @@ def test_binary_quality_matches_sklearn(seed: int, n: int, ties: bool) -> None:
     assert abs(q["precision"] - skm.precision_score(y, d, zero_division=0)) < 1e-9
     assert abs(q["recall"] - skm.recall_score(y, d, zero_division=0)) < 1e-9
     assert abs(q["f1"] - skm.f1_score(y, d, zero_division=0)) < 1e-9
+    assert abs(q["accuracy"] - skm.accuracy_score(y, d)) < 1e-9
 
 
 def test_ece_by_definition() -> None:
@@ -57,6 +58,6 @@ def test_totals_add_up_to_the_exact_figures() -> None:
     for part in np.array_split(np.arange(y.size), 7):
         tot = quality.add_totals(tot, y[part], s[part], d[part])
     got, exact = quality.totals_quality(tot), quality.binary_quality(y, s, d)
-    for m in ("count", "positive_rate", "log_loss", "brier", "precision", "recall", "f1", "ece"):
+    for m in ("count", "positive_rate", "log_loss", "brier", "precision", "recall", "f1", "accuracy", "ece"):
         assert abs(got[m] - exact[m]) < 1e-9, m
     assert abs(got["auc"] - exact["auc"]) < 2e-3   # histogram AUC: ties within a 1/1000 bin count half
