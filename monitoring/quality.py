@@ -143,3 +143,59 @@ def totals_quality(tot: dict[str, Any]) -> dict[str, float]:
 
 
 METRICS = ("count", "positive_rate", "auc", "log_loss", "brier", "precision", "recall", "f1", "accuracy", "ece")
+
+
+# --- other heads: ``classes`` (a predicted class label) and ``value`` (a number) ---------------------
+
+CLASS_METRICS = ("count", "accuracy", "macro_f1")
+VALUE_METRICS = ("count", "mae", "rmse")
+
+
+def _macro_f1(pairs: dict[str, int]) -> float:
+    """Macro-F1 of ``{"<label>\\t<predicted>": count}`` over every class seen as a label or a prediction
+    (scikit-learn's ``f1_score(average="macro")``: a class's F1 is 0 where undefined)."""
+    tp: dict[str, int] = {}
+    seen_y: dict[str, int] = {}
+    seen_p: dict[str, int] = {}
+    for key, n in pairs.items():
+        y, _, p = key.partition("\t")
+        seen_y[y] = seen_y.get(y, 0) + n
+        seen_p[p] = seen_p.get(p, 0) + n
+        if y == p:
+            tp[y] = tp.get(y, 0) + n
+    classes = set(seen_y) | set(seen_p)
+    f1 = [2 * tp.get(c, 0) / (seen_y.get(c, 0) + seen_p.get(c, 0)) for c in classes]
+    return float(np.mean(f1)) if f1 else math.nan
+
+
+def class_totals(tot: dict[str, Any] | None, y: list[str], predicted: list[str]) -> dict[str, Any]:
+    """Additive totals (JSON-safe) of class rows: counts per (label, predicted) pair."""
+    pairs = dict((tot or {}).get("pairs", {}))
+    for a, b in zip(y, predicted):
+        key = f"{a}\t{b}"
+        pairs[key] = pairs.get(key, 0) + 1
+    return {"pairs": pairs}
+
+
+def class_quality(tot: dict[str, Any]) -> dict[str, float]:
+    pairs = tot["pairs"]
+    n = sum(pairs.values())
+    if n == 0:
+        return {"count": 0.0, "accuracy": math.nan, "macro_f1": math.nan}
+    hits = sum(v for k, v in pairs.items() if k.partition("\t")[0] == k.partition("\t")[2])
+    return {"count": float(n), "accuracy": hits / n, "macro_f1": _macro_f1(pairs)}
+
+
+def value_totals(tot: dict[str, Any] | None, y: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Additive totals (JSON-safe) of value rows: count, sum of |error|, sum of error squared."""
+    err = np.asarray(predicted, dtype=np.float64) - np.asarray(y, dtype=np.float64)
+    tot = tot or {"n": 0, "abs": 0.0, "sq": 0.0}
+    return {"n": int(tot["n"]) + int(err.size), "abs": float(tot["abs"]) + float(np.abs(err).sum()),
+            "sq": float(tot["sq"]) + float((err * err).sum())}
+
+
+def value_quality(tot: dict[str, Any]) -> dict[str, float]:
+    n = int(tot["n"])
+    if n == 0:
+        return {"count": 0.0, "mae": math.nan, "rmse": math.nan}
+    return {"count": float(n), "mae": float(tot["abs"]) / n, "rmse": math.sqrt(float(tot["sq"]) / n)}

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.redis_state import RedisState
 from monitoring.faust_state import DurableStore, persist, state_table
-from monitoring.truth_core import JoinCore, Label, Prediction, QualityCore, QualityDrop
+from monitoring.truth_core import HeadKind, JoinCore, Label, Prediction, QualityCore, QualityDrop
 from monitoring.windows import WindowSpec
 from schemas.errors import ConfigError, DecodeError
 
@@ -80,6 +80,9 @@ class GroundTruthConfig(BaseModel):
     lateness_ms: int = Field(0, ge=0, description="how far behind the newest label time a window stays open")
     auc_drop: float | None = Field(0.05, gt=0, lt=1, description="alert when a window's AUC falls this far below "
                                    "the version's reference AUC (registry metrics.auc), k windows in a row; None: off")
+    kind: HeadKind = Field("score", description="the head judged: score (fields score + decision; boolean labels), "
+                           "classes (a predicted class label: accuracy, macro-F1), value (a number: MAE, RMSE)")
+    field: str | None = Field(None, description="classes / value: the prediction field (default label / value)")
     compare_pairs: int = Field(5000, ge=0, description="joined (score, label) rows kept per closed window and "
                                "model|version|variant for `streamscore models compare` (0: none)")
     compare_windows: int = Field(168, ge=1, description="closed windows of those rows kept per model|version|variant")
@@ -151,23 +154,34 @@ class RecordDecoder:
         return rec
 
 
-def to_prediction(rec: Mapping[str, Any]) -> Prediction | None:
-    """A binary-score prediction; None for other heads (classes, values)."""
-    if "score" not in rec or "decision" not in rec:
+def to_prediction(rec: Mapping[str, Any], kind: HeadKind = "score", field: str | None = None) -> Prediction | None:
+    """The prediction of the judged head (``score`` + ``decision``, a class label, or a value);
+    None for a record without it (another head)."""
+    names = ["score", "decision"] if kind == "score" else [field or ("label" if kind == "classes" else "value")]
+    if any(n not in rec for n in names):
         return None
+    got = rec[names[0]]
     return Prediction(event_id=str(rec["event_id"]), model=str(rec["model"]), version=str(rec["version"]),
-                      variant=str(rec["variant"]), score=float(rec["score"]), decision=bool(rec["decision"]),
-                      event_time=_ms(rec["event_time"]))
+                      variant=str(rec["variant"]), score=str(got) if kind == "classes" else float(got),
+                      decision=bool(rec["decision"]) if kind == "score" else None, event_time=_ms(rec["event_time"]))
 
 
-def to_label(rec: Mapping[str, Any], cfg: LabelsConfig, timestamp_ms: int) -> Label:
+def to_label(rec: Mapping[str, Any], cfg: LabelsConfig, timestamp_ms: int, kind: HeadKind = "score") -> Label:
     y = field_at(rec, cfg.label_field)
-    if isinstance(y, str):
-        if y.lower() not in ("0", "1", "true", "false"):
-            raise DecodeError(f"label {y!r}: expected a boolean, 0/1 or true/false", reason="bad_label")
-        y = y.lower() in ("1", "true")
+    if kind == "classes":
+        y = str(y)
+    elif kind == "value":
+        if isinstance(y, bool) or not isinstance(y, (int, float)):
+            raise DecodeError(f"label {y!r}: expected a number (a value head)", reason="bad_label")
+        y = float(y)
+    else:
+        if isinstance(y, str):
+            if y.lower() not in ("0", "1", "true", "false"):
+                raise DecodeError(f"label {y!r}: expected a boolean, 0/1 or true/false", reason="bad_label")
+            y = y.lower() in ("1", "true")
+        y = bool(y)
     t = timestamp_ms if cfg.time_field is None else _ms(field_at(rec, cfg.time_field))
-    return Label(event_id=str(field_at(rec, cfg.id_field)), y=bool(y), time=t)
+    return Label(event_id=str(field_at(rec, cfg.id_field)), y=y, time=t)
 
 
 Retry = Callable[[Callable[[], object]], Awaitable[None]]
@@ -204,9 +218,9 @@ class JoinHandler:
             rec = await asyncio.to_thread(self.decoder.decode, value)   # a registry lookup may wait out an outage
             if topic == self.cfg.labels.topic:
                 out = self.core.apply_label(self.table, partition, topic, offset,
-                                            to_label(rec, self.cfg.labels, timestamp_ms))
+                                            to_label(rec, self.cfg.labels, timestamp_ms, self.cfg.kind))
             else:
-                pred = to_prediction(rec)
+                pred = to_prediction(rec, self.cfg.kind, self.cfg.field)
                 if pred is None:
                     return
                 out = self.core.apply_prediction(self.table, partition, topic, offset, pred)
@@ -272,7 +286,7 @@ def add_ground_truth(app: faust.App, gt: GroundTruthConfig, parts: int, *, sink:
                          state_table(app, gt.join_table(), parts, keep_writes=True), sink, metrics, decoder, retry,
                          send, parts)
     scorer = QualityHandler(gt, QualityCore(windows=windows, sources=parts, drop=drop,
-                                                  pairs_per_window=gt.compare_pairs),
+                                                  pairs_per_window=gt.compare_pairs, kind=gt.kind),
                             state_table(app, gt.quality_table(), parts, keep_writes=True), sink, metrics, retry)
     sources = app.topic(*gt.topics(), value_serializer="raw", key_serializer="raw", partitions=parts)
 

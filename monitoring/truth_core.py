@@ -42,7 +42,7 @@ import time
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 
@@ -99,21 +99,28 @@ def settle(store: Store, put: Mapping[str, Any], delete: Iterable[str]) -> None:
             del store[key]
 
 
+HeadKind = Literal["score", "classes", "value"]
+
+
 @dataclass(frozen=True)
 class Prediction:
+    """``score``: the score (with the model's ``decision``), the predicted class, or the value."""
+
     event_id: str
     model: str
     version: str
     variant: str
-    score: float
-    decision: bool
+    score: float | str
+    decision: bool | None
     event_time: int
 
 
 @dataclass(frozen=True)
 class Label:
+    """``y``: a boolean (score heads), a class label or a number."""
+
     event_id: str
-    y: bool
+    y: bool | str | float
     time: int
 
 
@@ -210,7 +217,7 @@ class JoinCore:
         meta["counts"]["joined"] += 1
         score, decision = entry["preds"][key]
         return [{"op": "set", "key": key, "start": start, "eid": event_id,
-                 "row": [score, bool(entry["label"]["y"]), bool(decision)]}]
+                 "row": [score, entry["label"]["y"], decision]}]
 
     def _evict(self, store: Store, meta: dict[str, Any], part: int, ekey: str, entry: Mapping[str, Any]
                ) -> list[str]:
@@ -256,8 +263,9 @@ def sample_pairs(by_eid: Mapping[str, Any], limit: int) -> dict[str, list[Any]]:
 
 class QualityCore:
     def __init__(self, *, windows: WindowSpec, sources: int, drop: QualityDrop | None = None,
-                 clock: Callable[[], float] = time.time, pairs_per_window: int = 0) -> None:
+                 clock: Callable[[], float] = time.time, pairs_per_window: int = 0, kind: HeadKind = "score") -> None:
         _check(windows)
+        self.kind = kind            # the head judged: score (binary), classes or value
         self.windows = windows
         self.sources = sources      # join partitions: a window closes when all of them have passed it
         self.drop, self.clock = drop, clock
@@ -321,26 +329,41 @@ class QualityCore:
     def _result(self, meta: dict[str, Any], win: Mapping[str, Any], by_eid: Mapping[str, Any]) -> dict[str, Any]:
         key = f"{win['model']}|{win['version']}|{win['variant']}"
         rows = [by_eid[eid] for eid in sorted(by_eid)]
-        score = np.array([r[0] for r in rows], dtype=np.float64)
-        y = np.array([r[1] for r in rows], dtype=bool)
-        decision = np.array([r[2] for r in rows], dtype=bool)
-        prior = meta["totals"].get(key) or quality.empty_totals()
-        calib = cbpe.calibration(prior["hist_pos"], prior["hist_neg"])   # this version's earlier windows
-        totals = quality.add_totals(prior, y, score, decision)
-        meta["totals"][key] = totals
+        metrics, meta["totals"][key] = self._figures(meta["totals"].get(key), rows)
         start = int(win["start"])
         result = {"model": win["model"], "version": win["version"], "variant": win["variant"],
-                  "window_start": start, "window_end": self.windows.end(start),
-                  "metrics": {**quality.binary_quality(y, score, decision), **cbpe.estimate(score, decision, calib)},
-                  "cumulative": quality.totals_quality(totals), "alerts": []}
-        if self.pairs_per_window:
+                  "window_start": start, "window_end": self.windows.end(start), "metrics": metrics,
+                  "cumulative": self._cumulative(meta["totals"][key]), "alerts": []}
+        if self.pairs_per_window and self.kind == "score":
             result["pairs"] = sample_pairs(by_eid, self.pairs_per_window)
         self._alert(meta, key, result)
         return result
 
+    def _figures(self, prior: dict[str, Any] | None, rows: list[Any]) -> tuple[dict[str, float], dict[str, Any]]:
+        """A window's metrics and the totals with its rows added. Rows are [prediction, label, decision]:
+        a score (decision: the model's) and a boolean label, a predicted class and the true one, or two numbers."""
+        if self.kind == "classes":
+            y, pred = [str(r[1]) for r in rows], [str(r[0]) for r in rows]
+            return quality.class_quality(quality.class_totals(None, y, pred)), quality.class_totals(prior, y, pred)
+        if self.kind == "value":
+            yv, pv = (np.array([r[i] for r in rows], dtype=np.float64) for i in (1, 0))
+            return quality.value_quality(quality.value_totals(None, yv, pv)), quality.value_totals(prior, yv, pv)
+        score = np.array([r[0] for r in rows], dtype=np.float64)
+        yb = np.array([r[1] for r in rows], dtype=bool)
+        decision = np.array([r[2] for r in rows], dtype=bool)
+        before = prior or quality.empty_totals()
+        calib = cbpe.calibration(before["hist_pos"], before["hist_neg"])   # this version's earlier windows
+        return ({**quality.binary_quality(yb, score, decision), **cbpe.estimate(score, decision, calib)},
+                quality.add_totals(before, yb, score, decision))
+
+    def _cumulative(self, totals: dict[str, Any]) -> dict[str, float]:
+        if self.kind == "classes":
+            return quality.class_quality(totals)
+        return quality.value_quality(totals) if self.kind == "value" else quality.totals_quality(totals)
+
     def _alert(self, meta: dict[str, Any], key: str, result: dict[str, Any]) -> None:
         """Quality-drop hysteresis per model|version|variant (windows without an AUC do not count)."""
-        auc = result["metrics"]["auc"]
+        auc = result["metrics"].get("auc", math.nan)
         ref = self.drop.reference(result["model"], result["version"]) if self.drop else None
         if self.drop is None or ref is None or math.isnan(auc):
             return

@@ -152,7 +152,8 @@ def test_report_picks_the_arms_and_the_windows_since_the_challenger_went_live() 
     r = FakeRedis("px", {"m:1:primary": prim, "m:2:canary": can})
     rep = build_report(r, "px", "m")
     assert (str(rep.primary), str(rep.challenger), rep.windows) == ("m:1:primary", "m:2:canary", (2, 10, 30))
-    want_p = roc_auc_score(prim[10]["label"] + prim[20]["label"], prim[10]["score"] + prim[20]["score"])  # type: ignore[operator]
+    labels_, scores_ = (prim[10][k] + prim[20][k] for k in ("label", "score"))  # type: ignore[operator]
+    want_p = roc_auc_score(labels_, scores_)
     assert abs(rep.result.auc_primary - want_p) < 1e-12 and not rep.result.paired
     assert rep.result.verdict == "worse" and rep.result.n_challenger == 600
     assert "verdict: worse" in render(rep) and "95% CI [" in render(rep)

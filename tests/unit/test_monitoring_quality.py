@@ -61,3 +61,22 @@ def test_totals_add_up_to_the_exact_figures() -> None:
     for m in ("count", "positive_rate", "log_loss", "brier", "precision", "recall", "f1", "accuracy", "ece"):
         assert abs(got[m] - exact[m]) < 1e-9, m
     assert abs(got["auc"] - exact["auc"]) < 2e-3   # histogram AUC: ties within a 1/1000 bin count half
+
+
+def test_class_and_value_quality_match_sklearn() -> None:
+    rng = np.random.default_rng(6)
+    classes = ["low", "mid", "high", "rare"]
+    y = [classes[i] for i in rng.integers(0, 3, 500)]                 # "rare" only ever predicted
+    pred = [c if rng.random() < 0.7 else classes[int(rng.integers(0, 4))] for c in y]
+    tot = quality.class_totals(None, y[:200], pred[:200])
+    tot = quality.class_totals(tot, y[200:], pred[200:])               # additive
+    q = quality.class_quality(tot)
+    assert q["count"] == 500
+    assert abs(q["accuracy"] - skm.accuracy_score(y, pred)) < 1e-12
+    assert abs(q["macro_f1"] - skm.f1_score(y, pred, average="macro", zero_division=0)) < 1e-12
+    v, p = rng.normal(0, 3, 400), rng.normal(0, 3, 400)
+    vt = quality.value_totals(quality.value_totals(None, v[:100], p[:100]), v[100:], p[100:])
+    vq = quality.value_quality(vt)
+    assert abs(vq["mae"] - skm.mean_absolute_error(v, p)) < 1e-9
+    assert abs(vq["rmse"] - np.sqrt(skm.mean_squared_error(v, p))) < 1e-9
+    assert np.isnan(quality.class_quality({"pairs": {}})["accuracy"])

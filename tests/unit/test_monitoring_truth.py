@@ -7,6 +7,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 import numpy as np
+import pytest
 
 from monitoring import quality
 from monitoring.truth_core import JoinCore, Label, Prediction, QualityCore, write
@@ -369,8 +370,8 @@ def test_truth_handlers_return_only_once_their_changelog_writes_are_delivered() 
 
     metrics = MonitorMetrics(CollectorRegistry())
     jtable, qtable = Pending(), Pending()
-    join = JoinHandler(cfg, _core(), jtable, Sink(), metrics, RecordDecoder(None), retry, send,  # type: ignore[arg-type]
-                       quality_parts=1)
+    join = JoinHandler(cfg, _core(), jtable, Sink(), metrics,  # type: ignore[arg-type]
+                       RecordDecoder(None), retry, send, quality_parts=1)
     qual = QualityHandler(cfg, QualityCore(windows=WindowSpec(W), sources=1), qtable, Sink(),  # type: ignore[arg-type]
                           metrics, retry)
     pred = {"event_id": "a", "model": "m", "version": "1", "variant": "primary", "score": 0.9, "decision": True,
@@ -396,3 +397,60 @@ def test_truth_handlers_return_only_once_their_changelog_writes_are_delivered() 
         await asyncio.wait_for(task, 1)
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("kind", ["classes", "value"])
+def test_classes_and_value_heads_joined_and_judged_like_sklearn(kind: str) -> None:
+    """Prediction and label records of a classes or value head through the decoders, the join and the
+    quality stage: one window's accuracy + macro-F1 or MAE + RMSE equal scikit-learn's."""
+    from sklearn import metrics as skm
+
+    from monitoring.truth_app import LabelsConfig, to_label, to_prediction
+
+    rng = np.random.default_rng(8)
+    spec = WindowSpec(size=W)
+    join = JoinCore(windows=spec, horizon_ms=10 * W)
+    qual = QualityCore(windows=spec, sources=1, kind=kind)  # type: ignore[arg-type]
+    store: dict[str, Any] = {}
+    qstore: dict[str, Any] = {}
+    results: list[dict[str, Any]] = []
+    cfg = LabelsConfig(topic="l")
+    truth: dict[str, Any] = {}
+    guess: dict[str, Any] = {}
+
+    def run(out: Any) -> None:
+        assert out is not None
+        for op in out.ops:
+            update, res = qual.apply(qstore, 0, 0, op)
+            results.extend(res)
+            write(qstore, update)
+        write(store, out)
+
+    for i in range(120):
+        eid = f"e{i}"
+        if kind == "classes":
+            truth[eid] = ["a", "b", "c"][int(rng.integers(0, 3))]
+            guess[eid] = truth[eid] if rng.random() < 0.6 else ["a", "b", "c", "d"][int(rng.integers(0, 4))]
+            pred = {"label": guess[eid], "probability": 0.5, "scores": {}}
+        else:
+            truth[eid] = float(rng.normal(10, 2))
+            guess[eid] = truth[eid] + float(rng.normal(0, 1))
+            pred = {"value": guess[eid]}
+        p = to_prediction({"event_id": eid, "model": "m", "version": "1", "variant": "primary", "event_time": i,
+                           **pred}, kind, None)  # type: ignore[arg-type]
+        assert p is not None
+        assert to_prediction({"event_id": eid, "score": 0.1, "decision": True}, kind) is None  # type: ignore[arg-type]
+        run(join.apply_prediction(store, 0, "p", i, p))
+        run(join.apply_label(store, 0, "l", i, to_label({"event_id": eid, "label": truth[eid], "label_time": i},
+                                                         cfg, 0, kind)))  # type: ignore[arg-type]
+    run(join.apply_label(store, 0, "l", 999, Label("end", "a" if kind == "classes" else 0.0, 3 * W)))
+    [res] = results
+    m, ids = res["metrics"], sorted(truth)
+    y, p_ = [truth[e] for e in ids], [guess[e] for e in ids]
+    if kind == "classes":
+        assert abs(m["accuracy"] - skm.accuracy_score(y, p_)) < 1e-12
+        assert abs(m["macro_f1"] - skm.f1_score(y, p_, average="macro", zero_division=0)) < 1e-12
+    else:
+        assert abs(m["mae"] - skm.mean_absolute_error(y, p_)) < 1e-9
+        assert abs(m["rmse"] - np.sqrt(skm.mean_squared_error(y, p_))) < 1e-9
+    assert res["cumulative"] == m and "pairs" not in res and m["count"] == 120
