@@ -5,6 +5,7 @@ Routes:
     GET /api/drift         {"items": [drift hash per model/feature, histograms included]}
     GET /api/shadow        {"items": [shadow hash per model/shadow_model]}
     GET /api/alerts?n=50   {"items": [alerts stream entries, latest first]}
+    GET /api/quality?last=100 {"items": [per model:version:variant, its newest closed quality windows]}
     GET /api/metrics       throughput (events/s from successive scrapes), lag, p99, targets
     GET /healthz           "ok"
 Redis being down answers 503 with {"error": ...}; the page shows it and keeps polling.
@@ -77,7 +78,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, self.server.poller.snapshot())
         api = {"/api/drift": lambda q: self.server.state.drift(),
                "/api/shadow": lambda q: self.server.state.shadow(),
-               "/api/alerts": lambda q: self.server.state.alerts(_int(q.get("n"), 50, 1, 1000))}
+               "/api/alerts": lambda q: self.server.state.alerts(_int(q.get("n"), 50, 1, 1000)),
+               "/api/quality": lambda q: self.server.state.quality(_int(q.get("last"), 100, 1, 1000))}
         handler = api.get(url.path)
         if handler is None:
             return self._json(404, {"error": f"no route {url.path}"})

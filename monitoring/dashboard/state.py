@@ -1,4 +1,5 @@
-"""The dashboard's read-only view of the monitor's Redis state (drift and shadow hashes, alerts).
+"""The dashboard's read-only view of the monitor's Redis state (drift and shadow hashes, alerts,
+quality windows).
 
 Keys come from ``monitoring.redis_state.Keys``, the one home of the layout
 (``monitoring/REDIS.md``), under the same ``prefix`` the monitor writes with.
@@ -71,6 +72,25 @@ class RedisView:
             item.setdefault("model", model)
             item.setdefault("shadow_model", shadow)
         return items
+
+    def quality(self, last: int = 100) -> list[dict[str, Any]]:
+        """Per model:version:variant ("arm"), its newest ``last`` closed quality windows, oldest first:
+        ``{arm, model, version, variant, points: [{window_start, window_end, <metric>: value}]}``."""
+        arms: dict[str, dict[str, Any]] = {}
+        for raw in self.client.hvals(self.keys.quality_windows):
+            try:
+                w = json.loads(raw)
+                arm = f"{w['model']}:{w['version']}:{w['variant']}"
+                point = {"window_start": int(w["window_start"]), "window_end": int(w["window_end"]),
+                         **{k: v for k, v in w["metrics"].items() if isinstance(v, (int, float))}}
+            except (ValueError, KeyError, TypeError):
+                continue                          # not a window this page can read: skip it
+            item = arms.setdefault(arm, {"arm": arm, "model": w["model"], "version": w["version"],
+                                         "variant": w["variant"], "points": []})
+            item["points"].append(point)
+        for item in arms.values():
+            item["points"] = sorted(item["points"], key=lambda p: p["window_start"])[-last:]
+        return [arms[k] for k in sorted(arms)]
 
     def alerts(self, count: int = 50) -> list[dict[str, Any]]:
         """Latest first."""

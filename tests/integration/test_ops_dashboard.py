@@ -76,6 +76,12 @@ def seed(url: str, model: str) -> dict[str, Any]:
         r.xadd("streamscore:alerts", {"model": model, "version": "3", "feature": "f03" if state == "cleared" else "amount",
                                       "statistic": "psi", "value": 0.31, "threshold": 0.2, "window_start": now - 60_000,
                                       "window_end": now, "severity": "critical", "raised_at": now, "state": state})
+    for version, variant, aucs in (("3", "primary", [0.93, 0.92, 0.94]), ("4", "canary", [0.90, float("nan"), 0.86])):
+        for i, auc in enumerate(aucs):   # closed quality windows, as the monitor's ground truth writes them
+            start = now - (3 - i) * 60_000
+            r.hset("streamscore:quality:windows", f"{model}:{version}:{variant}:{start}", json.dumps({
+                "pipeline": "fraud", "model": model, "version": version, "variant": variant, "window_start": start,
+                "window_end": start + 60_000, "metrics": {"count": 400.0, "auc": auc, "accuracy": 0.97}}))
     r.close()
     return {"features": list(features)}
 
@@ -161,6 +167,10 @@ def test_json_endpoints_read_redis_and_metrics(dashboard: tuple[str, str]) -> No
     assert metrics["events_in_per_s"] > 1000 and metrics["events_in_total"] >= metrics["events_out_total"] > 0
     assert metrics["lag"] == {"tx[0]": 1200.0, "tx[1]": 34.0} and metrics["lag_total"] == 1234.0
     assert 0 < metrics["e2e_p99_s"] < 0.2
+    status, quality = _get(base + "api/quality")
+    arms = {q["arm"]: q for q in quality["items"] if q["model"] == model}
+    assert status == 200 and set(arms) == {f"{model}:3:primary", f"{model}:4:canary"}
+    assert [p["auc"] for p in arms[f"{model}:4:canary"]["points"]] == [0.90, None, 0.86]   # oldest first, NaN null
     assert _get(base + "api/nope")[0] == 404
 
 
@@ -280,6 +290,7 @@ def test_page_renders_drift_table_alerts_and_charts(dashboard: tuple[str, str], 
     assert canvases["hist"].get("data-drawn") == f"{model}:amount"   # the drifting feature is selected first
     assert canvases["hist"].get("data-bins") == "10"
     assert int(canvases["tput-chart"].get("data-points", "0")) >= 1
+    assert canvases["quality-chart"].get("data-series") == "2"       # primary and canary on one chart
     text = " ".join(dom.text)
     assert "98.50%" in text and f"{model}-torch" in text             # shadow agreement
     assert "1234" in text                                            # consumer lag tile

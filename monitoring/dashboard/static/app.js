@@ -191,6 +191,45 @@ function drawThroughput(hist) {
   canvas.setAttribute("data-points", String(hist.length));
 }
 
+const QUALITY_COLORS = ["#58a6ff", "#f0883e", "#3fb950", "#d2a8ff", "#ff7b72", "#e3b341"];
+
+function drawQuality(items) {
+  const canvas = $("quality-chart");
+  $("quality-empty").hidden = items.length > 0;
+  const { ctx, w, h } = setupCanvas(canvas);
+  const pad = { l: 48, r: 8, t: 10, b: 20 };
+  const pw = w - pad.l - pad.r, ph = h - pad.t - pad.b;
+  const pts = items.flatMap((it) => it.points.filter((p) => p.auc != null));
+  const legend = $("quality-legend");
+  legend.replaceChildren();
+  canvas.setAttribute("data-series", String(items.length));
+  if (!pts.length) return;
+  const t0 = Math.min(...pts.map((p) => p.window_end)), t1 = Math.max(...pts.map((p) => p.window_end));
+  const lo = Math.max(0, Math.floor(Math.min(...pts.map((p) => p.auc)) * 20) / 20), hi = 1;
+  const x = (t) => pad.l + (t1 > t0 ? (pw * (t - t0)) / (t1 - t0) : pw / 2);
+  const y = (v) => pad.t + ph - (ph * (v - lo)) / Math.max(hi - lo, 1e-9);
+  ctx.strokeStyle = "#263040"; ctx.fillStyle = "#8a96a3"; ctx.font = "11px system-ui, sans-serif";
+  for (let g = 0; g <= 4; g++) {
+    const v = lo + ((hi - lo) * g) / 4;
+    ctx.beginPath(); ctx.moveTo(pad.l, y(v)); ctx.lineTo(w - pad.r, y(v)); ctx.stroke();
+    ctx.fillText(v.toFixed(2), 4, y(v) + 4);
+  }
+  ctx.fillText(fmtTime(t0), pad.l, h - 4);
+  ctx.fillText(fmtTime(t1), w - pad.r - 60, h - 4);
+  items.forEach((it, k) => {
+    const color = QUALITY_COLORS[k % QUALITY_COLORS.length];
+    const series = it.points.filter((p) => p.auc != null);
+    ctx.strokeStyle = color; ctx.fillStyle = color; ctx.lineWidth = 2; ctx.beginPath();
+    series.forEach((p, i) => (i === 0 ? ctx.moveTo : ctx.lineTo).call(ctx, x(p.window_end), y(p.auc)));
+    ctx.stroke(); ctx.lineWidth = 1;
+    series.forEach((p) => ctx.fillRect(x(p.window_end) - 2, y(p.auc) - 2, 4, 4));
+    const last = series[series.length - 1];
+    const swatch = el("span", { class: "sw" });
+    swatch.style.background = color;
+    legend.append(swatch, `${it.arm} ${last ? fmtNum(last.auc, 3) : "–"} `);
+  });
+}
+
 // ------------------------------------------------------------------ loop
 async function refresh() {
   const errors = [];
@@ -201,6 +240,7 @@ async function refresh() {
     take("api/drift", (b) => renderDrift(b.items)),
     take("api/alerts?n=50", (b) => renderAlerts(b.items)),
     take("api/shadow", (b) => renderShadow(b.items)),
+    take("api/quality", (b) => drawQuality(b.items)),
     take("api/metrics", renderMetrics),
   ]);
   const status = $("status");
