@@ -2,6 +2,7 @@
 
     python -m bench.monitor_cost telemetry            # µs per 2,000-row summarize
     python -m bench.monitor_cost monitor -s 60        # needs KAFKA_BOOTSTRAP and REDIS_URL
+    python -m bench.monitor_cost truth -n 5000        # ground truth; its own Kafka + Redis unless those are set
 
 ``monitor`` runs the monitor as a child process and publishes telemetry at ``--rate``
 records/s (default 50: 100k events/s in 2,000-event batches, with a shadow model), event
@@ -142,6 +143,83 @@ def bench_monitor(seconds: float, rate: float, window_ms: int, warmup: float = 1
             "heartbeat_age_max_s": round(float(np.max(lag)), 3) if lag else None}
 
 
+def _services() -> tuple[str, str, Any]:
+    """KAFKA_BOOTSTRAP and REDIS_URL if set, else a Kafka and Redis of our own (stopped by the caller)."""
+    if os.environ.get("KAFKA_BOOTSTRAP") and os.environ.get("REDIS_URL"):
+        return os.environ["KAFKA_BOOTSTRAP"], os.environ["REDIS_URL"], None
+    from streamscore.dev.services import ensure_services
+
+    svc = ensure_services(Path(tempfile.mkdtemp(prefix="bench-truth-")))
+    return svc.kafka_bootstrap, svc.redis_url, svc
+
+
+def bench_truth(events: int, partitions: int, window_ms: int) -> dict[str, Any]:
+    """The ground-truth side stream catching up a backlog: ``events`` predictions, every one labelled
+    (JSON, keyed by account), pre-produced; the monitor (a child process) joins and scores them.
+    Measured from its first committed label to the last: records/s (predictions + labels) and the
+    child's CPU (user + system) as a share of one core."""
+    from confluent_kafka import Producer
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from consumers.kafka_client import ensure_topics
+
+    bootstrap, redis_url, svc = _services()
+    run = uuid.uuid4().hex[:8]
+    preds, labels, app_id = f"bench-preds-{run}", f"bench-labels-{run}", f"bench-truth-{run}"
+    try:
+        ensure_topics({"bootstrap.servers": bootstrap}, {preds: partitions, labels: partitions})
+        rng = np.random.default_rng(1)
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        span = 10 * window_ms
+        y = rng.random(events) < 0.3
+        score = np.clip(rng.normal(np.where(y, 0.65, 0.35), 0.2), 0, 1)
+        for i in range(events):
+            key = f"acct-{i % 997}".encode()
+            producer.produce(preds, json.dumps({"event_id": f"e{i}", "model": "fraud-mlp", "version": "1",
+                                                "variant": "primary", "score": float(score[i]),
+                                                "decision": bool(score[i] >= 0.5), "event_time": i}), key=key)
+            producer.produce(labels, json.dumps({"event_id": f"e{i}", "label": bool(y[i]),
+                                                 "label_time": i * span // events}), key=key)
+            if i % 10_000 == 0:
+                producer.poll(0)
+        assert producer.flush(60) == 0
+        cfg = {"broker": bootstrap, "telemetry_topic": f"bench-tele-{run}", "redis_url": redis_url,
+               "redis_prefix": f"bench-{run}", "app_id": app_id, "commit_interval_s": 1.0,
+               "ground_truth": [{"name": "bench", "predictions": [preds], "labels": {"topic": labels},
+                                 "window_ms": window_ms, "auc_drop": None}]}
+        tmp = Path(tempfile.mkdtemp(prefix="bench-truth-"))
+        (tmp / "c.json").write_text(json.dumps(cfg))
+        log = open(tmp / "monitor.log", "ab")
+        child = subprocess.Popen([sys.executable, "-m", "monitoring.monitor_app", "-c", str(tmp / "c.json")],
+                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        mark: tuple[float, float, int] | None = None
+        done = 0
+        group = Consumer({"bootstrap.servers": bootstrap, "group.id": app_id})
+        tps = [TopicPartition(t, p) for t in (preds, labels) for p in range(partitions)]
+        try:
+            while done < 2 * events:
+                if child.poll() is not None:
+                    raise RuntimeError(f"monitor exited; see {tmp / 'monitor.log'}")
+                done = sum(max(tp.offset, 0) for tp in group.committed(tps, timeout=10))
+                if mark is None and done > 0:
+                    mark = (time.time(), _cpu_seconds(child.pid), done)
+                time.sleep(0.5)
+            assert mark is not None
+            wall, cpu = time.time() - mark[0], _cpu_seconds(child.pid) - mark[1]
+        finally:
+            group.close()
+            child.terminate()
+            child.wait(30)
+            log.close()
+    finally:
+        if svc is not None:
+            svc.stop()
+    return {"events": events, "records": 2 * events, "measured_records": done - mark[2], "seconds": round(wall, 1),
+            "records_per_s": round((done - mark[2]) / wall, 1), "cpu_percent_of_one_core": round(100 * cpu / wall, 1),
+            "load_average_1m": os.getloadavg()[0]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.monitor_cost")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -150,8 +228,15 @@ def main(argv: list[str] | None = None) -> None:
     mon.add_argument("-s", "--seconds", type=float, default=60.0)
     mon.add_argument("--rate", type=float, default=50.0, help="telemetry records per second")
     mon.add_argument("--window-ms", type=int, default=10_000)
+    truth = sub.add_parser("truth", help="ground truth: the join + quality catching up a labelled backlog")
+    truth.add_argument("-n", "--events", type=int, default=5_000)
+    truth.add_argument("--partitions", type=int, default=2)
+    truth.add_argument("--window-ms", type=int, default=60_000)
     args = parser.parse_args(argv)
-    result = bench_telemetry() if args.what == "telemetry" else bench_monitor(args.seconds, args.rate, args.window_ms)
+    if args.what == "truth":
+        result = bench_truth(args.events, args.partitions, args.window_ms)
+    else:
+        result = bench_telemetry() if args.what == "telemetry" else bench_monitor(args.seconds, args.rate, args.window_ms)
     print(json.dumps(result, indent=2))
 
 
