@@ -16,6 +16,11 @@ Crash safety (why a SIGKILL + restart ends with the same window results):
    restored state and the replayed records, and Redis writes are idempotent per window
    (``RedisState``), so a window closed before the crash and closed again after it
    leaves one result and one alert.
+5. The restored state, not the group's committed offset, says where reading resumes: if
+   the first record a process reads of a partition lies past the restored ``offset`` + 1
+   (a commit that got ahead of the changelog, or a state that did not come back), the
+   partition is rewound to ``offset`` + 1 (``TelemetryHandler``), and the records already
+   fetched beyond it are dropped until the re-read begins, so no record is skipped unseen.
 
 Telemetry must be keyed by model (``TelemetryBuilder.key()``) so each model's windows
 live in one partition.
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import faust
+from faust.types import TP
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from monitoring.alerts import Hysteresis
@@ -194,25 +200,29 @@ class StateTable(faust.Table):  # type: ignore[misc]   # faust is untyped
         return fut
 
 
+Seek = Callable[[int, int], Awaitable[None]]   # (partition, offset): read that partition again from there
+REWIND_TRIES = 5
+
+
 class TelemetryHandler:
     """One telemetry record at a time: state table update, Redis writes, metrics."""
 
-    def __init__(self, core: MonitorCore, table: Any, sink: RedisState, metrics: MonitorMetrics) -> None:
-        self.core, self.table, self.sink, self.metrics = core, table, sink, metrics
+    def __init__(self, core: MonitorCore, table: Any, sink: RedisState, metrics: MonitorMetrics,
+                 seek: Seek) -> None:
+        self.core, self.table, self.sink, self.metrics, self.seek = core, table, sink, metrics, seek
         self._seen: set[str] = set()
+        self._rewinding: dict[str, tuple[int, int, int]] = {}   # partition -> (resume at, last dropped, seeks)
 
     async def handle(self, partition: int, offset: int, value: bytes) -> None:
         key = str(partition)
+        if not await self._in_sequence(key, partition, offset):
+            return
         try:
             summary = decode_telemetry(value)
         except DecodeError as exc:
             log.warning("skipping undecodable telemetry at %s/%s: %s", partition, offset, exc)
             return
         before = self.table.get(key)
-        if key not in self._seen:   # where this process picked up: restored state vs. first record read
-            self._seen.add(key)
-            log.info("partition %s: first record at offset %s, restored state at offset %s", partition, offset,
-                     None if before is None else before["offset"])
         out = self.core.apply(before, offset, summary)
         if out is None:
             self.metrics.replayed.inc()
@@ -227,6 +237,49 @@ class TelemetryHandler:
         await self._retry(lambda: self.sink.heartbeat())
         await self._persist(key, state)
         self.metrics.telemetry.inc()
+
+    async def _in_sequence(self, key: str, partition: int, offset: int) -> bool:
+        """False for a record to drop: the first one read past the restored state (which starts
+        a rewind to the state's offset + 1), and those fetched before the rewind took effect.
+
+        While rewinding, records keep coming in increasing order from the fetch made before the
+        seek; the first whose offset is not above the previous one is the re-read's start. A
+        re-read that starts past the state anyway (the seek raced the fetch loop, which stamps
+        its own read position after each record it hands over) is sought again, up to
+        ``REWIND_TRIES`` times; then the gap is logged as an error and reading goes on.
+        """
+        rewind = self._rewinding.get(key)
+        if rewind is not None:
+            resume, dropped, tries = rewind
+            if offset > dropped:
+                self._rewinding[key] = (resume, offset, tries)
+                return False
+            if offset > resume and tries < REWIND_TRIES:
+                self._rewinding[key] = (resume, offset, tries + 1)
+                await self.seek(partition, resume)
+                return False
+            del self._rewinding[key]
+            if offset > resume:
+                log.error("partition %s: offsets %s..%s could not be read again; going on from %s", partition,
+                          resume, offset - 1, offset)
+            else:
+                log.info("partition %s: reading again from offset %s", partition, offset)
+            return True
+        if key in self._seen:
+            return True
+        self._seen.add(key)
+        before = self.table.get(key)
+        restored = None if before is None else int(before["offset"])
+        log.info("partition %s: first record at offset %s, restored state at offset %s", partition, offset, restored)
+        resume = 0 if restored is None else restored + 1
+        if offset <= resume:
+            return True
+        log.warning("partition %s: the committed offset (%s) is past the restored state (offset %s): reading again "
+                    "from %s so that no record is skipped", partition, offset, restored, resume)
+        self.metrics.rewinds.inc()
+        self._rewinding[key] = (resume, offset, 1)
+        await self.seek(partition, resume)
+        return False
 
     async def _persist(self, key: str, state: dict[str, Any]) -> None:
         """Set the partition state and wait until its changelog record is on the broker.
@@ -293,7 +346,11 @@ def build_app(config: MonitorConfig, *, partitions: int | None = None) -> faust.
                        profiles=ProfileCache(config.registry), alpha=config.alpha,
                        psi_warning=config.psi_warning, psi_drift=config.psi_drift)
     sink = RedisState(config.redis_url.get_secret_value(), prefix=config.redis_prefix)
-    handler = TelemetryHandler(core, table, sink, MonitorMetrics())
+    async def seek(partition: int, offset: int) -> None:
+        # on the client's own thread, as Faust's recovery seeks (a seek from this thread races its fetcher)
+        await app.consumer.seek_wait({TP(config.telemetry_topic, partition): offset})
+
+    handler = TelemetryHandler(core, table, sink, MonitorMetrics(), seek)
 
     @app.agent(topic, concurrency=1)
     async def monitor(stream: Any) -> None:

@@ -24,6 +24,9 @@ class MonitorMetrics:
                                       ["model", "shadow_model"], **kw)
         self.telemetry = Counter("streamscore_monitor_telemetry_records", "Telemetry records applied", **kw)
         self.replayed = Counter("streamscore_monitor_replayed_records", "Telemetry records skipped as replays", **kw)
+        self.rewinds = Counter("streamscore_monitor_rewinds",
+                               "Partitions read again from the restored state's offset (the committed offset was past it)",
+                               **kw)
         self.windows = Counter("streamscore_monitor_windows_closed", "Windows closed", ["model"], **kw)
         self.redis_errors = Counter("streamscore_monitor_redis_errors", "Redis writes that failed and were retried",
                                     **kw)
