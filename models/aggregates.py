@@ -101,17 +101,53 @@ class _Layout:
 
 @dataclass
 class _Part:
-    """One store's entries in one partition: flat arrays, one row per entry."""
+    """One store's entries in one partition: columns with spare capacity (appends are amortised),
+    one row per entry: key code, record time (ms), offset, then one column per field (float64
+    with NaN for null, or int64 text hashes)."""
 
-    width: int
-    k: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))      # key code
-    t: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))      # record time, ms
-    o: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))      # offset
-    v: list[np.ndarray] = field(default_factory=list)    # per field: float64 (NaN null) or int64 hashes
+    cols: list[np.ndarray]
+    n: int = 0
     codes: dict[str, int] = field(default_factory=dict)
     texts: list[str] = field(default_factory=list)
     newest: int = -(1 << 62)
+    max_offset: int = -1                     # the highest offset ever inserted: above it, nothing is a replay
     tombstones: list[bytes] = field(default_factory=list)    # evicted entries' record keys, not yet written
+
+    @property
+    def k(self) -> np.ndarray:
+        return self.cols[0][:self.n]
+
+    @property
+    def t(self) -> np.ndarray:
+        return self.cols[1][:self.n]
+
+    @property
+    def o(self) -> np.ndarray:
+        return self.cols[2][:self.n]
+
+    @property
+    def v(self) -> list[np.ndarray]:
+        return [c[:self.n] for c in self.cols[3:]]
+
+    def append(self, arrays: Sequence[np.ndarray]) -> None:
+        m = len(arrays[0])
+        if self.n + m > len(self.cols[0]):
+            cap = max(2 * len(self.cols[0]), self.n + m, 1024)
+            grown = [np.empty(cap, c.dtype) for c in self.cols]
+            for g, c in zip(grown, self.cols):
+                g[:self.n] = c[:self.n]
+            self.cols = grown
+        for c, a in zip(self.cols, arrays):
+            c[self.n:self.n + m] = a
+        self.n += m
+        if m:
+            self.max_offset = max(self.max_offset, int(arrays[2].max()))
+
+    def keep(self, mask: np.ndarray) -> None:
+        kept = [c[:self.n][mask] for c in self.cols]
+        for c, a in zip(self.cols, kept):
+            c[:len(a)] = a
+        self.n = len(kept[0])
 
     def code(self, text: str) -> int:
         c = self.codes.get(text)
@@ -121,8 +157,7 @@ class _Part:
         return c
 
     def nbytes(self) -> int:
-        return int(self.k.nbytes + self.t.nbytes + self.o.nbytes + sum(a.nbytes for a in self.v)) \
-            + KEY_BYTES * len(self.codes)
+        return int(sum(c.nbytes for c in self.cols)) + KEY_BYTES * len(self.codes)
 
 
 class PartitionState:
@@ -172,7 +207,7 @@ class AggregateEngine:
         return tuple(s.name for s in self.specs)
 
     def new_state(self) -> PartitionState:
-        return PartitionState({lay.id: _empty(len(lay.fields)) for lay in self.layouts})
+        return PartitionState({lay.id: _empty(lay) for lay in self.layouts})
 
     # ------------------------------------------------------------------ scoring
     def apply(self, states: Mapping[int, PartitionState], columns: Mapping[str, Any], nulls: Mapping[str, np.ndarray],
@@ -205,10 +240,10 @@ class AggregateEngine:
         return Applied(out, records)
 
     def _fields(self, lay: _Layout, columns: Mapping[str, Any], nulls: Mapping[str, np.ndarray],
-                symbols: Mapping[str, Sequence[str]], n: int) -> tuple[list[np.ndarray], list[list[Any]]]:
+                symbols: Mapping[str, Sequence[str]], n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per store field: the values held (float64 or text hashes) and the raw values the changelog keeps."""
         vals: list[np.ndarray] = []
-        raws: list[list[Any]] = []
+        raws: list[np.ndarray] = []          # per field: each row's value as JSON text
         for name, kind in lay.fields:
             col = columns.get(name)
             if col is None:
@@ -220,14 +255,15 @@ class AggregateEngine:
                 if null is not None:
                     v[null] = np.nan
                 vals.append(v)
-                raws.append([None if x != x else x for x in v.tolist()])
+                raws.append(_json_numbers(v))
             else:
                 codes, texts = key_values(col, symbols.get(name), n)
                 if null is not None:
                     codes = np.where(null, -1, codes)
                 table = np.array([_hash(t) for t in texts] + [NULL_HASH], np.int64)
                 vals.append(table[codes])                       # code -1 -> the NULL_HASH slot
-                raws.append([None if c < 0 else texts[c] for c in codes.tolist()])
+                jtexts = np.array([json.dumps(t) for t in texts] + ["null"], dtype=object)
+                raws.append(jtexts[codes])
         return vals, raws
 
     def _apply_part(self, lay: _Layout, st: _Part, bcodes: np.ndarray, btexts: Sequence[str], t: np.ndarray,
@@ -235,8 +271,12 @@ class AggregateEngine:
         used, inv = np.unique(bcodes, return_inverse=True)
         table = np.fromiter((st.code(btexts[u]) for u in used.tolist()), np.int64, len(used))
         k = table[inv.reshape(-1)]
-        new = ~np.isin(o, st.o)                                   # dedupe: an offset already held is a replay
-        held = np.isin(st.k, np.unique(k))
+        new = o > st.max_offset                                   # dedupe: an offset already held is a replay
+        if not new.all():
+            new[~new] = ~np.isin(o[~new], st.o)
+        touched = np.zeros(len(st.texts), bool)
+        touched[k] = True
+        held = touched[st.k]
         ek = np.concatenate([st.k[held], k[new]])
         et = np.concatenate([st.t[held], t[new]])
         eo = np.concatenate([st.o[held], o[new]])
@@ -245,10 +285,7 @@ class AggregateEngine:
         ek, et, eo = ek[order], et[order], eo[order]
         ev = [a[order] for a in ev]
         res = _compute(lay, ek, et, eo, ev, k, t, o)
-        st.k = np.concatenate([st.k, k[new]])
-        st.t = np.concatenate([st.t, t[new]])
-        st.o = np.concatenate([st.o, o[new]])
-        st.v = [np.concatenate([a, b[new]]) for a, b in zip(st.v, vals)]
+        st.append([k[new], t[new], o[new], *(b[new] for b in vals)])
         st.newest = max(st.newest, int(t.max()))
         _evict(lay, st, self.grace_ms)
         return res
@@ -276,16 +313,16 @@ class AggregateEngine:
             st = state.parts[lay.id]
             entries = found[lay.id]
             m = len(entries)
-            st.k = np.fromiter((st.code(text) for text, _, _ in entries), np.int64, m)
-            st.o = np.fromiter((off for _, off, _ in entries), np.int64, m)
-            st.t = np.fromiter((int(v[0]) for _, _, v in entries), np.int64, m)
-            st.v = []
+            arrays = [np.fromiter((st.code(text) for text, _, _ in entries), np.int64, m),
+                      np.fromiter((int(v[0]) for _, _, v in entries), np.int64, m),
+                      np.fromiter((off for _, off, _ in entries), np.int64, m)]
             for j, (_, kind) in enumerate(lay.fields):
                 raw = [v[j + 1] if len(v) > j + 1 else None for _, _, v in entries]
                 if kind == "float":
-                    st.v.append(np.array([np.nan if x is None else float(x) for x in raw], np.float64))
+                    arrays.append(np.array([np.nan if x is None else float(x) for x in raw], np.float64))
                 else:
-                    st.v.append(np.array([NULL_HASH if x is None else _hash(str(x)) for x in raw], np.int64))
+                    arrays.append(np.array([NULL_HASH if x is None else _hash(str(x)) for x in raw], np.int64))
+            st.append(arrays)
             if m:
                 st.newest = int(st.t.max())
                 _evict(lay, st, self.grace_ms)
@@ -295,10 +332,9 @@ class AggregateEngine:
         return state
 
 
-def _empty(width: int) -> _Part:
-    part = _Part(width)
-    part.v = [np.zeros(0) for _ in range(width)]
-    return part
+def _empty(lay: _Layout) -> _Part:
+    kinds = [np.int64, np.int64, np.int64, *(np.float64 if kind == "float" else np.int64 for _, kind in lay.fields)]
+    return _Part([np.zeros(0, dtype) for dtype in kinds])
 
 
 def _items(col: Any) -> list[Any]:
@@ -317,33 +353,43 @@ def _hash(text: str) -> int:
     return h if h != NULL_HASH else h + 1
 
 
+def _json_numbers(v: np.ndarray) -> np.ndarray:
+    """Each float as JSON text: null for NaN, 1e999 / -1e999 (which JSON parsers read as infinities) for inf."""
+    out = v.astype(str).astype(object)
+    out[np.isnan(v)] = "null"
+    out[np.isposinf(v)] = "1e999"
+    out[np.isneginf(v)] = "-1e999"
+    return out
+
+
 def _records(lay: _Layout, texts: Sequence[str], kcodes: np.ndarray, t: np.ndarray, o: np.ndarray,
-             raws: list[list[Any]], rows: np.ndarray, partition: int) -> Iterator[tuple[bytes, bytes, int]]:
+             raws: list[np.ndarray], rows: np.ndarray, partition: int) -> list[tuple[bytes, bytes, int]]:
+    """One record per row: key ``<store>\x1f<key>\x1f<offset>``, value ``[time, field values...]`` (JSON)."""
     prefix = lay.id + SEP
-    for i, (c, ti, oi) in enumerate(zip(kcodes.tolist(), t.tolist(), o.tolist())):
-        r = int(rows[i])
-        yield ((prefix + texts[c] + SEP + str(oi)).encode(),
-               json.dumps([ti, *(raw[r] for raw in raws)], separators=(",", ":")).encode(), partition)
+    values = ["[" + str(ti) for ti in t.tolist()]
+    for raw in raws:
+        values = [a + "," + b for a, b in zip(values, raw[rows].tolist())]
+    keys = [prefix + texts[c] + SEP + str(oi) for c, oi in zip(kcodes.tolist(), o.tolist())]
+    return [(k.encode(), (v + "]").encode(), partition) for k, v in zip(keys, values)]
 
 
 def _evict(lay: _Layout, st: _Part, grace_ms: int) -> None:
     """Drop entries no replay within the grace can need; forget keys with none left."""
-    if not len(st.t):
+    if not st.n:
         return
     cutoff = st.newest - lay.longest_ms - grace_ms
     gone = st.t <= cutoff
-    if gone.any():
-        prefix = lay.id + SEP
-        st.tombstones.extend((prefix + st.texts[c] + SEP + str(off)).encode()
-                             for c, off in zip(st.k[gone].tolist(), st.o[gone].tolist()))
-        keep = ~gone
-        st.k, st.t, st.o = st.k[keep], st.t[keep], st.o[keep]
-        st.v = [a[keep] for a in st.v]
-    live = np.unique(st.k)
+    if not gone.any():
+        return
+    prefix = lay.id + SEP
+    st.tombstones.extend((prefix + st.texts[c] + SEP + str(off)).encode()
+                         for c, off in zip(st.k[gone].tolist(), st.o[gone].tolist()))
+    st.keep(~gone)
+    live = np.flatnonzero(np.bincount(st.k, minlength=len(st.texts)))
     if len(st.texts) > 2 * len(live) + 1024:              # renumber the keys still held
         st.texts = [st.texts[c] for c in live.tolist()]
         st.codes = {text: i for i, text in enumerate(st.texts)}
-        st.k = np.searchsorted(live, st.k).astype(np.int64)
+        st.cols[0][:st.n] = np.searchsorted(live, st.k)
 
 
 def _compute(lay: _Layout, ek: np.ndarray, et: np.ndarray, eo: np.ndarray, ev: list[np.ndarray],
