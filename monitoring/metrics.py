@@ -225,9 +225,10 @@ class ScorerMetrics:
         self._lookup_missing = Counter("streamscore_lookup_missing_rows", "Events whose lookup key had no fresh entry.",
                                        [*inst, "pipeline", "lookup"], registry=reg)
         self._agg_keys = Gauge("streamscore_aggregate_keys", "Keys held in the aggregate state of the partitions "
-                               "this process owns.", [*inst, "pipeline"], registry=reg)
-        self._agg_bytes = Gauge("streamscore_aggregate_state_bytes", "Bytes of aggregate state held (entry arrays "
-                                "plus an estimate per key).", [*inst, "pipeline"], registry=reg)
+                               "this process owns (expired keys count until the next renumbering: at most 2 x live "
+                               "+ 1024 per partition).", [*inst, "pipeline"], registry=reg)
+        self._agg_bytes = Gauge("streamscore_aggregate_state_bytes", "Bytes of aggregate state held (entry columns with "
+                                "their spare capacity, plus an estimate of 120 per key).", [*inst, "pipeline"], registry=reg)
         self._agg_restored = Counter("streamscore_aggregate_restored_records", "Changelog records read to restore "
                                      "aggregate state on assignment.", [*inst, "pipeline"], registry=reg)
         self._agg_restore_s = Counter("streamscore_aggregate_restore_seconds", "Time spent restoring aggregate "
