@@ -16,6 +16,9 @@ well, so the generator -> broker leg alone is measured in the same window.
 through a schema registry (Apicurio), scored by the demo model registered for the nested
 paths (bench/byo.py); ``byo_schema_vs_streamscore`` is its ratio to ``streamscore_eps``.
 
+``features_online``: one Redis lookup and three per-key aggregates over 100,000 distinct accounts,
+on its own input topic keyed by account (bench/online.py); ``features_online_vs_streamscore``.
+
 Results: a table on stdout, bench/results/latest.json and bench/results/latest.png.
 """
 
@@ -129,13 +132,13 @@ class RssSampler(threading.Thread):
 
 
 def scorer_config(path: Path, bootstrap: str, t_in: str, t_out: str, group: str,
-                  registry: Path | None = None, model: str = "fraud-mlp") -> Path:
+                  registry: Path | None = None, model: str = "fraud-mlp", pipeline: dict[str, Any] | None = None) -> Path:
     import yaml
 
     cfg: dict[str, Any] = {
         "kafka": {"bootstrap_servers": bootstrap}, "group_id": group,
-        "pipelines": [{"name": "fraud", "input": {"topic": t_in}, "model": {"name": model},
-                       "output": {"topic": t_out}}],
+        "pipelines": [pipeline or {"name": "fraud", "input": {"topic": t_in}, "model": {"name": model},
+                                   "output": {"topic": t_out}}],
     }
     if registry is not None:
         cfg["registry"] = str(registry)
@@ -179,6 +182,13 @@ def contender_cmd(name: str, bootstrap: str, t_in: str, t_out: str, group: str, 
         assert byo is not None
         cfg = byo_bench.scorer_config(work / f"{group}.yaml", bootstrap, byo["registry_url"], byo["models"],
                                       byo["topic"], t_out, group)
+        return [sys.executable, "-m", "streamscore", "serve", "-c", str(cfg), "--max-seconds", str(seconds)]
+    if name == "features_online":
+        from bench import online
+
+        assert byo is not None
+        cfg = scorer_config(work / f"{group}.yaml", bootstrap, t_in, t_out, group, registry=online.model_registry(work),
+                            pipeline=online.pipeline(t_in, t_out, byo["redis_url"]))
         return [sys.executable, "-m", "streamscore", "serve", "-c", str(cfg), "--max-seconds", str(seconds)]
     if name == "backfill":
         cfg = scorer_config(work / f"{group}.yaml", bootstrap, t_in, t_out, group)
@@ -443,7 +453,19 @@ def main() -> int:
             byo_bench.produce(bootstrap, svc.schema_registry_url, byo["topic"], a.events)
             print(f"pre-produced {a.events:,} events in a nested registry schema in {time.monotonic() - t0:.1f}s",
                   flush=True)
+        online_topic = None
+        if wanted_names is None or "features_online" in wanted_names:
+            from bench import online
+
+            online_topic = f"bench-online-{uuid.uuid4().hex[:6]}"
+            create_topic(bootstrap, online_topic)
+            t0 = time.monotonic()
+            online.produce(bootstrap, online_topic, a.events)
+            online.load_redis(svc.redis_url)
+            print(f"pre-produced {a.events:,} events over {online.KEYS:,} accounts, loaded their hashes into Redis "
+                  f"in {time.monotonic() - t0:.1f}s", flush=True)
         counts = {"passthrough": a.events, "streamscore": a.events, "features": a.events, "byo_schema": a.events,
+                  "features_online": a.events,
                   "backfill": a.events, "streamscore_2proc": a.events,
                   "batched": min(a.events, 300_000), "naive": min(a.events, 100_000),
                   "quix": min(a.events, 60_000), "faust": min(a.events, 30_000)}
@@ -452,11 +474,13 @@ def main() -> int:
         runs: dict[str, Any] = {}
         # the contenders the ratios are built from run `--repeat` times (interleaved, so a slow
         # spell of the machine hits all of them); the table shows each one's median
-        repeated = [n for n in ("passthrough", "streamscore", "features", "byo_schema", "backfill", "batched") if n in wanted]
+        repeated = [n for n in ("passthrough", "streamscore", "features", "features_online", "byo_schema", "backfill",
+                                "batched") if n in wanted]
         order = [n for _ in range(a.repeat) for n in repeated] + [n for n in wanted if n not in repeated and n in counts]
         for name in order:
-            r = run_throughput(name, bootstrap, byo["topic"] if name == "byo_schema" and byo else t_in, counts[name],
-                               work, timeout=300, byo=byo)
+            source = byo["topic"] if name == "byo_schema" and byo else online_topic if name == "features_online" else t_in
+            r = run_throughput(name, bootstrap, source or t_in, counts[name], work, timeout=300,
+                               byo={**(byo or {}), "redis_url": svc.redis_url})
             runs.setdefault(name, []).append(r)
             print(f"  {name:24} {r['eps']:>10,} events/s  ({r['outputs']:,} outputs, complete={r['complete']}, "
                   f"peak rss {r['rss_mb']} MB)", flush=True)
@@ -506,6 +530,8 @@ def main() -> int:
             results["ratio_vs_passthrough"] = round(s / pt, 2)
         if s and results.get("features_eps"):
             results["features_vs_streamscore"] = round(results["features_eps"] / s, 2)
+        if s and results.get("features_online_eps"):
+            results["features_online_vs_streamscore"] = round(results["features_online_eps"] / s, 2)
         if s and results.get("byo_schema_eps"):
             results["byo_schema_vs_streamscore"] = round(results["byo_schema_eps"] / s, 2)
         if s and results.get("backfill_eps"):
@@ -527,7 +553,8 @@ def main() -> int:
 
 def table(r: dict[str, Any]) -> str:
     rows = ["passthrough_eps", "model_only_eps", "naive_eps", "batched_eps", "quix_eps", "faust_eps",
-            "streamscore_eps", "features_eps", "features_vs_streamscore", "byo_schema_eps", "byo_schema_vs_streamscore", "streamscore_eps_2proc", "streamscore_p50_ms", "streamscore_p99_ms",
+            "streamscore_eps", "features_eps", "features_vs_streamscore", "features_online_eps",
+            "features_online_vs_streamscore", "byo_schema_eps", "byo_schema_vs_streamscore", "streamscore_eps_2proc", "streamscore_p50_ms", "streamscore_p99_ms",
             "streamscore_p99_ms_after_warmup", "passthrough_p50_ms", "passthrough_p99_ms", "input_leg_p99_ms",
             "batched_p99_ms", "streamscore_rss_mb", "ratio_vs_batched", "ratio_vs_passthrough", "soak_rss_growth",
             "backfill_eps", "backfill_vs_streamscore", "http_rps", "http_p50_ms", "http_p99_ms", "http_peer_rps",
