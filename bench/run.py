@@ -333,22 +333,7 @@ def latency_summary(lat: list[float], sent: list[int], warmup_s: float) -> dict[
 LAT_RATES = (10_000, 50_000, 100_000)      # the fixed loads of the latency matrix (plus 50% of streamscore_eps)
 
 
-def event_id_of(value: bytes) -> bytes:
-    """The first field of both a transaction and a prediction (an Avro string after the
-    5-byte frame header), read without decoding the rest of the record."""
-    n, shift, i = 0, 0, 5
-    while True:
-        b = value[i]
-        n |= (b & 0x7F) << shift
-        i += 1
-        if not b & 0x80:
-            break
-        shift += 7
-    n = (n >> 1) ^ -(n & 1)
-    return value[i:i + n]
-
-
-def read_append_times(bootstrap: str, topic: str, step: int) -> dict[bytes, int]:
+def read_append_times(bootstrap: str, topic: str, step: int) -> dict[str, int]:
     """event_id -> LogAppendTime (ms) of ``topic``'s records, for the ids whose crc32 is a
     multiple of ``step`` (the same ids on every topic, so input and output samples join).
     The probe events (``evt-7-*``) are left out."""
@@ -356,10 +341,12 @@ def read_append_times(bootstrap: str, topic: str, step: int) -> dict[bytes, int]
 
     from confluent_kafka import Consumer
 
+    from bench.chaos_kit import event_id
+
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}",
                        "auto.offset.reset": "earliest", "enable.auto.commit": False})
     reader.subscribe([topic])
-    out: dict[bytes, int] = {}
+    out: dict[str, int] = {}
     idle = time.monotonic()
     while time.monotonic() - idle < 3:
         msgs = reader.consume(10000, 0.5)
@@ -368,14 +355,14 @@ def read_append_times(bootstrap: str, topic: str, step: int) -> dict[bytes, int]
         for m in msgs:
             if m.error() is not None:
                 continue
-            eid = event_id_of(m.value())
-            if (step == 1 or zlib.crc32(eid) % step == 0) and not eid.startswith(b"evt-7-"):
+            eid = event_id(m.value())       # the first field of a transaction and of a prediction
+            if (step == 1 or zlib.crc32(eid.encode()) % step == 0) and not eid.startswith("evt-7-"):
                 out[eid] = m.timestamp()[1]
     reader.close()
     return out
 
 
-def append_latency_summary(t_in: dict[bytes, int], t_out: dict[bytes, int]) -> dict[str, Any]:
+def append_latency_summary(t_in: dict[str, int], t_out: dict[str, int]) -> dict[str, Any]:
     """Input-append -> output-append latency of the ids in both: p50 / p99 / max over the
     whole window, p99 of each second of input append time, and the first second's p99.
     ``missing`` counts sampled inputs with no output (0 unless the contender lost some or

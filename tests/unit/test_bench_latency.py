@@ -38,7 +38,7 @@ def test_event_time_decoded_from_transaction_bytes() -> None:
     assert [e for e, _ in got] == list(cols["event_id"])
 
 
-def test_event_id_read_from_the_frame_of_either_record() -> None:
+def test_event_id_read_from_the_frame_of_a_transaction_and_a_prediction() -> None:
     import io
     import json
     import struct
@@ -46,11 +46,11 @@ def test_event_id_read_from_the_frame_of_either_record() -> None:
 
     import fastavro
 
-    from bench.run import event_id_of
+    from bench.chaos_kit import event_id
 
     cols = generate(3, seed=4, start=123_456_789)     # ids long enough for a 2-byte length
     values = encode_transactions(cols, 3)
-    assert [event_id_of(v).decode() for v in values] == list(cols["event_id"])
+    assert [event_id(v) for v in values] == list(cols["event_id"])
     # a prediction's first field is its event_id too: a record written from its schema
     schema = fastavro.parse_schema(json.loads((Path(__file__).parents[2] / "schemas" / "prediction.avsc").read_text()))
     eid = "e" * 70                                     # a length past one varint byte
@@ -58,7 +58,7 @@ def test_event_id_read_from_the_frame_of_either_record() -> None:
            "decision": False, "event_time": 1, "scored_at": 2}
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, schema, rec)
-    assert event_id_of(b"\x00" + struct.pack(">I", 9) + buf.getvalue()) == eid.encode()
+    assert event_id(b"\x00" + struct.pack(">I", 9) + buf.getvalue()) == eid
 
 
 
@@ -67,10 +67,10 @@ def test_append_latency_joins_ids_and_slices_by_input_second() -> None:
 
     # 3 s of inputs, 1,000 a second; the first second's outputs take 50 ms, the rest 5 ms,
     # and 10 inputs never got an output
-    t_in = {f"e{i}".encode(): 1_000_000 + i for i in range(3_000)}
+    t_in = {f"e{i}": 1_000_000 + i for i in range(3_000)}
     t_out = {k: t + (50 if t < 1_001_000 else 5) for k, t in t_in.items()}
     for i in range(2_990, 3_000):
-        del t_out[f"e{i}".encode()]
+        del t_out[f"e{i}"]
     s = append_latency_summary(t_in, t_out)
     assert s["p99_ms_by_second"] == [50.0, 5.0, 5.0]
     assert s["first_second_p99_ms"] == 50.0
@@ -81,4 +81,4 @@ def test_append_latency_joins_ids_and_slices_by_input_second() -> None:
 def test_append_latency_of_nothing_joined() -> None:
     from bench.run import append_latency_summary
 
-    assert append_latency_summary({b"a": 1}, {b"b": 2})["samples"] == 0
+    assert append_latency_summary({"a": 1}, {"b": 2})["samples"] == 0
