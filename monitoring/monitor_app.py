@@ -16,11 +16,11 @@ Crash safety (why a SIGKILL + restart ends with the same window results):
    restored state and the replayed records, and Redis writes are idempotent per window
    (``RedisState``), so a window closed before the crash and closed again after it
    leaves one result and one alert.
-5. The restored state, not the group's committed offset, says where reading resumes: if
-   the first record a process reads of a partition lies past the restored ``offset`` + 1
-   (a commit that got ahead of the changelog, or a state that did not come back), the
-   partition is rewound to ``offset`` + 1 (``TelemetryHandler``), and the records already
-   fetched beyond it are dropped until the re-read begins, so no record is skipped unseen.
+5. The restored state, not the group's committed offset, says where reading resumes: when a
+   recovery completes, and before Faust seeks the stream to the committed offsets, the
+   offset after each restored partition state is committed (``StateTable``), so a commit
+   that got ahead of the changelog (or behind it) cannot skip (or re-read) a record. A first
+   record past that point all the same is logged as an error and counted.
 
 Telemetry must be keyed by model (``TelemetryBuilder.key()``) so each model's windows
 live in one partition.
@@ -190,33 +190,48 @@ def changelog_topic(app_id: str) -> str:
 
 
 class StateTable(faust.Table):  # type: ignore[misc]   # faust is untyped
-    """The state table; remembers its latest changelog write so the agent can wait for it."""
+    """The state table; remembers its latest changelog write so the agent can wait for it, and
+    after a recovery commits where each restored partition's reading must resume."""
 
     last_write: Awaitable[object] | None = None
+    source_topic: str = ""
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         fut = super().send_changelog(*args, **kwargs)
         self.last_write = fut
         return fut
 
+    async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
+        """Runs after the state is restored and before Faust seeks the stream partitions to their
+        committed offsets: committing the restored states' positions makes that seek land on them."""
+        await super().on_recovery_completed(active_tps, standby_tps)
+        positions = resume_offsets({tp.partition: self.get(str(tp.partition)) for tp in active_tps})
+        if not positions:
+            return
+        offsets = {TP(self.source_topic, p): o for p, o in positions.items()}
+        # the client's own commit of given offsets (Faust's public commit only commits acked records)
+        if await self.app.consumer._commit(offsets):  # type: ignore[attr-defined]
+            log.info("resuming %s at the restored states' offsets %s", self.source_topic, positions)
+        else:
+            log.warning("could not commit the restored states' offsets %s for %s", positions, self.source_topic)
 
-Seek = Callable[[int, int], Awaitable[None]]   # (partition, offset): read that partition again from there
-REWIND_TRIES = 5
+
+def resume_offsets(states: Mapping[int, Mapping[str, Any] | None]) -> dict[int, int]:
+    """Partition -> the offset after its restored state's (partitions without a state: none)."""
+    return {p: int(st["offset"]) + 1 for p, st in states.items() if st is not None}
 
 
 class TelemetryHandler:
     """One telemetry record at a time: state table update, Redis writes, metrics."""
 
-    def __init__(self, core: MonitorCore, table: Any, sink: RedisState, metrics: MonitorMetrics,
-                 seek: Seek) -> None:
-        self.core, self.table, self.sink, self.metrics, self.seek = core, table, sink, metrics, seek
+    def __init__(self, core: MonitorCore, table: Any, sink: RedisState, metrics: MonitorMetrics) -> None:
+        self.core, self.table, self.sink, self.metrics = core, table, sink, metrics
         self._seen: set[str] = set()
-        self._rewinding: dict[str, tuple[int, int, int]] = {}   # partition -> (resume at, last dropped, seeks)
 
     async def handle(self, partition: int, offset: int, value: bytes) -> None:
         key = str(partition)
-        if not await self._in_sequence(key, partition, offset):
-            return
+        if key not in self._seen:
+            self._check_start(key, partition, offset)
         try:
             summary = decode_telemetry(value)
         except DecodeError as exc:
@@ -238,48 +253,17 @@ class TelemetryHandler:
         await self._persist(key, state)
         self.metrics.telemetry.inc()
 
-    async def _in_sequence(self, key: str, partition: int, offset: int) -> bool:
-        """False for a record to drop: the first one read past the restored state (which starts
-        a rewind to the state's offset + 1), and those fetched before the rewind took effect.
-
-        While rewinding, records keep coming in increasing order from the fetch made before the
-        seek; the first whose offset is not above the previous one is the re-read's start. A
-        re-read that starts past the state anyway (the seek raced the fetch loop, which stamps
-        its own read position after each record it hands over) is sought again, up to
-        ``REWIND_TRIES`` times; then the gap is logged as an error and reading goes on.
-        """
-        rewind = self._rewinding.get(key)
-        if rewind is not None:
-            resume, dropped, tries = rewind
-            if offset > dropped:
-                self._rewinding[key] = (resume, offset, tries)
-                return False
-            if offset > resume and tries < REWIND_TRIES:
-                self._rewinding[key] = (resume, offset, tries + 1)
-                await self.seek(partition, resume)
-                return False
-            del self._rewinding[key]
-            if offset > resume:
-                log.error("partition %s: offsets %s..%s could not be read again; going on from %s", partition,
-                          resume, offset - 1, offset)
-            else:
-                log.info("partition %s: reading again from offset %s", partition, offset)
-            return True
-        if key in self._seen:
-            return True
+    def _check_start(self, key: str, partition: int, offset: int) -> None:
+        """Log where this process picked up a partition; a first record past the restored state
+        means records were skipped (the commit at recovery, ``StateTable``, did not take)."""
         self._seen.add(key)
         before = self.table.get(key)
         restored = None if before is None else int(before["offset"])
         log.info("partition %s: first record at offset %s, restored state at offset %s", partition, offset, restored)
-        resume = 0 if restored is None else restored + 1
-        if offset <= resume:
-            return True
-        log.warning("partition %s: the committed offset (%s) is past the restored state (offset %s): reading again "
-                    "from %s so that no record is skipped", partition, offset, restored, resume)
-        self.metrics.rewinds.inc()
-        self._rewinding[key] = (resume, offset, 1)
-        await self.seek(partition, resume)
-        return False
+        if restored is not None and offset > restored + 1:
+            self.metrics.skipped_starts.inc()
+            log.error("partition %s: offsets %s..%s were skipped: reading began past the restored state",
+                      partition, restored + 1, offset - 1)
 
     async def _persist(self, key: str, state: dict[str, Any]) -> None:
         """Set the partition state and wait until its changelog record is on the broker.
@@ -340,17 +324,14 @@ def build_app(config: MonitorConfig, *, partitions: int | None = None) -> faust.
         broker_session_timeout=config.session_timeout_s, broker_heartbeat_interval=config.session_timeout_s / 5,
     )
     topic = app.topic(config.telemetry_topic, value_serializer="raw", key_serializer="raw", partitions=parts)
-    table = app.tables.add(StateTable(app, name=STATE_TABLE, default=None, beacon=app.tables.beacon,
-                                      partitions=parts))  # json values (the app default)
+    state = StateTable(app, name=STATE_TABLE, default=None, beacon=app.tables.beacon, partitions=parts)
+    state.source_topic = config.telemetry_topic
+    table = app.tables.add(state)  # json values (the app default)
     core = MonitorCore(windows=config.window_spec(), hysteresis=Hysteresis(config.k, config.m),
                        profiles=ProfileCache(config.registry), alpha=config.alpha,
                        psi_warning=config.psi_warning, psi_drift=config.psi_drift)
     sink = RedisState(config.redis_url.get_secret_value(), prefix=config.redis_prefix)
-    async def seek(partition: int, offset: int) -> None:
-        # on the client's own thread, as Faust's recovery seeks (a seek from this thread races its fetcher)
-        await app.consumer.seek_wait({TP(config.telemetry_topic, partition): offset})
-
-    handler = TelemetryHandler(core, table, sink, MonitorMetrics(), seek)
+    handler = TelemetryHandler(core, table, sink, MonitorMetrics())
 
     @app.agent(topic, concurrency=1)
     async def monitor(stream: Any) -> None:

@@ -17,7 +17,7 @@ from models import DEMO_REGISTRY
 from models.demo_data import generate
 from models.registry import ModelRegistry
 from monitoring.alerts import Hysteresis
-from monitoring.monitor_app import TelemetryHandler
+from monitoring.monitor_app import TelemetryHandler, resume_offsets
 from monitoring.monitor_core import MonitorCore
 from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.telemetry import TelemetryBuilder
@@ -72,16 +72,11 @@ def _records(n: int) -> list[bytes]:
             for cols in (generate(1000, seed=4, start=b * 1000) for b in range(n))]
 
 
-def _handler(table: FakeTable, sink: FakeSink, seeks: list[tuple[int, int]] | None = None) -> TelemetryHandler:
+def _handler(table: FakeTable, sink: FakeSink) -> TelemetryHandler:
     entry = ModelRegistry(DEMO_REGISTRY).get("fraud-mlp")
     core = MonitorCore(windows=WindowSpec(50_000), hysteresis=Hysteresis(2, 2),   # 5 batches a window
                        profiles=lambda m, v: entry.reference_profile)
-
-    async def seek(partition: int, offset: int) -> None:
-        assert seeks is not None, "unexpected rewind"
-        seeks.append((partition, offset))
-
-    return TelemetryHandler(core, table, sink, MonitorMetrics(CollectorRegistry()), seek)  # type: ignore[arg-type]
+    return TelemetryHandler(core, table, sink, MonitorMetrics(CollectorRegistry()))  # type: ignore[arg-type]
 
 
 def test_crash_between_state_and_redis_write_loses_no_window() -> None:
@@ -138,73 +133,28 @@ def test_record_is_done_only_when_its_state_is_on_the_changelog() -> None:
     asyncio.run(run())
 
 
-def test_a_commit_ahead_of_the_restored_state_rewinds_to_it_and_skips_nothing() -> None:
-    """The group's committed offset got past the last state on the changelog (the monitor was
-    killed after a commit its state write had not reached): the restarted handler reads the
-    first record past the state, asks to read again from the state's offset + 1, drops what
-    was fetched before the seek took effect, and ends with the windows of a straight run."""
-    records = _records(16)
-    straight = FakeSink()
-
-    async def straight_run() -> None:
-        handler = _handler(FakeTable(), straight)
-        for off, value in enumerate(records):
-            await handler.handle(0, off, value)
-
-    asyncio.run(straight_run())
-    sink, table, seeks = FakeSink(), FakeTable(), []
-
-    async def first_life() -> None:
-        handler = _handler(table, sink)
-        for off, value in enumerate(records[:8]):
-            await handler.handle(0, off, value)
-
-    async def second_life() -> None:
-        restored = FakeTable({"0": table.delivered["0"]})
-        handler = _handler(restored, sink, seeks)
-        for off in (10, 11, 12):                 # committed offset 10, and two more already fetched
-            await handler.handle(0, off, records[off])
-        assert seeks == [(0, 8)] and restored["0"]["offset"] == 7
-        for off in range(8, 16):                  # the re-read
-            await handler.handle(0, off, records[off])
-
-    asyncio.run(first_life())
-    asyncio.run(second_life())
-    assert sorted(sink.windows) == sorted(straight.windows)
-    assert [sink.windows[w]["batches"] for w in sorted(sink.windows)] == [5, 5, 5]
-    assert sink.windows == straight.windows
+def test_after_recovery_reading_resumes_after_each_restored_state() -> None:
+    """The offsets committed when a recovery completes (before Faust seeks to the committed
+    ones): the record after each restored state; a partition with no state is left alone."""
+    assert resume_offsets({0: {"offset": 7}, 1: None, 3: {"offset": 0}}) == {0: 8, 3: 1}
+    assert resume_offsets({}) == {}
 
 
-def test_a_restart_at_or_before_the_restored_state_reads_on_without_rewinding() -> None:
-    records = _records(8)
+def test_a_start_past_the_restored_state_is_reported_as_skipped_records(caplog: pytest.LogCaptureFixture) -> None:
+    records = _records(12)
     table = FakeTable()
 
-    async def run() -> None:
-        first = _handler(table, FakeSink())
-        for off, value in enumerate(records[:6]):
-            await first.handle(0, off, value)
-        again = _handler(FakeTable(dict(table.delivered)), FakeSink())   # no seek allowed
-        for off in range(3, 8):
-            await again.handle(0, off, records[off])
-        assert again.table["0"]["offset"] == 7
-
-    asyncio.run(run())
-
-
-def test_a_reread_that_starts_past_the_state_is_sought_again() -> None:
-    """The seek raced the fetch loop: the re-read begins at 10, not 8; the handler seeks again
-    and applies nothing until 8 comes."""
-    records = _records(12)
-    table, seeks = FakeTable(), []
-
-    async def run() -> None:
+    async def run() -> tuple[TelemetryHandler, TelemetryHandler]:
         first = _handler(table, FakeSink())
         for off, value in enumerate(records[:8]):
             await first.handle(0, off, value)
-        again = _handler(FakeTable({"0": table["0"]}), FakeSink(), seeks)
-        for off in (10, 11, 10, 11, 8, 9, 10, 11):    # fetched; a late re-read; the re-read from 8
-            await again.handle(0, off, records[off])
-        assert seeks == [(0, 8), (0, 8)]
-        assert again.table["0"]["offset"] == 11
+        resumed = _handler(FakeTable({"0": table["0"]}), FakeSink())
+        await resumed.handle(0, 8, records[8])              # where the recovery commit puts it
+        skipped = _handler(FakeTable({"0": table["0"]}), FakeSink())
+        await skipped.handle(0, 10, records[10])            # a commit that did not take
+        return resumed, skipped
 
-    asyncio.run(run())
+    resumed, skipped = asyncio.run(run())
+    assert resumed.metrics.skipped_starts._value.get() == 0
+    assert skipped.metrics.skipped_starts._value.get() == 1
+    assert "offsets 8..9 were skipped" in caplog.text
