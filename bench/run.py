@@ -5,16 +5,22 @@ input topic with its own consumer group and writes predictions to its own topic.
 from its first output to its N-th by polling the output topic's high watermarks, so
 startup (model load, group join) is excluded for everybody alike.
 
-Latency: at an offered load of 50% of streamscore's throughput, a producer writes fresh
-events (event_time = send time) while the contender runs; the output topic stamps
-LogAppendTime, and end-to-end latency = append time - event_time. Passthrough runs at the
-same load too (with a 1-ms consume wait, so it holds no batch open): its latency is the
-floor the broker, the client and this machine set. The input topic stamps LogAppendTime as
-well, so the generator -> broker leg alone is measured in the same window.
+Latency, a matrix: at fixed loads of 10k, 50k and 100k events/s and at 50% of streamscore's
+throughput, streamscore and the passthrough (with a 1-ms consume wait, so it holds no batch
+open: the floor the broker, the client and this machine set) each join, sit idle for
+``--idle-seconds``, then take ``--latency-seconds`` of fresh events. Both topics stamp
+LogAppendTime, so latency = output append time - input append time of the same event_id (the
+generator's own leg excluded): p50 / p99 / max over the whole window, p99 per second, and the
+first second's p99 (``lat_<rate>_<contender>_*``, ``first_second_p99_ms`` the worst first second
+of streamscore). At 50% load the older figures (event_time -> output append, ``*_p50_ms``) are
+kept, and the batched loop runs there too. Read-back is sampled above 20k events/s.
 
 ``byo_schema``: the streamscore run over the same events in a nested user schema resolved
 through a schema registry (Apicurio), scored by the demo model registered for the nested
 paths (bench/byo.py); ``byo_schema_vs_streamscore`` is its ratio to ``streamscore_eps``.
+
+``features_online``: one Redis lookup and three per-key aggregates over 100,000 distinct accounts,
+on its own input topic keyed by account (bench/online.py); ``features_online_vs_streamscore``.
 
 Results: a table on stdout, bench/results/latest.json and bench/results/latest.png.
 """
@@ -129,13 +135,13 @@ class RssSampler(threading.Thread):
 
 
 def scorer_config(path: Path, bootstrap: str, t_in: str, t_out: str, group: str,
-                  registry: Path | None = None, model: str = "fraud-mlp") -> Path:
+                  registry: Path | None = None, model: str = "fraud-mlp", pipeline: dict[str, Any] | None = None) -> Path:
     import yaml
 
     cfg: dict[str, Any] = {
         "kafka": {"bootstrap_servers": bootstrap}, "group_id": group,
-        "pipelines": [{"name": "fraud", "input": {"topic": t_in}, "model": {"name": model},
-                       "output": {"topic": t_out}}],
+        "pipelines": [pipeline or {"name": "fraud", "input": {"topic": t_in}, "model": {"name": model},
+                                   "output": {"topic": t_out}}],
     }
     if registry is not None:
         cfg["registry"] = str(registry)
@@ -179,6 +185,13 @@ def contender_cmd(name: str, bootstrap: str, t_in: str, t_out: str, group: str, 
         assert byo is not None
         cfg = byo_bench.scorer_config(work / f"{group}.yaml", bootstrap, byo["registry_url"], byo["models"],
                                       byo["topic"], t_out, group)
+        return [sys.executable, "-m", "streamscore", "serve", "-c", str(cfg), "--max-seconds", str(seconds)]
+    if name == "features_online":
+        from bench import online
+
+        assert byo is not None
+        cfg = scorer_config(work / f"{group}.yaml", bootstrap, t_in, t_out, group, registry=online.model_registry(work),
+                            pipeline=online.pipeline(t_in, t_out, byo["redis_url"]))
         return [sys.executable, "-m", "streamscore", "serve", "-c", str(cfg), "--max-seconds", str(seconds)]
     if name == "backfill":
         cfg = scorer_config(work / f"{group}.yaml", bootstrap, t_in, t_out, group)
@@ -327,9 +340,64 @@ def latency_summary(lat: list[float], sent: list[int], warmup_s: float) -> dict[
     return out
 
 
+LAT_RATES = (10_000, 50_000, 100_000)      # the fixed loads of the latency matrix (plus 50% of streamscore_eps)
+
+
+def read_append_times(bootstrap: str, topic: str, step: int) -> dict[str, int]:
+    """event_id -> LogAppendTime (ms) of ``topic``'s records, for the ids whose crc32 is a
+    multiple of ``step`` (the same ids on every topic, so input and output samples join).
+    The probe events (``evt-7-*``) are left out."""
+    import zlib
+
+    from confluent_kafka import Consumer
+
+    from bench.chaos_kit import event_id
+
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}",
+                       "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    reader.subscribe([topic])
+    out: dict[str, int] = {}
+    idle = time.monotonic()
+    while time.monotonic() - idle < 3:
+        msgs = reader.consume(10000, 0.5)
+        if msgs:
+            idle = time.monotonic()
+        for m in msgs:
+            if m.error() is not None:
+                continue
+            eid = event_id(m.value())       # the first field of a transaction and of a prediction
+            if (step == 1 or zlib.crc32(eid.encode()) % step == 0) and not eid.startswith("evt-7-"):
+                out[eid] = m.timestamp()[1]
+    reader.close()
+    return out
+
+
+def append_latency_summary(t_in: dict[str, int], t_out: dict[str, int]) -> dict[str, Any]:
+    """Input-append -> output-append latency of the ids in both: p50 / p99 / max over the
+    whole window, p99 of each second of input append time, and the first second's p99.
+    ``missing`` counts sampled inputs with no output (0 unless the contender lost some or
+    had not finished when it was stopped)."""
+    ids = [k for k in t_in if k in t_out]
+    if not ids:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None, "samples": 0, "missing": len(t_in)}
+    a_in = np.fromiter((t_in[k] for k in ids), np.int64, len(ids))
+    lat = np.fromiter((t_out[k] for k in ids), np.int64, len(ids)) - a_in
+    sec = (a_in - a_in.min()) // 1000
+    by_s = [round(float(np.percentile(lat[sec == x], 99)), 1) for x in range(int(sec.max()) + 1) if np.any(sec == x)]
+    return {"p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
+            "max_ms": int(lat.max()), "p99_ms_by_second": by_s, "first_second_p99_ms": by_s[0],
+            "samples": len(ids), "missing": len(t_in) - len(ids)}
+
+
 def run_latency(name: str, bootstrap: str, rate: float, seconds: float, work: Path,
-                soak: bool = False, warmup_s: float = 5.0) -> dict[str, Any]:
-    """Offered load ``rate`` for ``seconds``; e2e latency from event_time to LogAppendTime."""
+                soak: bool = False, warmup_s: float = 5.0, idle_s: float = 0.0,
+                append_step: int = 0) -> dict[str, Any]:
+    """Offered load ``rate`` for ``seconds``; e2e latency from event_time to LogAppendTime.
+
+    ``idle_s``: the contender sits idle that long after its probe batch before the load starts
+    (the first second after an idle period is what ``first_second_p99_ms`` reports).
+    ``append_step`` > 0: also input-append -> output-append latency (both topics stamp
+    LogAppendTime, so the generator's own leg is excluded), over every ``append_step``-th id."""
     from confluent_kafka import Consumer
 
     from streamscore.produce import produce_events
@@ -352,6 +420,8 @@ def run_latency(name: str, bootstrap: str, rate: float, seconds: float, work: Pa
         while high_watermark(watcher, t_out) < 200 and time.monotonic() < deadline:
             time.sleep(0.1)
         warm = high_watermark(watcher, t_out)
+        if idle_s:
+            time.sleep(idle_s)        # the idle period itself is the measured condition
         produce_events({"bootstrap.servers": bootstrap, "linger.ms": 1}, t_in, total, rate=rate, seed=8)
         deadline = time.monotonic() + 60
         while high_watermark(watcher, t_out) < warm + total and time.monotonic() < deadline:
@@ -361,7 +431,8 @@ def run_latency(name: str, bootstrap: str, rate: float, seconds: float, work: Pa
         stop_process(proc)
         rss.stop()
         log.close()
-    step = 10 if soak else 1          # a long soak's latencies are sampled (every 10th record)
+    # sampled read-back: every record up to 20k/s of load, then every step-th (a long soak's every 10th)
+    step = 10 if soak else max(1, round(rate / 20_000))
     # passthrough copies the input's bytes, so its output decodes as a transaction
     decode = decode_event_time if name == "passthrough" else _prediction_event_time
     lat, sent, seen = read_latencies(bootstrap, t_out, decode, step)
@@ -372,6 +443,9 @@ def run_latency(name: str, bootstrap: str, rate: float, seconds: float, work: Pa
     # under every contender's end-to-end figure, measured in the same window
     in_lat, in_sent, _ = read_latencies(bootstrap, t_in, decode_event_time, 10)
     out["input_leg"] = latency_summary(in_lat, in_sent, warmup_s)
+    if append_step:
+        out["append"] = append_latency_summary(read_append_times(bootstrap, t_in, append_step),
+                                               read_append_times(bootstrap, t_out, append_step))
     if soak and rss.samples:
         first = [s for t, s in rss.samples if 30 <= t < 90]
         last = [s for t, s in rss.samples if t >= rss.samples[-1][0] - 60]
@@ -407,7 +481,10 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=2_000_000, help="pre-produced events (fast contenders use all)")
     ap.add_argument("--only", default=None, help="comma-separated contenders")
     ap.add_argument("--repeat", type=int, default=3, help="runs of passthrough, streamscore and batched (median)")
-    ap.add_argument("--latency-seconds", type=float, default=30.0, help="0 skips the latency runs")
+    ap.add_argument("--latency-seconds", type=float, default=20.0,
+                    help="each latency run's loaded window (0 skips the latency runs)")
+    ap.add_argument("--idle-seconds", type=float, default=5.0,
+                    help="how long each latency contender sits idle after joining before its load starts")
     ap.add_argument("--soak-seconds", type=float, default=float(os.environ.get("SOAK_SECONDS", 300)),
                     help="RSS soak at 50%% load (0 to skip)")
     ap.add_argument("--http-clients", type=int, default=32, help="concurrent clients of the HTTP load phase")
@@ -443,7 +520,19 @@ def main() -> int:
             byo_bench.produce(bootstrap, svc.schema_registry_url, byo["topic"], a.events)
             print(f"pre-produced {a.events:,} events in a nested registry schema in {time.monotonic() - t0:.1f}s",
                   flush=True)
+        online_topic = None
+        if wanted_names is None or "features_online" in wanted_names:
+            from bench import online
+
+            online_topic = f"bench-online-{uuid.uuid4().hex[:6]}"
+            create_topic(bootstrap, online_topic)
+            t0 = time.monotonic()
+            online.produce(bootstrap, online_topic, a.events)
+            online.load_redis(svc.redis_url)
+            print(f"pre-produced {a.events:,} events over {online.KEYS:,} accounts, loaded their hashes into Redis "
+                  f"in {time.monotonic() - t0:.1f}s", flush=True)
         counts = {"passthrough": a.events, "streamscore": a.events, "features": a.events, "byo_schema": a.events,
+                  "features_online": a.events,
                   "backfill": a.events, "streamscore_2proc": a.events,
                   "batched": min(a.events, 300_000), "naive": min(a.events, 100_000),
                   "quix": min(a.events, 60_000), "faust": min(a.events, 30_000)}
@@ -452,11 +541,13 @@ def main() -> int:
         runs: dict[str, Any] = {}
         # the contenders the ratios are built from run `--repeat` times (interleaved, so a slow
         # spell of the machine hits all of them); the table shows each one's median
-        repeated = [n for n in ("passthrough", "streamscore", "features", "byo_schema", "backfill", "batched") if n in wanted]
+        repeated = [n for n in ("passthrough", "streamscore", "features", "features_online", "byo_schema", "backfill",
+                                "batched") if n in wanted]
         order = [n for _ in range(a.repeat) for n in repeated] + [n for n in wanted if n not in repeated and n in counts]
         for name in order:
-            r = run_throughput(name, bootstrap, byo["topic"] if name == "byo_schema" and byo else t_in, counts[name],
-                               work, timeout=300, byo=byo)
+            source = byo["topic"] if name == "byo_schema" and byo else online_topic if name == "features_online" else t_in
+            r = run_throughput(name, bootstrap, source or t_in, counts[name], work, timeout=300,
+                               byo={**(byo or {}), "redis_url": svc.redis_url})
             runs.setdefault(name, []).append(r)
             print(f"  {name:24} {r['eps']:>10,} events/s  ({r['outputs']:,} outputs, complete={r['complete']}, "
                   f"peak rss {r['rss_mb']} MB)", flush=True)
@@ -473,25 +564,38 @@ def main() -> int:
         results["model_only_eps"] = model_only_eps()
         print(f"  {'model_only_eps':24} {results['model_only_eps']:>10,} rows/s (batch 1024)", flush=True)
         if results.get("streamscore_eps") and a.latency_seconds > 0:
-            rate = 0.5 * results["streamscore_eps"]
-            # passthrough first: its latency at the same load is the floor the I/O path sets
-            for name in ("passthrough", "streamscore", "batched"):
-                if name not in wanted:
-                    continue
-                lat = run_latency(name, bootstrap, rate, a.latency_seconds, work)
-                runs[f"latency_{name}"] = lat
-                results[f"{name}_p50_ms"] = lat["p50_ms"]
-                results[f"{name}_p99_ms"] = lat["p99_ms"]
-                results[f"{name}_p99_ms_after_warmup"] = lat.get("p99_ms_after_warmup")
-                if name == "streamscore":
-                    results["streamscore_rss_mb"] = lat["rss_peak_mb"]
-                    results["input_leg_p99_ms"] = lat["input_leg"]["p99_ms"]
-                print(f"  latency {name:11} at {rate:,.0f}/s: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
-                      f"(after {lat.get('warmup_s')} s warm-up: p99 {lat.get('p99_ms_after_warmup')} ms; "
-                      f"p99 per 5 s {lat.get('p99_ms_by_5s')}) "
-                      f"({lat['scored']:,}/{lat['expected']:,} scored, peak rss {lat['rss_peak_mb']} MB); "
-                      f"generator -> input append p50 {lat['input_leg']['p50_ms']} / p99 {lat['input_leg']['p99_ms']} ms",
-                      flush=True)
+            half = 0.5 * results["streamscore_eps"]
+            rate = half
+            # the latency matrix: each fixed load and 50% of streamscore_eps, passthrough first at
+            # each (its latency at the same load is the floor the I/O path sets), each run after
+            # an idle period, input-append -> output-append
+            for load, tag in [*((float(r), str(r)) for r in LAT_RATES), (half, "50pct")]:
+                for name in ("passthrough", "streamscore", "batched"):
+                    if name not in wanted or (name == "batched" and tag != "50pct"):
+                        continue
+                    lat = run_latency(name, bootstrap, load, a.latency_seconds, work, idle_s=a.idle_seconds,
+                                      append_step=max(1, round(load / 20_000)))
+                    runs[f"latency_{name}_{tag}"] = lat
+                    ap_ = lat["append"]
+                    for q in ("p50", "p99", "max"):
+                        results[f"lat_{tag}_{name}_{q}_ms"] = ap_[f"{q}_ms"]
+                    results[f"lat_{tag}_{name}_first_second_p99_ms"] = ap_.get("first_second_p99_ms")
+                    if tag == "50pct":
+                        results["lat_50pct_rate"] = round(load)
+                        results[f"{name}_p50_ms"] = lat["p50_ms"]
+                        results[f"{name}_p99_ms"] = lat["p99_ms"]
+                        results[f"{name}_p99_ms_after_warmup"] = lat.get("p99_ms_after_warmup")
+                        if name == "streamscore":
+                            results["streamscore_rss_mb"] = lat["rss_peak_mb"]
+                            results["input_leg_p99_ms"] = lat["input_leg"]["p99_ms"]
+                    print(f"  latency {name:11} at {load:,.0f}/s after {a.idle_seconds:.0f} s idle, input append -> "
+                          f"output append: p50 {ap_['p50_ms']} / p99 {ap_['p99_ms']} / max {ap_['max_ms']} ms, "
+                          f"first second p99 {ap_.get('first_second_p99_ms')} ms, p99 by second "
+                          f"{ap_.get('p99_ms_by_second')} ({ap_['samples']:,} samples, {ap_['missing']} without output; "
+                          f"{lat['scored']:,}/{lat['expected']:,} scored, peak rss {lat['rss_peak_mb']} MB)", flush=True)
+            firsts = [results.get(f"lat_{t}_streamscore_first_second_p99_ms") for t in [*map(str, LAT_RATES), "50pct"]]
+            if any(f is not None for f in firsts):
+                results["first_second_p99_ms"] = max(f for f in firsts if f is not None)
             if a.soak_seconds > 0 and "streamscore" in wanted:
                 soak = run_latency("streamscore", bootstrap, rate, a.soak_seconds, work, soak=True)
                 runs["soak"] = soak
@@ -506,6 +610,8 @@ def main() -> int:
             results["ratio_vs_passthrough"] = round(s / pt, 2)
         if s and results.get("features_eps"):
             results["features_vs_streamscore"] = round(results["features_eps"] / s, 2)
+        if s and results.get("features_online_eps"):
+            results["features_online_vs_streamscore"] = round(results["features_online_eps"] / s, 2)
         if s and results.get("byo_schema_eps"):
             results["byo_schema_vs_streamscore"] = round(results["byo_schema_eps"] / s, 2)
         if s and results.get("backfill_eps"):
@@ -527,8 +633,11 @@ def main() -> int:
 
 def table(r: dict[str, Any]) -> str:
     rows = ["passthrough_eps", "model_only_eps", "naive_eps", "batched_eps", "quix_eps", "faust_eps",
-            "streamscore_eps", "features_eps", "features_vs_streamscore", "byo_schema_eps", "byo_schema_vs_streamscore", "streamscore_eps_2proc", "streamscore_p50_ms", "streamscore_p99_ms",
+            "streamscore_eps", "features_eps", "features_vs_streamscore", "features_online_eps",
+            "features_online_vs_streamscore", "byo_schema_eps", "byo_schema_vs_streamscore", "streamscore_eps_2proc", "streamscore_p50_ms", "streamscore_p99_ms",
             "streamscore_p99_ms_after_warmup", "passthrough_p50_ms", "passthrough_p99_ms", "input_leg_p99_ms",
+            *(f"lat_{t}_{n}_{q}_ms" for t in [*map(str, LAT_RATES), "50pct"] for n in ("streamscore", "passthrough")
+              for q in ("p50", "p99", "max")), "lat_50pct_rate", "first_second_p99_ms",
             "batched_p99_ms", "streamscore_rss_mb", "ratio_vs_batched", "ratio_vs_passthrough", "soak_rss_growth",
             "backfill_eps", "backfill_vs_streamscore", "http_rps", "http_p50_ms", "http_p99_ms", "http_peer_rps",
             "http_peer_p50_ms", "http_peer_p99_ms", "http_ratio_vs_peer", "http_cpu_us_per_req",

@@ -6,6 +6,7 @@ batch's offsets commit only when all of them are delivered (or in the same trans
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -25,6 +26,8 @@ class OutputSink(Protocol):
                         headers: Headers | None = None) -> None: ...
     def produce_one(self, topic: str, value: bytes | None, key: bytes | None, ack: BatchAck,
                     *, headers: Headers | None = None, partition: int = -1) -> None: ...
+    def produce_batch(self, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | None], ack: BatchAck,
+                      *, partitions: np.ndarray | None = None, headers: Headers | None = None) -> None: ...
 
 
 class OutputMetrics(Protocol):
@@ -68,6 +71,12 @@ class OutputWriter:
                 self._produce_scores(work, ack, rt.shadow_topic, active, "shadow", work.ok_rows, fields, now_ms)
         if rt.telemetry_topic:
             self._telemetry(work, ack, work.shadow_out[0][:2] if work.shadow_out else None)
+
+    def emit_changelog(self, work: Work, ack: BatchAck) -> None:
+        """The batch's aggregate changelog records, under ``ack`` (so in its transaction under exactly-once)."""
+        log = work.changelog
+        if log is not None and log.keys:
+            self.sink.produce_batch(log.topic, log.values, log.keys, ack, partitions=log.partitions)
 
     def emit_dead(self, work: Work, ack: BatchAck) -> None:
         """Dead-letter the batch's bad records under ``ack``: the original value with headers

@@ -66,6 +66,21 @@ class Enricher(Protocol):
     def enrich(self, batch: Any) -> dict[int, str]: ...
 
 
+class KeyedState(Protocol):
+    """Per-partition aggregate state with a changelog (``consumers.changelog.AggregateState``).
+
+    ``assign`` restores the partitions' state before any of their records is scored; ``view``
+    (at dispatch, source thread) is what a batch applies to; ``apply(view, work)`` adds the
+    aggregate columns to ``work.decoded`` and sets ``work.changelog``."""
+
+    topic: str
+
+    def assign(self, partitions: Sequence[int]) -> None: ...
+    def revoke(self, partitions: Sequence[int]) -> None: ...
+    def view(self) -> Mapping[int, Any]: ...
+    def apply(self, view: Mapping[int, Any], work: Any) -> None: ...
+
+
 class Runner(Protocol):
     """Scores rows of a decoded batch with one model version (models.runner.ModelRunner).
 
@@ -139,6 +154,7 @@ class PipelineRuntime:
     shadow_topic: str | None = None
     telemetry_topic: str | None = None
     lookups: Enricher | None = None                          # online feature lookups (None: none)
+    aggregates: KeyedState | None = None                     # per-key streaming aggregates (None: none)
     include_features: bool = False                           # write the model inputs into each prediction
     counters: dict[str, int] = field(default_factory=lambda: {"in": 0, "out": 0, "dead": 0, "shadow_errors": 0})
 

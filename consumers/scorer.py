@@ -316,6 +316,8 @@ class Scorer:
         rt = self.by_topic[topic]
         self.metrics.batch_closed(rt.name, len(msgs), batcher.stats.last_wait_s, reason)
         work = self._decode(rt, msgs)
+        if rt.aggregates is not None:
+            work.state = rt.aggregates.view()   # the states restored for what was consumed so far
         work.generation = self.commit.register(work.batch_id, work.ranges)
         self._put(self._q_model, work)
 
@@ -358,6 +360,8 @@ class Scorer:
     # ------------------------------------------------------------------ rebalances
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        # state first: the consumer fetches nothing of these partitions until this callback returns
+        self._state_call("assign", partitions)
         # given back within one consume() call: keep its messages (a duplicate at worst, never a gap)
         self._revoked_now -= {(p.topic, p.partition) for p in partitions}
         if partitions:
@@ -372,6 +376,7 @@ class Scorer:
         if self._failure is not None:      # failing: commit nothing more, the next owner replays
             self.commit.abandon()
         self.commit.on_revoke(tps)
+        self._state_call("revoke", partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -379,6 +384,18 @@ class Scorer:
         self._revoked_now |= set(tps)
         self._drop(set(tps))
         self.commit.on_lost(tps)
+        self._state_call("revoke", partitions)
+
+    def _state_call(self, what: Literal["assign", "revoke"], partitions: list[TopicPartition]) -> None:
+        """Restore (assign) or drop (revoke) the aggregate state of each pipeline's partitions."""
+        for rt in self.pipelines:
+            mine = [p.partition for p in partitions if p.topic == rt.input_topic]
+            if rt.aggregates is None or not mine:
+                continue
+            if what == "assign":
+                rt.aggregates.assign(mine)
+            else:
+                rt.aggregates.revoke(mine)
 
     # ------------------------------------------------------------------ model stage
     def _model_loop(self) -> None:
@@ -430,6 +447,8 @@ class Scorer:
             self.outputs.emit(work, ack)
         if work.dead:
             self.outputs.emit_dead(work, ack)
+        if work.changelog is not None:
+            self.outputs.emit_changelog(work, ack)
         self.stats.produced += n
         self.stats.dead += len(work.dead)
         m = self.metrics

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -54,6 +55,10 @@ class DrySink:
                     *, headers: Headers | None = None, partition: int = -1) -> None:
         self.records += 1
 
+    def produce_batch(self, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | None], ack: BatchAck,
+                      *, partitions: np.ndarray | None = None, headers: Headers | None = None) -> None:
+        self.records += len(values)
+
 
 class _Quiet:
     """Metrics that record nothing: warm-up batches are not traffic."""
@@ -68,6 +73,10 @@ def warm_up(rt: PipelineRuntime, batcher: AdaptiveBatcher, sink: DrySink | None 
     the seeding pass (0 when the pipeline is not warmed: an embedder, a pipeline with feature
     lookups, or a reader schema with no id to frame it with)."""
     if rt.kind != "score":
+        return 0
+    if rt.aggregates is not None:
+        # synthetic events would enter the per-partition state (and its changelog)
+        log.info("pipeline %s: no warm-up (it has aggregates)", rt.name)
         return 0
     if rt.lookups:
         # synthetic keys would be looked up in the user's store (and wait on it if it is down)

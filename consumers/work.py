@@ -34,6 +34,8 @@ class Work:
     labels: list[str] | None = None
     active: ActiveModel | None = None
     generation: int = 0
+    state: Any = None                         # the aggregate state this batch applies to (given at dispatch)
+    changelog: Any = None                     # its aggregate changelog records (consumers.changelog.Changelog)
     consumed_at: float = 0.0                  # time.monotonic() at each stage, for stage latency metrics
     scored_at: float = 0.0
 

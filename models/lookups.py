@@ -137,7 +137,7 @@ class Lookup:
         col = columns.get(spec.key_field)
         if col is None:
             raise ConfigError(f"lookups[{spec.name}]: the key field {spec.key_field!r} is not in the input")
-        codes, uniques = _key_values(col, symbols.get(spec.key_field), n)
+        codes, uniques = key_values(col, symbols.get(spec.key_field), n)
         null = nulls.get(spec.key_field)
         if null is not None:
             codes = np.where(null, -1, codes)
@@ -242,7 +242,7 @@ class Lookups:
         return dead
 
 
-def _key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[str]]:
+def key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[str]]:
     """(codes, distinct key values as text) of the key column; code -1 = null."""
     if isinstance(col, np.ndarray) and col.dtype.kind in "iuf" and symbols is None:
         uniq, inv = np.unique(col, return_inverse=True)

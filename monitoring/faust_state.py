@@ -5,28 +5,58 @@ awaits its state's changelog writes before returning never lets a commit pass a 
 that is not on the broker. Faust's own flush before a commit does not guarantee that: it drains
 the producer buffer with a 0.1 s timeout, and a record it has dequeued but not yet handed to the
 client is in neither queue. A failed changelog write is only logged by Faust, so it is repeated.
+
+The restored state, not the group's committed offset, says where reading resumes: when a
+recovery completes, and before Faust seeks the stream partitions to their committed offsets, a
+table with a ``resume`` hook commits the offset after the last record its restored state
+applied, per source partition (``StateTable.on_recovery_completed``), so a commit that got ahead
+of the changelog cannot skip a record and one behind it re-reads nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, Callable, Protocol
 
 import faust
+from faust.types import TP
 
 from monitoring.truth_core import Store, Update, write
 
 log = logging.getLogger(__name__)
 
 
+Resume = Callable[[Iterable[int]], Mapping[tuple[str, int], int]]
+"""Restored partitions -> {(source topic, partition): the offset after the last record their state applied}."""
+
+
 class StateTable(faust.Table):  # type: ignore[misc]   # faust is untyped
     """A Faust table that remembers its latest changelog write, and with ``keep_writes`` every
-    write since the last ``take_writes()`` (a record that writes several keys waits for all)."""
+    write since the last ``take_writes()`` (a record that writes several keys waits for all);
+    with ``resume``, after a recovery it commits where each restored partition's reading resumes."""
 
     last_write: Awaitable[object] | None = None
     keep_writes = False
+    resume: Resume | None = None
+
+    async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
+        """Runs after the state is restored and before Faust seeks the stream partitions to their
+        committed offsets (``active_tps``: this table's changelog partitions, numbered as its
+        source partitions): committing the restored states' positions makes that seek land on them."""
+        await super().on_recovery_completed(active_tps, standby_tps)
+        if self.resume is None:
+            return
+        positions = self.resume(sorted({tp.partition for tp in active_tps}))
+        if not positions:
+            return
+        offsets = {TP(topic, p): o for (topic, p), o in positions.items()}
+        # the client's own commit of given offsets (Faust's public commit only commits acked records)
+        if await self.app.consumer._commit(offsets):  # type: ignore[attr-defined]
+            log.info("%s: resuming at the restored states' offsets %s", self.name, dict(positions))
+        else:
+            log.warning("%s: could not commit the restored states' offsets %s", self.name, dict(positions))
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         fut = super().send_changelog(*args, **kwargs)
@@ -41,10 +71,13 @@ class StateTable(faust.Table):  # type: ignore[misc]   # faust is untyped
         return writes
 
 
-def state_table(app: faust.App, name: str, parts: int, *, keep_writes: bool = False) -> Any:
-    """A ``StateTable`` of JSON values (the app default), registered with the app."""
+def state_table(app: faust.App, name: str, parts: int, *, keep_writes: bool = False,
+                resume: Callable[[Any], Resume] | None = None) -> Any:
+    """A ``StateTable`` of JSON values (the app default), registered with the app; ``resume``
+    makes its hook from the table (see ``StateTable``)."""
     table = StateTable(app, name=name, default=None, beacon=app.tables.beacon, partitions=parts)
     table.keep_writes = keep_writes
+    table.resume = None if resume is None else resume(table)
     return app.tables.add(table)
 
 

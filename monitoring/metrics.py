@@ -224,6 +224,15 @@ class ScorerMetrics:
                                     "from (fetched, cached).", [*inst, "pipeline", "lookup", "source"], registry=reg)
         self._lookup_missing = Counter("streamscore_lookup_missing_rows", "Events whose lookup key had no fresh entry.",
                                        [*inst, "pipeline", "lookup"], registry=reg)
+        self._agg_keys = Gauge("streamscore_aggregate_keys", "Keys held in the aggregate state of the partitions "
+                               "this process owns (expired keys count until the next renumbering: at most 2 x live "
+                               "+ 1024 per partition).", [*inst, "pipeline"], registry=reg)
+        self._agg_bytes = Gauge("streamscore_aggregate_state_bytes", "Bytes of aggregate state held (entry columns with "
+                                "their spare capacity, plus an estimate of 120 per key).", [*inst, "pipeline"], registry=reg)
+        self._agg_restored = Counter("streamscore_aggregate_restored_records", "Changelog records read to restore "
+                                     "aggregate state on assignment.", [*inst, "pipeline"], registry=reg)
+        self._agg_restore_s = Counter("streamscore_aggregate_restore_seconds", "Time spent restoring aggregate "
+                                      "state on assignment.", [*inst, "pipeline"], registry=reg)
         self._e2e = BulkHistogram("streamscore_e2e_latency_seconds", "Event time to prediction produced, per event.",
                                   ["pipeline"], E2E_BUCKETS, const_labels={"instance": self.instance})
         self._consumer = ConsumerStatsCollector({"instance": self.instance})
@@ -310,6 +319,14 @@ class ScorerMetrics:
         self._child(self._lookup_keys, pipeline, lookup, "cached").inc(cached)
         if missing:
             self._child(self._lookup_missing, pipeline, lookup).inc(missing)
+
+    def aggregate_state(self, pipeline: str, keys: int, nbytes: int) -> None:
+        self._child(self._agg_keys, pipeline).set(keys)
+        self._child(self._agg_bytes, pipeline).set(nbytes)
+
+    def aggregate_restore(self, pipeline: str, records: int, seconds: float) -> None:
+        self._child(self._agg_restored, pipeline).inc(records)
+        self._child(self._agg_restore_s, pipeline).inc(seconds)
 
 
 class GpuMetrics(Collector):

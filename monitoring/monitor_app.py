@@ -16,6 +16,11 @@ Crash safety (why a SIGKILL + restart ends with the same window results):
    restored state and the replayed records, and Redis writes are idempotent per window
    (``RedisState``), so a window closed before the crash and closed again after it
    leaves one result and one alert.
+5. The restored state, not the group's committed offset, says where reading resumes: when a
+   recovery completes, and before Faust seeks the stream to the committed offsets, the
+   offset after each restored partition state is committed (``faust_state.StateTable``), so a commit
+   that got ahead of the changelog (or behind it) cannot skip (or re-read) a record. A first
+   record past that point all the same is logged as an error and counted.
 
 Telemetry must be keyed by model (``TelemetryBuilder.key()``) so each model's windows
 live in one partition.
@@ -29,7 +34,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -38,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from monitoring.alerts import Hysteresis
 from monitoring.drift import DEFAULT_ALPHA, PSI_DRIFT, PSI_WARNING
-from monitoring.faust_state import state_table, until_done
+from monitoring.faust_state import Resume, state_table, until_done
 from monitoring.monitor_core import MonitorCore
 from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.redis_state import RedisState, redact
@@ -217,6 +222,20 @@ def changelog_topic(app_id: str, table: str = STATE_TABLE) -> str:
     return f"{app_id}-{table}-changelog"
 
 
+def resume_offsets(states: Mapping[int, Mapping[str, Any] | None]) -> dict[int, int]:
+    """Partition -> the offset after its restored state's (partitions without a state: none)."""
+    return {p: int(st["offset"]) + 1 for p, st in states.items() if st is not None}
+
+
+def telemetry_resume(table: Any, topic: str) -> Resume:
+    """The state table's recovery hook (``faust_state.StateTable``): resume each restored partition
+    of ``topic`` after its state's offset."""
+    def resume(parts: Iterable[int]) -> dict[tuple[str, int], int]:
+        return {(topic, p): o for p, o in resume_offsets({p: table.get(str(p)) for p in parts}).items()}
+
+    return resume
+
+
 class TelemetryHandler:
     """One telemetry record at a time: state table update, Redis writes, metrics."""
 
@@ -226,16 +245,14 @@ class TelemetryHandler:
 
     async def handle(self, partition: int, offset: int, value: bytes) -> None:
         key = str(partition)
+        if key not in self._seen:
+            self._check_start(key, partition, offset)
         try:
             summary = decode_telemetry(value)
         except DecodeError as exc:
             log.warning("skipping undecodable telemetry at %s/%s: %s", partition, offset, exc)
             return
         before = self.table.get(key)
-        if key not in self._seen:   # where this process picked up: restored state vs. first record read
-            self._seen.add(key)
-            log.info("partition %s: first record at offset %s, restored state at offset %s", partition, offset,
-                     None if before is None else before["offset"])
         out = self.core.apply(before, offset, summary)
         if out is None:
             self.metrics.replayed.inc()
@@ -250,6 +267,18 @@ class TelemetryHandler:
         await self.retry(lambda: self.sink.heartbeat())
         await self._persist(key, state)
         self.metrics.telemetry.inc()
+
+    def _check_start(self, key: str, partition: int, offset: int) -> None:
+        """Log where this process picked up a partition; a first record past the restored state
+        means records were skipped (the commit at recovery, ``StateTable``, did not take)."""
+        self._seen.add(key)
+        before = self.table.get(key)
+        restored = None if before is None else int(before["offset"])
+        log.info("partition %s: first record at offset %s, restored state at offset %s", partition, offset, restored)
+        if restored is not None and offset > restored + 1:
+            self.metrics.skipped_starts.inc()
+            log.error("partition %s: offsets %s..%s were skipped: reading began past the restored state",
+                      partition, restored + 1, offset - 1)
 
     async def _persist(self, key: str, state: dict[str, Any]) -> None:
         """Set the partition state and wait until its changelog record is on the broker.
@@ -297,7 +326,7 @@ def build_app(config: MonitorConfig, *, partitions: int | None = None,
         broker_session_timeout=config.session_timeout_s, broker_heartbeat_interval=config.session_timeout_s / 5,
     )
     topic = app.topic(config.telemetry_topic, value_serializer="raw", key_serializer="raw", partitions=parts)
-    table = state_table(app, STATE_TABLE, parts)
+    table = state_table(app, STATE_TABLE, parts, resume=lambda t: telemetry_resume(t, config.telemetry_topic))
     profiles = ProfileCache(config.registry)
     core = MonitorCore(windows=config.window_spec(), hysteresis=Hysteresis(config.k, config.m),
                        profiles=profiles, alpha=config.alpha,

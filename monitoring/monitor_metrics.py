@@ -30,6 +30,8 @@ class MonitorMetrics:
                             ["pipeline", "partition", "kind"], **kw)
         self.telemetry = Counter("streamscore_monitor_telemetry_records", "Telemetry records applied", **kw)
         self.replayed = Counter("streamscore_monitor_replayed_records", "Telemetry records skipped as replays", **kw)
+        self.skipped_starts = Counter("streamscore_monitor_skipped_starts",
+                                      "Partitions whose reading began past the restored state (records skipped)", **kw)
         self.windows = Counter("streamscore_monitor_windows_closed", "Windows closed", ["model"], **kw)
         self.redis_errors = Counter("streamscore_monitor_redis_errors", "Redis writes that failed and were retried",
                                     **kw)

@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Awaitable, Callable, Literal, Protocol
 
 import faust
@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.redis_state import RedisState
 from monitoring.faust_state import DurableStore, persist, state_table
-from monitoring.truth_core import HeadKind, JoinCore, Label, Prediction, QualityCore, QualityDrop
+from monitoring.truth_core import HeadKind, JoinCore, Label, Prediction, QualityCore, QualityDrop, Store
 from monitoring.windows import WindowSpec
 from schemas.errors import ConfigError, DecodeError
 
@@ -243,17 +243,26 @@ class JoinHandler:
         await persist(self.table, out, f"{self.cfg.name} join changelog write")
 
 
+def quality_resume(store: Store, parts: Iterable[int], topic: str) -> dict[tuple[str, int], int]:
+    """(rows topic, partition) -> the offset after the last row operation the stored state applied."""
+    return {(topic, p): int(off) + 1 for p in parts if (off := store.get(f"o|{p}")) is not None}
+
+
 class QualityHandler:
-    """One row operation at a time: windows per model|version|variant, closed ones to Redis."""
+    """One row operation at a time: windows per model|version|variant, closed ones to Redis.
+
+    The operation's offset is written last (key ``o|<partition>``), so a restored state says
+    where reading resumes (``quality_resume``); a crash before it re-reads an idempotent operation."""
 
     def __init__(self, cfg: GroundTruthConfig, core: QualityCore, table: DurableStore, sink: RedisState,
                  metrics: MonitorMetrics, retry: Retry) -> None:
         self.cfg, self.core, self.table, self.sink, self.metrics, self.retry = cfg, core, table, sink, metrics, retry
 
-    async def handle(self, partition: int, value: bytes) -> None:
+    async def handle(self, partition: int, offset: int, value: bytes) -> None:
         op = json.loads(value)
         self.table.take_writes()    # what the last record wrote was awaited: start afresh
         update, results = self.core.apply(self.table, partition, int(op["src"]), op)
+        update.put[f"o|{partition}"] = offset
         for result in results:      # Redis first (idempotent): a crash before the table write replays the close
             await self.retry(lambda: self.sink.write_quality(self.cfg.name, result,
                                                              keep_pairs=self.cfg.compare_windows))
@@ -282,12 +291,15 @@ def add_ground_truth(app: faust.App, gt: GroundTruthConfig, parts: int, *, sink:
                                 partition=partition, force=True) for op, partition in ops]
         await asyncio.gather(*futs)   # delivered before the join state that caused them is written
 
-    joiner = JoinHandler(gt, JoinCore(windows=windows, horizon_ms=gt.labels.horizon),
-                         state_table(app, gt.join_table(), parts, keep_writes=True), sink, metrics, decoder, retry,
-                         send, parts)
+    join_table = state_table(app, gt.join_table(), parts, keep_writes=True,
+                             resume=lambda t: lambda ps: JoinCore.resume(t, ps))
+    joiner = JoinHandler(gt, JoinCore(windows=windows, horizon_ms=gt.labels.horizon), join_table, sink, metrics,
+                         decoder, retry, send, parts)
+    quality_table = state_table(app, gt.quality_table(), parts, keep_writes=True,
+                                resume=lambda t: lambda ps: quality_resume(t, ps, gt.rows_topic(app.conf.id)))
     scorer = QualityHandler(gt, QualityCore(windows=windows, sources=parts, drop=drop,
-                                                  pairs_per_window=gt.compare_pairs, kind=gt.kind),
-                            state_table(app, gt.quality_table(), parts, keep_writes=True), sink, metrics, retry)
+                                            pairs_per_window=gt.compare_pairs, kind=gt.kind),
+                            quality_table, sink, metrics, retry)
     sources = app.topic(*gt.topics(), value_serializer="raw", key_serializer="raw", partitions=parts)
 
     async def join(stream: Any) -> None:
@@ -297,7 +309,7 @@ def add_ground_truth(app: faust.App, gt: GroundTruthConfig, parts: int, *, sink:
 
     async def score(stream: Any) -> None:
         async for event in stream.events():
-            await scorer.handle(event.message.partition, event.value)
+            await scorer.handle(event.message.partition, event.message.offset, event.value)
 
     app.agent(sources, name=f"truth-{gt.name}-join", concurrency=1)(join)
     app.agent(rows, name=f"truth-{gt.name}-quality", concurrency=1)(score)

@@ -150,6 +150,12 @@ class JoinCore:
         meta = store.get(f"m|{part}")
         return meta if isinstance(meta, dict) else join_meta()
 
+    @staticmethod
+    def resume(store: Store, parts: Iterable[int]) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> the offset after the last record of it the stored state applied
+        (where a restarted join resumes; topics it applied nothing of are left out)."""
+        return {(topic, p): int(off) + 1 for p in parts for topic, off in JoinCore.meta(store, p)["offsets"].items()}
+
     def apply_prediction(self, store: Store, part: int, topic: str, offset: int, p: Prediction) -> JoinUpdate | None:
         """The changes to write and the row operations to send first; None for a replay."""
         meta = self._begin(store, part, topic, offset)

@@ -139,7 +139,7 @@ class KafkaSink:
     def produce_batch(
         self,
         topic: str,
-        values: Sequence[bytes],
+        values: Sequence[bytes | None],
         keys: Sequence[bytes | None],
         ack: BatchAck,
         *,

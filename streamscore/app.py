@@ -42,6 +42,8 @@ class RuntimeMetrics(Protocol):
     def model_info(self, pipeline: str, model: str, version: str, variant: str) -> None: ...
     def lookup_wait(self, pipeline: str, lookup: str, seconds: float) -> None: ...
     def lookup_keys(self, pipeline: str, lookup: str, fetched: int, cached: int, missing: int) -> None: ...
+    def aggregate_state(self, pipeline: str, keys: int, nbytes: int) -> None: ...
+    def aggregate_restore(self, pipeline: str, records: int, seconds: float) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +195,7 @@ def check_config(cfg: PipelineFile) -> str:
             features = features or entry.input_spec.names
             models.append(f"{entry.name}:{entry.version}")
         input_rules(p, field_mapping(p, reader), features)
+        aggregate_engine(p, field_mapping(p, reader).leaves)
         done.append(f"{p.name} ({', '.join(models)})")
     where = registry.root if isinstance(registry, ModelRegistry) else cfg.registry
     return f"config OK: {len(done)} pipeline(s): {'; '.join(done)}; registry {where}"
@@ -253,7 +256,48 @@ def build_runtime(cfg: PipelineFile, p: PipelineConfig, registry: ModelSource, a
         id_field=p.input.id_field, time_field=mapping.time_field, time_scale=mapping.time_scale,
         carry=mapping.carry, include_features=p.output.include_features,
         lookups=lookups_for(p, mapping.leaves, metrics, registry_stop or threading.Event()),
+        aggregates=aggregates_for(cfg, p, mapping.leaves, metrics),
     )
+
+
+def changelog_topic(cfg: PipelineFile, p: PipelineConfig) -> str:
+    """The compacted topic a pipeline's aggregate state is kept in."""
+    import re
+
+    name = p.aggregate_state.changelog_topic or f"{cfg.group_id}-{p.name}-aggregates-changelog"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def aggregate_engine(p: PipelineConfig, fields: Any) -> Any:
+    """The pipeline's aggregate engine, its key and value fields checked against the input (None: no aggregates)."""
+    if not p.aggregates:
+        return None
+    from models.aggregates import AggregateEngine, parse_window
+
+    for a in p.aggregates:
+        where = f"pipelines[{p.name}].aggregates[{a.name}]"
+        for what, name in (("key", a.key), ("field", a.field)):
+            if name is not None and name not in fields:
+                raise ConfigError(f"{where}.{what}: {name!r} is not in the input schema; valid: {sorted(fields)}")
+        if a.name in fields:
+            raise ConfigError(f"{where}: the name {a.name!r} clashes with an input field")
+    return AggregateEngine([a.spec() for a in p.aggregates], grace_ms=parse_window(p.aggregate_state.grace))
+
+
+def aggregates_for(cfg: PipelineFile, p: PipelineConfig, fields: Any, metrics: RuntimeMetrics) -> Any:
+    """The pipeline's aggregate state, restored from its changelog on assignment (None when it has none)."""
+    engine = aggregate_engine(p, fields)
+    if engine is None:
+        return None
+    from consumers.changelog import AggregateState, ChangelogReader
+
+    conf = merged(cfg.kafka.client_settings(), {}, {
+        "group.id": f"{cfg.group_id}-changelog-restore", "enable.auto.commit": False, "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        # exactly-once: only the records of committed batches are state
+        "isolation.level": "read_committed" if cfg.delivery == "exactly_once" else "read_uncommitted"})
+    return AggregateState(engine, ChangelogReader(lambda: make_consumer(conf)), topic=changelog_topic(cfg, p),
+                          pipeline=p.name, metrics=metrics)
 
 
 def lookups_for(p: PipelineConfig, fields: Any, metrics: RuntimeMetrics, stop: threading.Event) -> Any:
@@ -354,6 +398,14 @@ def prepare_topics(cfg: PipelineFile, *, partitions: int = 4) -> None:
         if p.telemetry.enabled and p.kind == "score":
             want.setdefault(p.telemetry.topic, partitions)
     ensure_topics(cfg.kafka.client_settings(), want)
+    for p in cfg.pipelines:
+        if p.aggregates:
+            # one changelog partition per input partition; compacted: a key's latest record is its state
+            topic, n = changelog_topic(cfg, p), want[p.input.topic]
+            got = ensure_topics(cfg.kafka.client_settings(), {topic: n}, configs={topic: {"cleanup.policy": "compact"}})
+            if got.get(topic, n) != n:
+                raise ConfigError(f"changelog topic {topic!r} has {got[topic]} partitions, the input {p.input.topic!r} "
+                                  f"has {n}; they must match (delete it, or name another in aggregate_state.changelog_topic)")
 
 
 def client_settings(cfg: PipelineFile, instance: str | None) -> tuple[ClientConf, ClientConf]:

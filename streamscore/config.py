@@ -167,6 +167,49 @@ class LookupConfig(_Strict):
                           cache_max_keys=self.cache_max_keys)
 
 
+class AggregateConfig(_Strict):
+    """A per-key streaming aggregate over a sliding window, a column ``<name>`` (docs/online-features.md)."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    key: str                                   # the input field the input topic is keyed by, e.g. account_id
+    op: str                                    # count | sum | mean | min | max | distinct_count
+    field: str | None = None                   # the input field aggregated (count: optional)
+    window: str                                # e.g. 10m, 1h, 24h: (t - window, t] of the record's Kafka timestamp
+
+    @model_validator(mode="after")
+    def _spec(self) -> "AggregateConfig":
+        try:
+            self.spec().check()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    def spec(self) -> Any:
+        """The ``models.aggregates.AggregateSpec`` this entry describes."""
+        from models.aggregates import AggregateSpec, parse_window
+
+        return AggregateSpec(name=self.name, key=self.key, op=self.op, window_ms=parse_window(self.window),  # type: ignore[arg-type]
+                             field=self.field)
+
+
+class AggregateStateConfig(_Strict):
+    """Where a pipeline's aggregate state is kept, and how long evicted entries wait."""
+
+    changelog_topic: str | None = None         # default "<group_id>-<pipeline>-aggregates-changelog"
+    grace: str = "10m"                         # entries are kept this long past the longest window (replays)
+
+    @field_validator("grace")
+    @classmethod
+    def _grace(cls, v: str) -> str:
+        from models.aggregates import parse_window
+
+        try:
+            parse_window(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return v
+
+
 class OutputConfig(_Strict):
     topic: str
     partitioning: Partitioning = "input"   # see README: "input" keeps per-key order cheaply
@@ -218,6 +261,8 @@ class PipelineConfig(_Strict):
     route: dict[str, Any] | None = None        # canary / ab / shadow routing (models.routing.RouteSpec)
     telemetry: TelemetryConfig = TelemetryConfig()
     lookups: list[LookupConfig] = Field(default_factory=list)   # online features from Redis, per batch
+    aggregates: list[AggregateConfig] = Field(default_factory=list)   # per-key sliding-window aggregates
+    aggregate_state: AggregateStateConfig = AggregateStateConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -241,11 +286,18 @@ class PipelineConfig(_Strict):
             raise ValueError("model is required for a scoring pipeline (kind: score)")
         if self.kind == "embed" and self.route is not None:
             raise ValueError("route applies to scoring pipelines only")
-        if self.kind == "embed" and (self.lookups or self.output.include_features):
-            raise ValueError("lookups and output.include_features apply to scoring pipelines only")
+        if self.kind == "embed" and (self.lookups or self.aggregates or self.output.include_features):
+            raise ValueError("lookups, aggregates and output.include_features apply to scoring pipelines only")
         names = [lk.name for lk in self.lookups]
         if len(set(names)) != len(names):
             raise ValueError(f"lookup names must be unique, got {names}")
+        aggs = [a.name for a in self.aggregates]
+        if len(set(aggs)) != len(aggs):
+            raise ValueError(f"aggregate names must be unique, got {aggs}")
+        looked_up = set(names) | {c for lk in self.lookups for c in lk.spec().columns()}
+        clash = sorted(set(aggs) & looked_up)
+        if clash:
+            raise ValueError(f"aggregates {clash}: names clash with lookups")
         return self
 
     @field_validator("route")

@@ -9,6 +9,9 @@ Invariants:
 - SIGTERM / SIGINT to the parent are forwarded to every running child; no child is started
   after that, and the parent returns once all have exited (a child still running
   ``stop_grace_s`` after the stop is SIGKILLed). The parent's code is the worst child's.
+- A child that dies of the very signal forwarded to it stopped as asked: it was still starting
+  (a scorer's handlers are installed once its interpreter has imported them, seconds after
+  the spawn on a busy machine) and had consumed nothing. It counts as a clean exit (0).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class _Child:
     restart_at: float | None = None      # when a failed child is due to start again
     last_code: int | None = None
     restarts: int = 0
+    forwarded: int | None = None         # the stop signal sent to the running process
 
 
 @dataclass
@@ -105,12 +109,14 @@ class Supervisor:
             self._stop.set()
             for k in self._kids:
                 if k.proc is not None and k.proc.poll() is None:
+                    k.forwarded = signum
                     k.proc.send_signal(signum)
 
     def _start(self, k: _Child) -> None:
         k.proc = self.spawn(k.argv)
         k.started_at = time.monotonic()
         k.restart_at = None
+        k.forwarded = None
         log.info("started %s (pid %d)", k.name, k.proc.pid)
 
     def _reap(self, k: _Child, now: float) -> None:
@@ -120,6 +126,11 @@ class Supervisor:
         if code is None:
             return
         k.proc, k.last_code = None, code
+        if k.forwarded is not None and code == -k.forwarded:
+            log.info("%s stopped by %s while starting (before its handlers were installed)",
+                     k.name, exit_reason(code))
+            k.last_code = 0
+            return
         if code == 0 or self._stop.is_set():
             log.info("%s exited (%s)", k.name, exit_reason(code))
             return

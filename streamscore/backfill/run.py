@@ -82,6 +82,9 @@ def run_backfill(cfg: PipelineFile, args: BackfillArgs, *, stop: threading.Event
     if problem is not None:
         raise ConfigError(problem)
     p0 = scoring_pipeline(cfg, args.pipeline, "backfill")
+    if p0.aggregates:
+        raise ConfigError(f"backfill: pipeline {p0.name!r} has aggregates; their state lives with serve's input "
+                          f"partitions (docs/online-features.md), backfill does not keep it")
     admin = AdminClient(base)
     _ensure_topics(base, admin, p0, args)
     p = backfill_pipeline(p0, args, args.to_topic or p0.output.topic)

@@ -204,7 +204,10 @@ def test_drift_alerts_and_kill_restart_same_results(tmp_path: Path, bootstrap: s
     assert all(a["severity"] in ("warning", "critical") for a in alerts)
 
     # (d) the killed-and-restarted monitor ends with the same results
-    assert _windows(redis_url, pb) == _windows(redis_url, pa)
+    got, want = _windows(redis_url, pb), _windows(redis_url, pa)
+    assert got == want, (
+        f"windows that differ: { {k: (got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k)} }"
+        f"\nkilled monitor's log:\n{killed.output()}\nrestarted monitor's log:\n{restarted.output()}")
     assert _comparable_drift(redis_url, pb) == _comparable_drift(redis_url, pa)
     strip = [{k: v for k, v in a.items() if k != "raised_at"} for a in alerts]
     assert [{k: v for k, v in a.items() if k != "raised_at"} for a in _alerts(redis_url, pb)] == strip
@@ -249,3 +252,55 @@ def test_redis_killed_and_restarted_mid_window_loses_and_doubles_nothing(
         straight.stop()
         outage.stop()
         own.stop()
+
+
+def test_a_commit_ahead_of_the_state_is_read_again_from_the_state(tmp_path: Path, bootstrap: str, redis_url: str,
+                                                                  names: Callable[[str], str],
+                                                                  topics: Callable[..., None]) -> None:
+    """The group's committed offset is moved 3 records past the last state the killed monitor
+    wrote (what a commit that outran its changelog write leaves behind): the restarted monitor
+    resumes after its restored state all the same, so its windows equal a straight run's."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    windows = 6
+    topic = names("telemetry")
+    topics({topic: 1})
+    values = telemetry(range(windows * PER_WINDOW + 1), seed=9)
+    first = 2 * PER_WINDOW + 1        # window 2 has one batch when the monitor is killed
+    publish(bootstrap, topic, values[:first])
+    pa, pb, app_b = names("a"), names("b"), names("appb")
+    killed = Monitor(tmp_path, "b1", _config(bootstrap, redis_url, topic, app_b, pb))
+    admin = Consumer({"bootstrap.servers": bootstrap, "group.id": app_b, "enable.auto.commit": False})
+    tp = TopicPartition(topic, 0)
+    try:
+        _wait_windows(killed, redis_url, pb, 2)
+        # everything read is committed (so the state holds offset first - 1)
+        wait_for(lambda: admin.committed([tp], timeout=10)[0].offset == first, 60, "the killed monitor's commit")
+    finally:
+        killed.kill()
+        killed.stop()
+    publish(bootstrap, topic, values[first:])
+
+    def commit_ahead() -> bool:   # accepted once the dead member has left the group (session timeout)
+        try:
+            admin.commit(offsets=[TopicPartition(topic, 0, first + 3)], asynchronous=False)
+            return True
+        except KafkaException:
+            return False
+
+    wait_for(commit_ahead, 60, "committing past the state")
+    admin.close()
+    straight = Monitor(tmp_path, "a", _config(bootstrap, redis_url, topic, names("appa"), pa))
+    restarted = Monitor(tmp_path, "b2", _config(bootstrap, redis_url, topic, app_b, pb))
+    try:
+        _wait_windows(straight, redis_url, pa, windows, timeout=120)
+        _wait_windows(restarted, redis_url, pb, windows, timeout=120)
+    finally:
+        straight.stop()
+        restarted.stop()
+    got, want = _windows(redis_url, pb), _windows(redis_url, pa)
+    assert got == want, (f"windows that differ: { {k: (got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k)} }"
+                         f"\nrestarted monitor's log:\n{restarted.output()}")
+    assert [w["batches"] for _, w in sorted(got.items())] == [PER_WINDOW] * windows
+    assert f"first record at offset {first}, restored state at offset {first - 1}" in restarted.log.read_text(
+        errors="replace")

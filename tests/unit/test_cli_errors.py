@@ -35,6 +35,18 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (d / "not_yaml.yaml").write_text("pipelines: [\n")
     (d / "ok.yaml").write_text("kafka: {bootstrap_servers: '127.0.0.1:1'}\n"
                                "pipelines:\n  - {name: a, input: {topic: t}, model: {name: fraud-mlp}, output: {topic: o}}\n")
+    agg = ("kafka: {bootstrap_servers: '127.0.0.1:1'}\n"
+           "pipelines:\n  - {name: a, input: {topic: t}, model: {name: fraud-mlp}, output: {topic: o},"
+           " lookups: [{name: acct, redis: {key: 'acct:{account_id}', fields: [limit]}}], aggregates: [%s]}\n")
+    for name, entry in {"agg_op": "{name: n, key: account_id, op: median, field: amount, window: 10m}",
+                        "agg_window": "{name: n, key: account_id, op: count, window: 10x}",
+                        "agg_field": "{name: n, key: account_id, op: sum, window: 1h}",
+                        "agg_key": "{name: n, op: count, window: 1h}",
+                        "agg_lookup": "{name: acct, key: account_id, op: count, window: 1h}",
+                        "agg_input": "{name: amount, key: account_id, op: count, window: 1h}",
+                        "agg_unknown_key": "{name: n, key: acct_no, op: count, window: 1h}",
+                        "agg_unknown_field": "{name: n, key: account_id, op: max, field: amt, window: 1h}"}.items():
+        (d / f"{name}.yaml").write_text(agg % entry)
     (d / "monitor_bad.yaml").write_text("broker: 127.0.0.1:9092\nwindow_mss: 5\nk: 0\n")
     (d / "monitor_list.yaml").write_text("- broker\n")
     (d / "spec_top_level.json").write_text('{"features": [{"name": "amount"}]}')
@@ -57,6 +69,14 @@ CASES: list[tuple[str, str]] = [
     ("produce -n x", ""),
     ("produce --format xml", ""),
     ("produce --drift start=x --bootstrap 127.0.0.1:1", "drift"),
+    ("serve -c {dir}/agg_op.yaml", "'median' is not one of ['count', 'sum', 'mean', 'min', 'max', 'distinct_count']"),
+    ("serve -c {dir}/agg_window.yaml", "window '10x': expected a positive whole number and a unit"),
+    ("serve -c {dir}/agg_field.yaml", "aggregates[n].field: op 'sum' needs a field"),
+    ("serve -c {dir}/agg_key.yaml", "key"),
+    ("serve -c {dir}/agg_lookup.yaml", "aggregates ['acct']: names clash with lookups"),
+    ("serve --check -c {dir}/agg_input.yaml", "aggregates[amount]: the name 'amount' clashes with an input field"),
+    ("serve --check -c {dir}/agg_unknown_key.yaml", "aggregates[n].key: 'acct_no' is not in the input schema"),
+    ("serve --check -c {dir}/agg_unknown_field.yaml", "aggregates[n].field: 'amt' is not in the input schema"),
     ("models", ""),
     ("models show --registry {reg}", "missing NAME"),
     ("models show no-such-model --registry {reg}", "no model named"),

@@ -17,7 +17,7 @@ from models import DEMO_REGISTRY
 from models.demo_data import generate
 from models.registry import ModelRegistry
 from monitoring.alerts import Hysteresis
-from monitoring.monitor_app import TelemetryHandler
+from monitoring.monitor_app import TelemetryHandler, resume_offsets
 from monitoring.monitor_core import MonitorCore
 from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.telemetry import TelemetryBuilder
@@ -131,3 +131,30 @@ def test_record_is_done_only_when_its_state_is_on_the_changelog() -> None:
         assert table.delivered["0"]["offset"] == 0
 
     asyncio.run(run())
+
+
+def test_after_recovery_reading_resumes_after_each_restored_state() -> None:
+    """The offsets committed when a recovery completes (before Faust seeks to the committed
+    ones): the record after each restored state; a partition with no state is left alone."""
+    assert resume_offsets({0: {"offset": 7}, 1: None, 3: {"offset": 0}}) == {0: 8, 3: 1}
+    assert resume_offsets({}) == {}
+
+
+def test_a_start_past_the_restored_state_is_reported_as_skipped_records(caplog: pytest.LogCaptureFixture) -> None:
+    records = _records(12)
+    table = FakeTable()
+
+    async def run() -> tuple[TelemetryHandler, TelemetryHandler]:
+        first = _handler(table, FakeSink())
+        for off, value in enumerate(records[:8]):
+            await first.handle(0, off, value)
+        resumed = _handler(FakeTable({"0": table["0"]}), FakeSink())
+        await resumed.handle(0, 8, records[8])              # where the recovery commit puts it
+        skipped = _handler(FakeTable({"0": table["0"]}), FakeSink())
+        await skipped.handle(0, 10, records[10])            # a commit that did not take
+        return resumed, skipped
+
+    resumed, skipped = asyncio.run(run())
+    assert resumed.metrics.skipped_starts._value.get() == 0
+    assert skipped.metrics.skipped_starts._value.get() == 1
+    assert "offsets 8..9 were skipped" in caplog.text

@@ -385,7 +385,7 @@ def test_truth_handlers_return_only_once_their_changelog_writes_are_delivered() 
             f.set_result(None)
         await asyncio.wait_for(task, 1)
         set_op = {"op": "set", "key": "m|1|primary", "start": 0, "eid": "a", "row": [0.9, True, True], "src": 0}
-        task = asyncio.ensure_future(qual.handle(0, json.dumps(set_op).encode()))
+        task = asyncio.ensure_future(qual.handle(0, 7, json.dumps(set_op).encode()))
         await asyncio.sleep(0.01)
         assert not task.done()
         logged = len(qtable.log)
@@ -395,6 +395,7 @@ def test_truth_handlers_return_only_once_their_changelog_writes_are_delivered() 
         for f in qtable.sent[1:]:
             f.set_result(None)
         await asyncio.wait_for(task, 1)
+        assert qtable.log[-1] == ("o|0", "7")                   # the operation's offset, written last
 
     asyncio.run(run())
 
@@ -454,3 +455,20 @@ def test_classes_and_value_heads_joined_and_judged_like_sklearn(kind: str) -> No
         assert abs(m["mae"] - skm.mean_absolute_error(y, p_)) < 1e-9
         assert abs(m["rmse"] - np.sqrt(skm.mean_squared_error(y, p_))) < 1e-9
     assert res["cumulative"] == m and "pairs" not in res and m["count"] == 120
+
+
+def test_after_recovery_each_stage_resumes_after_what_its_state_applied() -> None:
+    """The offsets committed when a recovery completes: the join's per source topic and partition
+    (from its meta), the quality stage's per rows partition (its ``o|`` key); nothing for a
+    partition or topic the state applied nothing of."""
+    from monitoring.truth_app import quality_resume
+
+    core, store = _core(), Changelog()
+    for topic, off, part, rec in (("p", 4, 0, _pred("a", 0.9)), ("l", 9, 0, Label("a", True, 5)),
+                                  ("p", 2, 1, _pred("b", 0.1))):
+        out = (core.apply_prediction(store, part, topic, off, rec) if isinstance(rec, Prediction)
+               else core.apply_label(store, part, topic, off, rec))
+        assert out is not None
+        write(store, out)
+    assert JoinCore.resume(store, [0, 1, 2]) == {("p", 0): 5, ("l", 0): 10, ("p", 1): 3}
+    assert quality_resume({"o|0": 11, "q|0": {}}, [0, 1], "rows") == {("rows", 0): 12}

@@ -101,6 +101,31 @@ def test_stop_ends_a_child_waiting_for_its_restart_and_reports_its_failure(tmp_p
     assert out == [5] and sup.restarts == {"c-0": 0}
 
 
+def test_a_child_stopped_while_still_starting_is_a_clean_stop_not_a_failure(tmp_path: Path) -> None:
+    """The forwarded SIGTERM reaches a child before it installed its handlers (a restarted scorer
+    still importing on a busy machine): it dies of SIGTERM, which is the stop asked for, so the
+    parent exits 0, not 143. A SIGTERM from elsewhere, with no stop asked, is still a failure."""
+    started = tmp_path / "started"
+    slow = f"import pathlib, sys, time; pathlib.Path({str(started)!r} + '.' + str(__import__('os').getpid())).touch(); time.sleep(60)"
+    sup = Supervisor([("c-0", [sys.executable, "-c", slow]),
+                      ("c-1", [sys.executable, "-c", SERVE, str(tmp_path / "ready")])], backoff_s=0.1)
+    t, out = _run(sup)
+    assert _wait(lambda: sup.pids()["c-0"] is not None)
+    first = sup.pids()["c-0"]
+    assert first is not None and _wait(lambda: Path(f"{started}.{first}").exists())
+    os.kill(first, signal.SIGTERM)                   # not from the supervisor: restarted
+    assert _wait(lambda: sup.pids()["c-0"] not in (None, first))
+    assert sup.restarts["c-0"] == 1
+    second = sup.pids()["c-0"]
+    c1 = sup.pids()["c-1"]
+    assert second is not None and _wait(lambda: Path(f"{started}.{second}").exists())
+    assert c1 is not None and _wait(lambda: Path(f"{tmp_path / 'ready'}.{c1}").exists())
+    sup.request_stop(signal.SIGTERM)                 # c-0 has no handler: dies of it
+    t.join(20)
+    assert out == [0]
+    assert sup.restarts == {"c-0": 1, "c-1": 0}
+
+
 def test_backoff_doubles_on_quick_failures_and_resets_after_a_stable_run() -> None:
     kw = dict(initial=1.0, maximum=8.0, stable_s=60.0)
     delays, d = [], 0.0

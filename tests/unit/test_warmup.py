@@ -59,3 +59,13 @@ def test_no_warm_up_for_a_pipeline_with_lookups() -> None:
     sink = DrySink()
     assert warm_up(rt, batcher, sink) == 0
     assert sink.records == 0 and batcher.cost_fit() == (0.0, 0.0)
+
+
+def test_no_warm_up_for_a_pipeline_with_aggregates() -> None:
+    """Synthetic events must never enter the per-partition state (nor its changelog)."""
+    rt, batcher = _runtime(batching={"max_size": 16},
+                           aggregates=[{"name": "n_10m", "key": "account_id", "op": "count", "window": "10m"}])
+    assert rt.aggregates is not None and rt.aggregates.topic == "g-fraud-aggregates-changelog"
+    sink = DrySink()
+    assert warm_up(rt, batcher, sink) == 0
+    assert sink.records == 0 and batcher.cost_fit() == (0.0, 0.0)

@@ -1,0 +1,122 @@
+"""The ``features_online`` contender: one Redis lookup and three per-key aggregates over 100,000
+distinct accounts (docs/online-features.md), on the demo events keyed by account.
+
+Its input is its own topic (the demo events with ``account_id`` drawn uniformly from 100,000
+accounts, keyed by it), every account has a hash in Redis, and the model is a sigmoid-linear
+ONNX graph over log1p(amount), the two looked-up fields and the three aggregates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KEYS = 100_000
+AGGREGATES = [{"name": "n_10m", "key": "account_id", "op": "count", "window": "10m"},
+              {"name": "amt_sum_1h", "key": "account_id", "op": "sum", "field": "amount", "window": "1h"},
+              {"name": "countries_24h", "key": "account_id", "op": "distinct_count", "field": "country",
+               "window": "24h"}]
+FEATURES = [{"name": "amount", "transforms": ["log1p"]},
+            {"name": "limit", "field": "acct.limit", "transforms": [{"standardize": {"mean": 500.0, "std": 300.0}}]},
+            {"name": "risk", "field": "acct.risk"},
+            *[{"name": a["name"]} for a in AGGREGATES]]
+
+
+def model_registry(work: Path) -> Path:
+    from models.base import InputSpec
+    from models.registry import ModelRegistry
+    from models.testing import write_linear_onnx
+
+    root = work / "online-registry"
+    if not (root / "fraud-online").is_dir():
+        spec = InputSpec.from_dict({"features": FEATURES})
+        artifact = write_linear_onnx(work / "online.onnx", np.linspace(-0.01, 0.01, spec.inputs["features"][1]))
+        ModelRegistry(root).register("fraud-online", artifact, format="onnx", input_spec=spec, output_spec={},
+                                     stage="production")
+    return root
+
+
+def produce(bootstrap: str, topic: str, count: int, *, chunk: int = 50_000) -> None:
+    """The demo events with uniformly drawn accounts, keyed by account (one account, one partition)."""
+    from confluent_kafka import Producer
+
+    from models.demo_data import generate
+    from streamscore.produce import encode_transactions
+
+    rng = np.random.default_rng(7)
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.num.messages": 10000,
+                  "queue.buffering.max.messages": 1_000_000, "compression.type": "lz4"})
+    for start in range(0, count, chunk):
+        n = min(chunk, count - start)
+        cols = generate(n, seed=11, start=start)
+        cols["account_id"] = np.array([f"acct-{k:06d}" for k in rng.integers(0, KEYS, n)], dtype=object)
+        for value, acct in zip(encode_transactions(cols, n), cols["account_id"].tolist()):
+            while True:
+                try:
+                    p.produce(topic, value, acct.encode())
+                    break
+                except BufferError:
+                    p.poll(0.01)
+        p.poll(0)
+    assert p.flush(120) == 0
+
+
+def load_redis(url: str) -> None:
+    """A hash per account (limit, risk), as a feature job would write them."""
+    import redis
+
+    r = redis.Redis.from_url(url)
+    rng = np.random.default_rng(3)
+    pipe = r.pipeline(transaction=False)
+    for k in range(KEYS):
+        pipe.hset(f"acct:acct-{k:06d}", mapping={"limit": int(rng.integers(100, 1000)), "risk": float(rng.random())})
+        if k % 10_000 == 9_999:
+            pipe.execute()
+    pipe.execute()
+
+
+def pipeline(t_in: str, t_out: str, redis_url: str) -> dict[str, Any]:
+    lookup = {"name": "acct", "redis": {"url": redis_url, "key": "acct:{account_id}", "fields": ["limit", "risk"]},
+              "defaults": {"limit": 50.0, "risk": 0.5}, "cache_ttl_s": 60.0, "cache_max_keys": KEYS}
+    return {"name": "fraud", "input": {"topic": t_in}, "model": {"name": "fraud-online"}, "output": {"topic": t_out},
+            "lookups": [lookup], "aggregates": AGGREGATES}
+
+
+def state_rss(keys: int = KEYS, per_key: int = 20, batch: int = 8192) -> dict[str, float]:
+    """RSS growth of one process holding the three aggregates' state for ``keys`` accounts with
+    ``per_key`` events each (all inside the windows), and the state's own byte estimate."""
+    import resource
+
+    from models.aggregates import AggregateEngine
+    from streamscore.config import AggregateConfig
+
+    def rss_mb() -> float:
+        with open("/proc/self/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return kb / 1024
+
+    engine = AggregateEngine([AggregateConfig.model_validate(a).spec() for a in AGGREGATES])
+    states = {p: engine.new_state() for p in range(4)}
+    rng = np.random.default_rng(5)
+    n = keys * per_key
+    acct = rng.permutation(np.repeat(np.arange(keys), per_key))
+    countries = np.array(["DE", "FR", "GB", "US", "NL", "ES", "IT", "PL"], dtype=object)
+    before = rss_mb()
+    t0 = 1_764_600_000_000
+    for lo in range(0, n, batch):
+        rows = np.arange(lo, min(n, lo + batch))
+        a = acct[rows]
+        cols = {"account_id": np.array([f"acct-{k:06d}" for k in a.tolist()], dtype=object),
+                "amount": rng.gamma(2.0, 20.0, len(rows)), "country": countries[rng.integers(0, 8, len(rows))]}
+        engine.apply(states, cols, {}, {}, (a % 4).astype(np.int32), rows.astype(np.int64), t0 + rows // 10)
+    after = rss_mb()
+    held = sum(s.keys() for s in states.values())
+    return {"keys": held, "events": n, "rss_growth_mb": round(after - before, 1),
+            "state_bytes_estimate_mb": round(sum(s.nbytes() for s in states.values()) / 2**20, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+if __name__ == "__main__":
+    print(state_rss())

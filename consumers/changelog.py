@@ -1,0 +1,164 @@
+"""Per-partition aggregate state backed by a compacted changelog topic (the Kafka Streams state-store idea).
+
+    assign(partitions)   source thread, inside the group callback: each partition's state is
+                         rebuilt from its changelog partition, read from the beginning to its end
+                         (read_committed under exactly-once: only committed batches' records),
+                         before the consumer fetches a single input record of it
+    revoke(partitions)   the state is dropped; work already dispatched keeps the view it was given
+    view()               source thread, at dispatch: the partitions' states this batch applies to
+    apply(view, work)    model thread: the aggregate columns join the decoded batch, and the
+                         batch's changelog records are put on ``work.changelog``; the sink
+                         writes them under the batch's acknowledgement (at-least-once) or inside
+                         its transaction (exactly-once), like every other output
+
+Changelog partition = input partition, so a partition's state moves with it in a rebalance.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from schemas.errors import DeliveryError
+
+log = logging.getLogger(__name__)
+
+Record = tuple[bytes, bytes | None]
+
+
+class Engine(Protocol):
+    """The aggregate logic (``models.aggregates.AggregateEngine``)."""
+
+    def new_state(self) -> Any: ...
+    def restore(self, records: Iterable[Record]) -> Any: ...
+    def apply(self, states: Mapping[int, Any], columns: Mapping[str, Any], nulls: Mapping[str, np.ndarray],
+              symbols: Mapping[str, Sequence[str]], parts: np.ndarray, offsets: np.ndarray,
+              times: np.ndarray) -> Any: ...
+
+
+class StateMetrics(Protocol):
+    """What the state reports (``monitoring.metrics.ScorerMetrics``)."""
+
+    def aggregate_state(self, pipeline: str, keys: int, nbytes: int) -> None: ...
+    def aggregate_restore(self, pipeline: str, records: int, seconds: float) -> None: ...
+
+
+@dataclass
+class Changelog:
+    """A batch's changelog records, produced with its outputs."""
+
+    topic: str
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    partitions: np.ndarray
+
+
+class ChangelogReader:
+    """Reads changelog partitions from the beginning to their end with a short-lived consumer."""
+
+    def __init__(self, make_consumer: Callable[[], Consumer], *, timeout_s: float = 600.0) -> None:
+        self._make_consumer = make_consumer
+        self.timeout_s = timeout_s
+
+    def read(self, topic: str, partitions: Sequence[int]) -> dict[int, list[Record]]:
+        """Every record of each partition, in log order. The end is the high watermark (read_uncommitted)
+        or the last stable offset (read_committed): where librdkafka reports partition EOF."""
+        out: dict[int, list[Record]] = {p: [] for p in partitions}
+        if not partitions:
+            return out
+        consumer = self._make_consumer()
+        try:
+            todo = set(partitions)
+            for p in list(todo):
+                lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0, cached=False)
+                if hi <= lo:
+                    todo.discard(p)               # empty (or compacted away): nothing to read
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(todo)])
+            deadline = time.monotonic() + self.timeout_s
+            while todo:
+                if time.monotonic() > deadline:
+                    raise DeliveryError(f"restoring {topic} partitions {sorted(todo)} took over {self.timeout_s:.0f}s")
+                for m in consumer.consume(10000, 0.5):
+                    self._take(m, topic, out, todo)
+        finally:
+            consumer.close()
+        return out
+
+    @staticmethod
+    def _take(m: Message, topic: str, out: dict[int, list[Record]], todo: set[int]) -> None:
+        err = m.error()
+        if err is None:
+            out[m.partition()].append((m.key() or b"", m.value()))
+        elif err.code() == KafkaError._PARTITION_EOF:
+            todo.discard(m.partition())
+        elif err.fatal() or not err.retriable():
+            raise DeliveryError(f"restoring {topic}: {err.str()}", kafka_error=err)
+
+
+class AggregateState:
+    """One pipeline's aggregates: the engine, its per-partition states and their changelog topic."""
+
+    def __init__(self, engine: Engine, reader: ChangelogReader, *, topic: str, pipeline: str,
+                 metrics: StateMetrics) -> None:
+        self.engine = engine
+        self.reader = reader
+        self.topic = topic
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self._states: dict[int, Any] = {}
+        self._lock = threading.Lock()           # the source thread assigns and revokes; the model thread reports
+
+    def assign(self, partitions: Sequence[int]) -> None:
+        t0 = time.monotonic()
+        logs = self.reader.read(self.topic, partitions)
+        restored = {p: self.engine.restore(logs[p]) for p in partitions}
+        with self._lock:
+            self._states.update(restored)
+        n = sum(len(v) for v in logs.values())
+        took = time.monotonic() - t0
+        self.metrics.aggregate_restore(self.pipeline, n, took)
+        log.info("pipeline %s: aggregate state of partitions %s restored from %s (%d records, %.2fs)",
+                 self.pipeline, sorted(partitions), self.topic, n, took)
+        self._report()
+
+    def revoke(self, partitions: Sequence[int]) -> None:
+        with self._lock:
+            for p in partitions:
+                self._states.pop(p, None)
+        self._report()
+
+    def view(self) -> dict[int, Any]:
+        with self._lock:
+            return dict(self._states)
+
+    def apply(self, view: Mapping[int, Any], work: Any) -> None:
+        """Add the aggregate columns to ``work.decoded`` and set ``work.changelog``."""
+        batch = work.decoded
+        ok = batch.ok_index.tolist()
+        msgs = [work.msgs[i] for i in ok]
+        parts = np.asarray(work.in_parts, np.int32)
+        offsets = np.fromiter((m.offset() for m in msgs), np.int64, len(msgs))
+        times = np.fromiter((m.timestamp()[1] for m in msgs), np.int64, len(msgs))
+        states = dict(view)
+        for p in np.unique(parts).tolist():
+            if p not in states:        # not restored here (cannot happen for consumed records): start empty
+                log.warning("pipeline %s: partition %d has no restored aggregate state", self.pipeline, p)
+                states[p] = self.engine.new_state()
+        applied = self.engine.apply(states, batch.columns, batch.nulls, batch.symbols, parts, offsets, times)
+        batch.columns.update(applied.columns)
+        recs = applied.records
+        work.changelog = Changelog(self.topic, [k for k, _, _ in recs], [v for _, v, _ in recs],
+                                   np.fromiter((p for _, _, p in recs), np.int32, len(recs)))
+        self._report()
+
+    def _report(self) -> None:
+        with self._lock:
+            states = list(self._states.values())
+        self.metrics.aggregate_state(self.pipeline, sum(s.keys() for s in states), sum(s.nbytes() for s in states))

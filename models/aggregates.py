@@ -1,0 +1,465 @@
+"""Per-key streaming aggregates over sliding windows, and the state a changelog rebuilds.
+
+An aggregate is ``op`` over ``field`` of the events of one key whose record time (Kafka
+timestamp, ms) lies in ``(t - window, t]`` of the event being scored and that come *at or
+before it* in its partition (offset <= its offset): the event itself is included. State is
+per input partition (the input must be keyed by the aggregate key, so one key lives in one
+partition) and per *store* (the aggregates sharing one key field): one entry per event
+(key, time, offset, the fields its aggregates read).
+
+Invariants:
+- a value depends only on the set of entries present, never on the order they were applied:
+  the offset filter makes a replayed event (at-least-once, or a rewind) see exactly what it
+  saw the first time, as long as no entry it needs was evicted (see ``grace_ms``);
+- an entry is applied at most once: an event whose offset the partition's state already
+  holds is not inserted again (dedupe by offset);
+- eviction drops entries with time <= newest time seen in the partition - the store's
+  longest window - ``grace_ms``; a key with no entries left is forgotten. A replay reaching
+  back less than ``grace_ms`` of record time therefore re-emits identical values.
+
+Changelog layout (one record per event and store, written for every scored batch; replayed
+writes are idempotent): key ``<store id>\\x1f<key>\\x1f<offset>``, value JSON ``[time_ms, v1, ...]``
+in the store's field order (``null`` for a null value); a tombstone (null value) deletes an
+evicted entry. The store id names its key field and a digest of its field layout, so a
+changed layout starts empty and the old layout's records are deleted at the next restore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from models.lookups import key_values
+from schemas.errors import ConfigError
+
+Op = Literal["count", "sum", "mean", "min", "max", "distinct_count"]
+OPS: tuple[Op, ...] = ("count", "sum", "mean", "min", "max", "distinct_count")
+Kind = Literal["float", "text"]
+UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+SEP = "\x1f"
+NULL_HASH = np.iinfo(np.int64).min       # a null text value among the hashes of a text field
+MAX_PAIRS = 1 << 22                      # (event, window entry) pairs handled at once: bounds a batch's memory
+KEY_BYTES = 120                          # estimated bytes per key held (dict slot, str object) for the metric
+Record = tuple[bytes, bytes | None]      # a changelog record: key, value (None: a tombstone)
+
+
+def parse_window(text: str) -> int:
+    """``10m`` -> 600000 (ms); units ms, s, m, h, d."""
+    m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|d)\s*", str(text))
+    if m is None or int(m.group(1)) <= 0:
+        raise ConfigError(f"window {text!r}: expected a positive whole number and a unit (ms, s, m, h, d), e.g. 10m")
+    return int(m.group(1)) * UNITS_MS[m.group(2)]
+
+
+@dataclass(frozen=True)
+class AggregateSpec:
+    name: str
+    key: str                       # the input field whose value is the key (dotted path)
+    op: Op
+    window_ms: int
+    field: str | None = None       # count: None counts events; a field counts its non-null values
+
+    @property
+    def kind(self) -> Kind:
+        return "text" if self.op == "distinct_count" else "float"
+
+    def check(self) -> None:
+        where = f"aggregates[{self.name}]"
+        if self.op not in OPS:
+            raise ConfigError(f"{where}.op: {self.op!r} is not one of {list(OPS)}")
+        if not self.key:
+            raise ConfigError(f"{where}.key: missing (the input field holding the key, e.g. account_id)")
+        if self.op != "count" and not self.field:
+            raise ConfigError(f"{where}.field: op {self.op!r} needs a field")
+        if self.window_ms <= 0:
+            raise ConfigError(f"{where}.window: must be positive")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """One store: the key field and the (field, kind) columns its aggregates read."""
+
+    key: str
+    fields: tuple[tuple[str, Kind], ...]
+    specs: tuple[AggregateSpec, ...]
+
+    @property
+    def id(self) -> str:
+        digest = hashlib.sha1(repr(self.fields).encode()).hexdigest()[:8]
+        return f"{self.key}#{digest}"
+
+    @property
+    def longest_ms(self) -> int:
+        return max(s.window_ms for s in self.specs)
+
+
+@dataclass
+class _Part:
+    """One store's entries in one partition: columns with spare capacity (appends are amortised),
+    one row per entry: key code, record time (ms), offset, then one column per field (float64
+    with NaN for null, or int64 text hashes)."""
+
+    cols: list[np.ndarray]
+    n: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+    texts: list[str] = field(default_factory=list)
+    newest: int = -(1 << 62)
+    max_offset: int = -1                     # the highest offset ever inserted: above it, nothing is a replay
+    tombstones: list[bytes] = field(default_factory=list)    # evicted entries' record keys, not yet written
+
+    @property
+    def k(self) -> np.ndarray:
+        return self.cols[0][:self.n]
+
+    @property
+    def t(self) -> np.ndarray:
+        return self.cols[1][:self.n]
+
+    @property
+    def o(self) -> np.ndarray:
+        return self.cols[2][:self.n]
+
+    @property
+    def v(self) -> list[np.ndarray]:
+        return [c[:self.n] for c in self.cols[3:]]
+
+    def append(self, arrays: Sequence[np.ndarray]) -> None:
+        m = len(arrays[0])
+        if self.n + m > len(self.cols[0]):
+            cap = max(2 * len(self.cols[0]), self.n + m, 1024)
+            grown = [np.empty(cap, c.dtype) for c in self.cols]
+            for g, c in zip(grown, self.cols):
+                g[:self.n] = c[:self.n]
+            self.cols = grown
+        for c, a in zip(self.cols, arrays):
+            c[self.n:self.n + m] = a
+        self.n += m
+        if m:
+            self.max_offset = max(self.max_offset, int(arrays[2].max()))
+
+    def keep(self, mask: np.ndarray) -> None:
+        kept = [c[:self.n][mask] for c in self.cols]
+        for c, a in zip(self.cols, kept):
+            c[:len(a)] = a
+        self.n = len(kept[0])
+
+    def code(self, text: str) -> int:
+        c = self.codes.get(text)
+        if c is None:
+            c = self.codes[text] = len(self.texts)
+            self.texts.append(text)
+        return c
+
+    def nbytes(self) -> int:
+        return int(sum(c.nbytes for c in self.cols)) + KEY_BYTES * len(self.codes)
+
+
+class PartitionState:
+    """Every store's entries of one input partition."""
+
+    def __init__(self, parts: dict[str, _Part]) -> None:
+        self.parts = parts
+
+    def keys(self) -> int:
+        return sum(len(p.codes) for p in self.parts.values())
+
+    def nbytes(self) -> int:
+        return sum(p.nbytes() for p in self.parts.values())
+
+
+@dataclass
+class Applied:
+    """A batch's aggregate columns (one value per row, NaN where undefined) and its changelog records."""
+
+    columns: dict[str, np.ndarray]
+    records: list[tuple[bytes, bytes | None, int]]        # key, value (None: tombstone), partition
+
+
+class AggregateEngine:
+    """Every aggregate of one pipeline: pure logic over numpy arrays, no client."""
+
+    def __init__(self, specs: Sequence[AggregateSpec], *, grace_ms: int = 600_000) -> None:
+        for s in specs:
+            s.check()
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"aggregates: names must be unique, got {names}")
+        if grace_ms < 0:
+            raise ConfigError("aggregates grace: must not be negative")
+        self.specs = tuple(specs)
+        self.grace_ms = grace_ms
+        layouts = []
+        for key in dict.fromkeys(s.key for s in specs):
+            mine = tuple(s for s in specs if s.key == key)
+            cols = tuple(sorted({(s.field, s.kind) for s in mine if s.field}))
+            layouts.append(_Layout(key, cols, mine))
+        self.layouts = tuple(layouts)
+        self._by_id = {lay.id: lay for lay in self.layouts}
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.specs)
+
+    def new_state(self) -> PartitionState:
+        return PartitionState({lay.id: _empty(lay) for lay in self.layouts})
+
+    # ------------------------------------------------------------------ scoring
+    def apply(self, states: Mapping[int, PartitionState], columns: Mapping[str, Any], nulls: Mapping[str, np.ndarray],
+              symbols: Mapping[str, Sequence[str]], parts: np.ndarray, offsets: np.ndarray,
+              times: np.ndarray) -> Applied:
+        """Insert the batch's events (rows in partition order) and compute every aggregate for each row."""
+        n = len(offsets)
+        out = {s.name: np.full(n, np.nan) for s in self.specs}
+        records: list[tuple[bytes, bytes | None, int]] = []
+        for lay in self.layouts:
+            kcol = columns.get(lay.key)
+            if kcol is None:
+                raise ConfigError(f"aggregates: the key field {lay.key!r} is not in the input")
+            kcodes, ktexts = key_values(kcol, symbols.get(lay.key), n)
+            knull = nulls.get(lay.key)
+            if knull is not None:
+                kcodes = np.where(knull, -1, kcodes)
+            vals, raws = self._fields(lay, columns, nulls, symbols, n)
+            for p in np.unique(parts).tolist():
+                rows = np.flatnonzero((parts == p) & (kcodes >= 0))
+                st = states[p].parts[lay.id]
+                if len(rows):
+                    res = self._apply_part(lay, st, kcodes[rows], ktexts, times[rows], offsets[rows],
+                                           [v[rows] for v in vals])
+                    for name, col in res.items():
+                        out[name][rows] = col
+                    records.extend(_records(lay, ktexts, kcodes[rows], times[rows], offsets[rows], raws, rows, p))
+                records.extend((key, None, p) for key in st.tombstones)
+                st.tombstones = []
+        return Applied(out, records)
+
+    def _fields(self, lay: _Layout, columns: Mapping[str, Any], nulls: Mapping[str, np.ndarray],
+                symbols: Mapping[str, Sequence[str]], n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per store field: the values held (float64 or text hashes) and the raw values the changelog keeps."""
+        vals: list[np.ndarray] = []
+        raws: list[np.ndarray] = []          # per field: each row's value as JSON text
+        for name, kind in lay.fields:
+            col = columns.get(name)
+            if col is None:
+                raise ConfigError(f"aggregates: the field {name!r} is not in the input")
+            null = nulls.get(name)
+            if kind == "float":
+                v = np.asarray(col, np.float64).copy() if isinstance(col, np.ndarray) and col.dtype.kind in "iufb" \
+                    else np.array([_float(x) for x in _items(col)], np.float64)
+                if null is not None:
+                    v[null] = np.nan
+                vals.append(v)
+                raws.append(_json_numbers(v))
+            else:
+                codes, texts = key_values(col, symbols.get(name), n)
+                if null is not None:
+                    codes = np.where(null, -1, codes)
+                table = np.array([_hash(t) for t in texts] + [NULL_HASH], np.int64)
+                vals.append(table[codes])                       # code -1 -> the NULL_HASH slot
+                jtexts = np.array([json.dumps(t) for t in texts] + ["null"], dtype=object)
+                raws.append(jtexts[codes])
+        return vals, raws
+
+    def _apply_part(self, lay: _Layout, st: _Part, bcodes: np.ndarray, btexts: Sequence[str], t: np.ndarray,
+                    o: np.ndarray, vals: list[np.ndarray]) -> dict[str, np.ndarray]:
+        used, inv = np.unique(bcodes, return_inverse=True)
+        table = np.fromiter((st.code(btexts[u]) for u in used.tolist()), np.int64, len(used))
+        k = table[inv.reshape(-1)]
+        new = o > st.max_offset                                   # dedupe: an offset already held is a replay
+        if not new.all():
+            new[~new] = ~np.isin(o[~new], st.o)
+        touched = np.zeros(len(st.texts), bool)
+        touched[k] = True
+        held = touched[st.k]
+        ek = np.concatenate([st.k[held], k[new]])
+        et = np.concatenate([st.t[held], t[new]])
+        eo = np.concatenate([st.o[held], o[new]])
+        ev = [np.concatenate([a[held], b[new]]) for a, b in zip(st.v, vals)]
+        order = np.lexsort((eo, et, ek))
+        ek, et, eo = ek[order], et[order], eo[order]
+        ev = [a[order] for a in ev]
+        res = _compute(lay, ek, et, eo, ev, k, t, o)
+        st.append([k[new], t[new], o[new], *(b[new] for b in vals)])
+        st.newest = max(st.newest, int(t.max()))
+        _evict(lay, st, self.grace_ms)
+        return res
+
+    # ------------------------------------------------------------------ changelog
+    def restore(self, records: Iterable[Record]) -> PartitionState:
+        """A partition's state from its changelog records, in log order (a later record of a key wins)."""
+        latest: dict[bytes, bytes | None] = {}
+        for key, value in records:
+            latest[key] = value
+        state = self.new_state()
+        found: dict[str, list[tuple[str, int, list[Any]]]] = {lay.id: [] for lay in self.layouts}
+        stale: list[bytes] = []
+        for key, value in latest.items():
+            if value is None:
+                continue
+            sid, _, rest = key.decode("utf-8", "replace").partition(SEP)
+            text, _, off = rest.rpartition(SEP)
+            lay = self._by_id.get(sid)
+            if lay is None:
+                stale.append(key)                 # a layout no longer configured: deleted
+                continue
+            found[sid].append((text, int(off), json.loads(value)))
+        for lay in self.layouts:
+            st = state.parts[lay.id]
+            entries = found[lay.id]
+            m = len(entries)
+            arrays = [np.fromiter((st.code(text) for text, _, _ in entries), np.int64, m),
+                      np.fromiter((int(v[0]) for _, _, v in entries), np.int64, m),
+                      np.fromiter((off for _, off, _ in entries), np.int64, m)]
+            for j, (_, kind) in enumerate(lay.fields):
+                raw = [v[j + 1] if len(v) > j + 1 else None for _, _, v in entries]
+                if kind == "float":
+                    arrays.append(np.array([np.nan if x is None else float(x) for x in raw], np.float64))
+                else:
+                    arrays.append(np.array([NULL_HASH if x is None else _hash(str(x)) for x in raw], np.int64))
+            st.append(arrays)
+            if m:
+                st.newest = int(st.t.max())
+                _evict(lay, st, self.grace_ms)
+        first = state.parts[self.layouts[0].id] if self.layouts else None
+        if first is not None:
+            first.tombstones.extend(stale)
+        return state
+
+
+def _empty(lay: _Layout) -> _Part:
+    kinds = [np.int64, np.int64, np.int64, *(np.float64 if kind == "float" else np.int64 for _, kind in lay.fields)]
+    return _Part([np.zeros(0, dtype) for dtype in kinds])
+
+
+def _items(col: Any) -> list[Any]:
+    return col.to_list() if hasattr(col, "to_list") else list(col)
+
+
+def _float(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _hash(text: str) -> int:
+    h = hash(text)
+    return h if h != NULL_HASH else h + 1
+
+
+def _json_numbers(v: np.ndarray) -> np.ndarray:
+    """Each float as JSON text: null for NaN, 1e999 / -1e999 (which JSON parsers read as infinities) for inf."""
+    out = v.astype(str).astype(object)
+    out[np.isnan(v)] = "null"
+    out[np.isposinf(v)] = "1e999"
+    out[np.isneginf(v)] = "-1e999"
+    return out
+
+
+def _records(lay: _Layout, texts: Sequence[str], kcodes: np.ndarray, t: np.ndarray, o: np.ndarray,
+             raws: list[np.ndarray], rows: np.ndarray, partition: int) -> list[tuple[bytes, bytes, int]]:
+    """One record per row: key ``<store>\x1f<key>\x1f<offset>``, value ``[time, field values...]`` (JSON)."""
+    prefix = lay.id + SEP
+    values = ["[" + str(ti) for ti in t.tolist()]
+    for raw in raws:
+        values = [a + "," + b for a, b in zip(values, raw[rows].tolist())]
+    keys = [prefix + texts[c] + SEP + str(oi) for c, oi in zip(kcodes.tolist(), o.tolist())]
+    return [(k.encode(), (v + "]").encode(), partition) for k, v in zip(keys, values)]
+
+
+def _evict(lay: _Layout, st: _Part, grace_ms: int) -> None:
+    """Drop entries no replay within the grace can need; forget keys with none left."""
+    if not st.n:
+        return
+    cutoff = st.newest - lay.longest_ms - grace_ms
+    gone = st.t <= cutoff
+    if not gone.any():
+        return
+    prefix = lay.id + SEP
+    st.tombstones.extend((prefix + st.texts[c] + SEP + str(off)).encode()
+                         for c, off in zip(st.k[gone].tolist(), st.o[gone].tolist()))
+    st.keep(~gone)
+    live = np.flatnonzero(np.bincount(st.k, minlength=len(st.texts)))
+    if len(st.texts) > 2 * len(live) + 1024:              # renumber the keys still held
+        st.texts = [st.texts[c] for c in live.tolist()]
+        st.codes = {text: i for i, text in enumerate(st.texts)}
+        st.cols[0][:st.n] = np.searchsorted(live, st.k)
+
+
+def _compute(lay: _Layout, ek: np.ndarray, et: np.ndarray, eo: np.ndarray, ev: list[np.ndarray],
+             qk: np.ndarray, qt: np.ndarray, qo: np.ndarray) -> dict[str, np.ndarray]:
+    """Every aggregate of the store for each query (key, time, offset) over the entries sorted by (key, time, offset)."""
+    nq = len(qk)
+    out: dict[str, np.ndarray] = {}
+    tmin = int(min(et.min(initial=qt.min()), qt.min()))
+    span = int(max(et.max(initial=qt.max()), qt.max())) - tmin + 1
+    if (int(max(ek.max(initial=0), qk.max())) + 2) * span >= (1 << 62):
+        raise ConfigError("aggregates: the record times in one batch span too far to index (more than ~100 years)")
+    comp = ek * span + (et - tmin)
+    col = {f: j for j, f in enumerate(lay.fields)}
+    for w in sorted({s.window_ms for s in lay.specs}):
+        lo = np.searchsorted(comp, qk * span + np.clip(qt - w + 1 - tmin, 0, span - 1), "left")
+        hi = np.searchsorted(comp, qk * span + (qt - tmin), "right")
+        specs = [s for s in lay.specs if s.window_ms == w]
+        for s in specs:
+            out[s.name] = np.full(nq, np.nan)
+        for q0, q1, qi, ei in _pairs(lo, hi):
+            ok = eo[ei] <= qo[q0 + qi]
+            for s in specs:
+                v = None if s.field is None else ev[col[(s.field, s.kind)]]
+                out[s.name][q0:q1] = _reduce(s, q1 - q0, qi, ei, ok, v)
+    return out
+
+
+def _pairs(lo: np.ndarray, hi: np.ndarray) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """(first query, end query, query index relative to the first, entry index) of every (query, candidate
+    entry) pair, in chunks of at most MAX_PAIRS pairs (one query's pairs never split); query indices ascend."""
+    sizes = hi - lo
+    n = len(sizes)
+    start = 0
+    while start < n:
+        cum = np.cumsum(sizes[start:])
+        end = start + max(1, int(np.searchsorted(cum, MAX_PAIRS, "right")))
+        sz = sizes[start:end]
+        qi = np.repeat(np.arange(end - start), sz)
+        first = np.cumsum(sz) - sz
+        ei = lo[start:end][qi] + (np.arange(int(sz.sum())) - first[qi])
+        yield start, end, qi, ei
+        start = end
+
+
+def _reduce(s: AggregateSpec, nq: int, qi: np.ndarray, ei: np.ndarray, ok: np.ndarray,
+            v: np.ndarray | None) -> np.ndarray:
+    """One aggregate for ``nq`` queries from their (query, entry) pairs; ``ok``: the entry is at or before the query."""
+    if v is None:                                     # count of events
+        return np.bincount(qi[ok], minlength=nq).astype(np.float64)
+    x = v[ei]
+    ok = ok & (~np.isnan(x) if s.kind == "float" else x != NULL_HASH)
+    q, x = qi[ok], x[ok]
+    cnt = np.bincount(q, minlength=nq).astype(np.float64)
+    if s.op == "count":
+        return cnt
+    if s.op == "sum":
+        return np.bincount(q, weights=x, minlength=nq)
+    if s.op == "mean":
+        total = np.bincount(q, weights=x, minlength=nq)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(cnt > 0, total / np.maximum(cnt, 1.0), np.nan)
+    if s.op in ("min", "max"):
+        res = np.full(nq, np.nan)
+        if len(q):
+            uq, first = np.unique(q, return_index=True)
+            res[uq] = (np.minimum if s.op == "min" else np.maximum).reduceat(x, first)
+        return res
+    if not len(q):                                     # distinct_count
+        return np.zeros(nq)
+    _, codes = np.unique(x, return_inverse=True)
+    width = int(codes.max()) + 1
+    pairs = np.unique(q * width + codes.reshape(-1))
+    return np.bincount(pairs // width, minlength=nq).astype(np.float64)
