@@ -10,7 +10,8 @@ The restored state, not the group's committed offset, says where reading resumes
 recovery completes, and before Faust seeks the stream partitions to their committed offsets, a
 table with a ``resume`` hook commits the offset after the last record its restored state
 applied, per source partition (``StateTable.on_recovery_completed``), so a commit that got ahead
-of the changelog cannot skip a record and one behind it re-reads nothing.
+of the changelog cannot skip a record and one behind it re-reads nothing; and it holds the
+consumer's flow until Faust has finished resuming (records handed over before that were lost).
 """
 
 from __future__ import annotations
@@ -44,10 +45,19 @@ class StateTable(faust.Table):  # type: ignore[misc]   # faust is untyped
     async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
         """Runs after the state is restored and before Faust seeks the stream partitions to their
         committed offsets (``active_tps``: this table's changelog partitions, numbered as its
-        source partitions): committing the restored states' positions makes that seek land on them."""
+        source partitions): committing the restored states' positions makes that seek land on them.
+
+        The consumer's flow is stopped here too: Faust resumes the stream partitions, seeks, and
+        only then resumes its flow control, which empties every stream's queue; records the fetch
+        loop handed over in between (with the flow still on from reading the changelogs) were
+        dropped from the queue yet counted as read, so they were never processed nor
+        acknowledged: lost, or, when they were replays, a committed offset stuck behind them for
+        good. With the flow stopped the fetch loop hands over nothing until Faust resumes it,
+        after its flow control (``Recovery.on_recovery_completed``)."""
         await super().on_recovery_completed(active_tps, standby_tps)
         if self.resume is None:
             return
+        self.app.consumer.stop_flow()
         positions = self.resume(sorted({tp.partition for tp in active_tps}))
         if not positions:
             return
