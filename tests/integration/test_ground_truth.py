@@ -147,7 +147,12 @@ def test_quality_windows_equal_sklearn_across_a_kill(tmp_path: Path, bootstrap: 
                     and sum(committed(bootstrap, app_id, label_topic, 2).values()) >= len(labels))
         # the restart: start (~2 s), rejoin once the killed member's session expires (<= 10 s),
         # changelog recovery, then a broker round trip per labelled record; generous for a busy machine
-        wait_for(consumed, 300, "the restarted monitor to consume every prediction and label")
+        try:
+            wait_for(consumed, 300, "the restarted monitor to consume every prediction and label")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: committed {committed(bootstrap, app_id, pred_topic, 2)} of {len(preds)} "
+                                 f"predictions, {committed(bootstrap, app_id, label_topic, 2)} of {len(labels)} "
+                                 f"labels\nrestarted monitor's log:\n{mon.output()}") from None
         close = LATENESS_MS + HORIZON_MS + 10 * WINDOW_MS             # closes every window on both partitions
         _produce(bootstrap, label_topic, [(f"acct-{k}", json.dumps({"event_id": f"end{k}", "label": False,
                                                                      "label_time": close}).encode())
