@@ -251,8 +251,9 @@ def quality_resume(store: Store, parts: Iterable[int], topic: str) -> dict[tuple
 class QualityHandler:
     """One row operation at a time: windows per model|version|variant, closed ones to Redis.
 
-    The operation's offset is written last (key ``o|<partition>``), so a restored state says
-    where reading resumes (``quality_resume``); a crash before it re-reads an idempotent operation."""
+    The operation's offset is written after its other writes, deletes included (key
+    ``o|<partition>``), so a restored state says where reading resumes (``quality_resume``); a crash
+    before it re-reads an idempotent operation, and none after a delete it did not make."""
 
     def __init__(self, cfg: GroundTruthConfig, core: QualityCore, table: DurableStore, sink: RedisState,
                  metrics: MonitorMetrics, retry: Retry) -> None:
@@ -262,7 +263,7 @@ class QualityHandler:
         op = json.loads(value)
         self.table.take_writes()    # what the last record wrote was awaited: start afresh
         update, results = self.core.apply(self.table, partition, int(op["src"]), op)
-        update.put[f"o|{partition}"] = offset
+        update.then[f"o|{partition}"] = offset     # last: a crash before it re-reads the operation
         for result in results:      # Redis first (idempotent): a crash before the table write replays the close
             await self.retry(lambda: self.sink.write_quality(self.cfg.name, result,
                                                              keep_pairs=self.cfg.compare_windows))

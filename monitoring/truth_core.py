@@ -65,12 +65,14 @@ class Store(Protocol):
 
 @dataclass
 class Update:
-    """One record's changes: ``meta`` (None: unchanged) under ``meta_key``, then ``put`` and ``delete``."""
+    """One record's changes: ``meta`` (None: unchanged) under ``meta_key``, then ``put`` and ``delete``,
+    then ``then`` (set after everything else, e.g. the record's offset)."""
 
     meta_key: str
     meta: dict[str, Any] | None
     put: dict[str, Any] = field(default_factory=dict)
     delete: list[str] = field(default_factory=list)
+    then: dict[str, Any] = field(default_factory=dict)
 
 
 def write(store: Store, u: Update, *, again: bool = False) -> None:
@@ -87,6 +89,8 @@ def write(store: Store, u: Update, *, again: bool = False) -> None:
             store[key] = 0
         if store.get(key) is not None:
             del store[key]
+    for key, value in u.then.items():
+        store[key] = value
 
 
 def settle(store: Store, put: Mapping[str, Any], delete: Iterable[str]) -> None:
@@ -210,7 +214,7 @@ class JoinCore:
     def _update(meta: dict[str, Any], part: int, put: dict[str, Any], delete: list[str], ops: list[Op]
                 ) -> JoinUpdate:
         meta["last"] = {"put": put, "del": delete}
-        return JoinUpdate(f"m|{part}", meta, put, delete, ops)
+        return JoinUpdate(f"m|{part}", meta, put, delete, ops=ops)
 
     def _closed(self, meta: Mapping[str, Any], start: int) -> bool:
         return meta["wm"] is not None and self.windows.closable(start, int(meta["wm"]))

@@ -318,6 +318,17 @@ def test_join_handler_delivers_a_records_operations_before_writing_its_state() -
     assert registry.get_sample_value("streamscore_monitor_replayed_records_total") == 1   # the third: a replay
 
 
+async def _settle(table: Any) -> None:
+    """Deliver a pending table's writes as they come (a test's changelog)."""
+    import asyncio
+
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+        for f in table.sent:
+            if not f.done():
+                f.set_result(None)
+
+
 def test_truth_handlers_return_only_once_their_changelog_writes_are_delivered() -> None:
     """A record is acknowledged when its handler returns: not before its state is on the changelog,
     and a failed changelog write is repeated, deletes included."""
@@ -396,6 +407,10 @@ def test_truth_handlers_return_only_once_their_changelog_writes_are_delivered() 
             f.set_result(None)
         await asyncio.wait_for(task, 1)
         assert qtable.log[-1] == ("o|0", "7")                   # the operation's offset, written last
+        del_op = {**set_op, "op": "del"}
+        await asyncio.wait_for(asyncio.gather(qual.handle(0, 8, json.dumps(del_op).encode()),
+                                              _settle(qtable)), 1)
+        assert qtable.log[-2:] == [("r|0|m|1|primary|0|a", None), ("o|0", "8")]   # after the delete, not before
 
     asyncio.run(run())
 
