@@ -19,8 +19,10 @@ Crash safety (why a SIGKILL + restart ends with the same window results):
 5. The restored state, not the group's committed offset, says where reading resumes: when a
    recovery completes, and before Faust seeks the stream to the committed offsets, the
    offset after each restored partition state is committed (``faust_state.StateTable``), so a commit
-   that got ahead of the changelog (or behind it) cannot skip (or re-read) a record. A first
-   record past that point all the same is logged as an error and counted.
+   that got ahead of the changelog (or behind it) cannot skip (or re-read) a record; and the
+   consumer's flow is held until Faust has finished resuming (records handed over before
+   that were dropped unprocessed). A first record past that point all the same is logged as
+   an error and counted.
 
 Telemetry must be keyed by model (``TelemetryBuilder.key()``) so each model's windows
 live in one partition.
