@@ -31,6 +31,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Literal
 
 import numpy as np
@@ -156,6 +157,13 @@ class _Part:
             self.texts.append(text)
         return c
 
+    def codes_of(self, texts: Sequence[str]) -> np.ndarray:
+        """The codes of distinct key texts, new keys numbered on."""
+        got = np.fromiter(map(self.codes.get, texts, repeat(-1)), np.int64, len(texts))
+        for i in np.flatnonzero(got < 0).tolist():
+            got[i] = self.code(texts[i])
+        return got
+
     def nbytes(self) -> int:
         return int(sum(c.nbytes for c in self.cols)) + KEY_BYTES * len(self.codes)
 
@@ -179,6 +187,55 @@ class Applied:
 
     columns: dict[str, np.ndarray]
     records: list[tuple[bytes, bytes | None, int]]        # key, value (None: tombstone), partition
+
+
+class _Gathered:
+    """One store's share of a batch over all its partitions: per partition the queries (the batch's rows:
+    key code, time, offset), which of them are new, and the held entries of the keys they touch. Key codes
+    are shifted by a per-partition base, so every partition is computed in one pass."""
+
+    def __init__(self) -> None:
+        self.index: dict[int, int] = {}
+        self.rows: list[np.ndarray] = []
+        self.base: list[int] = []
+        self.q: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+        self.new: list[np.ndarray] = []
+        self.vals: list[list[np.ndarray]] = []
+        self.e: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+        self.ev: list[list[np.ndarray]] = []
+        self._next = 0
+
+    def add(self, st: _Part, p: int, rows: np.ndarray, bcodes: np.ndarray, btexts: Sequence[str], t: np.ndarray,
+            o: np.ndarray, vals: list[np.ndarray]) -> None:
+        used, inv = np.unique(bcodes, return_inverse=True)
+        k = st.codes_of([btexts[u] for u in used.tolist()])[inv.reshape(-1)]
+        new = o > st.max_offset                                   # dedupe: an offset already held is a replay
+        if not new.all():
+            new[~new] = ~np.isin(o[~new], st.o)
+        touched = np.zeros(len(st.texts), bool)
+        touched[k] = True
+        held = touched[st.k]
+        base = self._next
+        self._next += len(st.texts)
+        self.index[p] = len(self.rows)
+        self.rows.append(rows)
+        self.base.append(base)
+        for lst, a in zip(self.q, (k + base, t, o)):
+            lst.append(a)
+        self.new.append(new)
+        self.vals.append(vals)
+        for lst, a, b in zip(self.e, (st.k + base, st.t, st.o), (k + base, t, o)):
+            lst.append(a[held])
+            lst.append(b[new])
+        self.ev.append([a[held] for a in st.v])
+        self.ev.append([b[new] for b in vals])
+
+    def compute(self, lay: _Layout) -> dict[str, np.ndarray]:
+        """Every aggregate of the store for each query, in the order the partitions were added."""
+        qk, qt, qo = (np.concatenate(lst) for lst in self.q)
+        ek, et, eo = (np.concatenate(lst) for lst in self.e)
+        ev = [np.concatenate(cols) for cols in zip(*self.ev)] if lay.fields else []
+        return _compute(lay, ek, et, eo, ev, qk, qt, qo)
 
 
 class AggregateEngine:
@@ -226,15 +283,28 @@ class AggregateEngine:
             if knull is not None:
                 kcodes = np.where(knull, -1, kcodes)
             vals, raws = self._fields(lay, columns, nulls, symbols, n)
+            batch = _Gathered()
             for p in np.unique(parts).tolist():
                 rows = np.flatnonzero((parts == p) & (kcodes >= 0))
-                st = states[p].parts[lay.id]
                 if len(rows):
-                    res = self._apply_part(lay, st, kcodes[rows], ktexts, times[rows], offsets[rows],
-                                           [v[rows] for v in vals])
-                    for name, col in res.items():
-                        out[name][rows] = col
-                    records.extend(_records(lay, ktexts, kcodes[rows], times[rows], offsets[rows], raws, rows, p))
+                    batch.add(states[p].parts[lay.id], p, rows, kcodes[rows], ktexts, times[rows], offsets[rows],
+                              [v[rows] for v in vals])
+            if batch.rows:
+                rows = np.concatenate(batch.rows)
+                for name, col in batch.compute(lay).items():
+                    out[name][rows] = col
+            head = lay.id + SEP
+            prefixes = [(head + text + SEP).encode() for text in ktexts]
+            for p in np.unique(parts).tolist():
+                st = states[p].parts[lay.id]
+                if p in batch.index:
+                    i = batch.index[p]
+                    st.append([batch.q[0][i][batch.new[i]] - batch.base[i], batch.q[1][i][batch.new[i]],
+                               batch.q[2][i][batch.new[i]], *(b[batch.new[i]] for b in batch.vals[i])])
+                    st.newest = max(st.newest, int(batch.q[1][i].max()))
+                    _evict(lay, st, self.grace_ms)
+                    r = batch.rows[i]
+                    records.extend(_records(prefixes, kcodes[r], times[r], offsets[r], [raw[r] for raw in raws], p))
                 records.extend((key, None, p) for key in st.tombstones)
                 st.tombstones = []
         return Applied(out, records)
@@ -265,30 +335,6 @@ class AggregateEngine:
                 jtexts = np.array([json.dumps(t) for t in texts] + ["null"], dtype=object)
                 raws.append(jtexts[codes])
         return vals, raws
-
-    def _apply_part(self, lay: _Layout, st: _Part, bcodes: np.ndarray, btexts: Sequence[str], t: np.ndarray,
-                    o: np.ndarray, vals: list[np.ndarray]) -> dict[str, np.ndarray]:
-        used, inv = np.unique(bcodes, return_inverse=True)
-        table = np.fromiter((st.code(btexts[u]) for u in used.tolist()), np.int64, len(used))
-        k = table[inv.reshape(-1)]
-        new = o > st.max_offset                                   # dedupe: an offset already held is a replay
-        if not new.all():
-            new[~new] = ~np.isin(o[~new], st.o)
-        touched = np.zeros(len(st.texts), bool)
-        touched[k] = True
-        held = touched[st.k]
-        ek = np.concatenate([st.k[held], k[new]])
-        et = np.concatenate([st.t[held], t[new]])
-        eo = np.concatenate([st.o[held], o[new]])
-        ev = [np.concatenate([a[held], b[new]]) for a, b in zip(st.v, vals)]
-        order = np.lexsort((eo, et, ek))
-        ek, et, eo = ek[order], et[order], eo[order]
-        ev = [a[order] for a in ev]
-        res = _compute(lay, ek, et, eo, ev, k, t, o)
-        st.append([k[new], t[new], o[new], *(b[new] for b in vals)])
-        st.newest = max(st.newest, int(t.max()))
-        _evict(lay, st, self.grace_ms)
-        return res
 
     # ------------------------------------------------------------------ changelog
     def restore(self, records: Iterable[Record]) -> PartitionState:
@@ -355,22 +401,20 @@ def _hash(text: str) -> int:
 
 def _json_numbers(v: np.ndarray) -> np.ndarray:
     """Each float as JSON text: null for NaN, 1e999 / -1e999 (which JSON parsers read as infinities) for inf."""
-    out = v.astype(str).astype(object)
-    out[np.isnan(v)] = "null"
-    out[np.isposinf(v)] = "1e999"
-    out[np.isneginf(v)] = "-1e999"
+    out = np.array(list(map(float.__repr__, v.tolist())), dtype=object)
+    for i in np.flatnonzero(~np.isfinite(v)).tolist():
+        out[i] = "null" if np.isnan(v[i]) else "1e999" if v[i] > 0 else "-1e999"
     return out
 
 
-def _records(lay: _Layout, texts: Sequence[str], kcodes: np.ndarray, t: np.ndarray, o: np.ndarray,
-             raws: list[np.ndarray], rows: np.ndarray, partition: int) -> list[tuple[bytes, bytes, int]]:
-    """One record per row: key ``<store>\x1f<key>\x1f<offset>``, value ``[time, field values...]`` (JSON)."""
-    prefix = lay.id + SEP
-    values = ["[" + str(ti) for ti in t.tolist()]
-    for raw in raws:
-        values = [a + "," + b for a, b in zip(values, raw[rows].tolist())]
-    keys = [prefix + texts[c] + SEP + str(oi) for c, oi in zip(kcodes.tolist(), o.tolist())]
-    return [(k.encode(), (v + "]").encode(), partition) for k, v in zip(keys, values)]
+def _records(prefixes: Sequence[bytes], kcodes: np.ndarray, t: np.ndarray, o: np.ndarray,
+             raws: list[np.ndarray], partition: int) -> list[tuple[bytes, bytes, int]]:
+    """One record per row: key ``<store>\x1f<key>\x1f<offset>`` (``prefixes``: each key code's text up to the
+    offset), value ``[time, field values...]`` (JSON)."""
+    keys = [b"%s%d" % (prefixes[c], oi) for c, oi in zip(kcodes.tolist(), o.tolist())]
+    fmt = "[%d" + ",%s" * len(raws) + "]"
+    values = [(fmt % row).encode() for row in zip(t.tolist(), *(raw.tolist() for raw in raws))]
+    return list(zip(keys, values, repeat(partition)))
 
 
 def _evict(lay: _Layout, st: _Part, grace_ms: int) -> None:
@@ -394,26 +438,31 @@ def _evict(lay: _Layout, st: _Part, grace_ms: int) -> None:
 
 def _compute(lay: _Layout, ek: np.ndarray, et: np.ndarray, eo: np.ndarray, ev: list[np.ndarray],
              qk: np.ndarray, qt: np.ndarray, qo: np.ndarray) -> dict[str, np.ndarray]:
-    """Every aggregate of the store for each query (key, time, offset) over the entries sorted by (key, time, offset)."""
+    """Every aggregate of the store for each query (key, time, offset) over the entries (any order)."""
     nq = len(qk)
-    out: dict[str, np.ndarray] = {}
+    out = {s.name: np.full(nq, np.nan) for s in lay.specs}
     tmin = int(min(et.min(initial=qt.min()), qt.min()))
     span = int(max(et.max(initial=qt.max()), qt.max())) - tmin + 1
     if (int(max(ek.max(initial=0), qk.max())) + 2) * span >= (1 << 62):
         raise ConfigError("aggregates: the record times in one batch span too far to index (more than ~100 years)")
     comp = ek * span + (et - tmin)
+    order = np.lexsort((eo, comp))                            # by (key, time, offset)
+    comp, et, eo = comp[order], et[order], eo[order]
+    ev = [a[order] for a in ev]
     col = {f: j for j, f in enumerate(lay.fields)}
-    for w in sorted({s.window_ms for s in lay.specs}):
-        lo = np.searchsorted(comp, qk * span + np.clip(qt - w + 1 - tmin, 0, span - 1), "left")
-        hi = np.searchsorted(comp, qk * span + (qt - tmin), "right")
-        specs = [s for s in lay.specs if s.window_ms == w]
-        for s in specs:
-            out[s.name] = np.full(nq, np.nan)
-        for q0, q1, qi, ei in _pairs(lo, hi):
-            ok = eo[ei] <= qo[q0 + qi]
-            for s in specs:
-                v = None if s.field is None else ev[col[(s.field, s.kind)]]
-                out[s.name][q0:q1] = _reduce(s, q1 - q0, qi, ei, ok, v)
+    longest = lay.longest_ms
+    lo = np.searchsorted(comp, qk * span + np.clip(qt - longest + 1 - tmin, 0, span - 1), "left")
+    hi = np.searchsorted(comp, qk * span + (qt - tmin), "right")
+    windows = sorted({s.window_ms for s in lay.specs})
+    for q0, q1, qi, ei in _pairs(lo, hi):
+        ok = eo[ei] <= qo[q0 + qi]                            # the entry is at or before the query
+        age = qt[q0 + qi] - et[ei]                            # >= 0; the entry is inside window w when age < w
+        for w in windows:
+            okw = ok if w == longest else ok & (age < w)
+            for s in lay.specs:
+                if s.window_ms == w:
+                    v = None if s.field is None else ev[col[(s.field, s.kind)]]
+                    out[s.name][q0:q1] = _reduce(s, q1 - q0, qi, ei, okw, v)
     return out
 
 
