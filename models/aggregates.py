@@ -96,6 +96,11 @@ class _Layout:
         return f"{self.key}#{digest}"
 
     @property
+    def value_format(self) -> bytes:
+        """A changelog value: ``[time`` then each field, a float with ``%r``, a text as its JSON bytes."""
+        return b"[%d" + b"".join(b",%r" if kind == "float" else b",%s" for _, kind in self.fields) + b"]"
+
+    @property
     def longest_ms(self) -> int:
         return max(s.window_ms for s in self.specs)
 
@@ -183,10 +188,19 @@ class PartitionState:
 
 @dataclass
 class Applied:
-    """A batch's aggregate columns (one value per row, NaN where undefined) and its changelog records."""
+    """A batch's aggregate columns (one value per row, NaN where undefined) and its changelog records: one
+    per event (``keys``, ``values``, ``partitions``), then the evicted entries' tombstones (key, partition)."""
 
     columns: dict[str, np.ndarray]
-    records: list[tuple[bytes, bytes | None, int]]        # key, value (None: tombstone), partition
+    keys: list[bytes] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
+    tombstones: list[tuple[bytes, int]] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[tuple[bytes, bytes | None, int]]:
+        """Every record as (key, value, partition), a tombstone's value None; in each partition, log order."""
+        return [*zip(self.keys, self.values, self.partitions), *((k, None, p) for k, p in self.tombstones)]
 
 
 class _Gathered:
@@ -272,8 +286,7 @@ class AggregateEngine:
               times: np.ndarray) -> Applied:
         """Insert the batch's events (rows in partition order) and compute every aggregate for each row."""
         n = len(offsets)
-        out = {s.name: np.full(n, np.nan) for s in self.specs}
-        records: list[tuple[bytes, bytes | None, int]] = []
+        applied = Applied({s.name: np.full(n, np.nan) for s in self.specs})
         for lay in self.layouts:
             kcol = columns.get(lay.key)
             if kcol is None:
@@ -292,9 +305,14 @@ class AggregateEngine:
             if batch.rows:
                 rows = np.concatenate(batch.rows)
                 for name, col in batch.compute(lay).items():
-                    out[name][rows] = col
-            head = lay.id + SEP
-            prefixes = [(head + text + SEP).encode() for text in ktexts]
+                    applied.columns[name][rows] = col
+                head = lay.id + SEP
+                prefixes = [(head + text + SEP).encode() for text in ktexts]
+                keys, values = _records(prefixes, lay.value_format, kcodes[rows], times[rows], offsets[rows],
+                                        [raw[rows] for raw in raws])
+                applied.keys.extend(keys)
+                applied.values.extend(values)
+                applied.partitions.extend(parts[rows].tolist())
             for p in np.unique(parts).tolist():
                 st = states[p].parts[lay.id]
                 if p in batch.index:
@@ -303,17 +321,15 @@ class AggregateEngine:
                                batch.q[2][i][batch.new[i]], *(b[batch.new[i]] for b in batch.vals[i])])
                     st.newest = max(st.newest, int(batch.q[1][i].max()))
                     _evict(lay, st, self.grace_ms)
-                    r = batch.rows[i]
-                    records.extend(_records(prefixes, kcodes[r], times[r], offsets[r], [raw[r] for raw in raws], p))
-                records.extend((key, None, p) for key in st.tombstones)
+                applied.tombstones.extend(zip(st.tombstones, repeat(p)))
                 st.tombstones = []
-        return Applied(out, records)
+        return applied
 
     def _fields(self, lay: _Layout, columns: Mapping[str, Any], nulls: Mapping[str, np.ndarray],
                 symbols: Mapping[str, Sequence[str]], n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per store field: the values held (float64 or text hashes) and the raw values the changelog keeps."""
         vals: list[np.ndarray] = []
-        raws: list[np.ndarray] = []          # per field: each row's value as JSON text
+        raws: list[np.ndarray] = []          # per field: each row's value, written as JSON by ``_records``
         for name, kind in lay.fields:
             col = columns.get(name)
             if col is None:
@@ -332,7 +348,7 @@ class AggregateEngine:
                     codes = np.where(null, -1, codes)
                 table = np.array([_hash(t) for t in texts] + [NULL_HASH], np.int64)
                 vals.append(table[codes])                       # code -1 -> the NULL_HASH slot
-                jtexts = np.array([json.dumps(t) for t in texts] + ["null"], dtype=object)
+                jtexts = np.array([json.dumps(t).encode() for t in texts] + [b"null"], dtype=object)
                 raws.append(jtexts[codes])
         return vals, raws
 
@@ -399,22 +415,35 @@ def _hash(text: str) -> int:
     return h if h != NULL_HASH else h + 1
 
 
+class _Literal:
+    """A JSON token written with ``%r``."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+NULL, POS_INF, NEG_INF = _Literal("null"), _Literal("1e999"), _Literal("-1e999")
+
+
 def _json_numbers(v: np.ndarray) -> np.ndarray:
-    """Each float as JSON text: null for NaN, 1e999 / -1e999 (which JSON parsers read as infinities) for inf."""
-    out = np.array(list(map(float.__repr__, v.tolist())), dtype=object)
+    """Each float as a Python float (written with ``%r``: its shortest repr) or, for NaN, ``null`` and for
+    inf, 1e999 / -1e999 (which JSON parsers read as infinities)."""
+    out = v.astype(object)
     for i in np.flatnonzero(~np.isfinite(v)).tolist():
-        out[i] = "null" if np.isnan(v[i]) else "1e999" if v[i] > 0 else "-1e999"
+        out[i] = NULL if np.isnan(v[i]) else POS_INF if v[i] > 0 else NEG_INF
     return out
 
 
-def _records(prefixes: Sequence[bytes], kcodes: np.ndarray, t: np.ndarray, o: np.ndarray,
-             raws: list[np.ndarray], partition: int) -> list[tuple[bytes, bytes, int]]:
+def _records(prefixes: Sequence[bytes], fmt: bytes, kcodes: np.ndarray, t: np.ndarray, o: np.ndarray,
+             raws: list[np.ndarray]) -> tuple[list[bytes], list[bytes]]:
     """One record per row: key ``<store>\x1f<key>\x1f<offset>`` (``prefixes``: each key code's text up to the
-    offset), value ``[time, field values...]`` (JSON)."""
+    offset), value ``[time, field values...]`` (JSON, ``fmt``: ``_Layout.value_format``; ``raws`` from ``_fields``)."""
     keys = [b"%s%d" % (prefixes[c], oi) for c, oi in zip(kcodes.tolist(), o.tolist())]
-    fmt = "[%d" + ",%s" * len(raws) + "]"
-    values = [(fmt % row).encode() for row in zip(t.tolist(), *(raw.tolist() for raw in raws))]
-    return list(zip(keys, values, repeat(partition)))
+    values = [fmt % row for row in zip(t.tolist(), *(raw.tolist() for raw in raws))]
+    return keys, values
 
 
 def _evict(lay: _Layout, st: _Part, grace_ms: int) -> None:
