@@ -165,8 +165,12 @@ class _Part:
     def codes_of(self, texts: Sequence[str]) -> np.ndarray:
         """The codes of distinct key texts, new keys numbered on."""
         got = np.fromiter(map(self.codes.get, texts, repeat(-1)), np.int64, len(texts))
-        for i in np.flatnonzero(got < 0).tolist():
-            got[i] = self.code(texts[i])
+        miss = np.flatnonzero(got < 0).tolist()
+        if miss:
+            new = list(dict.fromkeys([texts[i] for i in miss]))
+            self.codes.update(zip(new, range(len(self.texts), len(self.texts) + len(new))))
+            self.texts.extend(new)
+            got[miss] = np.fromiter(map(self.codes.__getitem__, [texts[i] for i in miss]), np.int64, len(miss))
         return got
 
     def nbytes(self) -> int:
