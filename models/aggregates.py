@@ -232,7 +232,7 @@ class _Gathered:
             new[~new] = ~np.isin(o[~new], st.o)
         touched = np.zeros(len(st.texts), bool)
         touched[k] = True
-        held = touched[st.k]
+        held = np.flatnonzero(touched[st.k])                     # the touched keys' entries: one pass over the state
         base = self._next
         self._next += len(st.texts)
         self.index[p] = len(self.rows)
@@ -242,9 +242,11 @@ class _Gathered:
             lst.append(a)
         self.new.append(new)
         self.vals.append(vals)
-        for lst, a, b in zip(self.e, (st.k + base, st.t, st.o), (k + base, t, o)):
+        for lst, a, b in zip(self.e, (st.k, st.t, st.o), (k, t, o)):
             lst.append(a[held])
             lst.append(b[new])
+        self.e[0][-2] += base
+        self.e[0][-1] += base
         self.ev.append([a[held] for a in st.v])
         self.ev.append([b[new] for b in vals])
 
@@ -310,9 +312,7 @@ class AggregateEngine:
                 rows = np.concatenate(batch.rows)
                 for name, col in batch.compute(lay).items():
                     applied.columns[name][rows] = col
-                head = lay.id + SEP
-                prefixes = [(head + text + SEP).encode() for text in ktexts]
-                keys, values = _records(prefixes, lay.value_format, kcodes[rows], times[rows], offsets[rows],
+                keys, values = _records((lay.id + SEP).encode(), list(map(str.encode, ktexts)), lay.value_format, kcodes[rows], times[rows], offsets[rows],
                                         [raw[rows] for raw in raws])
                 applied.keys.extend(keys)
                 applied.values.extend(values)
@@ -441,11 +441,11 @@ def _json_numbers(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def _records(prefixes: Sequence[bytes], fmt: bytes, kcodes: np.ndarray, t: np.ndarray, o: np.ndarray,
+def _records(head: bytes, texts: Sequence[bytes], fmt: bytes, kcodes: np.ndarray, t: np.ndarray, o: np.ndarray,
              raws: list[np.ndarray]) -> tuple[list[bytes], list[bytes]]:
-    """One record per row: key ``<store>\x1f<key>\x1f<offset>`` (``prefixes``: each key code's text up to the
-    offset), value ``[time, field values...]`` (JSON, ``fmt``: ``_Layout.value_format``; ``raws`` from ``_fields``)."""
-    keys = [b"%s%d" % (prefixes[c], oi) for c, oi in zip(kcodes.tolist(), o.tolist())]
+    """One record per row: key ``<store>\x1f<key>\x1f<offset>`` (``head``: the store and the separator; ``texts``
+    by key code), value ``[time, field values...]`` (JSON, ``fmt``: ``_Layout.value_format``; ``raws``: ``_fields``)."""
+    keys = [b"%s%s\x1f%d" % (head, texts[c], oi) for c, oi in zip(kcodes.tolist(), o.tolist())]
     values = [fmt % row for row in zip(t.tolist(), *(raw.tolist() for raw in raws))]
     return keys, values
 

@@ -304,7 +304,7 @@ def key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndar
             return codes, [str(int(u)) if float(u).is_integer() else repr(float(u)) for u in uniq.tolist()]
         return codes, [str(u) for u in uniq.tolist()]
     codes, uniques = string_values(col, symbols, n)
-    return codes, [str(u) for u in uniques.tolist()]
+    return codes, uniques.tolist()                      # already str
 
 
 def _floats(col: np.ndarray, present: np.ndarray) -> np.ndarray:
