@@ -294,8 +294,42 @@ class Lookups:
         return dead
 
 
+class _Coded:
+    """The last few columns ``key_values`` coded, with their results: a batch's aggregates and lookups read the
+    same key column, which is coded once. An entry holds its column, so an identity match is that very column;
+    the codes are read-only and callers must not change the texts."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self.entries: tuple[tuple[Any, Sequence[str] | None, int, np.ndarray, list[str]], ...] = ()
+
+    def get(self, col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[str]] | None:
+        for c, s, m, codes, texts in self.entries:          # a snapshot: replaced whole, never changed
+            if c is col and s is symbols and m == n:
+                return codes, texts
+        return None
+
+    def put(self, col: Any, symbols: Sequence[str] | None, n: int, codes: np.ndarray, texts: list[str]) -> None:
+        codes.flags.writeable = False
+        self.entries = ((col, symbols, n, codes, texts), *self.entries[:self.size - 1])
+
+
+_CODED = _Coded()
+
+
 def key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[str]]:
-    """(codes, distinct key values as text) of the key column; code -1 = null."""
+    """(codes, distinct key values as text) of the key column; code -1 = null. The codes are read-only."""
+    hit = _CODED.get(col, symbols, n)
+    if hit is not None:
+        return hit
+    codes, texts = _key_values(col, symbols, n)
+    if isinstance(col, np.ndarray) and np.shares_memory(codes, col):
+        codes = codes.copy()                            # an enum's codes may be the column itself
+    _CODED.put(col, symbols, n, codes, texts)
+    return codes, texts
+
+
+def _key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[str]]:
     if isinstance(col, np.ndarray) and col.dtype.kind in "iuf" and symbols is None:
         uniq, inv = np.unique(col, return_inverse=True)
         codes = inv.reshape(n).astype(np.int64)

@@ -187,3 +187,18 @@ def test_feature_maps_name_every_numeric_column_and_skip_strings() -> None:
     feats = spec.build(cols)
     maps = ModelRunner(None, input_spec=spec, output_spec=OutputSpec(), threshold=0.5).feature_maps(feats, np.array([1]))
     assert maps.tolist() == [{"limit": 2.0, "tier=gold": 0.0, "tier=<other>": 1.0}]
+
+
+def test_a_key_column_is_coded_once_per_batch_and_its_codes_are_read_only() -> None:
+    from models.lookups import key_values
+
+    col = StrColumn.from_bytes([b"b", b"a", None, b"b"])
+    codes, texts = key_values(col, None, 4)
+    again, _ = key_values(col, None, 4)
+    assert again is codes and texts == ["a", "b"] and codes.tolist() == [1, 0, -1, 1]
+    assert not codes.flags.writeable
+    other, _ = key_values(StrColumn.from_bytes([b"b", b"a", None, b"b"]), None, 4)   # another column: coded anew
+    assert other is not codes
+    enum = np.array([1, 0], np.int64)
+    key_values(enum, ("x", "y"), 2)
+    assert enum.flags.writeable                          # the column itself is left writable
