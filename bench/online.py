@@ -152,7 +152,7 @@ def micro(redis_url: str | None, events: int = 400_000, batch: int = 8192) -> di
         offsets = next_offset[parts] + np.arange(len(acct)) - np.searchsorted(parts, parts)
         next_offset += np.bincount(parts, minlength=4)
         cols = {"account_id": StrColumn.from_bytes([b"acct-%06d" % k for k in acct.tolist()]),
-                "amount": rng.gamma(2.0, 20.0, len(acct)),
+                "amount": np.round(rng.gamma(2.0, 20.0, len(acct)), 2),       # cents, as the demo events
                 "country": StrColumn.from_bytes(countries[rng.integers(0, 8, len(acct))].tolist())}
         times = 1_764_600_000_000 + (lo + np.arange(len(acct))) // 50
         for stage, run in (("aggregates", lambda: engine.apply(states, cols, {}, {}, parts, offsets, times)),

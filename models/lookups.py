@@ -131,7 +131,8 @@ class _Cache:
         self.slots: dict[str, int] = {}
         self.at = np.zeros(0)
         self.table = _Table.empty(self.kinds, 0)
-        self._free: list[int] = []
+        self._free: list[int] = []                 # slots of dropped keys, to reuse
+        self._next = 0                             # slots ever handed out
 
     def get(self, keys: Sequence[str], now: float) -> np.ndarray:
         """Each key's slot, -1 where it is not cached or no longer fresh."""
@@ -142,25 +143,26 @@ class _Cache:
         return slots
 
     def put(self, keys: Sequence[str], table: _Table, now: float) -> None:
+        """Cache distinct ``keys`` (a refetched key keeps its slot and moves to the end: dict order is fetch order)."""
         if self.ttl_s <= 0:
             return
-        slots = np.empty(len(keys), np.int64)
-        for i, k in enumerate(keys):
-            slot = self.slots.pop(k, -1)           # re-insert: dict order is fetch order
-            if slot < 0:
-                slot = self._free.pop() if self._free else len(self.slots) + len(self._free)
-            self.slots[k] = slots[i] = slot
-        need = int(slots.max(initial=-1)) + 1
-        if need > len(self.at):
-            cap = max(need, 2 * len(self.at), 1024)
+        slots = np.fromiter(map(self.slots.pop, keys, repeat(-1)), np.int64, len(keys))
+        fresh = np.flatnonzero(slots < 0)
+        reused = self._free[max(0, len(self._free) - len(fresh)):]
+        del self._free[len(self._free) - len(reused):]
+        slots[fresh] = np.concatenate([np.asarray(reused, np.int64),
+                                       np.arange(self._next, self._next + len(fresh) - len(reused))])
+        self._next += len(fresh) - len(reused)
+        self.slots.update(zip(keys, slots.tolist()))
+        if self._next > len(self.at):
+            cap = max(self._next, 2 * len(self.at), 1024)
             self.at = np.concatenate([self.at, np.zeros(cap - len(self.at))])
             self.table = self.table.grown(self.kinds, cap)
         self.at[slots] = now
         self.table.put(slots, table)
         over = len(self.slots) - self.max_keys
-        if over > 0:
-            for k in list(islice(self.slots, over)):   # the oldest fetches go first
-                self._free.append(self.slots.pop(k))
+        if over > 0:                                   # the oldest fetches go first
+            self._free.extend(map(self.slots.pop, list(islice(self.slots, over))))
 
 
 @dataclass
