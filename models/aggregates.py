@@ -543,5 +543,9 @@ def _reduce(s: AggregateSpec, nq: int, qi: np.ndarray, ei: np.ndarray, ok: np.nd
         return np.zeros(nq)
     _, codes = np.unique(x, return_inverse=True)
     width = int(codes.max()) + 1
-    pairs = np.unique(q * width + codes.reshape(-1))
-    return np.bincount(pairs // width, minlength=nq).astype(np.float64)
+    cells = q * width + codes.reshape(-1)                 # (query, distinct value)
+    if nq * width <= max(4 * len(q), 1 << 16):           # few distinct values: mark a dense table
+        seen = np.zeros(nq * width, bool)
+        seen[cells] = True
+        return seen.reshape(nq, width).sum(axis=1).astype(np.float64)
+    return np.bincount(np.unique(cells) // width, minlength=nq).astype(np.float64)
