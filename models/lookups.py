@@ -298,8 +298,9 @@ class Lookups:
 
 class _Coded:
     """The last few columns ``key_values`` coded, with their results: a batch's aggregates and lookups read the
-    same key column, which is coded once. An entry holds its column, so an identity match is that very column;
-    the codes are read-only and callers must not change the texts."""
+    same key column, which is coded once. An entry holds its column, so an identity match is that very column
+    (decoded columns are new objects per batch and never changed in place); the codes are read-only and
+    callers must not change the texts."""
 
     def __init__(self, size: int = 4) -> None:
         self.size = size
