@@ -118,5 +118,59 @@ def state_rss(keys: int = KEYS, per_key: int = 20, batch: int = 8192) -> dict[st
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def micro(redis_url: str | None, events: int = 400_000, batch: int = 8192) -> dict[str, float]:
+    """The two stages in process, no broker: ``events`` events over ``KEYS`` accounts (4 partitions, keyed),
+    in batches of ``batch``, through the three aggregates and (with ``redis_url``, its hashes loaded by
+    ``load_redis``) the lookup; microseconds per event of wall and of this process's CPU time."""
+    import threading
+    import time
+
+    from models.aggregates import AggregateEngine
+    from models.lookups import Lookup, RedisHashStore
+    from schemas.columns import StrColumn
+    from streamscore.config import AggregateConfig, LookupConfig
+
+    class Quiet:
+        def lookup_wait(self, pipeline: str, lookup: str, seconds: float) -> None: ...
+        def lookup_keys(self, pipeline: str, lookup: str, fetched: int, cached: int, missing: int) -> None: ...
+
+    engine = AggregateEngine([AggregateConfig.model_validate(a).spec() for a in AGGREGATES])
+    states = {p: engine.new_state() for p in range(4)}
+    lookup = None
+    if redis_url:
+        load_redis(redis_url)
+        spec = LookupConfig.model_validate(pipeline("in", "out", redis_url)["lookups"][0]).spec()
+        lookup = Lookup(spec, RedisHashStore(redis_url), pipeline="p", metrics=Quiet(), stop=threading.Event())
+    rng = np.random.default_rng(1)
+    countries = np.array([b"DE", b"FR", b"GB", b"US", b"NL", b"ES", b"IT", b"PL"], dtype=object)
+    next_offset = np.zeros(4, np.int64)
+    spent = {"aggregates": [0.0, 0.0], "lookup": [0.0, 0.0]}
+    for lo in range(0, events, batch):
+        acct = rng.integers(0, KEYS, min(batch, events - lo))
+        acct = acct[np.argsort(acct % 4, kind="stable")]               # rows in partition order
+        parts = (acct % 4).astype(np.int32)
+        offsets = next_offset[parts] + np.arange(len(acct)) - np.searchsorted(parts, parts)
+        next_offset += np.bincount(parts, minlength=4)
+        cols = {"account_id": StrColumn.from_bytes([b"acct-%06d" % k for k in acct.tolist()]),
+                "amount": np.round(rng.gamma(2.0, 20.0, len(acct)), 2),       # cents, as the demo events
+                "country": StrColumn.from_bytes(countries[rng.integers(0, 8, len(acct))].tolist())}
+        times = 1_764_600_000_000 + (lo + np.arange(len(acct))) // 50
+        for stage, run in (("aggregates", lambda: engine.apply(states, cols, {}, {}, parts, offsets, times)),
+                           ("lookup", None if lookup is None else lambda: lookup.join(cols, {}, {}, len(acct)))):
+            if run is not None:
+                w, c = time.perf_counter(), time.process_time()
+                run()
+                spent[stage][0] += time.perf_counter() - w
+                spent[stage][1] += time.process_time() - c
+    return {f"{stage}_{kind}_us": round(v[i] / events * 1e6, 2)
+            for stage, v in spent.items() for i, kind in enumerate(("wall", "cpu"))}
+
+
 if __name__ == "__main__":
-    print(state_rss())
+    import sys
+
+    if sys.argv[1:2] == ["micro"]:      # python -m bench.online micro [REDIS_URL [EVENTS [BATCH]]]
+        args = sys.argv[2:]
+        print(micro(args[0] if args else None, *(int(a) for a in args[1:3])))
+    else:
+        print(state_rss())

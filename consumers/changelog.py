@@ -26,6 +26,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from schemas.columns import StrColumn
 from schemas.errors import DeliveryError
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,16 @@ NOT_READY = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABL
              KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC}      # a new topic's partition, not served yet
 
 
+class Applied(Protocol):
+    """A batch's aggregate columns and changelog records (``models.aggregates.Applied``)."""
+
+    columns: dict[str, np.ndarray]
+    keys: list[bytes]
+    values: list[bytes]
+    partitions: list[int]
+    tombstones: list[tuple[bytes, int]]
+
+
 class Engine(Protocol):
     """The aggregate logic (``models.aggregates.AggregateEngine``)."""
 
@@ -42,7 +53,7 @@ class Engine(Protocol):
     def restore(self, records: Iterable[Record]) -> Any: ...
     def apply(self, states: Mapping[int, Any], columns: Mapping[str, Any], nulls: Mapping[str, np.ndarray],
               symbols: Mapping[str, Sequence[str]], parts: np.ndarray, offsets: np.ndarray,
-              times: np.ndarray) -> Any: ...
+              times: np.ndarray) -> Applied: ...
 
 
 class StateMetrics(Protocol):
@@ -54,12 +65,25 @@ class StateMetrics(Protocol):
 
 @dataclass
 class Changelog:
-    """A batch's changelog records, produced with its outputs."""
+    """A batch's changelog records, produced with its outputs: one per event, laid end to end in one
+    buffer (``values``: ``(buf, starts, lengths)``, ``keys`` a ``StrColumn``), then the tombstones."""
 
     topic: str
-    keys: list[bytes | None]
-    values: list[bytes | None]
+    values: tuple[np.ndarray, np.ndarray, np.ndarray]
+    keys: StrColumn
     partitions: np.ndarray
+    tombstones: list[bytes | None]
+    tombstone_partitions: np.ndarray
+
+    @classmethod
+    def of(cls, topic: str, applied: Applied) -> Changelog:
+        values, dead = applied.values, applied.tombstones
+        keys: list[bytes | None] = list(applied.keys)
+        lengths = np.fromiter(map(len, values), np.int64, len(values))
+        starts = np.cumsum(lengths) - lengths
+        return cls(topic, (np.frombuffer(b"".join(values), np.uint8), starts, lengths), StrColumn.from_bytes(keys),
+                   np.asarray(applied.partitions, np.int32), [k for k, _ in dead],
+                   np.fromiter((p for _, p in dead), np.int32, len(dead)))
 
 
 class ChangelogReader:
@@ -170,9 +194,7 @@ class AggregateState:
                 states[p] = self.engine.new_state()
         applied = self.engine.apply(states, batch.columns, batch.nulls, batch.symbols, parts, offsets, times)
         batch.columns.update(applied.columns)
-        recs = applied.records
-        work.changelog = Changelog(self.topic, [k for k, _, _ in recs], [v for _, v, _ in recs],
-                                   np.fromiter((p for _, _, p in recs), np.int32, len(recs)))
+        work.changelog = Changelog.of(self.topic, applied)
         self._report()
 
     def _report(self) -> None:

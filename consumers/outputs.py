@@ -75,8 +75,13 @@ class OutputWriter:
     def emit_changelog(self, work: Work, ack: BatchAck) -> None:
         """The batch's aggregate changelog records, under ``ack`` (so in its transaction under exactly-once)."""
         log = work.changelog
-        if log is not None and log.keys:
-            self.sink.produce_batch(log.topic, log.values, log.keys, ack, partitions=log.partitions)
+        if log is None:
+            return
+        if len(log.partitions):
+            self.sink.produce_encoded(log.topic, log.values, log.keys, ack, partitions=log.partitions)
+        if log.tombstones:            # after the records: an entry written and evicted in one batch ends deleted
+            self.sink.produce_batch(log.topic, [None] * len(log.tombstones), log.tombstones, ack,
+                                    partitions=log.tombstone_partitions)
 
     def emit_dead(self, work: Work, ack: BatchAck) -> None:
         """Dead-letter the batch's bad records under ``ack``: the original value with headers

@@ -31,6 +31,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Literal
 
 import numpy as np
@@ -95,6 +96,11 @@ class _Layout:
         return f"{self.key}#{digest}"
 
     @property
+    def value_format(self) -> bytes:
+        """A changelog value: ``[time`` then each field, a float with ``%r``, a text as its JSON bytes."""
+        return b"[%d" + b"".join(b",%r" if kind == "float" else b",%s" for _, kind in self.fields) + b"]"
+
+    @property
     def longest_ms(self) -> int:
         return max(s.window_ms for s in self.specs)
 
@@ -156,6 +162,17 @@ class _Part:
             self.texts.append(text)
         return c
 
+    def codes_of(self, texts: Sequence[str]) -> np.ndarray:
+        """The codes of distinct key texts, new keys numbered on."""
+        got = np.fromiter(map(self.codes.get, texts, repeat(-1)), np.int64, len(texts))
+        miss = np.flatnonzero(got < 0).tolist()
+        if miss:
+            new = list(dict.fromkeys([texts[i] for i in miss]))
+            self.codes.update(zip(new, range(len(self.texts), len(self.texts) + len(new))))
+            self.texts.extend(new)
+            got[miss] = np.fromiter(map(self.codes.__getitem__, [texts[i] for i in miss]), np.int64, len(miss))
+        return got
+
     def nbytes(self) -> int:
         return int(sum(c.nbytes for c in self.cols)) + KEY_BYTES * len(self.codes)
 
@@ -175,10 +192,70 @@ class PartitionState:
 
 @dataclass
 class Applied:
-    """A batch's aggregate columns (one value per row, NaN where undefined) and its changelog records."""
+    """A batch's aggregate columns (one value per row, NaN where undefined) and its changelog records: one
+    per event (``keys``, ``values``, ``partitions``), then the evicted entries' tombstones (key, partition)."""
 
     columns: dict[str, np.ndarray]
-    records: list[tuple[bytes, bytes | None, int]]        # key, value (None: tombstone), partition
+    keys: list[bytes] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
+    tombstones: list[tuple[bytes, int]] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[tuple[bytes, bytes | None, int]]:
+        """Every record as (key, value, partition), a tombstone's value None; in each partition, log order."""
+        return [*zip(self.keys, self.values, self.partitions), *((k, None, p) for k, p in self.tombstones)]
+
+
+class _Gathered:
+    """One store's share of a batch over all its partitions: per partition the queries (the batch's rows:
+    key code, time, offset), which of them are new, and the held entries of the keys they touch. Key codes
+    are shifted by a per-partition base, so every partition is computed in one pass."""
+
+    def __init__(self) -> None:
+        self.index: dict[int, int] = {}
+        self.rows: list[np.ndarray] = []
+        self.base: list[int] = []
+        self.q: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+        self.new: list[np.ndarray] = []
+        self.vals: list[list[np.ndarray]] = []
+        self.e: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+        self.ev: list[list[np.ndarray]] = []
+        self._next = 0
+
+    def add(self, st: _Part, p: int, rows: np.ndarray, bcodes: np.ndarray, btexts: Sequence[str], t: np.ndarray,
+            o: np.ndarray, vals: list[np.ndarray]) -> None:
+        used, inv = np.unique(bcodes, return_inverse=True)
+        k = st.codes_of([btexts[u] for u in used.tolist()])[inv.reshape(-1)]
+        new = o > st.max_offset                                   # dedupe: an offset already held is a replay
+        if not new.all():
+            new[~new] = ~np.isin(o[~new], st.o)
+        touched = np.zeros(len(st.texts), bool)
+        touched[k] = True
+        held = np.flatnonzero(touched[st.k])                     # the touched keys' entries: one pass over the state
+        base = self._next
+        self._next += len(st.texts)
+        self.index[p] = len(self.rows)
+        self.rows.append(rows)
+        self.base.append(base)
+        for lst, a in zip(self.q, (k + base, t, o)):
+            lst.append(a)
+        self.new.append(new)
+        self.vals.append(vals)
+        for lst, a, b in zip(self.e, (st.k, st.t, st.o), (k, t, o)):
+            lst.append(a[held])
+            lst.append(b[new])
+        self.e[0][-2] += base
+        self.e[0][-1] += base
+        self.ev.append([a[held] for a in st.v])
+        self.ev.append([b[new] for b in vals])
+
+    def compute(self, lay: _Layout) -> dict[str, np.ndarray]:
+        """Every aggregate of the store for each query, in the order the partitions were added."""
+        qk, qt, qo = (np.concatenate(lst) for lst in self.q)
+        ek, et, eo = (np.concatenate(lst) for lst in self.e)
+        ev = [np.concatenate(cols) for cols in zip(*self.ev)] if lay.fields else []
+        return _compute(lay, ek, et, eo, ev, qk, qt, qo)
 
 
 class AggregateEngine:
@@ -215,8 +292,7 @@ class AggregateEngine:
               times: np.ndarray) -> Applied:
         """Insert the batch's events (rows in partition order) and compute every aggregate for each row."""
         n = len(offsets)
-        out = {s.name: np.full(n, np.nan) for s in self.specs}
-        records: list[tuple[bytes, bytes | None, int]] = []
+        applied = Applied({s.name: np.full(n, np.nan) for s in self.specs})
         for lay in self.layouts:
             kcol = columns.get(lay.key)
             if kcol is None:
@@ -226,24 +302,38 @@ class AggregateEngine:
             if knull is not None:
                 kcodes = np.where(knull, -1, kcodes)
             vals, raws = self._fields(lay, columns, nulls, symbols, n)
+            batch = _Gathered()
             for p in np.unique(parts).tolist():
                 rows = np.flatnonzero((parts == p) & (kcodes >= 0))
-                st = states[p].parts[lay.id]
                 if len(rows):
-                    res = self._apply_part(lay, st, kcodes[rows], ktexts, times[rows], offsets[rows],
-                                           [v[rows] for v in vals])
-                    for name, col in res.items():
-                        out[name][rows] = col
-                    records.extend(_records(lay, ktexts, kcodes[rows], times[rows], offsets[rows], raws, rows, p))
-                records.extend((key, None, p) for key in st.tombstones)
+                    batch.add(states[p].parts[lay.id], p, rows, kcodes[rows], ktexts, times[rows], offsets[rows],
+                              [v[rows] for v in vals])
+            if batch.rows:
+                rows = np.concatenate(batch.rows)
+                for name, col in batch.compute(lay).items():
+                    applied.columns[name][rows] = col
+                keys, values = _records((lay.id + SEP).encode(), list(map(str.encode, ktexts)), lay.value_format, kcodes[rows], times[rows], offsets[rows],
+                                        [raw[rows] for raw in raws])
+                applied.keys.extend(keys)
+                applied.values.extend(values)
+                applied.partitions.extend(parts[rows].tolist())
+            for p in np.unique(parts).tolist():
+                st = states[p].parts[lay.id]
+                if p in batch.index:
+                    i = batch.index[p]
+                    st.append([batch.q[0][i][batch.new[i]] - batch.base[i], batch.q[1][i][batch.new[i]],
+                               batch.q[2][i][batch.new[i]], *(b[batch.new[i]] for b in batch.vals[i])])
+                    st.newest = max(st.newest, int(batch.q[1][i].max()))
+                    _evict(lay, st, self.grace_ms)
+                applied.tombstones.extend(zip(st.tombstones, repeat(p)))
                 st.tombstones = []
-        return Applied(out, records)
+        return applied
 
     def _fields(self, lay: _Layout, columns: Mapping[str, Any], nulls: Mapping[str, np.ndarray],
                 symbols: Mapping[str, Sequence[str]], n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per store field: the values held (float64 or text hashes) and the raw values the changelog keeps."""
         vals: list[np.ndarray] = []
-        raws: list[np.ndarray] = []          # per field: each row's value as JSON text
+        raws: list[np.ndarray] = []          # per field: each row's value, written as JSON by ``_records``
         for name, kind in lay.fields:
             col = columns.get(name)
             if col is None:
@@ -262,33 +352,9 @@ class AggregateEngine:
                     codes = np.where(null, -1, codes)
                 table = np.array([_hash(t) for t in texts] + [NULL_HASH], np.int64)
                 vals.append(table[codes])                       # code -1 -> the NULL_HASH slot
-                jtexts = np.array([json.dumps(t) for t in texts] + ["null"], dtype=object)
+                jtexts = np.array([json.dumps(t).encode() for t in texts] + [b"null"], dtype=object)
                 raws.append(jtexts[codes])
         return vals, raws
-
-    def _apply_part(self, lay: _Layout, st: _Part, bcodes: np.ndarray, btexts: Sequence[str], t: np.ndarray,
-                    o: np.ndarray, vals: list[np.ndarray]) -> dict[str, np.ndarray]:
-        used, inv = np.unique(bcodes, return_inverse=True)
-        table = np.fromiter((st.code(btexts[u]) for u in used.tolist()), np.int64, len(used))
-        k = table[inv.reshape(-1)]
-        new = o > st.max_offset                                   # dedupe: an offset already held is a replay
-        if not new.all():
-            new[~new] = ~np.isin(o[~new], st.o)
-        touched = np.zeros(len(st.texts), bool)
-        touched[k] = True
-        held = touched[st.k]
-        ek = np.concatenate([st.k[held], k[new]])
-        et = np.concatenate([st.t[held], t[new]])
-        eo = np.concatenate([st.o[held], o[new]])
-        ev = [np.concatenate([a[held], b[new]]) for a, b in zip(st.v, vals)]
-        order = np.lexsort((eo, et, ek))
-        ek, et, eo = ek[order], et[order], eo[order]
-        ev = [a[order] for a in ev]
-        res = _compute(lay, ek, et, eo, ev, k, t, o)
-        st.append([k[new], t[new], o[new], *(b[new] for b in vals)])
-        st.newest = max(st.newest, int(t.max()))
-        _evict(lay, st, self.grace_ms)
-        return res
 
     # ------------------------------------------------------------------ changelog
     def restore(self, records: Iterable[Record]) -> PartitionState:
@@ -353,24 +419,35 @@ def _hash(text: str) -> int:
     return h if h != NULL_HASH else h + 1
 
 
+class _Literal:
+    """A JSON token written with ``%r``."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+NULL, POS_INF, NEG_INF = _Literal("null"), _Literal("1e999"), _Literal("-1e999")
+
+
 def _json_numbers(v: np.ndarray) -> np.ndarray:
-    """Each float as JSON text: null for NaN, 1e999 / -1e999 (which JSON parsers read as infinities) for inf."""
-    out = v.astype(str).astype(object)
-    out[np.isnan(v)] = "null"
-    out[np.isposinf(v)] = "1e999"
-    out[np.isneginf(v)] = "-1e999"
+    """Each float as a Python float (written with ``%r``: its shortest repr) or, for NaN, ``null`` and for
+    inf, 1e999 / -1e999 (which JSON parsers read as infinities)."""
+    out = v.astype(object)
+    for i in np.flatnonzero(~np.isfinite(v)).tolist():
+        out[i] = NULL if np.isnan(v[i]) else POS_INF if v[i] > 0 else NEG_INF
     return out
 
 
-def _records(lay: _Layout, texts: Sequence[str], kcodes: np.ndarray, t: np.ndarray, o: np.ndarray,
-             raws: list[np.ndarray], rows: np.ndarray, partition: int) -> list[tuple[bytes, bytes, int]]:
-    """One record per row: key ``<store>\x1f<key>\x1f<offset>``, value ``[time, field values...]`` (JSON)."""
-    prefix = lay.id + SEP
-    values = ["[" + str(ti) for ti in t.tolist()]
-    for raw in raws:
-        values = [a + "," + b for a, b in zip(values, raw[rows].tolist())]
-    keys = [prefix + texts[c] + SEP + str(oi) for c, oi in zip(kcodes.tolist(), o.tolist())]
-    return [(k.encode(), (v + "]").encode(), partition) for k, v in zip(keys, values)]
+def _records(head: bytes, texts: Sequence[bytes], fmt: bytes, kcodes: np.ndarray, t: np.ndarray, o: np.ndarray,
+             raws: list[np.ndarray]) -> tuple[list[bytes], list[bytes]]:
+    """One record per row: key ``<store>\x1f<key>\x1f<offset>`` (``head``: the store and the separator; ``texts``
+    by key code), value ``[time, field values...]`` (JSON, ``fmt``: ``_Layout.value_format``; ``raws``: ``_fields``)."""
+    keys = [b"%s%s\x1f%d" % (head, texts[c], oi) for c, oi in zip(kcodes.tolist(), o.tolist())]
+    values = [fmt % row for row in zip(t.tolist(), *(raw.tolist() for raw in raws))]
+    return keys, values
 
 
 def _evict(lay: _Layout, st: _Part, grace_ms: int) -> None:
@@ -394,26 +471,31 @@ def _evict(lay: _Layout, st: _Part, grace_ms: int) -> None:
 
 def _compute(lay: _Layout, ek: np.ndarray, et: np.ndarray, eo: np.ndarray, ev: list[np.ndarray],
              qk: np.ndarray, qt: np.ndarray, qo: np.ndarray) -> dict[str, np.ndarray]:
-    """Every aggregate of the store for each query (key, time, offset) over the entries sorted by (key, time, offset)."""
+    """Every aggregate of the store for each query (key, time, offset) over the entries (any order)."""
     nq = len(qk)
-    out: dict[str, np.ndarray] = {}
+    out = {s.name: np.full(nq, np.nan) for s in lay.specs}
     tmin = int(min(et.min(initial=qt.min()), qt.min()))
     span = int(max(et.max(initial=qt.max()), qt.max())) - tmin + 1
     if (int(max(ek.max(initial=0), qk.max())) + 2) * span >= (1 << 62):
         raise ConfigError("aggregates: the record times in one batch span too far to index (more than ~100 years)")
     comp = ek * span + (et - tmin)
+    order = np.lexsort((eo, comp))                            # by (key, time, offset)
+    comp, et, eo = comp[order], et[order], eo[order]
+    ev = [a[order] for a in ev]
     col = {f: j for j, f in enumerate(lay.fields)}
-    for w in sorted({s.window_ms for s in lay.specs}):
-        lo = np.searchsorted(comp, qk * span + np.clip(qt - w + 1 - tmin, 0, span - 1), "left")
-        hi = np.searchsorted(comp, qk * span + (qt - tmin), "right")
-        specs = [s for s in lay.specs if s.window_ms == w]
-        for s in specs:
-            out[s.name] = np.full(nq, np.nan)
-        for q0, q1, qi, ei in _pairs(lo, hi):
-            ok = eo[ei] <= qo[q0 + qi]
-            for s in specs:
-                v = None if s.field is None else ev[col[(s.field, s.kind)]]
-                out[s.name][q0:q1] = _reduce(s, q1 - q0, qi, ei, ok, v)
+    longest = lay.longest_ms
+    lo = np.searchsorted(comp, qk * span + np.clip(qt - longest + 1 - tmin, 0, span - 1), "left")
+    hi = np.searchsorted(comp, qk * span + (qt - tmin), "right")
+    windows = sorted({s.window_ms for s in lay.specs})
+    for q0, q1, qi, ei in _pairs(lo, hi):
+        ok = eo[ei] <= qo[q0 + qi]                            # the entry is at or before the query
+        age = qt[q0 + qi] - et[ei]                            # >= 0; the entry is inside window w when age < w
+        for w in windows:
+            okw = ok if w == longest else ok & (age < w)
+            for s in lay.specs:
+                if s.window_ms == w:
+                    v = None if s.field is None else ev[col[(s.field, s.kind)]]
+                    out[s.name][q0:q1] = _reduce(s, q1 - q0, qi, ei, okw, v)
     return out
 
 
@@ -461,5 +543,9 @@ def _reduce(s: AggregateSpec, nq: int, qi: np.ndarray, ei: np.ndarray, ok: np.nd
         return np.zeros(nq)
     _, codes = np.unique(x, return_inverse=True)
     width = int(codes.max()) + 1
-    pairs = np.unique(q * width + codes.reshape(-1))
-    return np.bincount(pairs // width, minlength=nq).astype(np.float64)
+    cells = q * width + codes.reshape(-1)                 # (query, distinct value)
+    if nq * width <= max(4 * len(q), 1 << 16):           # few distinct values: mark a dense table
+        seen = np.zeros(nq * width, bool)
+        seen[cells] = True
+        return seen.reshape(nq, width).sum(axis=1).astype(np.float64)
+    return np.bincount(np.unique(cells) // width, minlength=nq).astype(np.float64)

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice, repeat
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 FieldKind = Literal["float", "string"]
 OnMissing = Literal["default", "dead_letter"]
 TS_FIELD = "_ts"
-Row = tuple[Any, ...]     # a key's parsed values, its _ts and whether its hash exists (Lookup._row)
+NONE = np.array(None, dtype=object)       # compared element-wise with an object column: where it holds None
 
 
 class HashStore(Protocol):
@@ -82,27 +83,86 @@ class LookupSpec:
 
 
 @dataclass
+class _Table:
+    """Parsed values of some keys, one row per key: per field a float64 column (NaN where absent) or an
+    object column (None where absent), ``_ts`` (NaN where absent) and whether the key's hash exists."""
+
+    values: list[np.ndarray]
+    ts: np.ndarray
+    exists: np.ndarray
+
+    @classmethod
+    def empty(cls, kinds: Sequence[FieldKind], m: int) -> _Table:
+        return cls([np.full(m, np.nan) if kind == "float" else np.full(m, None, dtype=object) for kind in kinds],
+                   np.full(m, np.nan), np.zeros(m, bool))
+
+    @classmethod
+    def parse(cls, raw: Sequence[Sequence[bytes | None]], kinds: Sequence[FieldKind]) -> _Table:
+        """From the store's answers (one list per key: the fields' values, then ``_ts``), column by column."""
+        m = len(raw)
+        cols = [np.array(c, dtype=object) for c in zip(*raw)] if m else [np.zeros(0, object)] * (len(kinds) + 1)
+        present = [np.not_equal(c, NONE) for c in cols]
+        values = [_floats(c, ok) if kind == "float" else _texts(c, ok) for c, ok, kind in zip(cols, present, kinds)]
+        return cls(values, _floats(cols[-1], present[-1]), np.logical_or.reduce(present) if present else np.zeros(m, bool))
+
+    def take(self, idx: np.ndarray) -> _Table:
+        return _Table([v[idx] for v in self.values], self.ts[idx], self.exists[idx])
+
+    def put(self, idx: np.ndarray, other: _Table) -> None:
+        for v, o in zip(self.values, other.values):
+            v[idx] = o
+        self.ts[idx] = other.ts
+        self.exists[idx] = other.exists
+
+    def grown(self, kinds: Sequence[FieldKind], m: int) -> _Table:
+        out = _Table.empty(kinds, m)
+        out.put(np.arange(len(self.ts)), self)
+        return out
+
+
 class _Cache:
-    """Key -> (fetched at, raw values); entries older than ``ttl_s`` are refetched."""
+    """Key -> a slot of the cached table and when it was fetched; entries older than ``ttl_s`` are refetched,
+    and past ``max_keys`` the oldest fetches go first (the slot dict's order is fetch order)."""
 
-    ttl_s: float
-    max_keys: int
-    entries: dict[str, tuple[float, Row]] = field(default_factory=dict)
+    def __init__(self, ttl_s: float, max_keys: int, kinds: Sequence[FieldKind]) -> None:
+        self.ttl_s = ttl_s
+        self.max_keys = max_keys
+        self.kinds = tuple(kinds)
+        self.slots: dict[str, int] = {}
+        self.at = np.zeros(0)
+        self.table = _Table.empty(self.kinds, 0)
+        self._free: list[int] = []                 # slots of dropped keys, to reuse
+        self._next = 0                             # slots ever handed out
 
-    def get(self, key: str, now: float) -> Row | None:
-        hit = self.entries.get(key)
-        return hit[1] if hit is not None and now - hit[0] < self.ttl_s else None
+    def get(self, keys: Sequence[str], now: float) -> np.ndarray:
+        """Each key's slot, -1 where it is not cached or no longer fresh."""
+        slots = np.fromiter(map(self.slots.get, keys, repeat(-1)), np.int64, len(keys))
+        hit = np.flatnonzero(slots >= 0)
+        stale = hit[now - self.at[slots[hit]] >= self.ttl_s]
+        slots[stale] = -1
+        return slots
 
-    def put(self, keys: Sequence[str], values: Sequence[Row], now: float) -> None:
+    def put(self, keys: Sequence[str], table: _Table, now: float) -> None:
+        """Cache distinct ``keys`` (a refetched key keeps its slot and moves to the end: dict order is fetch order)."""
         if self.ttl_s <= 0:
             return
-        for k, v in zip(keys, values):
-            self.entries.pop(k, None)              # re-insert: dict order is fetch order
-            self.entries[k] = (now, v)
-        over = len(self.entries) - self.max_keys
-        if over > 0:
-            for k in list(self.entries)[:over]:    # the oldest fetches go first
-                del self.entries[k]
+        slots = np.fromiter(map(self.slots.pop, keys, repeat(-1)), np.int64, len(keys))
+        fresh = np.flatnonzero(slots < 0)
+        reused = self._free[max(0, len(self._free) - len(fresh)):]
+        del self._free[len(self._free) - len(reused):]
+        slots[fresh] = np.concatenate([np.asarray(reused, np.int64),
+                                       np.arange(self._next, self._next + len(fresh) - len(reused))])
+        self._next += len(fresh) - len(reused)
+        self.slots.update(zip(keys, slots.tolist()))
+        if self._next > len(self.at):
+            cap = max(self._next, 2 * len(self.at), 1024)
+            self.at = np.concatenate([self.at, np.zeros(cap - len(self.at))])
+            self.table = self.table.grown(self.kinds, cap)
+        self.at[slots] = now
+        self.table.put(slots, table)
+        over = len(self.slots) - self.max_keys
+        if over > 0:                                   # the oldest fetches go first
+            self._free.extend(map(self.slots.pop, list(islice(self.slots, over))))
 
 
 @dataclass
@@ -126,7 +186,8 @@ class Lookup:
         self.stop = stop
         self.max_wait_s = max_wait_s
         self.max_backoff_s = max_backoff_s
-        self._cache = _Cache(spec.cache_ttl_s, spec.cache_max_keys)
+        self._kinds = [kind for _, kind in spec.fields]
+        self._cache = _Cache(spec.cache_ttl_s, spec.cache_max_keys, self._kinds)
         self._hmget = [f for f, _ in spec.fields] + [TS_FIELD]
         self._last_fetched = 0
         self._affixes = (spec.key[:spec.key.index("{")], spec.key[spec.key.index("}") + 1:])
@@ -147,30 +208,28 @@ class Lookup:
         keys = [prefix + uniques[u] + suffix for u in used.tolist()]
         codes = np.full(n, len(keys), np.int64)                     # a null key -> the extra "missing" slot
         codes[valid] = inv.reshape(-1)
-        rows = self._fetch(keys)
-        k, m = len(spec.fields), len(rows)
-        exists = np.fromiter((r[k + 1] for r in rows), bool, m)
+        table = self._fetch(keys)
+        exists = table.exists.copy()
         if spec.max_age_s is not None:
-            ts = np.fromiter((r[k] for r in rows), np.float64, m)
             with np.errstate(invalid="ignore"):
-                exists &= time.time() - ts <= spec.max_age_s      # no _ts (NaN): not fresh
+                exists &= time.time() - table.ts <= spec.max_age_s      # no _ts (NaN): not fresh
         exists = np.append(exists, False)
         missing = ~exists[codes]
         out: dict[str, np.ndarray] = {}
         defaults = dict(spec.defaults)
-        for j, (name, kind) in enumerate(spec.fields):
+        for (name, kind), values in zip(spec.fields, table.values):
             dflt = defaults.get(name)
             if kind == "float":
-                table = np.append(np.fromiter((r[j] for r in rows), np.float64, m), np.nan)
-                table[~exists] = np.nan
+                col = np.append(values, np.nan)
+                col[~exists] = np.nan
                 if dflt is not None:
-                    table[np.isnan(table)] = float(dflt)
+                    col[np.isnan(col)] = float(dflt)
             else:
-                table = np.array([r[j] for r in rows] + [None], dtype=object)
-                table[~exists] = None
+                col = np.append(values, np.full(1, None, dtype=object))
+                col[~exists] = None
                 if dflt is not None:
-                    table[np.fromiter((v is None for v in table.tolist()), bool, m + 1)] = str(dflt)
-            out[f"{spec.name}.{name}"] = table[codes]
+                    col[np.equal(col, NONE)] = str(dflt)
+            out[f"{spec.name}.{name}"] = col[codes]
         dead: dict[int, str] = {}
         if spec.on_missing == "dead_letter" and missing.any():
             dead = {int(r): f"lookup {spec.name!r}: no fresh {spec.key!r} entry for this event"
@@ -179,25 +238,20 @@ class Lookup:
                                  int(missing.sum()))
         return Joined(out, dead)
 
-    def _fetch(self, keys: list[str]) -> list[Row]:
+    def _fetch(self, keys: list[str]) -> _Table:
         """Every key's parsed values: the cache's fresh ones, the rest in one round trip."""
-        now = time.monotonic()
-        got: list[Row | None] = [self._cache.get(k, now) for k in keys]
-        todo = [i for i, v in enumerate(got) if v is None]
+        slots = self._cache.get(keys, time.monotonic())
+        todo = np.flatnonzero(slots < 0)
         self._last_fetched = len(todo)
-        if todo:
-            fetched = [self._row(raw) for raw in self._call([keys[i] for i in todo])]
-            for i, v in zip(todo, fetched):
-                got[i] = v
-            self._cache.put([keys[i] for i in todo], fetched, time.monotonic())
-        return [v for v in got if v is not None]
-
-    def _row(self, raw: list[bytes | None]) -> Row:
-        """(field values: float, NaN if absent, or str / None; _ts, NaN if absent; whether the hash exists)."""
-        values = [_parse(v, kind) for v, (_, kind) in zip(raw, self.spec.fields)]
-        ts = _parse(raw[-1], "float")
-        return (*(np.nan if v is None and kind == "float" else v for v, (_, kind) in zip(values, self.spec.fields)),
-                np.nan if ts is None else ts, any(x is not None for x in raw))
+        if not len(todo):
+            return self._cache.table.take(slots)
+        table = self._cache.table.take(np.maximum(slots, 0)) if len(todo) < len(keys) \
+            else _Table.empty(self._kinds, len(keys))
+        wanted = [keys[i] for i in todo.tolist()]
+        fetched = _Table.parse(self._call(wanted), self._kinds)
+        table.put(todo, fetched)
+        self._cache.put(wanted, fetched, time.monotonic())
+        return table
 
     def _call(self, keys: list[str]) -> list[list[bytes | None]]:
         """One round trip; while the store does not answer, wait with capped backoff (never give up a row)."""
@@ -242,8 +296,43 @@ class Lookups:
         return dead
 
 
+class _Coded:
+    """The last few columns ``key_values`` coded, with their results: a batch's aggregates and lookups read the
+    same key column, which is coded once. An entry holds its column, so an identity match is that very column
+    (decoded columns are new objects per batch and never changed in place); the codes are read-only and
+    callers must not change the texts."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self.entries: tuple[tuple[Any, Sequence[str] | None, int, np.ndarray, list[str]], ...] = ()
+
+    def get(self, col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[str]] | None:
+        for c, s, m, codes, texts in self.entries:          # a snapshot: replaced whole, never changed
+            if c is col and s is symbols and m == n:
+                return codes, texts
+        return None
+
+    def put(self, col: Any, symbols: Sequence[str] | None, n: int, codes: np.ndarray, texts: list[str]) -> None:
+        codes.flags.writeable = False
+        self.entries = ((col, symbols, n, codes, texts), *self.entries[:self.size - 1])
+
+
+_CODED = _Coded()
+
+
 def key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[str]]:
-    """(codes, distinct key values as text) of the key column; code -1 = null."""
+    """(codes, distinct key values as text) of the key column; code -1 = null. The codes are read-only."""
+    hit = _CODED.get(col, symbols, n)
+    if hit is not None:
+        return hit
+    codes, texts = _key_values(col, symbols, n)
+    if isinstance(col, np.ndarray) and np.shares_memory(codes, col):
+        codes = codes.copy()                            # an enum's codes may be the column itself
+    _CODED.put(col, symbols, n, codes, texts)
+    return codes, texts
+
+
+def _key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[str]]:
     if isinstance(col, np.ndarray) and col.dtype.kind in "iuf" and symbols is None:
         uniq, inv = np.unique(col, return_inverse=True)
         codes = inv.reshape(n).astype(np.int64)
@@ -252,23 +341,35 @@ def key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndar
             return codes, [str(int(u)) if float(u).is_integer() else repr(float(u)) for u in uniq.tolist()]
         return codes, [str(u) for u in uniq.tolist()]
     codes, uniques = string_values(col, symbols, n)
-    return codes, [str(u) for u in uniques.tolist()]
+    return codes, uniques.tolist()                      # already str
 
 
-def _parse(raw: bytes | None, kind: FieldKind) -> Any:
-    if raw is None:
-        return None
-    text = raw.decode("utf-8", "replace")
-    if kind == "string":
-        return text
+def _floats(col: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Stored text -> float64; NaN where absent or not a number (as ``float()`` reads it)."""
+    vals = col.copy()
+    vals[~present] = b"nan"
     try:
-        return float(text)
+        return np.fromiter(map(float, vals.tolist()), np.float64, len(vals))
+    except (TypeError, ValueError):          # some value is not a number: parse one by one
+        return np.fromiter((_float(v) for v in vals.tolist()), np.float64, len(vals))
+
+
+def _float(raw: bytes) -> float:
+    try:
+        return float(raw.decode("utf-8", "replace"))
     except ValueError:
-        return None
+        return float("nan")
+
+
+def _texts(col: np.ndarray, present: np.ndarray) -> np.ndarray:
+    out = np.full(len(col), None, dtype=object)
+    out[present] = [v.decode("utf-8", "replace") for v in col[present].tolist()]
+    return out
 
 
 class RedisHashStore:
-    """The Redis side of a lookup: one pipelined HMGET per key, one round trip per call."""
+    """The Redis side of a lookup: one pipelined HMGET per key, one round trip per call. The commands are
+    packed into one buffer and the replies read with redis-py's parser (hiredis when installed)."""
 
     def __init__(self, url: str, *, timeout_s: float = 1.0) -> None:
         import redis
@@ -278,13 +379,24 @@ class RedisHashStore:
     def hmget_many(self, keys: Sequence[str], fields: Sequence[str]) -> list[list[bytes | None]]:
         import redis
 
-        pipe = self._client.pipeline(transaction=False)
-        for k in keys:
-            pipe.hmget(k, list(fields))
+        head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
+        tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in (f.encode() for f in fields))
+        packed = b"".join([b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, tail) for k in (k.encode() for k in keys)])
+        pool = self._client.connection_pool
+        conn = None
         try:
-            return [list(v) for v in pipe.execute()]
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-            raise ConnectionError(str(exc)) from exc
+            conn = pool.get_connection()
+            conn.send_packed_command([packed], check_health=False)
+            return [list(conn.read_response()) for _ in range(len(keys))]
+        except BaseException as exc:
+            if conn is not None:
+                conn.disconnect()                   # replies may be left unread: never reuse it
+            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)):
+                raise ConnectionError(str(exc)) from exc
+            raise
+        finally:
+            if conn is not None:
+                pool.release(conn)
 
     def close(self) -> None:
         self._client.close()

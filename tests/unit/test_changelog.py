@@ -15,6 +15,7 @@ from consumers.changelog import AggregateState, ChangelogReader, Record
 from consumers.outputs import OutputWriter
 from models.aggregates import AggregateEngine, AggregateSpec
 from monitoring.metrics import ScorerMetrics
+from schemas.columns import StrColumn
 from sinks.kafka_sink import BatchAck
 
 
@@ -66,6 +67,13 @@ class _Sink:
     def produce_batch(self, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | None], ack: BatchAck,
                       *, partitions: np.ndarray | None = None, headers: Any = None) -> None:
         self.batches.append((topic, list(values), list(keys), partitions))
+
+    def produce_encoded(self, topic: str, encoded: tuple[np.ndarray, np.ndarray, np.ndarray], keys: StrColumn | None,
+                        ack: BatchAck, *, partitions: np.ndarray | None = None, headers: Any = None) -> None:
+        buf, starts, lengths = encoded
+        values = [buf[a:a + k].tobytes() for a, k in zip(starts.tolist(), lengths.tolist())]
+        texts = keys.to_list() if keys is not None else [None] * len(values)
+        self.batches.append((topic, values, [None if k is None else k.encode() for k in texts], partitions))
 
 
 def _state(logs: dict[int, list[Record]]) -> tuple[AggregateState, _Reader, ScorerMetrics]:

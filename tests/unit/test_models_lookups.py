@@ -109,6 +109,23 @@ def test_cache_serves_hot_keys_within_its_ttl() -> None:
     assert store.calls[-2:] == [["acct:a"], ["acct:a"]]
 
 
+def test_cache_keeps_at_most_max_keys_dropping_the_oldest_fetch_and_mixes_hits_with_fetches() -> None:
+    store = FakeStore({**DATA, "acct:c": {"limit": "3", "tier": "std"}})
+    lk = _lookup(store, cache_ttl_s=60.0, cache_max_keys=2)
+    lk.join(_batch(["a"]).columns, {}, {}, 1)
+    lk.join(_batch(["b", "c"]).columns, {}, {}, 2)          # a (the oldest fetch) is dropped
+    got = lk.join(_batch(["c", "a", "b", "zz"]).columns, {}, {}, 4)
+    assert store.calls[-1] == ["acct:a", "acct:zz"]
+    np.testing.assert_array_equal(got.columns["acct.limit"], [3.0, 100.0, 7.5, np.nan])
+    assert got.columns["acct.tier"].tolist() == ["std", "gold", "std", None]
+
+
+def test_a_value_that_is_not_a_number_reads_as_missing() -> None:
+    store = FakeStore({"acct:a": {"limit": "lots", "tier": "gold"}, "acct:b": {"limit": " 2.5 "}})
+    got = _lookup(store, defaults=(("limit", -1),)).join(_batch(["a", "b"]).columns, {}, {}, 2)
+    np.testing.assert_array_equal(got.columns["acct.limit"], [-1.0, 2.5])
+
+
 def test_numeric_key_column_is_formatted_as_an_integer() -> None:
     store = FakeStore({"acct:42": {"limit": "5"}})
     lk = _lookup(store)
@@ -170,3 +187,18 @@ def test_feature_maps_name_every_numeric_column_and_skip_strings() -> None:
     feats = spec.build(cols)
     maps = ModelRunner(None, input_spec=spec, output_spec=OutputSpec(), threshold=0.5).feature_maps(feats, np.array([1]))
     assert maps.tolist() == [{"limit": 2.0, "tier=gold": 0.0, "tier=<other>": 1.0}]
+
+
+def test_a_key_column_is_coded_once_per_batch_and_its_codes_are_read_only() -> None:
+    from models.lookups import key_values
+
+    col = StrColumn.from_bytes([b"b", b"a", None, b"b"])
+    codes, texts = key_values(col, None, 4)
+    again, _ = key_values(col, None, 4)
+    assert again is codes and [texts[c] for c in codes.tolist() if c >= 0] == ["b", "a", "b"] and codes[2] == -1
+    assert not codes.flags.writeable
+    other, _ = key_values(StrColumn.from_bytes([b"b", b"a", None, b"b"]), None, 4)   # another column: coded anew
+    assert other is not codes
+    enum = np.array([1, 0], np.int64)
+    key_values(enum, ("x", "y"), 2)
+    assert enum.flags.writeable                          # the column itself is left writable
