@@ -119,6 +119,8 @@ class NativeDrain:
             except BaseException:
                 drain.close()
                 raise
+            log.info("native consume: draining %s with rd_kafka_consume_batch_queue into arrays",
+                     (lib.rd_kafka_name(rk) or b"").decode())
             return drain
         except Exception as exc:  # noqa: BLE001 - an optimisation: fall back, but say why
             return cls._refuse(str(exc))

@@ -10,7 +10,7 @@ readers (dead letters, the ``topic:partition:offset`` id).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence, Union, overload
 
 import numpy as np
 
@@ -151,3 +151,23 @@ class RawMessage:
 
     def timestamp(self) -> tuple[int, int]:
         return int(self._b.tstype[self._i]), int(self._b.timestamp[self._i])
+
+
+class RawValues(Sequence[Union[bytes, None]]):
+    """The values of a ``RawBatch`` as a read-only sequence, each sliced out when read."""
+
+    def __init__(self, batch: RawBatch) -> None:
+        self._b = batch
+
+    def __len__(self) -> int:
+        return len(self._b)
+
+    @overload
+    def __getitem__(self, i: int) -> bytes | None: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes | None]: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | None | list[bytes | None]:
+        if isinstance(i, slice):
+            return [self._b.value(j) for j in range(len(self._b))[i]]
+        return self._b.value(i)
