@@ -127,7 +127,8 @@ class NativeDrain:
 
     @staticmethod
     def _refuse(why: str) -> None:
-        log.info("native consume unavailable (%s); consuming through Consumer.consume", why)
+        # a warning: the drain is asked for explicitly (kafka.native_consume)
+        log.warning("native consume unavailable (%s); consuming through Consumer.consume", why)
         return None
 
     def close(self) -> None:
