@@ -4,6 +4,7 @@ the same records byte for byte, the same error events, the rebalance callbacks s
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -12,6 +13,9 @@ from confluent_kafka import Consumer, KafkaError, Producer
 
 from consumers.native_consume import NativeDrain
 from consumers.raw_batch import RawBatch
+from models.demo_data import generate
+from streamscore.produce import encode_transactions
+from tests.integration.helpers import ScorerProcess, decode_prediction, read_all, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +106,8 @@ def test_native_drain_is_byte_identical_to_consume(bootstrap: str, names: Callab
 
 
 def test_a_raising_rebalance_callback_raises_out_of_the_drain(bootstrap: str, names: Callable[[str], str],
-                                                               topics: Callable[..., None]) -> None:
+                                                               topics: Callable[..., None],
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     """As from Consumer.consume: an exception in on_assign comes out of the call that served it."""
     topic = names("native-raise")
     topics({topic: 1})
@@ -114,12 +119,56 @@ def test_a_raising_rebalance_callback_raises_out_of_the_drain(bootstrap: str, na
     c = Consumer(_conf(bootstrap, names("native-raise")))
     c.subscribe([topic], on_assign=boom)
     drain = NativeDrain.attach(c)
-    assert drain is not None
+    assert drain is not None, caplog.text
+    raised: BaseException | None = None
     try:
-        with pytest.raises(ValueError, match="from on_assign"):
-            end = time.monotonic() + 60
-            while time.monotonic() < end:
+        end = time.monotonic() + 60
+        while raised is None and time.monotonic() < end:
+            try:
                 drain.consume(10, 0.5)
+            except BaseException as exc:  # noqa: BLE001 - whatever comes out is the finding
+                raised = exc
     finally:
         drain.close()
         c.close()
+    assert isinstance(raised, ValueError) and "from on_assign" in str(raised), repr(raised)
+
+
+def test_scorer_on_the_native_drain_scores_every_event_once(tmp_path: Path, bootstrap: str,
+                                                            names: Callable[[str], str],
+                                                            topics: Callable[..., None]) -> None:
+    """``kafka.native_consume: true``: the scorer drains into arrays (its log says so), scores every good
+    event once with its key and input partition, and dead-letters the bad ones with their original bytes."""
+    n = 6_000
+    t_in, t_out = names("tx"), names("pred")
+    dlq = f"{t_in}.dlq"
+    topics({t_in: 4, t_out: 4, dlq: 1})
+    cols = generate(n, seed=9)
+    good = encode_transactions(cols, n)
+    bad = {17: b"\x00\x00\x00\x00\x01garbage", 2500: b"not avro at all", 4999: good[4999][:20]}
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i, v in enumerate(good):
+        p.produce(t_in, bad.get(i, v), cols["account_id"][i].encode(), partition=i % 4)
+    assert p.flush(30) == 0
+    pipeline = {"name": "fraud", "input": {"topic": t_in}, "model": {"name": "fraud-mlp"}, "output": {"topic": t_out}}
+    cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"), [pipeline],
+                       kafka={"bootstrap_servers": bootstrap, "native_consume": True})
+    scorer = ScorerProcess(cfg, tmp_path / "scorer.log", env={"STREAMSCORE_NATIVE_CONSUME": ""})
+    try:
+        preds = read_all(bootstrap, t_out, expect=n - len(bad), timeout=180, idle=2.0, alive=scorer)
+        dead = read_all(bootstrap, dlq, expect=len(bad), timeout=60)
+        assert scorer.terminate() == 0, scorer.output()
+    finally:
+        scorer.close()
+    assert "native consume: draining" in scorer.output()
+    ids = [decode_prediction(m.value())["event_id"] for m in preds]
+    assert len(ids) == len(set(ids)), "an event scored twice"
+    assert set(ids) == {e for i, e in enumerate(cols["event_id"].tolist()) if i not in bad}
+    index = {e: i for i, e in enumerate(cols["event_id"].tolist())}
+    for m, e in zip(preds, ids):
+        i = index[e]
+        assert m.key() == cols["account_id"][i].encode() and m.partition() == i % 4
+    by_source = {(int(dict(m.headers())["source.partition"]), int(dict(m.headers())["source.offset"])): m.value()
+                 for m in dead}
+    assert sorted(by_source.values()) == sorted(bad.values()), "dead letters carry the original bytes"
+    assert {k[0] for k in by_source} == {i % 4 for i in bad}
