@@ -187,7 +187,9 @@ class NativeDrain:
         """Topic names by librdkafka topic handle (an errored event may have none: "")."""
         uniq, idx = np.unique(rkt, return_inverse=True)
         names = [(self._lib.rd_kafka_topic_name(h) or b"").decode() if h else "" for h in uniq.tolist()]
-        return tuple(names), idx.astype(np.int32).reshape(-1)
+        topics = tuple(dict.fromkeys(names))          # one index per name, whatever the handles
+        remap = np.array([topics.index(t) for t in names], np.int32)
+        return topics, remap[idx.reshape(-1)]
 
     def error_text(self, batch: RawBatch, i: int) -> str:
         """What confluent-kafka's ``Message.error()`` says for error event ``i`` (its payload, else the code's text)."""
