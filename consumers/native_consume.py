@@ -47,13 +47,18 @@ class _Fns(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in ("begin", "end", "consume", "destroy", "timestamp", "last_error")]
 
 
+def helper_path() -> Path | None:
+    """The compiled helper (built into the native cache on first use, or by ``make native``)."""
+    from schemas.codec.native import build
+
+    return build(_SRC, "ss_consume")
+
+
 def _load() -> tuple[Any, Any, _Fns]:
     """(librdkafka through confluent-kafka's module, the compiled helper, its entry points)."""
     import confluent_kafka.cimpl as cimpl
 
-    from schemas.codec.native import build
-
-    so_path = build(_SRC, "ss_consume")
+    so_path = helper_path()
     if so_path is None:
         raise RuntimeError("the C helper did not build")
     helper = ctypes.PyDLL(str(so_path))       # PyDLL: called with the GIL held, Python errors raised
