@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumers.work import message_offsets, message_times_ms
 from schemas.errors import DeliveryError
@@ -32,6 +32,8 @@ from schemas.errors import DeliveryError
 log = logging.getLogger(__name__)
 
 Record = tuple[bytes, bytes | None]
+NOT_READY = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
+             KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC}      # a new topic's partition, not served yet
 
 
 class Engine(Protocol):
@@ -75,14 +77,14 @@ class ChangelogReader:
         if not partitions:
             return out
         consumer = self._make_consumer()
+        deadline = time.monotonic() + self.timeout_s
         try:
             todo = set(partitions)
             for p in list(todo):
-                lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0, cached=False)
+                lo, hi = self._watermarks(consumer, TopicPartition(topic, p), deadline)
                 if hi <= lo:
                     todo.discard(p)               # empty (or compacted away): nothing to read
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(todo)])
-            deadline = time.monotonic() + self.timeout_s
             while todo:
                 if time.monotonic() > deadline:
                     raise DeliveryError(f"restoring {topic} partitions {sorted(todo)} took over {self.timeout_s:.0f}s")
@@ -91,6 +93,21 @@ class ChangelogReader:
         finally:
             consumer.close()
         return out
+
+    @staticmethod
+    def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+        """A partition's watermarks. A changelog topic created moments ago may have no leader yet (or not be
+        known to the broker asked): asked again until ``deadline``."""
+        while True:
+            try:
+                lo, hi = consumer.get_watermark_offsets(tp, timeout=10.0, cached=False)
+                return int(lo), int(hi)
+            except KafkaException as exc:
+                err = exc.args[0]
+                code = err.code() if isinstance(err, KafkaError) else None
+                if code not in NOT_READY or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
 
     @staticmethod
     def _take(m: Message, topic: str, out: dict[int, list[Record]], todo: set[int]) -> None:

@@ -19,8 +19,10 @@ Crash safety (why a SIGKILL + restart ends with the same window results):
 5. The restored state, not the group's committed offset, says where reading resumes: when a
    recovery completes, and before Faust seeks the stream to the committed offsets, the
    offset after each restored partition state is committed (``StateTable``), so a commit
-   that got ahead of the changelog (or behind it) cannot skip (or re-read) a record. A first
-   record past that point all the same is logged as an error and counted.
+   that got ahead of the changelog (or behind it) cannot skip (or re-read) a record; and the
+   consumer's flow is held until Faust has finished resuming (records handed over before
+   that were dropped unprocessed). A first record past that point all the same is logged as
+   an error and counted.
 
 Telemetry must be keyed by model (``TelemetryBuilder.key()``) so each model's windows
 live in one partition.
@@ -203,8 +205,17 @@ class StateTable(faust.Table):  # type: ignore[misc]   # faust is untyped
 
     async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
         """Runs after the state is restored and before Faust seeks the stream partitions to their
-        committed offsets: committing the restored states' positions makes that seek land on them."""
+        committed offsets: committing the restored states' positions makes that seek land on them.
+
+        The consumer's flow is stopped here too: Faust resumes the stream partitions, seeks, and
+        only then resumes its flow control, which empties every stream's queue; records the fetch
+        loop handed over in between (the flow still on from reading the changelogs) were dropped
+        from the queue yet counted as read: never processed nor acknowledged, so lost (or, when
+        they were replays, a committed offset stuck behind them). With the flow stopped the fetch
+        loop hands over nothing until Faust resumes it, after its flow control
+        (faust.tables.recovery.Recovery.on_recovery_completed)."""
         await super().on_recovery_completed(active_tps, standby_tps)
+        self.app.consumer.stop_flow()
         positions = resume_offsets({tp.partition: self.get(str(tp.partition)) for tp in active_tps})
         if not positions:
             return

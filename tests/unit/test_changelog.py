@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pytest
+from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
 from consumers.changelog import AggregateState, ChangelogReader, Record
@@ -107,3 +109,31 @@ def test_a_view_taken_before_a_revoke_keeps_its_state() -> None:
     work = _Work(["a"], [0], [0], [1000])
     state.apply(view, work)
     assert work.decoded.columns["n"].tolist() == [1.0]
+
+
+class _NewTopicConsumer:
+    """A consumer of a changelog topic created moments ago: its partition has no leader for the first calls."""
+
+    def __init__(self, not_ready: int) -> None:
+        self.not_ready = not_ready
+        self.closed = False
+
+    def get_watermark_offsets(self, tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
+        if self.not_ready > 0:
+            self.not_ready -= 1
+            raise KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
+        return 0, 0
+
+    def assign(self, partitions: Any) -> None: ...
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_restoring_waits_for_a_new_changelog_partition_to_get_a_leader() -> None:
+    consumer = _NewTopicConsumer(not_ready=2)
+    reader = ChangelogReader(lambda: consumer, timeout_s=30.0)  # type: ignore[arg-type,return-value]
+    assert reader.read("cl", [0]) == {0: []} and consumer.not_ready == 0 and consumer.closed
+    never = _NewTopicConsumer(not_ready=10**9)
+    with pytest.raises(KafkaException):
+        ChangelogReader(lambda: never, timeout_s=0.3).read("cl", [0])  # type: ignore[arg-type,return-value]
