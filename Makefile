@@ -41,6 +41,7 @@ registry-jar:
 # The codec's C kernels (byte copies, the non-ASCII scan), compiled once into ~/.cache/streamscore/native (numpy fallback without a compiler).
 native:
 	@$(SETUP) report "native kernels" $(BIN)/python -c "from schemas.codec.native import lib; print('built' if lib() else 'unavailable, numpy fallback')"
+	@$(SETUP) report "native consume helper" $(BIN)/python -c "from consumers.native_consume import helper_path; print('built' if helper_path() else 'unavailable, Consumer.consume')"
 
 demo: setup-demo
 	@$(BIN)/streamscore demo --seconds 30 --rate 20000

@@ -26,6 +26,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumers.work import message_offsets, message_times_ms
 from schemas.columns import StrColumn
 from schemas.errors import DeliveryError
 
@@ -183,10 +184,9 @@ class AggregateState:
         """Add the aggregate columns to ``work.decoded`` and set ``work.changelog``."""
         batch = work.decoded
         ok = batch.ok_index.tolist()
-        msgs = [work.msgs[i] for i in ok]
         parts = np.asarray(work.in_parts, np.int32)
-        offsets = np.fromiter((m.offset() for m in msgs), np.int64, len(msgs))
-        times = np.fromiter((m.timestamp()[1] for m in msgs), np.int64, len(msgs))
+        offsets = message_offsets(work.msgs, ok)
+        times = message_times_ms(work.msgs, ok)
         states = dict(view)
         for p in np.unique(parts).tolist():
             if p not in states:        # not restored here (cannot happen for consumed records): start empty

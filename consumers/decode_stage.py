@@ -15,23 +15,24 @@ from typing import Any, Callable
 import numpy as np
 from confluent_kafka import Message
 
-from consumers.runtime import PipelineRuntime
 from consumers.offsets import TP
+from consumers.raw_batch import RawBatch, RawValues
+from consumers.runtime import PipelineRuntime
 from consumers.work import Work
+from schemas.codec.vec import PAD
+from schemas.columns import DecodedBatch
 
 
-def decode_work(rt: PipelineRuntime, msgs: list[Message], *, batch_id: int) -> Work:
+def decode_work(rt: PipelineRuntime, msgs: list[Message] | RawBatch, *, batch_id: int) -> Work:
     """Decode ``msgs`` (one pipeline's, in consumption order) into a Work item for the model stage."""
+    if isinstance(msgs, RawBatch):
+        return _decode_raw(rt, msgs, batch_id)
     n = len(msgs)
     partition, offset, value, key = _accessors(msgs)
     parts = np.fromiter(map(partition, msgs), dtype=np.int32, count=n)
     offs = np.fromiter(map(offset, msgs), dtype=np.int64, count=n)
-    ranges: dict[TP, tuple[int, int]] = {}
-    for p in np.unique(parts).tolist():
-        sel = offs[parts == p]
-        ranges[(rt.input_topic, p)] = (int(sel.min()), int(sel.max()))
     values = list(map(value, msgs))
-    work = Work(batch_id=batch_id, rt=rt, ranges=ranges, msgs=msgs, consumed_at=time.monotonic())
+    work = Work(batch_id=batch_id, rt=rt, ranges=_ranges(rt, parts, offs), msgs=msgs, consumed_at=time.monotonic())
     limit = rt.max_message_bytes
     try:
         oversized = np.flatnonzero(np.fromiter(map(len, values), np.int64, n) > limit).tolist()
@@ -40,6 +41,45 @@ def decode_work(rt: PipelineRuntime, msgs: list[Message], *, batch_id: int) -> W
     for i in oversized:
         values[i] = None
     decoded = rt.decoder.decode(values)
+    _finish(work, decoded, oversized)
+    ok = decoded.ok_index
+    work.keys = list(map(key, msgs)) if len(ok) == n else [msgs[i].key() for i in ok.tolist()]
+    work.in_parts = parts[ok]
+    return work
+
+
+def _decode_raw(rt: PipelineRuntime, raw: RawBatch, batch_id: int) -> Work:
+    """``decode_work`` of records drained into arrays: the values go to the decoder as one buffer."""
+    raw = raw.compact()
+    work = Work(batch_id=batch_id, rt=rt, ranges=_ranges(rt, raw.partition, raw.offset), msgs=raw,
+                consumed_at=time.monotonic())
+    oversized = np.flatnonzero(raw.vlen > rt.max_message_bytes).tolist()
+    if oversized or rt.decoder.fmt != "avro":
+        values = raw.value_list()
+        for i in oversized:
+            values[i] = None
+        decoded = rt.decoder.decode(values)
+    else:
+        decoded = rt.decoder.decode_joined(raw.values + bytes(PAD), np.maximum(raw.vlen, 0), RawValues(raw))
+    _finish(work, decoded, oversized)
+    ok = decoded.ok_index
+    work.keys = raw.key_list() if len(ok) == len(raw) else raw.key_list(ok)
+    work.in_parts = raw.partition[ok]
+    return work
+
+
+def _ranges(rt: PipelineRuntime, parts: np.ndarray, offs: np.ndarray) -> dict[TP, tuple[int, int]]:
+    """The (first, last) offset the batch holds of each partition."""
+    ranges: dict[TP, tuple[int, int]] = {}
+    for p in np.unique(parts).tolist():
+        sel = offs[parts == p]
+        ranges[(rt.input_topic, p)] = (int(sel.min()), int(sel.max()))
+    return ranges
+
+
+def _finish(work: Work, decoded: DecodedBatch, oversized: list[int]) -> None:
+    """Dead letters for oversized and undecodable records; the decoded batch onto ``work``."""
+    msgs, limit = work.msgs, work.rt.max_message_bytes
     over = set(oversized)
     for idx, err in decoded.errors:
         if idx in over:
@@ -47,10 +87,6 @@ def decode_work(rt: PipelineRuntime, msgs: list[Message], *, batch_id: int) -> W
         else:
             work.dead.append((idx, err.reason, str(err)))
     work.decoded = decoded
-    ok = decoded.ok_index
-    work.keys = list(map(key, msgs)) if len(ok) == n else [msgs[i].key() for i in ok.tolist()]
-    work.in_parts = parts[ok]
-    return work
 
 
 def _accessors(msgs: list[Message]) -> tuple[Callable[[Any], Any], ...]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Message
 
-from consumers.work import Work
+from consumers.work import Work, message_times_ms
 from schemas.columns import StrColumn, take
 
 
@@ -37,7 +37,7 @@ def event_times_ms(work: Work, rows: np.ndarray) -> np.ndarray | None:
     """Event time (epoch ms) of ``rows``; None when the time field is absent from the batch."""
     rt = work.rt
     if rt.time_field is None:
-        return np.fromiter((m.timestamp()[1] for m in _messages(work, rows)), np.int64, len(rows))
+        return message_times_ms(work.msgs, work.decoded.ok_index[rows].tolist())
     col = work.decoded.columns.get(rt.time_field)
     if col is None:
         return None

@@ -13,7 +13,7 @@ import numpy as np
 
 from consumers import mapping
 from consumers.runtime import ActiveModel
-from consumers.work import Work
+from consumers.work import Work, message_times_ms
 from schemas.columns import StrColumn, take
 from sinks.kafka_sink import BatchAck, Headers, bounded_dead_letter, error_headers
 
@@ -151,8 +151,7 @@ class OutputWriter:
             "embedding": embedding_column(work.embeddings),
             "label": np.array(work.labels if work.labels is not None else [None] * n, dtype=object),
             # TextEvent has no event time: the record's Kafka timestamp stands in for it
-            "event_time": np.fromiter((work.msgs[i].timestamp()[1] for i in work.decoded.ok_index.tolist()),
-                                      dtype=np.int64, count=n),
+            "event_time": message_times_ms(work.msgs, work.decoded.ok_index.tolist()),
             "scored_at": np.full(n, now_ms, dtype=np.int64),
         }
         encoded = rt.encoder.encode_buffer(out, n)

@@ -37,8 +37,10 @@ from consumers.batcher import AdaptiveBatcher, CloseReason
 from consumers.commit import AtLeastOnce, CommitProtocol, ExactlyOnce
 from consumers.decode_stage import decode_work
 from consumers.model_stage import ModelStage
+from consumers.native_consume import NativeDrain
 from consumers.offsets import TP
 from consumers.outputs import OutputWriter
+from consumers.raw_batch import RawBatch
 from consumers.runtime import PipelineRuntime
 from consumers.warmup import warm_up
 from consumers.work import Work
@@ -94,6 +96,7 @@ class Scorer:
         stop_timeout_s: float = 30.0,
         metrics: ScorerMetrics | None = None,
         warm_up: bool = True,
+        native_consume: bool = False,
     ) -> None:
         missing = [p.name for p in pipelines if p.name not in batchers]
         if missing:
@@ -112,6 +115,10 @@ class Scorer:
         self._failure: BaseException | None = None
         self._next_batch = 0
         self._bufs: dict[str, list[Message]] = {t: [] for t in self.by_topic}
+        # native_consume: records drained into arrays (consumers/native_consume.py), buffered as chunks
+        self.native_consume = native_consume
+        self._drain: NativeDrain | None = None
+        self._raw: dict[str, list[RawBatch]] = {t: [] for t in self.by_topic}
         self._paused = False
         self._model_busy = False                 # the model stage is scoring a batch
         self._sink_busy = False                  # the sink stage is emitting a batch
@@ -172,6 +179,8 @@ class Scorer:
                 warm_up(rt, self.batchers[rt.input_topic])
         self.consumer.subscribe(list(self.by_topic), on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        if self.native_consume:
+            self._drain = NativeDrain.attach(self.consumer)
         model_t = threading.Thread(target=self._guard(self._model_loop, self._q_model, self._q_sink),
                                    name="model", daemon=True)
         sink_t = threading.Thread(target=self._guard(self._sink_loop, self._q_sink, None), name="sink", daemon=True)
@@ -195,6 +204,8 @@ class Scorer:
                     close()
                 except Exception as exc:  # noqa: BLE001 - shutting down anyway
                     log.warning("closing %s failed: %s", close, exc)
+            if self._drain is not None:
+                self._drain.close()     # its queue reference, before the consumer's close waits on it
         self.consumer.close()
         if self._failure is not None:
             raise self._failure
@@ -220,6 +231,9 @@ class Scorer:
         while not self._stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 break
+            if self._drain is not None:
+                self._source_step_native()
+                continue
             msgs, drained = self._consume()
             if self.commit.source_tick():
                 # a rewind was asked for: what we hold and what this call returned are stale
@@ -231,23 +245,65 @@ class Scorer:
                 msgs = [m for m in msgs if (m.topic(), m.partition()) not in gone]
             if msgs:
                 self._accept(msgs)
-            now = time.monotonic()
-            idle = self._model_idle()
-            for topic, batcher in self.batchers.items():
-                reason = batcher.should_close(now, drained=drained, next_idle=idle)
-                if reason is not None:
-                    self._dispatch(topic, reason)
+            self._close_batches(drained)
+        self._flush()
+
+    def _close_batches(self, drained: bool) -> None:
+        now = time.monotonic()
+        idle = self._model_idle()
+        for topic, batcher in self.batchers.items():
+            reason = batcher.should_close(now, drained=drained, next_idle=idle)
+            if reason is not None:
+                self._dispatch(topic, reason)
+
+    def _flush(self) -> None:
         if self._failure is None:
-            for topic, buf in self._bufs.items():
-                if buf:
+            for topic in self.batchers:
+                if self._held(topic):
                     self._dispatch(topic, "flush")
+
+    def _held(self, topic: str) -> int:
+        """Rows buffered for ``topic``'s open batch."""
+        return len(self._bufs[topic]) + sum(map(len, self._raw[topic]))
+
+    def _source_step_native(self) -> None:
+        """One turn of the source loop on the native drain: the plain turn's steps, on arrays."""
+        chunks, drained = self._consume_native()
+        if self.commit.source_tick():
+            self._drop(None)
+            return
+        if self._revoked_now:
+            gone, self._revoked_now = self._revoked_now, set()
+            chunks = [c.without(gone) for c in chunks]
+        for chunk in chunks:
+            if len(chunk):
+                self._accept_raw(chunk)
+        self._close_batches(drained)
+
+    def _consume_native(self) -> tuple[list[RawBatch], bool]:
+        """``_consume`` on the native drain: the same calls with the same sizes and timeouts."""
+        drain = self._drain
+        assert drain is not None
+        want = max(1, min(b.max_size - self._held(t) for t, b in self.batchers.items()))
+        now = time.monotonic()
+        open_ = [b for t, b in self.batchers.items() if self._held(t)]
+        chunks = [drain.consume(want, 0)]
+        got = len(chunks[0])
+        if got < want and open_ and not (self._model_idle() and all(b.close_by_need for b in open_)):
+            chunks.append(drain.consume(want - got, min(b.time_left(now) for b in open_)))
+        elif not got and not open_:
+            first = drain.consume(1, 0.1)
+            chunks = [first]
+            if len(first) and want > 1:
+                chunks.append(drain.consume(want - 1, 0))
+        return chunks, sum(map(len, chunks)) < want
 
     def _consume(self) -> tuple[list[Message], bool]:
         """What the consumer has fetched (up to what the open batches still take), and whether
         that drained it (fewer rows than asked for were waiting)."""
-        want = max(1, min(b.max_size - len(self._bufs[t]) for t, b in self.batchers.items()))
+        want = max(1, min(b.max_size - self._held(t) for t, b in self.batchers.items()))
         now = time.monotonic()
-        open_ = [b for t, b in self.batchers.items() if self._bufs[t]]
+        open_ = [b for t, b in self.batchers.items() if self._held(t)]
         msgs = list(self.consumer.consume(want, 0))
         if len(msgs) < want and open_ and not (self._model_idle() and all(b.close_by_need for b in open_)):
             # a batch is open and the model stage is busy: wait for more rows, but no longer than its deadline
@@ -299,6 +355,31 @@ class Scorer:
             buf.extend(group)
             self.batchers[topic].add(len(group), now, oldest_age_s=age)
 
+    def _accept_raw(self, batch: RawBatch) -> None:
+        """``_accept`` of drained records: error events as ``_accept`` treats them, records buffered."""
+        assert self._drain is not None
+        if bool(np.any(batch.err != 0)):
+            for i in np.flatnonzero(batch.err != 0).tolist():
+                code = int(batch.err[i])
+                if code == KafkaError._PARTITION_EOF:
+                    continue
+                err = KafkaError(code, self._drain.error_text(batch, i))
+                if err.fatal():
+                    raise DeliveryError(f"consumer fatal error: {err}", kafka_error=err)
+                log.warning("consumer error: %s", err)
+            batch = batch.take(batch.err == 0)
+            if not len(batch):
+                return
+        now = time.monotonic()
+        for topic, group in batch.by_topic().items():
+            chunks = self._raw.get(topic)
+            if chunks is None:
+                continue
+            ts = int(group.timestamp[0])
+            age = max(0.0, time.time() - ts / 1000.0) if ts > 0 else 0.0
+            chunks.append(group)
+            self.batchers[topic].add(len(group), now, oldest_age_s=age)
+
     def _drop(self, gone: set[TP] | None) -> None:
         """Forget buffered rows (of ``gone`` partitions, or all): the next owner or a rewind re-reads them."""
         for topic, buf in self._bufs.items():
@@ -306,9 +387,15 @@ class Scorer:
                 buf.clear()
             elif buf:
                 buf[:] = [m for m in buf if (m.topic(), m.partition()) not in gone]
+        for chunks in self._raw.values():
+            chunks[:] = [] if gone is None else [c for c in (c.without(gone) for c in chunks) if len(c)]
 
     def _dispatch(self, topic: str, reason: CloseReason) -> None:
-        msgs, self._bufs[topic] = self._bufs[topic], []
+        msgs: list[Message] | RawBatch = self._bufs[topic]
+        self._bufs[topic] = []
+        if self._raw[topic]:
+            msgs = RawBatch.concat(self._raw[topic])
+            self._raw[topic] = []
         batcher = self.batchers[topic]
         batcher.close(time.monotonic(), reason)
         if not msgs:   # a revoke or rewind emptied the open batch: nothing to decode
@@ -321,7 +408,7 @@ class Scorer:
         work.generation = self.commit.register(work.batch_id, work.ranges)
         self._put(self._q_model, work)
 
-    def _decode(self, rt: PipelineRuntime, msgs: list[Message]) -> Work:
+    def _decode(self, rt: PipelineRuntime, msgs: list[Message] | RawBatch) -> Work:
         self._next_batch += 1
         work = decode_work(rt, msgs, batch_id=self._next_batch)
         self.stats.consumed += len(msgs)

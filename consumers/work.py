@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence, Union
 
 import numpy as np
 from confluent_kafka import Message
 
 from consumers.offsets import TP
+from consumers.raw_batch import RawBatch
 from consumers.runtime import ActiveModel, PipelineRuntime
+
+Messages = Union[Sequence[Message], RawBatch]   # a batch's records: Message objects, or drained into arrays
 
 
 @dataclass
@@ -19,7 +22,7 @@ class Work:
     batch_id: int
     rt: PipelineRuntime
     ranges: dict[TP, tuple[int, int]]
-    msgs: list[Message]
+    msgs: Messages
     decoded: Any = None                       # schemas.columnar.DecodedBatch
     keys: list[bytes | None] = field(default_factory=list)
     in_parts: np.ndarray | None = None
@@ -38,6 +41,20 @@ class Work:
     changelog: Any = None                     # its aggregate changelog records (consumers.changelog.Changelog)
     consumed_at: float = 0.0                  # time.monotonic() at each stage, for stage latency metrics
     scored_at: float = 0.0
+
+
+def message_offsets(msgs: Messages, idx: list[int]) -> np.ndarray:
+    """The offsets of records ``idx``."""
+    if isinstance(msgs, RawBatch):
+        return msgs.offset[np.asarray(idx, np.int64)]
+    return np.fromiter((msgs[i].offset() for i in idx), np.int64, len(idx))
+
+
+def message_times_ms(msgs: Messages, idx: list[int]) -> np.ndarray:
+    """The Kafka timestamps (ms) of records ``idx``."""
+    if isinstance(msgs, RawBatch):
+        return msgs.timestamp[np.asarray(idx, np.int64)]
+    return np.fromiter((msgs[i].timestamp()[1] for i in idx), np.int64, len(idx))
 
 
 class SyntheticMessage:

@@ -202,6 +202,13 @@ class BatchDecoder:
         if self.fmt == "json":
             return self._decode_json(values)
         data, lengths = _join(values, PAD)
+        return self.decode_joined(data, lengths, values)
+
+    def decode_joined(self, data: bytes, lengths: np.ndarray, values: Sequence[bytes | None]) -> DecodedBatch:
+        """``decode`` of values already laid end to end in ``data`` (a null as empty, then ``PAD``
+        zero bytes) with their ``lengths``; ``values[i]`` is read only for a bad record's raw bytes."""
+        if self.fmt == "json":
+            return self._decode_json(values)
         buf = Buffer(np.frombuffer(data, np.uint8))
         starts = np.cumsum(lengths) - lengths
         errors: list[tuple[int, DecodeError]] = []

@@ -479,7 +479,7 @@ def build_scorer(cfg: PipelineFile, *, instance: str | None = None, index: int =
                     pipelines=runtimes, batchers=batchers, queue_depth=cfg.queue_depth, delivery=cfg.delivery,
                     make_producer=lambda: make_producer(producer_conf),
                     commit_interval_s=cfg.commit_interval_ms / 1000.0, stop_timeout_s=cfg.stop_timeout_s,
-                    metrics=metrics)
+                    metrics=metrics, native_consume=cfg.kafka.native_consume)
     for w in watchers:
         scorer.closers.append(w.start().close)
     if cfg.schema_registry is not None or any(p.lookups for p in cfg.pipelines):

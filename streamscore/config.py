@@ -35,6 +35,10 @@ class KafkaConfig(_Strict):
     # Enqueue each batch's outputs with one librdkafka call instead of one produce() per
     # message (sinks/batch_produce.py); false forces the per-message path.
     batch_produce: bool = True
+    # Drain fetched records into arrays with one librdkafka call instead of one confluent-kafka
+    # Message per record (consumers/native_consume.py, docs/native-consume.md); off: Consumer.consume.
+    # Where the route cannot be verified the scorer logs why and consumes through Consumer.consume.
+    native_consume: bool = False
 
     @field_validator("ssl_ca_location")
     @classmethod
@@ -352,7 +356,8 @@ def _format_errors(exc: ValidationError, source: str) -> str:
 
 def apply_env(raw: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
     """Environment overrides, read in this one place: KAFKA_BOOTSTRAP, KAFKA_SASL_*, STREAMSCORE_SECRETS_FILE,
-    SCHEMA_REGISTRY_URL (the url of a ``schema_registry`` section the file has)."""
+    STREAMSCORE_NATIVE_CONSUME (``kafka.native_consume``), SCHEMA_REGISTRY_URL (the url of a
+    ``schema_registry`` section the file has)."""
     env = dict(os.environ if env is None else env)
     kafka = dict(raw.get("kafka") or {})
     if env.get("KAFKA_BOOTSTRAP"):
@@ -367,6 +372,8 @@ def apply_env(raw: dict[str, Any], env: dict[str, str] | None = None) -> dict[st
         val = env.get(f"KAFKA_{key.upper()}")
         if val:
             kafka[key] = val
+    if env.get("STREAMSCORE_NATIVE_CONSUME"):
+        kafka["native_consume"] = env["STREAMSCORE_NATIVE_CONSUME"]   # pydantic reads 1/0/true/false
     out = dict(raw)
     if kafka:
         out["kafka"] = kafka

@@ -35,9 +35,11 @@ def cache_dir() -> Path:
     return Path(base) / "streamscore" / "native"
 
 
-def _build() -> Path | None:
-    src = _SRC.read_bytes()
-    out = cache_dir() / f"ss_native-{hashlib.sha1(src).hexdigest()[:12]}.so"
+def build(source: Path, stem: str) -> Path | None:
+    """``source`` (one C file) compiled into the cache as ``<stem>-<hash>.so``; None without a
+    compiler or when it does not compile (logged). Safe against concurrent builders."""
+    src = source.read_bytes()
+    out = cache_dir() / f"{stem}-{hashlib.sha1(src).hexdigest()[:12]}.so"
     if out.exists():
         return out
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -47,10 +49,10 @@ def _build() -> Path | None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        res = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, str(_SRC)], capture_output=True, text=True,
+        res = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, str(source)], capture_output=True, text=True,
                              timeout=60)
         if res.returncode != 0:
-            log.warning("native kernels not built (%s): %s", cc, res.stderr.strip()[:500])
+            log.warning("%s not built (%s): %s", source.name, cc, res.stderr.strip()[:500])
             return None
         os.replace(tmp, out)      # atomic: concurrent builders never load a half-written file
         return out
@@ -68,7 +70,7 @@ def lib() -> Any:
     if os.environ.get("STREAMSCORE_NATIVE", "1") == "0":
         return None
     try:
-        path = _build()
+        path = build(_SRC, "ss_native")
         if path is None:
             return None
         so = ctypes.CDLL(str(path))
