@@ -7,7 +7,7 @@
     revoke(partitions)   the state is dropped; work already dispatched keeps the view it was given
     view()               source thread, at dispatch: the partitions' states this batch applies to
     apply(view, work)    model thread: the aggregate columns join the decoded batch, and the
-                         batch's changelog records are put on ``work.changelog``; the sink
+                         batch's changelog records (a block of entries per partition) are put on ``work.changelog``; the sink
                          writes them under the batch's acknowledgement (at-least-once) or inside
                          its transaction (exactly-once), like every other output
 
@@ -66,8 +66,8 @@ class StateMetrics(Protocol):
 
 @dataclass
 class Changelog:
-    """A batch's changelog records, produced with its outputs: one per event, laid end to end in one
-    buffer (``values``: ``(buf, starts, lengths)``, ``keys`` a ``StrColumn``), then the tombstones."""
+    """A batch's changelog records, produced with its outputs: a block of entries per store and partition
+    (``models.agg_records``), laid end to end in one buffer (``values``: ``(buf, starts, lengths)``, ``keys`` a ``StrColumn``), then the tombstones."""
 
     topic: str
     values: tuple[np.ndarray, np.ndarray, np.ndarray]

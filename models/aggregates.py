@@ -17,17 +17,21 @@ Invariants:
   longest window - ``grace_ms``; a key with no entries left is forgotten. A replay reaching
   back less than ``grace_ms`` of record time therefore re-emits identical values.
 
-Changelog layout (one record per event and store, written for every scored batch; replayed
-writes are idempotent): key ``<store id>\\x1f<key>\\x1f<offset>``, value JSON ``[time_ms, v1, ...]``
-in the store's field order (``null`` for a null value); a tombstone (null value) deletes an
-evicted entry. The store id names its key field and a digest of its field layout, so a
-changed layout starts empty and the old layout's records are deleted at the next restore.
+Changelog layout: every scored batch writes, per store and partition, one record holding its
+entries (``models.agg_records``: columnar binary, split in blocks of at most 512 KiB); key
+``<store id>\\x1f<first offset>-<last offset>-<entries>``. A replayed batch writes its entries
+again (a record with the same key holds the same entries; one with another key overlaps, and
+restore keeps each offset once). A record is deleted (a tombstone) once every entry in it is
+evicted. The store id names its key field and a digest of its field layout, so a changed layout
+starts empty; records of another layout, or of the earlier one-JSON-record-per-event format, are
+deleted at the next restore.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import heapq
+import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,17 +40,20 @@ from typing import Any, Literal
 
 import numpy as np
 
+from models.agg_records import (FIXED_BYTES, MAX_BYTES, Block, FieldValues, Kind, decode, encode, text_bytes,
+                                text_str)
 from models.lookups import key_values
 from schemas.errors import ConfigError
 
 Op = Literal["count", "sum", "mean", "min", "max", "distinct_count"]
 OPS: tuple[Op, ...] = ("count", "sum", "mean", "min", "max", "distinct_count")
-Kind = Literal["float", "text"]
 UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 SEP = "\x1f"
 NULL_HASH = np.iinfo(np.int64).min       # a null text value among the hashes of a text field
 MAX_PAIRS = 1 << 22                      # (event, window entry) pairs handled at once: bounds a batch's memory
 KEY_BYTES = 120                          # estimated bytes per key held (dict slot, str object) for the metric
+RECORD_BYTES = 120                       # estimated bytes per changelog record tracked for its deletion
+log = logging.getLogger(__name__)
 Record = tuple[bytes, bytes | None]      # a changelog record: key, value (None: a tombstone)
 
 
@@ -96,9 +103,8 @@ class _Layout:
         return f"{self.key}#{digest}"
 
     @property
-    def value_format(self) -> bytes:
-        """A changelog value: ``[time`` then each field, a float with ``%r``, a text as its JSON bytes."""
-        return b"[%d" + b"".join(b",%r" if kind == "float" else b",%s" for _, kind in self.fields) + b"]"
+    def kinds(self) -> tuple[Kind, ...]:
+        return tuple(kind for _, kind in self.fields)
 
     @property
     def longest_ms(self) -> int:
@@ -117,7 +123,8 @@ class _Part:
     texts: list[str] = field(default_factory=list)
     newest: int = -(1 << 62)
     max_offset: int = -1                     # the highest offset ever inserted: above it, nothing is a replay
-    tombstones: list[bytes] = field(default_factory=list)    # evicted entries' record keys, not yet written
+    tombstones: list[bytes] = field(default_factory=list)    # wholly evicted records' keys, not yet written
+    logged: list[tuple[int, bytes]] = field(default_factory=list)   # a heap of (newest time, key) of live records
 
     @property
     def k(self) -> np.ndarray:
@@ -174,7 +181,7 @@ class _Part:
         return got
 
     def nbytes(self) -> int:
-        return int(sum(c.nbytes for c in self.cols)) + KEY_BYTES * len(self.codes)
+        return int(sum(c.nbytes for c in self.cols)) + KEY_BYTES * len(self.codes) + RECORD_BYTES * len(self.logged)
 
 
 class PartitionState:
@@ -192,8 +199,9 @@ class PartitionState:
 
 @dataclass
 class Applied:
-    """A batch's aggregate columns (one value per row, NaN where undefined) and its changelog records: one
-    per event (``keys``, ``values``, ``partitions``), then the evicted entries' tombstones (key, partition)."""
+    """A batch's aggregate columns (one value per row, NaN where undefined) and its changelog records: a block
+    of entries per store and partition (``keys``, ``values``, ``partitions``), then the tombstones of wholly
+    evicted records (key, partition)."""
 
     columns: dict[str, np.ndarray]
     keys: list[bytes] = field(default_factory=list)
@@ -312,11 +320,12 @@ class AggregateEngine:
                 rows = np.concatenate(batch.rows)
                 for name, col in batch.compute(lay).items():
                     applied.columns[name][rows] = col
-                keys, values = _records((lay.id + SEP).encode(), list(map(str.encode, ktexts)), lay.value_format, kcodes[rows], times[rows], offsets[rows],
-                                        [raw[rows] for raw in raws])
-                applied.keys.extend(keys)
-                applied.values.extend(values)
-                applied.partitions.extend(parts[rows].tolist())
+                blocks = _Blocks((lay.id + SEP).encode(), kcodes, text_bytes(ktexts), times, offsets, raws)
+                for p, i in batch.index.items():
+                    keys, values = blocks.records(states[p].parts[lay.id], batch.rows[i])
+                    applied.keys.extend(keys)
+                    applied.values.extend(values)
+                    applied.partitions.extend(repeat(p, len(keys)))
             for p in np.unique(parts).tolist():
                 st = states[p].parts[lay.id]
                 if p in batch.index:
@@ -330,10 +339,11 @@ class AggregateEngine:
         return applied
 
     def _fields(self, lay: _Layout, columns: Mapping[str, Any], nulls: Mapping[str, np.ndarray],
-                symbols: Mapping[str, Sequence[str]], n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Per store field: the values held (float64 or text hashes) and the raw values the changelog keeps."""
+                symbols: Mapping[str, Sequence[str]], n: int) -> tuple[list[np.ndarray], list[FieldValues]]:
+        """Per store field: the values held (float64 or text hashes) and what the changelog keeps (the floats,
+        or each row's code into the batch's texts, -1 for null, with those texts)."""
         vals: list[np.ndarray] = []
-        raws: list[np.ndarray] = []          # per field: each row's value, written as JSON by ``_records``
+        raws: list[FieldValues] = []
         for name, kind in lay.fields:
             col = columns.get(name)
             if col is None:
@@ -345,15 +355,14 @@ class AggregateEngine:
                 if null is not None:
                     v[null] = np.nan
                 vals.append(v)
-                raws.append(_json_numbers(v))
+                raws.append(v)
             else:
                 codes, texts = key_values(col, symbols.get(name), n)
                 if null is not None:
                     codes = np.where(null, -1, codes)
                 table = np.array([_hash(t) for t in texts] + [NULL_HASH], np.int64)
                 vals.append(table[codes])                       # code -1 -> the NULL_HASH slot
-                jtexts = np.array([json.dumps(t).encode() for t in texts] + [b"null"], dtype=object)
-                raws.append(jtexts[codes])
+                raws.append((codes, text_bytes(texts)))
         return vals, raws
 
     # ------------------------------------------------------------------ changelog
@@ -363,35 +372,22 @@ class AggregateEngine:
         for key, value in records:
             latest[key] = value
         state = self.new_state()
-        found: dict[str, list[tuple[str, int, list[Any]]]] = {lay.id: [] for lay in self.layouts}
+        found: dict[str, list[tuple[bytes, Block]]] = {lay.id: [] for lay in self.layouts}
         stale: list[bytes] = []
         for key, value in latest.items():
             if value is None:
                 continue
-            sid, _, rest = key.decode("utf-8", "replace").partition(SEP)
-            text, _, off = rest.rpartition(SEP)
-            lay = self._by_id.get(sid)
-            if lay is None:
-                stale.append(key)                 # a layout no longer configured: deleted
-                continue
-            found[sid].append((text, int(off), json.loads(value)))
+            lay = self._by_id.get(key.partition(SEP.encode())[0].decode("utf-8", "replace"))
+            try:
+                if lay is None:
+                    raise ValueError("a layout no longer configured")
+                found[lay.id].append((key, decode(value, lay.kinds)))
+            except ValueError:
+                stale.append(key)                 # another layout's or format's record: deleted
+        if stale:
+            log.warning("aggregates: %d changelog records of another layout or format are deleted", len(stale))
         for lay in self.layouts:
-            st = state.parts[lay.id]
-            entries = found[lay.id]
-            m = len(entries)
-            arrays = [np.fromiter((st.code(text) for text, _, _ in entries), np.int64, m),
-                      np.fromiter((int(v[0]) for _, _, v in entries), np.int64, m),
-                      np.fromiter((off for _, off, _ in entries), np.int64, m)]
-            for j, (_, kind) in enumerate(lay.fields):
-                raw = [v[j + 1] if len(v) > j + 1 else None for _, _, v in entries]
-                if kind == "float":
-                    arrays.append(np.array([np.nan if x is None else float(x) for x in raw], np.float64))
-                else:
-                    arrays.append(np.array([NULL_HASH if x is None else _hash(str(x)) for x in raw], np.int64))
-            st.append(arrays)
-            if m:
-                st.newest = int(st.t.max())
-                _evict(lay, st, self.grace_ms)
+            _load(lay, state.parts[lay.id], found[lay.id], self.grace_ms)
         first = state.parts[self.layouts[0].id] if self.layouts else None
         if first is not None:
             first.tombstones.extend(stale)
@@ -419,48 +415,84 @@ def _hash(text: str) -> int:
     return h if h != NULL_HASH else h + 1
 
 
-class _Literal:
-    """A JSON token written with ``%r``."""
+class _Blocks:
+    """A batch's changelog records for one store: per partition, its rows' entries in blocks of at most
+    ``MAX_BYTES`` (``models.agg_records``). Key codes and text codes index the batch's tables."""
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, head: bytes, kcodes: np.ndarray, kbytes: list[bytes], t: np.ndarray, o: np.ndarray,
+                 raws: list[FieldValues]) -> None:
+        self.head, self.kcodes, self.kbytes, self.t, self.o, self.raws = head, kcodes, kbytes, t, o, raws
+        klen = np.fromiter(map(len, kbytes), np.int64, len(kbytes))
+        self.size = FIXED_BYTES + np.append(klen, 0)[kcodes]              # per row, an upper bound
+        for raw in raws:
+            if isinstance(raw, tuple):
+                tlen = np.fromiter(map(len, raw[1]), np.int64, len(raw[1]))
+                self.size = self.size + 4 + np.append(tlen, 0)[raw[0]]
+            else:
+                self.size = self.size + 8
 
-    def __repr__(self) -> str:
-        return self.text
+    def records(self, st: _Part, rows: np.ndarray) -> tuple[list[bytes], list[bytes]]:
+        """The records of one partition's ``rows`` (in partition order), tracked in ``st`` for their deletion."""
+        cuts = np.flatnonzero(np.diff(np.cumsum(self.size[rows]) // MAX_BYTES)) + 1
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        for chunk in np.split(rows, cuts):
+            o, t = self.o[chunk], self.t[chunk]
+            used, kidx = np.unique(self.kcodes[chunk], return_inverse=True)
+            fields: list[FieldValues] = []
+            for raw in self.raws:
+                if isinstance(raw, tuple):
+                    codes = raw[0][chunk]
+                    valid = codes >= 0
+                    tused, tidx = np.unique(codes[valid], return_inverse=True)
+                    idx = np.full(len(chunk), -1, np.int32)
+                    idx[valid] = tidx.reshape(-1)
+                    fields.append((idx, [raw[1][c] for c in tused.tolist()]))
+                else:
+                    fields.append(raw[chunk])
+            key = self.head + b"%d-%d-%d" % (int(o.min()), int(o.max()), len(chunk))
+            values.append(encode(Block(o, t, kidx.reshape(-1), [self.kbytes[c] for c in used.tolist()], fields)))
+            keys.append(key)
+            heapq.heappush(st.logged, (int(t.max()), key))
+        return keys, values
 
 
-NULL, POS_INF, NEG_INF = _Literal("null"), _Literal("1e999"), _Literal("-1e999")
-
-
-def _json_numbers(v: np.ndarray) -> np.ndarray:
-    """Each float as a Python float (written with ``%r``: its shortest repr) or, for NaN, ``null`` and for
-    inf, 1e999 / -1e999 (which JSON parsers read as infinities)."""
-    out = v.astype(object)
-    for i in np.flatnonzero(~np.isfinite(v)).tolist():
-        out[i] = NULL if np.isnan(v[i]) else POS_INF if v[i] > 0 else NEG_INF
-    return out
-
-
-def _records(head: bytes, texts: Sequence[bytes], fmt: bytes, kcodes: np.ndarray, t: np.ndarray, o: np.ndarray,
-             raws: list[np.ndarray]) -> tuple[list[bytes], list[bytes]]:
-    """One record per row: key ``<store>\x1f<key>\x1f<offset>`` (``head``: the store and the separator; ``texts``
-    by key code), value ``[time, field values...]`` (JSON, ``fmt``: ``_Layout.value_format``; ``raws``: ``_fields``)."""
-    keys = [b"%s%s\x1f%d" % (head, texts[c], oi) for c, oi in zip(kcodes.tolist(), o.tolist())]
-    values = [fmt % row for row in zip(t.tolist(), *(raw.tolist() for raw in raws))]
-    return keys, values
+def _load(lay: _Layout, st: _Part, blocks: Sequence[tuple[bytes, Block]], grace_ms: int) -> None:
+    """Fill an empty ``st`` from its records' blocks; an offset found in several records (a replayed batch) once."""
+    cols: list[list[np.ndarray]] = [[] for _ in range(3 + len(lay.fields))]
+    for key, b in blocks:
+        if not len(b.offsets):
+            continue
+        cols[0].append(st.codes_of([text_str(k) for k in b.keys])[b.kidx])
+        cols[1].append(b.times)
+        cols[2].append(b.offsets)
+        for j, values in enumerate(b.fields):
+            if isinstance(values, tuple):
+                table = np.array([_hash(text_str(x)) for x in values[1]] + [NULL_HASH], np.int64)
+                cols[3 + j].append(table[values[0]])          # index -1 -> the NULL_HASH slot
+            else:
+                cols[3 + j].append(values)
+        heapq.heappush(st.logged, (int(b.times.max()), key))
+    if not cols[0]:
+        return
+    arrays = [np.concatenate(c) for c in cols]
+    _, first = np.unique(arrays[2], return_index=True)
+    st.append([a[first] for a in arrays])
+    st.newest = int(st.t.max())
+    _evict(lay, st, grace_ms)
 
 
 def _evict(lay: _Layout, st: _Part, grace_ms: int) -> None:
-    """Drop entries no replay within the grace can need; forget keys with none left."""
+    """Drop entries no replay within the grace can need and delete the records holding only such entries;
+    forget keys with none left."""
+    cutoff = st.newest - lay.longest_ms - grace_ms
+    while st.logged and st.logged[0][0] <= cutoff:
+        st.tombstones.append(heapq.heappop(st.logged)[1])
     if not st.n:
         return
-    cutoff = st.newest - lay.longest_ms - grace_ms
     gone = st.t <= cutoff
     if not gone.any():
         return
-    prefix = lay.id + SEP
-    st.tombstones.extend((prefix + st.texts[c] + SEP + str(off)).encode()
-                         for c, off in zip(st.k[gone].tolist(), st.o[gone].tolist()))
     st.keep(~gone)
     live = np.flatnonzero(np.bincount(st.k, minlength=len(st.texts)))
     if len(st.texts) > 2 * len(live) + 1024:              # renumber the keys still held
