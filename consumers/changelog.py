@@ -7,9 +7,9 @@
     revoke(partitions)   the state is dropped; work already dispatched keeps the view it was given
     view()               source thread, at dispatch: the partitions' states this batch applies to
     apply(view, work)    model thread: the aggregate columns join the decoded batch, and the
-                         batch's changelog records (a block of entries per partition) are put on ``work.changelog``; the sink
-                         writes them under the batch's acknowledgement (at-least-once) or inside
-                         its transaction (exactly-once), like every other output
+                         batch's changelog records (a block of entries per partition) are put on
+                         ``work.changelog``; the sink writes them under the batch's acknowledgement
+                         (at-least-once) or inside its transaction (exactly-once), like every other output
 
 Changelog partition = input partition, so a partition's state moves with it in a rebalance.
 """
