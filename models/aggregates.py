@@ -40,8 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from models.agg_records import (FIXED_BYTES, MAX_BYTES, Block, FieldValues, Kind, decode, encode, text_bytes,
-                                text_str)
+from models.agg_records import FIXED_BYTES, MAX_BYTES, UTF8_MAX, Block, FieldValues, Kind, decode, encode
 from models.lookups import key_values
 from schemas.errors import ConfigError
 
@@ -320,7 +319,7 @@ class AggregateEngine:
                 rows = np.concatenate(batch.rows)
                 for name, col in batch.compute(lay).items():
                     applied.columns[name][rows] = col
-                blocks = _Blocks((lay.id + SEP).encode(), kcodes, text_bytes(ktexts), times, offsets, raws)
+                blocks = _Blocks((lay.id + SEP).encode(), kcodes, ktexts, times, offsets, raws)
                 for p, i in batch.index.items():
                     keys, values = blocks.records(states[p].parts[lay.id], batch.rows[i])
                     applied.keys.extend(keys)
@@ -362,7 +361,7 @@ class AggregateEngine:
                     codes = np.where(null, -1, codes)
                 table = np.array([_hash(t) for t in texts] + [NULL_HASH], np.int64)
                 vals.append(table[codes])                       # code -1 -> the NULL_HASH slot
-                raws.append((codes, text_bytes(texts)))
+                raws.append((codes, texts))
         return vals, raws
 
     # ------------------------------------------------------------------ changelog
@@ -419,14 +418,14 @@ class _Blocks:
     """A batch's changelog records for one store: per partition, its rows' entries in blocks of at most
     ``MAX_BYTES`` (``models.agg_records``). Key codes and text codes index the batch's tables."""
 
-    def __init__(self, head: bytes, kcodes: np.ndarray, kbytes: list[bytes], t: np.ndarray, o: np.ndarray,
+    def __init__(self, head: bytes, kcodes: np.ndarray, ktexts: list[str], t: np.ndarray, o: np.ndarray,
                  raws: list[FieldValues]) -> None:
-        self.head, self.kcodes, self.kbytes, self.t, self.o, self.raws = head, kcodes, kbytes, t, o, raws
-        klen = np.fromiter(map(len, kbytes), np.int64, len(kbytes))
+        self.head, self.kcodes, self.ktexts, self.t, self.o, self.raws = head, kcodes, ktexts, t, o, raws
+        klen = np.fromiter(map(len, ktexts), np.int64, len(ktexts)) * UTF8_MAX
         self.size = FIXED_BYTES + np.append(klen, 0)[kcodes]              # per row, an upper bound
         for raw in raws:
             if isinstance(raw, tuple):
-                tlen = np.fromiter(map(len, raw[1]), np.int64, len(raw[1]))
+                tlen = np.fromiter(map(len, raw[1]), np.int64, len(raw[1])) * UTF8_MAX
                 self.size = self.size + 4 + np.append(tlen, 0)[raw[0]]
             else:
                 self.size = self.size + 8
@@ -451,7 +450,7 @@ class _Blocks:
                 else:
                     fields.append(raw[chunk])
             key = self.head + b"%d-%d-%d" % (int(o.min()), int(o.max()), len(chunk))
-            values.append(encode(Block(o, t, kidx.reshape(-1), [self.kbytes[c] for c in used.tolist()], fields)))
+            values.append(encode(Block(o, t, kidx.reshape(-1), [self.ktexts[c] for c in used.tolist()], fields)))
             keys.append(key)
             heapq.heappush(st.logged, (int(t.max()), key))
         return keys, values
@@ -463,12 +462,12 @@ def _load(lay: _Layout, st: _Part, blocks: Sequence[tuple[bytes, Block]], grace_
     for key, b in blocks:
         if not len(b.offsets):
             continue
-        cols[0].append(st.codes_of([text_str(k) for k in b.keys])[b.kidx])
+        cols[0].append(st.codes_of(b.keys)[b.kidx])
         cols[1].append(b.times)
         cols[2].append(b.offsets)
         for j, values in enumerate(b.fields):
             if isinstance(values, tuple):
-                table = np.array([_hash(text_str(x)) for x in values[1]] + [NULL_HASH], np.int64)
+                table = np.array([_hash(x) for x in values[1]] + [NULL_HASH], np.int64)
                 cols[3 + j].append(table[values[0]])          # index -1 -> the NULL_HASH slot
             else:
                 cols[3 + j].append(values)
