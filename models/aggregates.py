@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from models.agg_records import FIXED_BYTES, MAX_BYTES, UTF8_MAX, Block, FieldValues, Kind, decode, encode
-from models.lookups import key_values
+from models.lookups import key_values, used_codes
 from schemas.errors import ConfigError
 
 Op = Literal["count", "sum", "mean", "min", "max", "distinct_count"]
@@ -232,8 +232,8 @@ class _Gathered:
 
     def add(self, st: _Part, p: int, rows: np.ndarray, bcodes: np.ndarray, btexts: Sequence[str], t: np.ndarray,
             o: np.ndarray, vals: list[np.ndarray]) -> None:
-        used, inv = np.unique(bcodes, return_inverse=True)
-        k = st.codes_of([btexts[u] for u in used.tolist()])[inv.reshape(-1)]
+        used, inv = used_codes(bcodes, len(btexts))
+        k = st.codes_of([btexts[u] for u in used.tolist()])[inv]
         new = o > st.max_offset                                   # dedupe: an offset already held is a replay
         if not new.all():
             new[~new] = ~np.isin(o[~new], st.o)
@@ -437,20 +437,20 @@ class _Blocks:
         values: list[bytes] = []
         for chunk in np.split(rows, cuts):
             o, t = self.o[chunk], self.t[chunk]
-            used, kidx = np.unique(self.kcodes[chunk], return_inverse=True)
+            used, kidx = used_codes(self.kcodes[chunk], len(self.ktexts))
             fields: list[FieldValues] = []
             for raw in self.raws:
                 if isinstance(raw, tuple):
                     codes = raw[0][chunk]
                     valid = codes >= 0
-                    tused, tidx = np.unique(codes[valid], return_inverse=True)
+                    tused, tidx = used_codes(codes[valid], len(raw[1]))
                     idx = np.full(len(chunk), -1, np.int32)
-                    idx[valid] = tidx.reshape(-1)
+                    idx[valid] = tidx
                     fields.append((idx, [raw[1][c] for c in tused.tolist()]))
                 else:
                     fields.append(raw[chunk])
             key = self.head + b"%d-%d-%d" % (int(o.min()), int(o.max()), len(chunk))
-            values.append(encode(Block(o, t, kidx.reshape(-1), [self.ktexts[c] for c in used.tolist()], fields)))
+            values.append(encode(Block(o, t, kidx, [self.ktexts[c] for c in used.tolist()], fields)))
             keys.append(key)
             heapq.heappush(st.logged, (int(t.max()), key))
         return keys, values
@@ -479,6 +479,17 @@ def _load(lay: _Layout, st: _Part, blocks: Sequence[tuple[bytes, Block]], grace_
     st.append([a[first] for a in arrays])
     st.newest = int(st.t.max())
     _evict(lay, st, grace_ms)
+
+
+def _factorize(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense codes of ``x`` (equal values, equal codes) and how many there are. A field with few distinct values
+    is coded by searching the distinct values of a sample; when the sample misses one, by ``np.unique``."""
+    u = np.unique(x[::max(1, len(x) // 256)])
+    codes = np.minimum(np.searchsorted(u, x), len(u) - 1)
+    if np.array_equal(u[codes], x):
+        return codes, len(u)
+    u, inv = np.unique(x, return_inverse=True)
+    return inv.reshape(-1), len(u)
 
 
 def _evict(lay: _Layout, st: _Part, grace_ms: int) -> None:
@@ -567,14 +578,13 @@ def _reduce(s: AggregateSpec, nq: int, qi: np.ndarray, ei: np.ndarray, ok: np.nd
     if s.op in ("min", "max"):
         res = np.full(nq, np.nan)
         if len(q):
-            uq, first = np.unique(q, return_index=True)
-            res[uq] = (np.minimum if s.op == "min" else np.maximum).reduceat(x, first)
+            first = np.flatnonzero(np.concatenate([[True], q[1:] != q[:-1]]))     # q ascends
+            res[q[first]] = (np.minimum if s.op == "min" else np.maximum).reduceat(x, first)
         return res
     if not len(q):                                     # distinct_count
         return np.zeros(nq)
-    _, codes = np.unique(x, return_inverse=True)
-    width = int(codes.max()) + 1
-    cells = q * width + codes.reshape(-1)                 # (query, distinct value)
+    codes, width = _factorize(x)
+    cells = q * width + codes                             # (query, distinct value)
     if nq * width <= max(4 * len(q), 1 << 16):           # few distinct values: mark a dense table
         seen = np.zeros(nq * width, bool)
         seen[cells] = True

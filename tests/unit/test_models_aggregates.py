@@ -205,3 +205,20 @@ def _logged(engine: AggregateEngine, records: list[tuple[bytes, bytes | None, in
     kinds = {lay.id.encode(): lay.kinds for lay in engine.layouts}
     return [(p, o) for key, value, p in records if value is not None
             for o in decode(value, kinds[key.split(b"\x1f")[0]]).offsets.tolist()]
+
+
+@pytest.mark.parametrize("distinct", [1, 8, 5000])
+def test_dense_codes_equal_np_unique(distinct: int) -> None:
+    from models.aggregates import _factorize
+    from models.lookups import used_codes
+
+    rng = np.random.default_rng(distinct)
+    codes = rng.integers(0, distinct, 20_000)
+    used, inv = used_codes(codes, distinct + 3)
+    want_used, want_inv = np.unique(codes, return_inverse=True)
+    np.testing.assert_array_equal(used, want_used)
+    np.testing.assert_array_equal(inv, want_inv.reshape(-1))
+    hashes = rng.integers(-2**62, 2**62, distinct)[codes]
+    dense, width = _factorize(hashes)
+    assert width == len(want_used) and dense.max() < width
+    np.testing.assert_array_equal(dense[:, None] == dense[None, :200], hashes[:, None] == hashes[None, :200])
