@@ -120,11 +120,13 @@ def state_rss(keys: int = KEYS, per_key: int = 20, batch: int = 8192) -> dict[st
 
 def micro(redis_url: str | None, events: int = 400_000, batch: int = 8192) -> dict[str, float]:
     """The two stages in process, no broker: ``events`` events over ``KEYS`` accounts (4 partitions, keyed),
-    in batches of ``batch``, through the three aggregates and (with ``redis_url``, its hashes loaded by
-    ``load_redis``) the lookup; microseconds per event of wall and of this process's CPU time."""
+    in batches of ``batch``, through the three aggregates (their changelog records' buffer included) and (with
+    ``redis_url``, its hashes loaded by ``load_redis``) the lookup; microseconds per event of wall and of this
+    process's CPU time."""
     import threading
     import time
 
+    from consumers.changelog import Changelog
     from models.aggregates import AggregateEngine
     from models.lookups import Lookup, RedisHashStore
     from schemas.columns import StrColumn
@@ -155,7 +157,8 @@ def micro(redis_url: str | None, events: int = 400_000, batch: int = 8192) -> di
                 "amount": np.round(rng.gamma(2.0, 20.0, len(acct)), 2),       # cents, as the demo events
                 "country": StrColumn.from_bytes(countries[rng.integers(0, 8, len(acct))].tolist())}
         times = 1_764_600_000_000 + (lo + np.arange(len(acct))) // 50
-        for stage, run in (("aggregates", lambda: engine.apply(states, cols, {}, {}, parts, offsets, times)),
+        for stage, run in (("aggregates", lambda: Changelog.of("changelog", engine.apply(states, cols, {}, {}, parts,
+                                                                                          offsets, times))),
                            ("lookup", None if lookup is None else lambda: lookup.join(cols, {}, {}, len(acct)))):
             if run is not None:
                 w, c = time.perf_counter(), time.process_time()
