@@ -521,7 +521,7 @@ def _compute(lay: _Layout, ek: np.ndarray, et: np.ndarray, eo: np.ndarray, ev: l
     if (int(max(ek.max(initial=0), qk.max())) + 2) * span >= (1 << 62):
         raise ConfigError("aggregates: the record times in one batch span too far to index (more than ~100 years)")
     comp = ek * span + (et - tmin)
-    order = np.lexsort((eo, comp))                            # by (key, time, offset)
+    order = _by_key_time_offset(comp, eo)
     comp, et, eo = comp[order], et[order], eo[order]
     ev = [a[order] for a in ev]
     col = {f: j for j, f in enumerate(lay.fields)}
@@ -539,6 +539,19 @@ def _compute(lay: _Layout, ek: np.ndarray, et: np.ndarray, eo: np.ndarray, ev: l
                     v = None if s.field is None else ev[col[(s.field, s.kind)]]
                     out[s.name][q0:q1] = _reduce(s, q1 - q0, qi, ei, okw, v)
     return out
+
+
+def _by_key_time_offset(comp: np.ndarray, eo: np.ndarray) -> np.ndarray:
+    """``np.lexsort((eo, comp))``: one sort by ``comp`` (key and time), then the few runs of equal ``comp``
+    ordered by offset."""
+    order = np.argsort(comp)
+    sc = comp[order]
+    tie = np.flatnonzero(sc[1:] == sc[:-1])
+    if len(tie):
+        pos = np.union1d(tie, tie + 1)                        # every place in a run of equal comp, in order
+        sub = order[pos]
+        order[pos] = sub[np.lexsort((eo[sub], comp[sub]))]
+    return order
 
 
 def _pairs(lo: np.ndarray, hi: np.ndarray) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:

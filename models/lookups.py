@@ -204,8 +204,7 @@ class Lookup:
             codes = np.where(null, -1, codes)
         valid = codes >= 0
         used, inv = used_codes(codes[valid], len(uniques))          # the key values this batch has
-        prefix, suffix = self._affixes
-        keys = [prefix + uniques[u] + suffix for u in used.tolist()]
+        keys = uniques if len(used) == len(uniques) else [uniques[u] for u in used.tolist()]   # key values
         codes = np.full(n, len(keys), np.int64)                     # a null key -> the extra "missing" slot
         codes[valid] = inv
         table = self._fetch(keys)
@@ -239,7 +238,7 @@ class Lookup:
         return Joined(out, dead)
 
     def _fetch(self, keys: list[str]) -> _Table:
-        """Every key's parsed values: the cache's fresh ones, the rest in one round trip."""
+        """Every key value's parsed values: the cache's fresh ones, the rest in one round trip."""
         slots = self._cache.get(keys, time.monotonic())
         todo = np.flatnonzero(slots < 0)
         self._last_fetched = len(todo)
@@ -248,7 +247,8 @@ class Lookup:
         table = self._cache.table.take(np.maximum(slots, 0)) if len(todo) < len(keys) \
             else _Table.empty(self._kinds, len(keys))
         wanted = [keys[i] for i in todo.tolist()]
-        fetched = _Table.parse(self._call(wanted), self._kinds)
+        prefix, suffix = self._affixes
+        fetched = _Table.parse(self._call([prefix + k + suffix for k in wanted]), self._kinds)
         table.put(todo, fetched)
         self._cache.put(wanted, fetched, time.monotonic())
         return table

@@ -222,3 +222,13 @@ def test_dense_codes_equal_np_unique(distinct: int) -> None:
     dense, width = _factorize(hashes)
     assert width == len(want_used) and dense.max() < width
     np.testing.assert_array_equal(dense[:, None] == dense[None, :200], hashes[:, None] == hashes[None, :200])
+
+
+def test_the_entry_order_equals_lexsort_with_many_ties() -> None:
+    from models.aggregates import _by_key_time_offset
+
+    rng = np.random.default_rng(9)
+    comp = rng.integers(0, 50, 5000)
+    eo = rng.permutation(5000)
+    np.testing.assert_array_equal(_by_key_time_offset(comp, eo), np.lexsort((eo, comp)))
+    np.testing.assert_array_equal(_by_key_time_offset(comp[:1], eo[:1]), [0])
