@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from models.features import string_values
+from models.resp import RespPipe, pack_hmget
 from schemas.backoff import Backoff
 from schemas.errors import ConfigError, LookupStoppedError, LookupUnavailableError
 
@@ -379,19 +380,21 @@ def _texts(col: np.ndarray, present: np.ndarray) -> np.ndarray:
 
 class RedisHashStore:
     """The Redis side of a lookup: one pipelined HMGET per key, one round trip per call. The commands are
-    packed into one buffer and the replies read with redis-py's parser (hiredis when installed)."""
+    packed into one buffer; the replies are read by ``models.resp.RespPipe`` (hiredis, no per-reply Python
+    beyond one call) for a plain ``redis://`` / ``unix://`` URL, else by redis-py (TLS and other options)."""
 
     def __init__(self, url: str, *, timeout_s: float = 1.0) -> None:
         import redis
 
+        self._pipe = RespPipe.from_url(url, timeout_s=timeout_s)
         self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
     def hmget_many(self, keys: Sequence[str], fields: Sequence[str]) -> list[list[bytes | None]]:
         import redis
 
-        head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
-        tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in (f.encode() for f in fields))
-        packed = b"".join([b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, tail) for k in (k.encode() for k in keys)])
+        if self._pipe is not None:
+            return self._pipe.hmget_many(keys, fields)
+        packed = pack_hmget(keys, fields)
         pool = self._client.connection_pool
         conn = None
         try:
@@ -409,4 +412,6 @@ class RedisHashStore:
                 pool.release(conn)
 
     def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
         self._client.close()
