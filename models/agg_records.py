@@ -2,7 +2,7 @@
 
 One record holds the entries one batch added to one store in one partition (split in blocks of at
 most ``MAX_BYTES``). All integers little-endian; a text table is ``u32 count``, ``u32[count]``
-byte lengths, then the UTF-8 bytes (``surrogatepass``) end to end::
+byte lengths, then the bytes end to end (a key or text value as received, UTF-8)::
 
     u8 VERSION, u32 n
     i64[n] offsets, i64[n] record times (ms)
@@ -23,9 +23,8 @@ import numpy as np
 VERSION = b"\x02"                        # a JSON value of the per-event format starts with "["
 MAX_BYTES = 512 * 1024                   # a block stays well under Kafka's default 1 MB message limit
 FIXED_BYTES = 8 + 8 + 4                  # per entry: offset, time, key index (a field adds 8 or 4)
-UTF8_MAX = 4                             # bytes per character at most
 Kind = Literal["float", "text"]
-FieldValues = Union[np.ndarray, tuple[np.ndarray, list[str]]]   # f64 values, or (i32 index, text table)
+FieldValues = Union[np.ndarray, tuple[np.ndarray, list[bytes]]]   # f64 values, or (i32 index, text table)
 
 _I64, _U32, _I32, _F64 = np.dtype("<i8"), np.dtype("<u4"), np.dtype("<i4"), np.dtype("<f8")
 
@@ -37,7 +36,7 @@ class Block:
     offsets: np.ndarray
     times: np.ndarray
     kidx: np.ndarray
-    keys: list[str]
+    keys: list[bytes]
     fields: list[FieldValues]
 
 
@@ -83,16 +82,9 @@ def decode(value: bytes, kinds: Sequence[Kind]) -> Block:
     return Block(offsets, times, kidx, keys, fields)
 
 
-def _table(texts: Sequence[str]) -> bytes:
-    joined = "".join(texts)
-    raw = joined.encode("utf-8", "surrogatepass")
-    if len(raw) == len(joined):                  # one byte per character: the lengths are the texts' lengths
-        lengths = np.fromiter(map(len, texts), _U32, len(texts))
-    else:
-        encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
-        lengths = np.fromiter(map(len, encoded), _U32, len(texts))
-        raw = b"".join(encoded)
-    return np.uint32(len(texts)).astype(_U32).tobytes() + lengths.tobytes() + raw
+def _table(texts: Sequence[bytes]) -> bytes:
+    lengths = np.fromiter(map(len, texts), _U32, len(texts))
+    return np.uint32(len(texts)).astype(_U32).tobytes() + lengths.tobytes() + b"".join(texts)
 
 
 def _read(view: memoryview, pos: int, dtype: np.dtype, count: int) -> tuple[np.ndarray, int]:
@@ -102,19 +94,12 @@ def _read(view: memoryview, pos: int, dtype: np.dtype, count: int) -> tuple[np.n
     return np.frombuffer(view[pos:end], dtype).astype(dtype.newbyteorder("="), copy=True), end
 
 
-def _read_table(view: memoryview, pos: int) -> tuple[list[str], int]:
+def _read_table(view: memoryview, pos: int) -> tuple[list[bytes], int]:
     n, pos = _read(view, pos, _U32, 1)
     lengths, pos = _read(view, pos, _U32, int(n[0]))
     ends = np.cumsum(lengths, dtype=np.int64).tolist()
     end = pos + (ends[-1] if ends else 0)
     if end > len(view):
         raise ValueError("the block is cut short")
-    starts = [0, *ends[:-1]]
     raw = bytes(view[pos:end])
-    try:
-        text = raw.decode("utf-8", "surrogatepass")
-        if len(text) == len(raw):
-            return [text[a:b] for a, b in zip(starts, ends)], end
-        return [raw[a:b].decode("utf-8", "surrogatepass") for a, b in zip(starts, ends)], end
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"a text is not UTF-8: {exc}") from exc
+    return [raw[a:b] for a, b in zip([0, *ends[:-1]], ends)], end

@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from models.agg_records import FIXED_BYTES, MAX_BYTES, UTF8_MAX, Block, FieldValues, Kind, decode, encode
+from models.agg_records import FIXED_BYTES, MAX_BYTES, Block, FieldValues, Kind, decode, encode
 from models.lookups import key_values, used_codes
 from schemas.errors import ConfigError
 
@@ -118,8 +118,8 @@ class _Part:
 
     cols: list[np.ndarray]
     n: int = 0
-    codes: dict[str, int] = field(default_factory=dict)
-    texts: list[str] = field(default_factory=list)
+    codes: dict[bytes, int] = field(default_factory=dict)   # a key's bytes (as received) -> its code
+    texts: list[bytes] = field(default_factory=list)
     newest: int = -(1 << 62)
     max_offset: int = -1                     # the highest offset ever inserted: above it, nothing is a replay
     tombstones: list[bytes] = field(default_factory=list)    # wholly evicted records' keys, not yet written
@@ -161,14 +161,7 @@ class _Part:
             c[:len(a)] = a
         self.n = len(kept[0])
 
-    def code(self, text: str) -> int:
-        c = self.codes.get(text)
-        if c is None:
-            c = self.codes[text] = len(self.texts)
-            self.texts.append(text)
-        return c
-
-    def codes_of(self, texts: Sequence[str]) -> np.ndarray:
+    def codes_of(self, texts: Sequence[bytes]) -> np.ndarray:
         """The codes of distinct key texts, new keys numbered on."""
         got = np.fromiter(map(self.codes.get, texts, repeat(-1)), np.int64, len(texts))
         miss = np.flatnonzero(got < 0).tolist()
@@ -230,7 +223,7 @@ class _Gathered:
         self.ev: list[list[np.ndarray]] = []
         self._next = 0
 
-    def add(self, st: _Part, p: int, rows: np.ndarray, bcodes: np.ndarray, btexts: Sequence[str], t: np.ndarray,
+    def add(self, st: _Part, p: int, rows: np.ndarray, bcodes: np.ndarray, btexts: Sequence[bytes], t: np.ndarray,
             o: np.ndarray, vals: list[np.ndarray]) -> None:
         used, inv = used_codes(bcodes, len(btexts))
         k = st.codes_of([btexts[u] for u in used.tolist()])[inv]
@@ -409,7 +402,7 @@ def _float(x: Any) -> float:
         return float("nan")
 
 
-def _hash(text: str) -> int:
+def _hash(text: bytes) -> int:
     h = hash(text)
     return h if h != NULL_HASH else h + 1
 
@@ -418,14 +411,14 @@ class _Blocks:
     """A batch's changelog records for one store: per partition, its rows' entries in blocks of at most
     ``MAX_BYTES`` (``models.agg_records``). Key codes and text codes index the batch's tables."""
 
-    def __init__(self, head: bytes, kcodes: np.ndarray, ktexts: list[str], t: np.ndarray, o: np.ndarray,
+    def __init__(self, head: bytes, kcodes: np.ndarray, ktexts: list[bytes], t: np.ndarray, o: np.ndarray,
                  raws: list[FieldValues]) -> None:
         self.head, self.kcodes, self.ktexts, self.t, self.o, self.raws = head, kcodes, ktexts, t, o, raws
-        klen = np.fromiter(map(len, ktexts), np.int64, len(ktexts)) * UTF8_MAX
-        self.size = FIXED_BYTES + np.append(klen, 0)[kcodes]              # per row, an upper bound
+        klen = np.fromiter(map(len, ktexts), np.int64, len(ktexts))
+        self.size = FIXED_BYTES + np.append(klen, 0)[kcodes]              # per row, as if its texts were new
         for raw in raws:
             if isinstance(raw, tuple):
-                tlen = np.fromiter(map(len, raw[1]), np.int64, len(raw[1])) * UTF8_MAX
+                tlen = np.fromiter(map(len, raw[1]), np.int64, len(raw[1]))
                 self.size = self.size + 4 + np.append(tlen, 0)[raw[0]]
             else:
                 self.size = self.size + 8

@@ -177,26 +177,34 @@ class FeatureBatch:
     bad: dict[int, str] = field(default_factory=dict)
 
 
+def string_bytes(col: StrColumn, n: int) -> tuple[np.ndarray, list[bytes]] | None:
+    """(codes into ``uniques``, uniques as bytes) of a string column whose values are at most ``_MAX_FIXED``
+    bytes (None for a longer one), grouped with one ``np.unique``; code -1 = null."""
+    length = col.length
+    width = int(length.max()) if n else 0
+    if width > _MAX_FIXED:
+        return None
+    w = max(width, 1)
+    pos = col.start[:, None] + np.arange(w)[None, :]
+    inside = np.arange(w)[None, :] < length[:, None]
+    src = col.buf[np.minimum(pos, max(col.buf.shape[0] - 1, 0))] if col.buf.shape[0] else np.zeros(pos.shape, np.uint8)
+    fixed = np.ascontiguousarray(np.where(inside, src, 0).astype(np.uint8)).view(f"S{w}").reshape(n)
+    uniq, inv = np.unique(fixed, return_inverse=True)
+    codes = inv.reshape(n).astype(np.int64)
+    codes[length < 0] = -1
+    return codes, uniq.tolist()
+
+
 def string_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(codes into ``uniques``, uniques as Python str) of a string / enum column; code -1 = null."""
     if symbols is not None:
         codes = np.asarray(col, np.int64)
         return codes, np.array(list(symbols), dtype=object)
     if isinstance(col, StrColumn):
-        length = col.length
-        null = length < 0
-        width = int(length.max()) if n else 0
-        if width <= _MAX_FIXED:
-            w = max(width, 1)
-            pos = col.start[:, None] + np.arange(w)[None, :]
-            inside = np.arange(w)[None, :] < length[:, None]
-            src = col.buf[np.minimum(pos, max(col.buf.shape[0] - 1, 0))] if col.buf.shape[0] else np.zeros(pos.shape, np.uint8)
-            fixed = np.ascontiguousarray(np.where(inside, src, 0).astype(np.uint8)).view(f"S{w}").reshape(n)
-            uniq, inv = np.unique(fixed, return_inverse=True)
-            values = np.array([u.decode("utf-8", "replace") for u in uniq.tolist()], dtype=object)
-            codes = inv.reshape(n).astype(np.int64)
-            codes[null] = -1
-            return codes, values
+        grouped = string_bytes(col, n)
+        if grouped is not None:
+            codes, raw = grouped
+            return codes, np.array([u.decode("utf-8", "replace") for u in raw], dtype=object)
         items = col.to_list()
     else:
         items = [None if v is None else str(v) for v in (col.tolist() if isinstance(col, np.ndarray) else col)]

@@ -28,8 +28,9 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from models.features import string_values
+from models.features import string_bytes, string_values
 from models.resp import RespPipe, pack_hmget
+from schemas.columns import StrColumn
 from schemas.backoff import Backoff
 from schemas.errors import ConfigError, LookupStoppedError, LookupUnavailableError
 
@@ -122,20 +123,20 @@ class _Table:
 
 
 class _Cache:
-    """Key -> a slot of the cached table and when it was fetched; entries older than ``ttl_s`` are refetched,
+    """Key value (bytes) -> a slot of the cached table and when it was fetched; entries older than ``ttl_s`` are refetched,
     and past ``max_keys`` the oldest fetches go first (the slot dict's order is fetch order)."""
 
     def __init__(self, ttl_s: float, max_keys: int, kinds: Sequence[FieldKind]) -> None:
         self.ttl_s = ttl_s
         self.max_keys = max_keys
         self.kinds = tuple(kinds)
-        self.slots: dict[str, int] = {}
+        self.slots: dict[bytes, int] = {}
         self.at = np.zeros(0)
         self.table = _Table.empty(self.kinds, 0)
         self._free: list[int] = []                 # slots of dropped keys, to reuse
         self._next = 0                             # slots ever handed out
 
-    def get(self, keys: Sequence[str], now: float) -> np.ndarray:
+    def get(self, keys: Sequence[bytes], now: float) -> np.ndarray:
         """Each key's slot, -1 where it is not cached or no longer fresh."""
         slots = np.fromiter(map(self.slots.get, keys, repeat(-1)), np.int64, len(keys))
         hit = np.flatnonzero(slots >= 0)
@@ -143,7 +144,7 @@ class _Cache:
         slots[stale] = -1
         return slots
 
-    def put(self, keys: Sequence[str], table: _Table, now: float) -> None:
+    def put(self, keys: Sequence[bytes], table: _Table, now: float) -> None:
         """Cache distinct ``keys`` (a refetched key keeps its slot and moves to the end: dict order is fetch order)."""
         if self.ttl_s <= 0:
             return
@@ -191,7 +192,7 @@ class Lookup:
         self._cache = _Cache(spec.cache_ttl_s, spec.cache_max_keys, self._kinds)
         self._hmget = [f for f, _ in spec.fields] + [TS_FIELD]
         self._last_fetched = 0
-        self._affixes = (spec.key[:spec.key.index("{")], spec.key[spec.key.index("}") + 1:])
+        self._affixes = (spec.key[:spec.key.index("{")].encode(), spec.key[spec.key.index("}") + 1:].encode())
 
     def join(self, columns: Mapping[str, Any], nulls: Mapping[str, np.ndarray],
              symbols: Mapping[str, Sequence[str]], n: int) -> Joined:
@@ -238,7 +239,7 @@ class Lookup:
                                  int(missing.sum()))
         return Joined(out, dead)
 
-    def _fetch(self, keys: list[str]) -> _Table:
+    def _fetch(self, keys: list[bytes]) -> _Table:
         """Every key value's parsed values: the cache's fresh ones, the rest in one round trip."""
         slots = self._cache.get(keys, time.monotonic())
         todo = np.flatnonzero(slots < 0)
@@ -249,7 +250,8 @@ class Lookup:
             else _Table.empty(self._kinds, len(keys))
         wanted = [keys[i] for i in todo.tolist()]
         prefix, suffix = self._affixes
-        fetched = _Table.parse(self._call([prefix + k + suffix for k in wanted]), self._kinds)
+        names = [(prefix + k + suffix).decode("utf-8", "replace") for k in wanted]     # the Redis keys
+        fetched = _Table.parse(self._call(names), self._kinds)
         table.put(todo, fetched)
         self._cache.put(wanted, fetched, time.monotonic())
         return table
@@ -305,15 +307,15 @@ class _Coded:
 
     def __init__(self, size: int = 4) -> None:
         self.size = size
-        self.entries: tuple[tuple[Any, Sequence[str] | None, int, np.ndarray, list[str]], ...] = ()
+        self.entries: tuple[tuple[Any, Sequence[str] | None, int, np.ndarray, list[bytes]], ...] = ()
 
-    def get(self, col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[str]] | None:
+    def get(self, col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[bytes]] | None:
         for c, s, m, codes, texts in self.entries:          # a snapshot: replaced whole, never changed
             if c is col and s is symbols and m == n:
                 return codes, texts
         return None
 
-    def put(self, col: Any, symbols: Sequence[str] | None, n: int, codes: np.ndarray, texts: list[str]) -> None:
+    def put(self, col: Any, symbols: Sequence[str] | None, n: int, codes: np.ndarray, texts: list[bytes]) -> None:
         codes.flags.writeable = False
         self.entries = ((col, symbols, n, codes, texts), *self.entries[:self.size - 1])
 
@@ -321,8 +323,9 @@ class _Coded:
 _CODED = _Coded()
 
 
-def key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[str]]:
-    """(codes, distinct key values as text) of the key column; code -1 = null. The codes are read-only."""
+def key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[bytes]]:
+    """(codes, distinct key values as UTF-8 bytes) of the key column; code -1 = null. The codes are read-only.
+    A string column's values are its bytes as received (never decoded)."""
     hit = _CODED.get(col, symbols, n)
     if hit is not None:
         return hit
@@ -343,16 +346,20 @@ def used_codes(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return used, rank[codes]
 
 
-def _key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[str]]:
+def _key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[bytes]]:
     if isinstance(col, np.ndarray) and col.dtype.kind in "iuf" and symbols is None:
         uniq, inv = np.unique(col, return_inverse=True)
         codes = inv.reshape(n).astype(np.int64)
         if col.dtype.kind == "f":
             codes[np.isnan(col)] = -1
-            return codes, [str(int(u)) if float(u).is_integer() else repr(float(u)) for u in uniq.tolist()]
-        return codes, [str(u) for u in uniq.tolist()]
+            return codes, [(str(int(u)) if float(u).is_integer() else repr(float(u))).encode() for u in uniq.tolist()]
+        return codes, [str(u).encode() for u in uniq.tolist()]
+    if isinstance(col, StrColumn) and symbols is None:
+        grouped = string_bytes(col, n)
+        if grouped is not None:
+            return grouped
     codes, uniques = string_values(col, symbols, n)
-    return codes, uniques.tolist()                      # already str
+    return codes, [u.encode("utf-8", "surrogatepass") for u in uniques.tolist()]
 
 
 def _floats(col: np.ndarray, present: np.ndarray) -> np.ndarray:

@@ -22,8 +22,8 @@ def test_a_block_round_trips_bit_for_bit() -> None:
     floats = np.array([0.1, -0.0, np.nan, np.inf, -np.inf, 5e-324, 1.7976931348623157e308])
     n = len(floats)
     block = Block(np.arange(10, 10 + n, dtype=np.int64) * 1_000_000_007, np.arange(n, dtype=np.int64) - 3,
-                  np.array([0, 1, 2, 0, 1, 2, 0]), ["", "k\u00e9y", "\ud800"],
-                  [floats, (np.array([-1, 0, 1, 1, 0, -1, 1], np.int32), ["DE", "\u4e2d"])])
+                  np.array([0, 1, 2, 0, 1, 2, 0]), [b"", "k\u00e9y".encode(), b"\xff\x00"],
+                  [floats, (np.array([-1, 0, 1, 1, 0, -1, 1], np.int32), [b"DE", "\u4e2d".encode()])])
     got = decode(encode(block), ("float", "text"))
     np.testing.assert_array_equal(got.offsets, block.offsets)
     np.testing.assert_array_equal(got.times, block.times)
@@ -31,7 +31,7 @@ def test_a_block_round_trips_bit_for_bit() -> None:
     assert got.keys == block.keys
     assert got.fields[0].tobytes() == floats.tobytes()             # type: ignore[union-attr]
     idx, texts = got.fields[1]                                    # type: ignore[misc]
-    assert idx.tolist() == [-1, 0, 1, 1, 0, -1, 1] and texts == ["DE", "\u4e2d"]
+    assert idx.tolist() == [-1, 0, 1, 1, 0, -1, 1] and texts == [b"DE", "\u4e2d".encode()]
 
 
 @pytest.mark.parametrize("value", [b'[1700000000000,12.5,"DE"]', b"", VERSION, VERSION + b"\x05\x00\x00\x00"])
@@ -41,7 +41,7 @@ def test_a_value_not_of_the_block_format_is_refused(value: bytes) -> None:
 
 
 def test_trailing_or_missing_bytes_are_refused() -> None:
-    value = encode(Block(np.array([1]), np.array([2]), np.array([0]), ["a"], [np.array([1.0])]))
+    value = encode(Block(np.array([1]), np.array([2]), np.array([0]), [b"a"], [np.array([1.0])]))
     with pytest.raises(ValueError):
         decode(value + b"\x00", ("float",))
     with pytest.raises(ValueError):

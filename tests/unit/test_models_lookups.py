@@ -195,7 +195,7 @@ def test_a_key_column_is_coded_once_per_batch_and_its_codes_are_read_only() -> N
     col = StrColumn.from_bytes([b"b", b"a", None, b"b"])
     codes, texts = key_values(col, None, 4)
     again, _ = key_values(col, None, 4)
-    assert again is codes and [texts[c] for c in codes.tolist() if c >= 0] == ["b", "a", "b"] and codes[2] == -1
+    assert again is codes and [texts[c] for c in codes.tolist() if c >= 0] == [b"b", b"a", b"b"] and codes[2] == -1
     assert not codes.flags.writeable
     other, _ = key_values(StrColumn.from_bytes([b"b", b"a", None, b"b"]), None, 4)   # another column: coded anew
     assert other is not codes
