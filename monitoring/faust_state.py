@@ -66,11 +66,12 @@ class StateTable(faust.Table):  # type: ignore[misc]   # faust is untyped
         after its flow control (``Recovery.on_recovery_completed``)."""
         await super().on_recovery_completed(active_tps, standby_tps)
         parts = sorted({tp.partition for tp in active_tps})
+        if self.resume is not None:
+            self.app.consumer.stop_flow()
         if self.recovered is not None:
             await self.recovered(parts)
         if self.resume is None:
             return
-        self.app.consumer.stop_flow()
         positions = self.resume(parts)
         if not positions:
             return
