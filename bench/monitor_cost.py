@@ -153,7 +153,8 @@ def _services() -> tuple[str, str, Any]:
     return svc.kafka_bootstrap, svc.redis_url, svc
 
 
-def bench_truth(events: int, partitions: int, window_ms: int, lateness_ms: int) -> dict[str, Any]:
+def bench_truth(events: int, partitions: int, window_ms: int, lateness_ms: int, batch: int | None = None
+                ) -> dict[str, Any]:
     """The ground-truth side stream catching up a backlog: ``events`` predictions, every one labelled
     (JSON, keyed by account, labels ``span`` = 10 windows of label time), pre-produced; the monitor
     (a child process) joins and scores them.
@@ -189,7 +190,8 @@ def bench_truth(events: int, partitions: int, window_ms: int, lateness_ms: int) 
         cfg = {"broker": bootstrap, "telemetry_topic": f"bench-tele-{run}", "redis_url": redis_url,
                "redis_prefix": f"bench-{run}", "app_id": app_id, "commit_interval_s": 1.0,
                "ground_truth": [{"name": "bench", "predictions": [preds], "labels": {"topic": labels},
-                                 "window_ms": window_ms, "lateness_ms": lateness_ms, "auc_drop": None}]}
+                                 "window_ms": window_ms, "lateness_ms": lateness_ms, "auc_drop": None,
+                                 **({} if batch is None else {"batch": batch})}]}
         tmp = Path(tempfile.mkdtemp(prefix="bench-truth-"))
         (tmp / "c.json").write_text(json.dumps(cfg))
         log = open(tmp / "monitor.log", "ab")
@@ -244,7 +246,8 @@ def bench_truth(events: int, partitions: int, window_ms: int, lateness_ms: int) 
             "records_per_s": round((done - mark[2]) / wall, 1), "cpu_percent_of_one_core": round(100 * cpu / wall, 1),
             "joined": joined, "late": late, "row_operations": sum(ends), "quality_done_s": round(wall_all, 1),
             "records_per_s_with_quality": round((done - mark[2]) / wall_all, 1),
-            "cpu_percent_with_quality": round(100 * cpu_all / wall_all, 1), "load_average_1m": os.getloadavg()[0]}
+            "cpu_percent_with_quality": round(100 * cpu_all / wall_all, 1), "batch": batch,
+            "load_average_1m": os.getloadavg()[0]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -261,9 +264,10 @@ def main(argv: list[str] | None = None) -> None:
     truth.add_argument("--window-ms", type=int, default=60_000)
     truth.add_argument("--lateness-ms", type=int, default=180_000,
                        help="catching up a backlog, labels run ahead of predictions: joins later than this are late")
+    truth.add_argument("--batch", type=int, default=None, help="the entry's batch (default: the config's default)")
     args = parser.parse_args(argv)
     if args.what == "truth":
-        result = bench_truth(args.events, args.partitions, args.window_ms, args.lateness_ms)
+        result = bench_truth(args.events, args.partitions, args.window_ms, args.lateness_ms, args.batch)
     else:
         result = bench_telemetry() if args.what == "telemetry" else bench_monitor(args.seconds, args.rate, args.window_ms)
     print(json.dumps(result, indent=2))

@@ -361,7 +361,7 @@ def add_ground_truth(app: faust.App, gt: GroundTruthConfig, parts: int, *, sink:
     async def send(ops: Sequence[tuple[Mapping[str, Any], int]]) -> None:
         futs = [await rows.send(key=str(op.get("key", "")).encode(), value=json.dumps(op).encode(),
                                 partition=partition, force=True) for op, partition in ops]
-        await asyncio.gather(*futs)   # delivered before the join state that caused them is written
+        await asyncio.gather(*futs)   # delivered before the batch that made them returns (after its state)
 
     join_table = state_table(app, gt.join_table(), parts, keep_writes=True, partition_of=key_partition,
                              resume=lambda t: lambda ps: JoinCore.resume(t, ps))

@@ -11,7 +11,8 @@ sweep and a window close scan the store, once per window step).
    quality partition. Keys per source partition ``p``::
 
        m|p       {"offsets": {topic: last applied offset}, "wm": max label time (ms) or None,
-                  "sent": last broadcast step, "counts": {...}, "last": {"put": {key: value}, "del": [key]}}
+                  "sent": last broadcast step, "counts": {...}, "last": {"put": {key: value}, "del": [key]},
+                  "outbox": [the row operations of the last batch written]}
        e|p|<id>  {"t": earliest time seen, "label": {"y", "t"} | None,
                   "preds": {"model|version|variant": [score, decision]}}
 
@@ -25,7 +26,10 @@ Invariants:
 - Writes go in order to one changelog partition (``write``): the meta key first, then the keys
   it names (``last`` / ``gc``). A crash leaves a prefix; a meta that reached the changelog is
   completed from what it names before the next change (``settle``), one that did not leaves the
-  record unapplied (the join replays it; row operations are idempotent).
+  record (the join: its batch, ``JoinCore.batch_update``) unapplied, and it is replayed.
+- The join sends row operations only once the meta naming them (``outbox``) is on the changelog,
+  and sends that outbox again after a crash: an operation is never derived twice, from states a
+  replay reached in another order across topics (which could leave a row no operation undoes).
 - A record at or below its topic's applied offset is a replay: the join changes nothing.
 - Row operations are idempotent (set by event id, delete by event id, watermark by max), so
   re-sending them after a crash cannot double-count.
