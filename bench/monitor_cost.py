@@ -262,12 +262,14 @@ def main(argv: list[str] | None = None) -> None:
     truth.add_argument("-n", "--events", type=int, default=5_000)
     truth.add_argument("--partitions", type=int, default=2)
     truth.add_argument("--window-ms", type=int, default=60_000)
-    truth.add_argument("--lateness-ms", type=int, default=180_000,
-                       help="catching up a backlog, labels run ahead of predictions: joins later than this are late")
+    truth.add_argument("--lateness-ms", type=int, default=None,
+                       help="default: the labels' span plus a window, so none is late and the work is the same "
+                       "each run (catching up a backlog, labels run ahead of their predictions by a varying span)")
     truth.add_argument("--batch", type=int, default=None, help="the entry's batch (default: the config's default)")
     args = parser.parse_args(argv)
     if args.what == "truth":
-        result = bench_truth(args.events, args.partitions, args.window_ms, args.lateness_ms, args.batch)
+        lateness = 11 * args.window_ms if args.lateness_ms is None else args.lateness_ms
+        result = bench_truth(args.events, args.partitions, args.window_ms, lateness, args.batch)
     else:
         result = bench_telemetry() if args.what == "telemetry" else bench_monitor(args.seconds, args.rate, args.window_ms)
     print(json.dumps(result, indent=2))
