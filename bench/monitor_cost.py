@@ -153,14 +153,17 @@ def _services() -> tuple[str, str, Any]:
     return svc.kafka_bootstrap, svc.redis_url, svc
 
 
-def bench_truth(events: int, partitions: int, window_ms: int) -> dict[str, Any]:
+def bench_truth(events: int, partitions: int, window_ms: int, lateness_ms: int, batch: int | None = None
+                ) -> dict[str, Any]:
     """The ground-truth side stream catching up a backlog: ``events`` predictions, every one labelled
-    (JSON, keyed by account), pre-produced; the monitor (a child process) joins and scores them.
+    (JSON, keyed by account, labels ``span`` = 10 windows of label time), pre-produced; the monitor
+    (a child process) joins and scores them.
     Measured from its first committed label to the last: records/s (predictions + labels) and the
-    child's CPU (user + system) as a share of one core."""
+    child's CPU (user + system) as a share of one core; then the same until the quality stage has
+    committed every row operation (``*_with_quality``)."""
     from confluent_kafka import Producer
 
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     from consumers.kafka_client import ensure_topics
 
@@ -187,7 +190,8 @@ def bench_truth(events: int, partitions: int, window_ms: int) -> dict[str, Any]:
         cfg = {"broker": bootstrap, "telemetry_topic": f"bench-tele-{run}", "redis_url": redis_url,
                "redis_prefix": f"bench-{run}", "app_id": app_id, "commit_interval_s": 1.0,
                "ground_truth": [{"name": "bench", "predictions": [preds], "labels": {"topic": labels},
-                                 "window_ms": window_ms, "auc_drop": None}]}
+                                 "window_ms": window_ms, "lateness_ms": lateness_ms, "auc_drop": None,
+                                 **({} if batch is None else {"batch": batch})}]}
         tmp = Path(tempfile.mkdtemp(prefix="bench-truth-"))
         (tmp / "c.json").write_text(json.dumps(cfg))
         log = open(tmp / "monitor.log", "ab")
@@ -197,16 +201,39 @@ def bench_truth(events: int, partitions: int, window_ms: int) -> dict[str, Any]:
         done = 0
         group = Consumer({"bootstrap.servers": bootstrap, "group.id": app_id})
         tps = [TopicPartition(t, p) for t in (preds, labels) for p in range(partitions)]
+
+        def committed(parts: list[Any]) -> list[int]:
+            """The group's committed offsets (-1: none yet) once the coordinator answers."""
+            for _ in range(60):
+                try:
+                    return [tp.offset for tp in group.committed(parts, timeout=10)]
+                except KafkaException:      # the group's coordinator moving while the monitor joins
+                    time.sleep(0.5)
+            raise RuntimeError("no committed offsets from the group's coordinator")
         try:
             while done < 2 * events:
                 if child.poll() is not None:
                     raise RuntimeError(f"monitor exited; see {tmp / 'monitor.log'}")
-                done = sum(max(tp.offset, 0) for tp in group.committed(tps, timeout=10))
+                done = sum(max(o, 0) for o in committed(tps))
                 if mark is None and done > 0:
                     mark = (time.time(), _cpu_seconds(child.pid), done)
                 time.sleep(0.5)
             assert mark is not None
             wall, cpu = time.time() - mark[0], _cpu_seconds(child.pid) - mark[1]
+            # then the quality stage: until it has committed every row operation the join sent
+            rows = [TopicPartition(f"{app_id}-truth-bench-rows", p) for p in range(partitions)]
+            while True:
+                if child.poll() is not None:
+                    raise RuntimeError(f"monitor exited; see {tmp / 'monitor.log'}")
+                ends = [group.get_watermark_offsets(tp, timeout=10)[1] for tp in rows]
+                if [max(o, 0) for o in committed(rows)] == ends:
+                    break
+                time.sleep(0.5)
+            wall_all, cpu_all = time.time() - mark[0], _cpu_seconds(child.pid) - mark[1]
+            from monitoring.redis_state import Keys, connect
+
+            counts = [json.loads(v) for v in connect(redis_url).hvals(Keys(f"bench-{run}").labels("bench"))]
+            joined, late = (sum(c[k] for c in counts) for k in ("joined", "late"))   # as of the last window step
         finally:
             group.close()
             child.terminate()
@@ -217,6 +244,9 @@ def bench_truth(events: int, partitions: int, window_ms: int) -> dict[str, Any]:
             svc.stop()
     return {"events": events, "records": 2 * events, "measured_records": done - mark[2], "seconds": round(wall, 1),
             "records_per_s": round((done - mark[2]) / wall, 1), "cpu_percent_of_one_core": round(100 * cpu / wall, 1),
+            "joined": joined, "late": late, "row_operations": sum(ends), "quality_done_s": round(wall_all, 1),
+            "records_per_s_with_quality": round((done - mark[2]) / wall_all, 1),
+            "cpu_percent_with_quality": round(100 * cpu_all / wall_all, 1), "batch": batch,
             "load_average_1m": os.getloadavg()[0]}
 
 
@@ -232,9 +262,14 @@ def main(argv: list[str] | None = None) -> None:
     truth.add_argument("-n", "--events", type=int, default=5_000)
     truth.add_argument("--partitions", type=int, default=2)
     truth.add_argument("--window-ms", type=int, default=60_000)
+    truth.add_argument("--lateness-ms", type=int, default=None,
+                       help="default: the labels' span plus a window, so none is late and the work is the same "
+                       "each run (catching up a backlog, labels run ahead of their predictions by a varying span)")
+    truth.add_argument("--batch", type=int, default=None, help="the entry's batch (default: the config's default)")
     args = parser.parse_args(argv)
     if args.what == "truth":
-        result = bench_truth(args.events, args.partitions, args.window_ms)
+        lateness = 11 * args.window_ms if args.lateness_ms is None else args.lateness_ms
+        result = bench_truth(args.events, args.partitions, args.window_ms, lateness, args.batch)
     else:
         result = bench_telemetry() if args.what == "telemetry" else bench_monitor(args.seconds, args.rate, args.window_ms)
     print(json.dumps(result, indent=2))

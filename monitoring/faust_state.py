@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any, Callable, Protocol
 
 import faust
 from faust.types import TP
 
-from monitoring.truth_core import Store, Update, write
+from monitoring.truth_core import Staged, Store, Update, write
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,16 @@ class StateTable(faust.Table):  # type: ignore[misc]   # faust is untyped
     last_write: Awaitable[object] | None = None
     keep_writes = False
     resume: Resume | None = None
+    partition_of: Callable[[str], int] | None = None
+    recovered: Callable[[list[int]], Awaitable[None]] | None = None
+    """Called with the restored partitions when a recovery completes, before reading resumes."""
+
+    def partition_for_key(self, key: Any) -> Any:
+        """The changelog partition of a key: ``partition_of(key)`` when set (a batch writes after its
+        records were read, so the current event does not name it), else the current event's (Faust's way)."""
+        if self.partition_of is not None:
+            return self.partition_of(key)
+        return super().partition_for_key(key)
 
     async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
         """Runs after the state is restored and before Faust seeks the stream partitions to their
@@ -55,10 +65,14 @@ class StateTable(faust.Table):  # type: ignore[misc]   # faust is untyped
         good. With the flow stopped the fetch loop hands over nothing until Faust resumes it,
         after its flow control (``Recovery.on_recovery_completed``)."""
         await super().on_recovery_completed(active_tps, standby_tps)
+        parts = sorted({tp.partition for tp in active_tps})
+        if self.resume is not None:
+            self.app.consumer.stop_flow()
+        if self.recovered is not None:
+            await self.recovered(parts)
         if self.resume is None:
             return
-        self.app.consumer.stop_flow()
-        positions = self.resume(sorted({tp.partition for tp in active_tps}))
+        positions = self.resume(parts)
         if not positions:
             return
         offsets = {TP(topic, p): o for (topic, p), o in positions.items()}
@@ -82,12 +96,14 @@ class StateTable(faust.Table):  # type: ignore[misc]   # faust is untyped
 
 
 def state_table(app: faust.App, name: str, parts: int, *, keep_writes: bool = False,
-                resume: Callable[[Any], Resume] | None = None) -> Any:
+                resume: Callable[[Any], Resume] | None = None, partition_of: Callable[[str], int] | None = None
+                ) -> Any:
     """A ``StateTable`` of JSON values (the app default), registered with the app; ``resume``
     makes its hook from the table (see ``StateTable``)."""
     table = StateTable(app, name=name, default=None, beacon=app.tables.beacon, partitions=parts)
     table.keep_writes = keep_writes
     table.resume = None if resume is None else resume(table)
+    table.partition_of = partition_of
     return app.tables.add(table)
 
 
@@ -112,15 +128,42 @@ async def until_done(attempt: Callable[[], Awaitable[object]], what: str,
             delay = min(delay * 2, 5.0)
 
 
-async def persist(store: DurableStore, update: Update, what: str) -> None:
-    """Write ``update`` (``truth_core.write``: meta first) and wait until every changelog write since
-    the last ``take_writes()`` -- the record's settling writes included -- is on the broker. A retry
-    writes every key again, deletes included (``again``), so a lost changelog write is repeated."""
+async def persist(store: DurableStore, update: Update | Sequence[Update], what: str) -> None:
+    """Write ``update`` (or several, in order; ``truth_core.write``: meta first) and wait until every
+    changelog write since the last ``take_writes()`` -- the record's settling writes included -- is on
+    the broker. A retry writes every key again, deletes included (``again``), so a lost changelog
+    write is repeated."""
+    updates = [update] if isinstance(update, Update) else list(update)
     tries = 0
 
     async def attempt() -> None:
         nonlocal tries
-        write(store, update, again=tries > 0)
+        for u in updates:
+            write(store, u, again=tries > 0)
+        tries += 1
+        await asyncio.gather(*store.take_writes())
+
+    await until_done(attempt, what)
+
+
+async def persist_staged(store: DurableStore, staged: Staged, what: str) -> None:
+    """Write a batch's writes to ``store`` (its base) in their order (so a crash leaves a prefix of its
+    records' writes, as when each record is written alone) and wait once until all are on the broker.
+    A retry writes every key again, deletes included (a delete of an absent key: a set, then the delete)."""
+    tries = 0
+
+    async def attempt() -> None:
+        nonlocal tries
+        store.take_writes()
+        for key, value in staged.log:
+            if value is not Staged.GONE:
+                store[key] = value
+                continue
+            if store.get(key) is None:
+                if not tries:
+                    continue
+                store[key] = 0
+            del store[key]
         tries += 1
         await asyncio.gather(*store.take_writes())
 

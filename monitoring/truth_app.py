@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.redis_state import RedisState
-from monitoring.faust_state import DurableStore, persist, state_table
-from monitoring.truth_core import HeadKind, JoinCore, Label, Prediction, QualityCore, QualityDrop, Store
+from monitoring.faust_state import DurableStore, persist, persist_staged, state_table, until_done
+from monitoring.truth_core import (HeadKind, JoinCore, JoinUpdate, Label, Op, Prediction, QualityCore, QualityDrop,
+                                   Staged, Store, write)
 from monitoring.windows import WindowSpec
 from schemas.errors import ConfigError, DecodeError
 
@@ -86,6 +87,8 @@ class GroundTruthConfig(BaseModel):
     compare_pairs: int = Field(5000, ge=0, description="joined (score, label) rows kept per closed window and "
                                "model|version|variant for `streamscore models compare` (0: none)")
     compare_windows: int = Field(168, ge=1, description="closed windows of those rows kept per model|version|variant")
+    batch: int = Field(500, ge=1, description="records per batch of each stage (one changelog wait and one "
+                       "delivery wait per batch; 1: one record at a time)")
 
     def join_table(self) -> str:
         return f"truth-{self.name}-join"
@@ -197,13 +200,21 @@ def quality_partition(key: str, parts: int) -> int:
     return zlib.crc32(key.encode()) % parts
 
 
-class JoinHandler:
-    """One prediction or label record at a time: the join, its row operations, the state table.
+JoinRecord = tuple[str, int, int, bytes, int]   # topic, partition, offset, value, Kafka timestamp (ms)
+BATCH_WITHIN_S = 0.05  # how long a stage waits for a batch to fill
 
-    Row operations are sent (and their delivery awaited) and the label counts written to Redis
-    BEFORE the state holding the join is written, and the record returns (is acknowledged) only
-    once that state is on the changelog (``faust_state.persist``): a crash before it replays the
-    record, and the operations and Redis writes are idempotent."""
+
+class JoinHandler:
+    """Batches of prediction and label records: the join, its row operations, the state table.
+
+    A batch's state is written first, per partition as one update whose meta names the batch's
+    writes and its row operations (``JoinCore.batch_update``), and awaited on the changelog; then its
+    row operations are sent and their delivery awaited, then the label counts go to Redis; then the
+    batch returns (its records are acknowledged). A crash before the meta is on the changelog replays
+    the batch's records (none of its operations was sent); one after it sends the meta's operations
+    again (``outbox``) before the partition's next batch. Operations are sent only from a stored
+    state, never derived twice: a replay may see the topics' records in another order than the first
+    run, and derive other operations that do not undo the first run's (a row left in a window)."""
 
     def __init__(self, cfg: GroundTruthConfig, core: JoinCore, table: DurableStore, sink: RedisState,
                  metrics: MonitorMetrics, decoder: RecordDecoder, retry: Retry, send: RowSender,
@@ -211,36 +222,84 @@ class JoinHandler:
         self.cfg, self.core, self.table, self.sink = cfg, core, table, sink
         self.metrics, self.decoder, self.retry, self.send = metrics, decoder, retry, send
         self.quality_parts = quality_parts
+        self.flushed: set[int] = set()   # partitions whose stored outbox this process has delivered
 
     async def handle(self, topic: str, partition: int, offset: int, value: bytes, timestamp_ms: int) -> None:
-        self.table.take_writes()    # what the last record wrote was awaited: start afresh
+        await self.handle_batch([(topic, partition, offset, value, timestamp_ms)])
+
+    def _decode_all(self, records: Sequence[JoinRecord]) -> list[Mapping[str, Any] | DecodeError]:
+        out: list[Mapping[str, Any] | DecodeError] = []
+        for rec in records:
+            try:
+                out.append(self.decoder.decode(rec[3]))
+            except DecodeError as exc:
+                out.append(exc)
+        return out
+
+    def _apply(self, store: Store, record: JoinRecord, rec: Mapping[str, Any] | DecodeError) -> JoinUpdate | None:
+        topic, partition, offset, _, timestamp_ms = record
         try:
-            rec = await asyncio.to_thread(self.decoder.decode, value)   # a registry lookup may wait out an outage
+            if isinstance(rec, DecodeError):
+                raise rec
             if topic == self.cfg.labels.topic:
-                out = self.core.apply_label(self.table, partition, topic, offset,
-                                            to_label(rec, self.cfg.labels, timestamp_ms, self.cfg.kind))
-            else:
-                pred = to_prediction(rec, self.cfg.kind, self.cfg.field)
-                if pred is None:
-                    return
-                out = self.core.apply_prediction(self.table, partition, topic, offset, pred)
+                return self.core.apply_label(store, partition, topic, offset,
+                                             to_label(rec, self.cfg.labels, timestamp_ms, self.cfg.kind))
+            pred = to_prediction(rec, self.cfg.kind, self.cfg.field)
+            return None if pred is None else self.core.apply_prediction(store, partition, topic, offset, pred)
         except (DecodeError, KeyError, TypeError, ValueError) as exc:
             log.warning("skipping %s record at %s/%s: %s", self.cfg.name, partition, offset, exc)
-            return
-        if out is None:
-            self.metrics.replayed.inc()
-            return
-        sends = [({**op, "src": partition}, qp) for op in out.ops for qp in (
+            return None
+
+    async def _deliver(self, ops: Mapping[int, Sequence[Op]]) -> None:
+        """Send each partition's operations (a watermark to every quality partition), wait for
+        delivery, then write the label counts of partitions whose watermark moved."""
+        sends = [({**op, "src": p}, qp) for p, part_ops in ops.items() for op in part_ops for qp in (
             range(self.quality_parts) if op["op"] == "wm" else [quality_partition(op["key"], self.quality_parts)])]
         if sends:
-            await self.send(sends)   # one delivery wait per record, not per operation
-        if any(op["op"] == "wm" for op in out.ops) and out.meta is not None:
-            counts = dict(out.meta["counts"])
-            await self.retry(lambda: self.sink.write_label_counts(self.cfg.name, partition, counts))
-            self.metrics.observe_labels(self.cfg.name, partition, counts)
-        # a few small changelog records (the partition meta, then the event's entry), on the broker
-        # before the record is acknowledged
-        await persist(self.table, out, f"{self.cfg.name} join changelog write")
+            await until_done(lambda: self.send(sends), f"{self.cfg.name} row operations")   # one wait per batch
+        for p, part_ops in ops.items():
+            if any(op["op"] == "wm" for op in part_ops):
+                counts = dict(JoinCore.meta(self.table, p)["counts"])
+                await self.retry(lambda: self.sink.write_label_counts(self.cfg.name, p, counts))
+                self.metrics.observe_labels(self.cfg.name, p, counts)
+
+    async def recovered(self, parts: Iterable[int], *, unknown_only: bool = False) -> None:
+        """Send the operations the restored state's last batch of each partition stored (a crash may
+        have come before they were delivered: sent again, idempotent), before any newer ones; with
+        ``unknown_only``, only for partitions this process has not delivered them of."""
+        pending = {p: box for p in parts if not (unknown_only and p in self.flushed)
+                   and (box := JoinCore.outbox(self.table, p))}
+        if pending:
+            log.info("%s: sending the restored outboxes of partitions %s again", self.cfg.name, sorted(pending))
+            await self._deliver(pending)
+        self.flushed.update(parts)
+
+    async def handle_batch(self, records: Sequence[JoinRecord]) -> None:
+        decoded = await asyncio.to_thread(self._decode_all, records)  # a registry lookup may wait out an outage
+        parts = sorted({r[1] for r in records})
+        await self.recovered(parts, unknown_only=True)
+        staged = Staged(self.table)
+        ops: dict[int, list[Op]] = {p: [] for p in parts}
+        for record, rec in zip(records, decoded):
+            out = self._apply(staged, record, rec)
+            if out is None:
+                if not isinstance(rec, DecodeError):
+                    self.metrics.replayed.inc()
+                continue
+            write(staged, out)
+            ops[record[1]] += out.ops
+        updates = [u for p in parts if (u := JoinCore.batch_update(staged, p, ops[p])) is not None]
+        if not updates:
+            return
+        self.flushed.difference_update(int(u.meta_key[2:]) for u in updates)   # until delivered
+        await persist(self.table, updates, f"{self.cfg.name} join changelog write")
+        await self._deliver({p: box for p, box in ops.items() if box})
+        self.flushed.update(parts)
+
+
+def key_partition(key: str) -> int:
+    """The partition a state key names (``m|p``, ``e|p|id``, ``q|p``, ``r|p|...``, ``o|p``): its changelog partition."""
+    return int(key.split("|", 2)[1])
 
 
 def quality_resume(store: Store, parts: Iterable[int], topic: str) -> dict[tuple[str, int], int]:
@@ -249,26 +308,38 @@ def quality_resume(store: Store, parts: Iterable[int], topic: str) -> dict[tuple
 
 
 class QualityHandler:
-    """One row operation at a time: windows per model|version|variant, closed ones to Redis.
+    """Batches of row operations: windows per model|version|variant, closed ones to Redis.
 
-    The operation's offset is written after its other writes, deletes included (key
-    ``o|<partition>``), so a restored state says where reading resumes (``quality_resume``); a crash
-    before it re-reads an idempotent operation, and none after a delete it did not make."""
+    The windows a batch closed go to Redis (idempotent) before any of its state writes; the state is
+    written record by record in order and awaited once (``faust_state.persist_staged``), each
+    partition's last operation offset after the rest (key ``o|<partition>``), so a restored state says
+    where reading resumes (``quality_resume``): a crash before it re-reads the batch's operations,
+    which are idempotent, from its first, onto a state holding a prefix of their writes."""
 
     def __init__(self, cfg: GroundTruthConfig, core: QualityCore, table: DurableStore, sink: RedisState,
                  metrics: MonitorMetrics, retry: Retry) -> None:
         self.cfg, self.core, self.table, self.sink, self.metrics, self.retry = cfg, core, table, sink, metrics, retry
 
     async def handle(self, partition: int, offset: int, value: bytes) -> None:
-        op = json.loads(value)
-        self.table.take_writes()    # what the last record wrote was awaited: start afresh
-        update, results = self.core.apply(self.table, partition, int(op["src"]), op)
-        update.then[f"o|{partition}"] = offset     # last: a crash before it re-reads the operation
-        for result in results:      # Redis first (idempotent): a crash before the table write replays the close
+        await self.handle_batch([(partition, offset, value)])
+
+    async def handle_batch(self, records: Sequence[tuple[int, int, bytes]]) -> None:
+        staged = Staged(self.table)
+        closed: list[dict[str, Any]] = []
+        last: dict[int, int] = {}
+        for partition, offset, value in records:
+            op = json.loads(value)
+            update, results = self.core.apply(staged, partition, int(op["src"]), op)
+            closed += results
+            write(staged, update)
+            last[partition] = offset
+        for result in closed:       # Redis first (idempotent): a crash before the table write replays the close
             await self.retry(lambda: self.sink.write_quality(self.cfg.name, result,
                                                              keep_pairs=self.cfg.compare_windows))
             self.metrics.observe_quality(result)
-        await persist(self.table, update, f"{self.cfg.name} quality changelog write")
+        for partition, offset in last.items():
+            staged[f"o|{partition}"] = offset
+        await persist_staged(self.table, staged, f"{self.cfg.name} quality changelog write")
 
 
 def check_partitions(cfg: GroundTruthConfig, parts: Mapping[str, int]) -> int:
@@ -290,13 +361,14 @@ def add_ground_truth(app: faust.App, gt: GroundTruthConfig, parts: int, *, sink:
     async def send(ops: Sequence[tuple[Mapping[str, Any], int]]) -> None:
         futs = [await rows.send(key=str(op.get("key", "")).encode(), value=json.dumps(op).encode(),
                                 partition=partition, force=True) for op, partition in ops]
-        await asyncio.gather(*futs)   # delivered before the join state that caused them is written
+        await asyncio.gather(*futs)   # delivered before the batch that made them returns (after its state)
 
-    join_table = state_table(app, gt.join_table(), parts, keep_writes=True,
+    join_table = state_table(app, gt.join_table(), parts, keep_writes=True, partition_of=key_partition,
                              resume=lambda t: lambda ps: JoinCore.resume(t, ps))
     joiner = JoinHandler(gt, JoinCore(windows=windows, horizon_ms=gt.labels.horizon), join_table, sink, metrics,
                          decoder, retry, send, parts)
-    quality_table = state_table(app, gt.quality_table(), parts, keep_writes=True,
+    join_table.recovered = joiner.recovered
+    quality_table = state_table(app, gt.quality_table(), parts, keep_writes=True, partition_of=key_partition,
                                 resume=lambda t: lambda ps: quality_resume(t, ps, gt.rows_topic(app.conf.id)))
     scorer = QualityHandler(gt, QualityCore(windows=windows, sources=parts, drop=drop,
                                             pairs_per_window=gt.compare_pairs, kind=gt.kind),
@@ -304,13 +376,13 @@ def add_ground_truth(app: faust.App, gt: GroundTruthConfig, parts: int, *, sink:
     sources = app.topic(*gt.topics(), value_serializer="raw", key_serializer="raw", partitions=parts)
 
     async def join(stream: Any) -> None:
-        async for event in stream.events():
-            m = event.message
-            await joiner.handle(m.topic, m.partition, m.offset, event.value, int(m.timestamp * 1000))
+        async for events in stream.take_events(gt.batch, within=BATCH_WITHIN_S):   # acked after the batch
+            await joiner.handle_batch([(e.message.topic, e.message.partition, e.message.offset, e.value,
+                                        int(e.message.timestamp * 1000)) for e in events])
 
     async def score(stream: Any) -> None:
-        async for event in stream.events():
-            await scorer.handle(event.message.partition, event.message.offset, event.value)
+        async for events in stream.take_events(gt.batch, within=BATCH_WITHIN_S):
+            await scorer.handle_batch([(e.message.partition, e.message.offset, e.value) for e in events])
 
     app.agent(sources, name=f"truth-{gt.name}-join", concurrency=1)(join)
     app.agent(rows, name=f"truth-{gt.name}-quality", concurrency=1)(score)

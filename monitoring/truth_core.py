@@ -11,7 +11,8 @@ sweep and a window close scan the store, once per window step).
    quality partition. Keys per source partition ``p``::
 
        m|p       {"offsets": {topic: last applied offset}, "wm": max label time (ms) or None,
-                  "sent": last broadcast step, "counts": {...}, "last": {"put": {key: value}, "del": [key]}}
+                  "sent": last broadcast step, "counts": {...}, "last": {"put": {key: value}, "del": [key]},
+                  "outbox": [the row operations of the last batch written]}
        e|p|<id>  {"t": earliest time seen, "label": {"y", "t"} | None,
                   "preds": {"model|version|variant": [score, decision]}}
 
@@ -25,7 +26,10 @@ Invariants:
 - Writes go in order to one changelog partition (``write``): the meta key first, then the keys
   it names (``last`` / ``gc``). A crash leaves a prefix; a meta that reached the changelog is
   completed from what it names before the next change (``settle``), one that did not leaves the
-  record unapplied (the join replays it; row operations are idempotent).
+  record (the join: its batch, ``JoinCore.batch_update``) unapplied, and it is replayed.
+- The join sends row operations only once the meta naming them (``outbox``) is on the changelog,
+  and sends that outbox again after a crash: an operation is never derived twice, from states a
+  replay reached in another order across topics (which could leave a row no operation undoes).
 - A record at or below its topic's applied offset is a replay: the join changes nothing.
 - Row operations are idempotent (set by event id, delete by event id, watermark by max), so
   re-sending them after a crash cannot double-count.
@@ -93,6 +97,44 @@ def write(store: Store, u: Update, *, again: bool = False) -> None:
         store[key] = value
 
 
+class Staged:
+    """A batch's view of a ``Store``: reads see the batch's earlier writes, which are kept (``over``,
+    and in order in ``log``) instead of being written to the base store."""
+
+    GONE: Any = object()     # a deleted key's value in ``over`` and ``log``
+
+    def __init__(self, base: Store) -> None:
+        self.base = base
+        self.over: dict[str, Any] = {}
+        self.log: list[tuple[str, Any]] = []
+
+    def get(self, key: str) -> Any:
+        value = self.over.get(key, self)
+        if value is self:
+            return self.base.get(key)
+        return None if value is Staged.GONE else value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.over[key] = value
+        self.log.append((key, value))
+
+    def __delitem__(self, key: str) -> None:
+        self.over[key] = Staged.GONE
+        self.log.append((key, Staged.GONE))
+
+    def items(self) -> Iterable[tuple[str, Any]]:
+        """The base's keys in its order (with the batch's values), then the batch's new keys."""
+        seen = set()
+        for key, value in self.base.items():
+            seen.add(key)
+            value = self.over.get(key, value)
+            if value is not Staged.GONE:
+                yield key, value
+        for key, value in self.over.items():
+            if key not in seen and value is not Staged.GONE:
+                yield key, value
+
+
 def settle(store: Store, put: Mapping[str, Any], delete: Iterable[str]) -> None:
     """Redo the writes a stored meta names (no-ops unless a crash cut them off)."""
     for key, value in put.items():
@@ -135,7 +177,7 @@ def _check(windows: WindowSpec) -> None:
 
 def join_meta() -> dict[str, Any]:
     return {"offsets": {}, "wm": None, "sent": None, "counts": dict.fromkeys(COUNTS, 0),
-            "last": {"put": {}, "del": []}}
+            "last": {"put": {}, "del": []}, "outbox": []}
 
 
 @dataclass
@@ -200,6 +242,29 @@ class JoinCore:
                 put = {}
             ops.append({"op": "wm", "wm": meta["wm"]})
         return self._update(meta, part, put, delete, ops)
+
+    @staticmethod
+    def batch_update(staged: Staged, part: int, ops: list[Op]) -> JoinUpdate | None:
+        """A batch's changes to partition ``part`` as one update (None: it changed nothing there): its
+        final meta, naming every key the batch put or deleted (``last``, completed by ``settle`` after
+        a crash) and every row operation it made (``outbox``, sent once the update is on the changelog
+        and sent again after a crash), then those keys. So a crash leaves the batch unapplied (no meta:
+        its records are replayed, and none of its operations was sent) or applied with its operations
+        known; operations are never derived twice from different states (a replay may see its records
+        in another order across topics than the first run did)."""
+        mkey, prefix = f"m|{part}", f"e|{part}|"
+        if mkey not in staged.over:
+            return None
+        mine = [(k, v) for k, v in staged.over.items() if k.startswith(prefix)]
+        put = {k: v for k, v in mine if v is not Staged.GONE}
+        delete = [k for k, v in mine if v is Staged.GONE and staged.base.get(k) is not None]
+        meta = {**staged.over[mkey], "last": {"put": put, "del": delete}, "outbox": ops}
+        return JoinUpdate(mkey, meta, put, delete, ops=ops)
+
+    @staticmethod
+    def outbox(store: Store, part: int) -> list[Op]:
+        """The row operations of the last batch written for ``part`` (sent again after a restart)."""
+        return list(JoinCore.meta(store, part).get("outbox") or [])
 
     @staticmethod
     def _begin(store: Store, part: int, topic: str, offset: int) -> dict[str, Any] | None:
