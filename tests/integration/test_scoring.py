@@ -40,19 +40,23 @@ def _expected_scores(n: int, seed: int) -> dict[str, float]:
     return dict(zip(cols["event_id"].tolist(), scores.tolist()))
 
 
+@pytest.mark.parametrize("consume", ["native", "plain"])
 def test_50k_events_one_prediction_each_matching_onnx(tmp_path: Path, bootstrap: str, names: Callable[[str], str],
-                                                      topics: Callable[..., None]) -> None:
+                                                      topics: Callable[..., None], consume: str) -> None:
+    """On both consume paths: the native drain (the default) and Consumer.consume (its fallback)."""
     n, seed = 50_000, 11
     t_in, t_out = names("tx"), names("pred")
     topics({t_in: 4, t_out: 4})
     produce_events({"bootstrap.servers": bootstrap}, t_in, n, seed=seed)
     cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"), [_pipeline(t_in, t_out)])
-    scorer = ScorerProcess(cfg, tmp_path / "scorer.log")
+    scorer = ScorerProcess(cfg, tmp_path / "scorer.log",
+                           env={"STREAMSCORE_NATIVE_CONSUME": "1" if consume == "native" else "0"})
     try:
         msgs = read_all(bootstrap, t_out, expect=n, timeout=180, idle=2.0, alive=scorer)
         assert scorer.terminate() == 0, scorer.output()
     finally:
         scorer.close()
+    assert ("native consume: draining" in scorer.output()) == (consume == "native")
     preds = [decode_prediction(m.value()) for m in msgs]
     counts = collections.Counter(p["event_id"] for p in preds)
     expected = _expected_scores(n, seed)

@@ -119,11 +119,13 @@ def test_decode_of_drained_records_equals_decode_of_messages() -> None:
     _same_work(rt, _msgs(30, values))
 
 
-def test_native_consume_is_off_by_default_and_switched_by_file_or_env() -> None:
+def test_native_consume_is_on_by_default_and_switched_by_file_or_env() -> None:
     minimal = {"pipelines": [{"name": "f", "input": {"topic": "tx"}, "model": {"name": "fraud-mlp"},
                               "output": {"topic": "pred"}}]}
-    assert parse_config(minimal, env={}).kafka.native_consume is False
-    assert parse_config({**minimal, "kafka": {"native_consume": True}}, env={}).kafka.native_consume is True
-    assert parse_config(minimal, env={"STREAMSCORE_NATIVE_CONSUME": "1"}).kafka.native_consume is True
+    assert parse_config(minimal, env={}).kafka.native_consume is True
+    assert parse_config({**minimal, "kafka": {"native_consume": False}}, env={}).kafka.native_consume is False
+    assert parse_config(minimal, env={"STREAMSCORE_NATIVE_CONSUME": "0"}).kafka.native_consume is False
+    assert parse_config({**minimal, "kafka": {"native_consume": False}},
+                        env={"STREAMSCORE_NATIVE_CONSUME": "1"}).kafka.native_consume is True
     assert parse_config({**minimal, "kafka": {"native_consume": True}},
                         env={"STREAMSCORE_NATIVE_CONSUME": "0"}).kafka.native_consume is False
