@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Literal, Union
+from typing import TYPE_CHECKING, Callable, Literal, TypeVar, Union
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -61,7 +61,12 @@ class _Stop:
 
 
 _STOP = _Stop()
+Chunk = TypeVar("Chunk", list[Message], RawBatch)   # what one consume call returns, on either path
 Item = Union[Work, _Stop]
+
+
+def _without_msgs(msgs: list[Message], gone: set[TP]) -> list[Message]:
+    return [m for m in msgs if (m.topic(), m.partition()) not in gone]
 
 
 @dataclass
@@ -232,21 +237,29 @@ class Scorer:
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if self._drain is not None:
-                self._source_step_native()
-                continue
-            msgs, drained = self._consume()
-            if self.commit.source_tick():
-                # a rewind was asked for: what we hold and what this call returned are stale
-                self._drop(None)
-                continue
-            if self._revoked_now:
-                # consume() can return messages it fetched before a revoke it served: drop them
-                gone, self._revoked_now = self._revoked_now, set()
-                msgs = [m for m in msgs if (m.topic(), m.partition()) not in gone]
-            if msgs:
-                self._accept(msgs)
-            self._close_batches(drained)
+                self._source_step(self._drain.consume, RawBatch.without, self._accept_raw)
+            else:
+                self._source_step(self._consume_msgs, _without_msgs, self._accept)
         self._flush()
+
+    def _source_step(self, consume: Callable[[int, float], Chunk], without: Callable[[Chunk, set[TP]], Chunk],
+                     accept: Callable[[Chunk], None]) -> None:
+        """One turn of the source loop, the same on both consume paths (``Consumer.consume`` into
+        messages, the native drain into arrays): take what was fetched, drop what a rewind or a
+        revoke made stale, buffer the rest, close the batches that are due."""
+        chunks, drained = self._take(consume)
+        if self.commit.source_tick():
+            # a rewind was asked for: what we hold and what this call returned are stale
+            self._drop(None)
+            return
+        if self._revoked_now:
+            # consume() can return records it fetched before a revoke it served: drop them
+            gone, self._revoked_now = self._revoked_now, set()
+            chunks = [without(c, gone) for c in chunks]
+        for chunk in chunks:
+            if len(chunk):
+                accept(chunk)
+        self._close_batches(drained)
 
     def _close_batches(self, drained: bool) -> None:
         now = time.monotonic()
@@ -266,56 +279,26 @@ class Scorer:
         """Rows buffered for ``topic``'s open batch."""
         return len(self._bufs[topic]) + sum(map(len, self._raw[topic]))
 
-    def _source_step_native(self) -> None:
-        """One turn of the source loop on the native drain: the plain turn's steps, on arrays."""
-        chunks, drained = self._consume_native()
-        if self.commit.source_tick():
-            self._drop(None)
-            return
-        if self._revoked_now:
-            gone, self._revoked_now = self._revoked_now, set()
-            chunks = [c.without(gone) for c in chunks]
-        for chunk in chunks:
-            if len(chunk):
-                self._accept_raw(chunk)
-        self._close_batches(drained)
-
-    def _consume_native(self) -> tuple[list[RawBatch], bool]:
-        """``_consume`` on the native drain: the same calls with the same sizes and timeouts."""
-        drain = self._drain
-        assert drain is not None
-        want = max(1, min(b.max_size - self._held(t) for t, b in self.batchers.items()))
-        now = time.monotonic()
-        open_ = [b for t, b in self.batchers.items() if self._held(t)]
-        chunks = [drain.consume(want, 0)]
-        got = len(chunks[0])
-        if got < want and open_ and not (self._model_idle() and all(b.close_by_need for b in open_)):
-            chunks.append(drain.consume(want - got, min(b.time_left(now) for b in open_)))
-        elif not got and not open_:
-            first = drain.consume(1, 0.1)
-            chunks = [first]
-            if len(first) and want > 1:
-                chunks.append(drain.consume(want - 1, 0))
-        return chunks, sum(map(len, chunks)) < want
-
-    def _consume(self) -> tuple[list[Message], bool]:
+    def _take(self, consume: Callable[[int, float], Chunk]) -> tuple[list[Chunk], bool]:
         """What the consumer has fetched (up to what the open batches still take), and whether
         that drained it (fewer rows than asked for were waiting)."""
         want = max(1, min(b.max_size - self._held(t) for t, b in self.batchers.items()))
         now = time.monotonic()
         open_ = [b for t, b in self.batchers.items() if self._held(t)]
-        msgs = list(self.consumer.consume(want, 0))
-        if len(msgs) < want and open_ and not (self._model_idle() and all(b.close_by_need for b in open_)):
-            # a batch is open and the model stage is busy: wait for more rows, but no longer than its deadline
-            msgs.extend(self.consumer.consume(want - len(msgs), min(b.time_left(now) for b in open_)))
-        elif not msgs and not open_:
-            # idle: wake on the first message, then take whatever else is already here
-            first = self.consumer.poll(0.1)
-            if first is not None:
-                msgs = [first]
-                if want > 1:
-                    msgs.extend(self.consumer.consume(want - 1, 0))
-        return msgs, len(msgs) < want
+        chunks = [consume(want, 0)]
+        got = len(chunks[0])
+        if got < want and open_ and not (self._model_idle() and all(b.close_by_need for b in open_)):
+            # a batch is open and not closing by need: wait for more rows, but no longer than its deadline
+            chunks.append(consume(want - got, min(b.time_left(now) for b in open_)))
+        elif not got and not open_:
+            # idle: wake on the first record, then take whatever else is already here
+            chunks = [consume(1, 0.1)]
+            if len(chunks[0]) and want > 1:
+                chunks.append(consume(want - 1, 0))
+        return chunks, sum(map(len, chunks)) < want
+
+    def _consume_msgs(self, n: int, timeout: float) -> list[Message]:
+        return list(self.consumer.consume(n, timeout))
 
     def _model_idle(self) -> bool:
         """The model and sink stages hold no batch and none waits for them (read without a lock:
@@ -493,12 +476,15 @@ class Scorer:
                 return
             self._model_busy = True
             try:
-                if self._failure is None and self.commit.current(work.generation):
-                    self.model_stage.score(work)
+                self._score(work)
             finally:
                 self._model_busy = False
-            work.scored_at = time.monotonic()
             self._put(self._q_sink, work, force=True)
+
+    def _score(self, work: Work) -> None:
+        if self._failure is None and self.commit.current(work.generation):
+            self.model_stage.score(work)
+        work.scored_at = time.monotonic()
 
     # ------------------------------------------------------------------ sink stage
     def _sink_loop(self) -> None:
