@@ -199,10 +199,15 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from streamscore.config import kafka_from_env
     from streamscore.produce import produce_events
 
+    from consumers.kafka_client import connection_error
+
     kafka = kafka_from_env(args.bootstrap)
     drift = DriftSpec.parse(args.drift) if args.drift else None
     if args.concept_drift is not None and not args.labels:
         raise ConfigError("produce: --concept-drift changes the labels, so it needs --labels TOPIC")
+    problem = connection_error(kafka.client_settings())   # else librdkafka retries a missing broker for ever
+    if problem:
+        raise ConfigError(f"produce: {problem} (start one with `streamscore dev up`, or pass --bootstrap)")
     if args.partitions:
         from consumers.kafka_client import ensure_topics
 
@@ -470,6 +475,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parser
+def _count(text: str) -> int:
+    """A whole number >= 1 (argparse type)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return v
+
+
+def _whole(text: str) -> int:
+    """A whole number >= 0 (argparse type)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
+    return v
+
+
+def _positive(text: str) -> float:
+    """A number > 0 (argparse type)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = 0.0
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return v
+
+
 def _share(text: str) -> float:
     """A share in [0, 1] (argparse type)."""
     try:
@@ -496,10 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the scoring service")
     serve.add_argument("-c", "--config", required=True, help="pipeline YAML file")
-    serve.add_argument("--processes", type=int, default=1, help="consumers in the group (one process each)")
+    serve.add_argument("--processes", type=_count, default=1, help="consumers in the group (one process each)")
     serve.add_argument("--instance", default=None, help="this process's name in the group (stable across restarts)")
     serve.add_argument("--process-index", type=int, default=0, help=argparse.SUPPRESS)
-    serve.add_argument("--max-seconds", type=float, default=None, help="stop after this long (tests, benchmarks)")
+    serve.add_argument("--max-seconds", type=_positive, default=None, help="stop after this long (tests, benchmarks)")
     serve.add_argument("--check", action="store_true",
                        help="validate the file, load every model and schema; touch no broker; exit 0 or 2")
     serve.set_defaults(fn=cmd_serve)
@@ -526,27 +564,27 @@ def build_parser() -> argparse.ArgumentParser:
     http = sub.add_parser("serve-http", help="the Open Inference Protocol V2 REST endpoint on the pipeline's model")
     http.add_argument("-c", "--config", required=True, help="pipeline YAML file")
     http.add_argument("--host", default="127.0.0.1")
-    http.add_argument("--port", type=int, default=8080)
+    http.add_argument("--port", type=_port, default=8080)
     http.add_argument("--pipeline", default=None, help="which pipeline of the file (default: the first scoring one)")
-    http.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="larger request bodies get 413")
+    http.add_argument("--max-body-bytes", type=_count, default=8 * 1024 * 1024, help="larger request bodies get 413")
     http.add_argument("--max-wait-ms", type=float, default=0.0,
                       help="longest a request waits for batch-mates (the pipeline's latency target still applies)")
     http.set_defaults(fn=cmd_serve_http)
 
     prod = sub.add_parser("produce", help="write demo Transaction events")
     prod.add_argument("--topic", default="transactions")
-    prod.add_argument("-n", "--count", type=int, default=100_000)
-    prod.add_argument("--rate", type=float, default=None, help="events/s (default: flat out)")
+    prod.add_argument("-n", "--count", type=_count, default=100_000)
+    prod.add_argument("--rate", type=_positive, default=None, help="events/s (default: flat out)")
     prod.add_argument("--seed", type=int, default=0)
-    prod.add_argument("--start", type=int, default=0, help="global index of the first event")
+    prod.add_argument("--start", type=_whole, default=0, help="global index of the first event")
     prod.add_argument("--drift", default=None, help='e.g. "start=5000,shift=f03:2.0,scale=amount:3"')
     prod.add_argument("--format", choices=["avro", "json"], default="avro")
-    prod.add_argument("--partitions", type=int, default=None, help="create the topic with this many partitions")
+    prod.add_argument("--partitions", type=_count, default=None, help="create the topic with this many partitions")
     prod.add_argument("--bootstrap", default=None, help="bootstrap servers (default: $KAFKA_BOOTSTRAP)")
     prod.add_argument("--labels", default=None, metavar="TOPIC",
                       help="also write the events' true labels (JSON) to TOPIC: delayed, out of order, some twice, "
                            "some missing (docs/ground-truth.md)")
-    prod.add_argument("--label-delay-ms", type=int, default=60_000, help="labels arrive up to this long after")
+    prod.add_argument("--label-delay-ms", type=_whole, default=60_000, help="labels arrive up to this long after")
     prod.add_argument("--label-dup", type=_share, default=0.05, help="share of labels sent twice")
     prod.add_argument("--label-missing", type=_share, default=0.10, help="share of labels never sent")
     prod.add_argument("--concept-drift", type=int, nargs="?", const=0, default=None, metavar="START",
@@ -578,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="compare: one closed window (default: every kept window since the challenger went live)")
     mod.add_argument("--level", type=float, default=0.95, help="compare: confidence level of the AUC difference")
     mod.add_argument("--method", choices=["delong", "bootstrap"], default="delong", help="compare: the interval")
-    mod.add_argument("--min-labels", type=int, default=30,
+    mod.add_argument("--min-labels", type=_count, default=30,
                      help="compare: fewest positive and negative labels per arm for a verdict")
     mod.add_argument("--json", action="store_true", help="compare: one JSON object")
     mod.add_argument("--redis-url", default=None, help="compare: default $REDIS_URL, else redis://127.0.0.1:6379/0")
@@ -594,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     alerts = sub.add_parser("alerts", help="drift alerts from Redis")
     alerts.add_argument("action", choices=["tail"])
     alerts.add_argument("-f", "--follow", action="store_true", help="keep printing new alerts")
-    alerts.add_argument("-n", "--count", type=int, default=20)
+    alerts.add_argument("-n", "--count", type=_count, default=20)
     alerts.add_argument("--redis-url", default=None, help="default: $REDIS_URL, else redis://127.0.0.1:6379/0")
     alerts.add_argument("--prefix", default="streamscore")
     alerts.set_defaults(fn=cmd_alerts)
@@ -616,9 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     dash.set_defaults(fn=cmd_dashboard)
 
     demo = sub.add_parser("demo", help="run producer + scorer + live summary, bounded")
-    demo.add_argument("--seconds", type=float, default=30.0)
-    demo.add_argument("--rate", type=float, default=20000.0)
-    demo.add_argument("--partitions", type=int, default=4)
+    demo.add_argument("--seconds", type=_positive, default=30.0)
+    demo.add_argument("--rate", type=_positive, default=20000.0)
+    demo.add_argument("--partitions", type=_count, default=4)
     demo.add_argument("--keep", action="store_true",
                       help="keep the data directory of the Kafka and Redis it started (default: removed on exit)")
     demo.set_defaults(fn=cmd_demo)

@@ -52,7 +52,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (d / "spec_top_level.json").write_text('{"features": [{"name": "amount"}]}')
     (d / "spec_bad.json").write_text("{not json")
     return {"dir": str(d), "reg": str(reg), "onnx": str(reg / "fraud-mlp" / "1" / "model.onnx"),
-            "pt": str(reg / "fraud-mlp-torch" / "1" / "model.pt"), "redis": f"redis://127.0.0.1:{_closed_port()}/0"}
+            "pt": str(reg / "fraud-mlp-torch" / "1" / "model.pt"), "redis": f"redis://127.0.0.1:{_closed_port()}/0",
+            "kafka": f"127.0.0.1:{_closed_port()}"}
 
 
 CASES: list[tuple[str, str]] = [
@@ -121,6 +122,18 @@ CASES: list[tuple[str, str]] = [
     ("dashboard --port x", ""),
     ("dashboard --port 70000", ""),
     ("demo --seconds x", ""),
+    ("demo --seconds -1", ""),
+    ("demo --rate 0", ""),
+    ("demo --partitions 0", ""),
+    ("produce -n -3", ""),
+    ("produce -n 0", ""),
+    ("produce --rate -5", ""),
+    ("produce --partitions 0", ""),
+    ("produce --start -1", ""),
+    ("produce -n 10 --bootstrap {kafka}", "did not answer within"),
+    ("serve -c {dir}/ok.yaml --processes 0", ""),
+    ("serve -c {dir}/ok.yaml --max-seconds -1", ""),
+    ("alerts tail -n 0", ""),
     ("backfill", ""),
     ("backfill -c {dir}/ok.yaml --from 0", ""),
     ("backfill -c {dir}/ok.yaml --from 0 --to-topic t --to-file x.parquet", ""),
@@ -134,7 +147,7 @@ CASES: list[tuple[str, str]] = [
     ("serve-http", ""),
     ("serve-http -c {dir}/nope.yaml", "does not exist"),
     ("serve-http -c {dir}/ok.yaml --port x", ""),
-    ("serve-http -c {dir}/ok.yaml --port 70000", "cannot listen"),
+    ("serve-http -c {dir}/ok.yaml --port 70000", ""),
 ]
 
 
