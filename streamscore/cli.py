@@ -280,9 +280,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "check":
         from streamscore.check import check_sample
 
+        dead: dict[str, int] = {}
+        rows = 0
         for rec in check_sample(reg, args.name, args.version, Path(args.sample), schema=args.schema,
                                 hook_path=args.hook_path):
             print(json.dumps(rec, default=str))
+            rows += 1
+            if "dead_letter" in rec:
+                dead[str(rec["dead_letter"])] = dead.get(str(rec["dead_letter"]), 0) + 1
+        if rows == 0:
+            raise ConfigError(f"models check: sample {args.sample} holds no rows")
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(dead.items()))
+        print(f"{rows} rows: {rows - sum(dead.values())} scored, {sum(dead.values())} dead-lettered"
+              + (f" ({why})" if why else ""), file=sys.stderr)
         return 0
     if args.action == "schema":
         from schemas.prediction import prediction_schema

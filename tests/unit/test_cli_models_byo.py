@@ -36,8 +36,10 @@ def test_check_prints_each_record_or_its_dead_letter(tmp_path: Path, capsys: pyt
     (tmp_path / "s.jsonl").write_bytes(b"\n".join(lines))
     capsys.readouterr()
     assert main(["models", "check", "risk", "1", "--registry", str(reg), "--sample", str(tmp_path / "s.jsonl")]) == 0
-    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    printed = capsys.readouterr()
+    out = [json.loads(x) for x in printed.out.splitlines()]
     assert len(out) == 4 and out[2]["dead_letter"] == "decode"
+    assert printed.err.strip().splitlines()[-1] == "4 rows: 3 scored, 1 dead-lettered (decode: 1)"
     x = np.stack([cols["amount"], cols["f01"], cols["f02"]], axis=1).astype(np.float32)
     p = 1 / (1 + np.exp(-(x.astype(np.float64) @ W)))
     for i in (0, 1, 3):
@@ -45,6 +47,14 @@ def test_check_prints_each_record_or_its_dead_letter(tmp_path: Path, capsys: pyt
         assert out[i]["score"] == pytest.approx(p[i], abs=1e-6)
         assert out[i]["expected_loss"] == pytest.approx(p[i] * x[i, 0], rel=1e-5)
         assert out[i]["decision"] == (out[i]["score"] >= 0.3)
+
+
+def test_check_of_an_empty_sample_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reg = _register(tmp_path)
+    (tmp_path / "empty.jsonl").write_text("")
+    capsys.readouterr()
+    assert main(["models", "check", "risk", "1", "--registry", str(reg), "--sample", str(tmp_path / "empty.jsonl")]) == 2
+    assert "holds no rows" in capsys.readouterr().err
 
 
 def test_check_reads_csv_typed_by_the_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
