@@ -7,12 +7,15 @@ the append-to-append join needs (append time of the ids whose crc32 is a multipl
 
 ``read_sampled`` (the soak's read-back, tens of millions of records) does not fetch everything:
 ``sample_windows`` splits each partition's offset range [low, high) into ``windows`` equal strata
-and takes ``size`` consecutive offsets around one point in each (inside the stratum). The point sits at the same
-fraction of every stratum of a partition, and that fraction is staggered across partitions
-((j + 0.5) / P for the j-th of P partitions), so the windows of all partitions together fall at
-P * ``windows`` evenly spaced points of the run. A partition's offsets are appended in time order
-at a steady rate, so the sample is spread evenly over the run's duration (no start or end bias)
-and every record is decoded; latency is per record (append time - event_time), no join needed.
+(256) and takes ``size`` (500) consecutive offsets around one point in each, inside the stratum.
+The point sits at the same fraction of every stratum of a partition, and that fraction is
+staggered across partitions ((j + 0.5) / P for the j-th of P partitions), so the windows of all
+partitions together fall at P * ``windows`` evenly spaced points of the run. A partition's
+offsets are appended in time order at a steady rate, so the sample (512k records per 4-partition
+topic, whatever the run's length) is spread evenly over the run's duration, no start or end bias.
+Every sampled record is decoded; as in ``read_all``, a record's latency is its own append time -
+its event_time, no join. Many short windows, not a few long ones: latency spikes are clustered
+in time, and a p99 over few clusters swings with which spikes they happen to catch.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def _reader(bootstrap: str, **settings: Any) -> Any:
 
 def read_all(bootstrap: str, topic: str, decode: Decode, step: int, append_step: int = 0,
              idle_s: float = 3.0) -> ReadBack:
-    """Every record of ``topic`` in one pass: every ``step``-th decoded (``lat``/``sent``) and, if
+    """Every record of ``topic`` in one pass: every ``step``-th decoded (``lat``/``sent``; none if 0) and, if
     ``append_step`` > 0, the append time of each id whose crc32 is a multiple of it (``appended``)."""
     from bench.chaos_kit import event_id
 
@@ -79,7 +82,7 @@ def read_all(bootstrap: str, topic: str, decode: Decode, step: int, append_step:
                 continue
             rb.read += 1
             value, ts = m.value(), m.timestamp()[1]
-            if rb.read % step == 0:
+            if step and rb.read % step == 0:
                 rb.take(value, ts, decode)
             if append_step:
                 eid = event_id(value)       # the first field of a transaction and of a prediction
@@ -134,7 +137,7 @@ def watermarks(consumer: Any, topic: str, partitions: int) -> dict[int, tuple[in
     return out
 
 
-def read_sampled(bootstrap: str, topic: str, decode: Decode, windows: int = 64, size: int = 2000,
+def read_sampled(bootstrap: str, topic: str, decode: Decode, windows: int = 256, size: int = 500,
                  idle_s: float = 5.0) -> ReadBack:
     """The records of ``sample_windows`` over ``topic``'s offsets, every one decoded; ``total``
     counts the topic's records by its watermarks. One consumer reads all partitions, seeking
@@ -144,7 +147,7 @@ def read_sampled(bootstrap: str, topic: str, decode: Decode, windows: int = 64, 
     t0 = time.monotonic()
     # prefetch about one window per partition, not librdkafka's 100k records (a seek drops them)
     reader = _reader(bootstrap, **{"queued.min.messages": size, "fetch.wait.max.ms": 20,
-                                   "fetch.queue.backoff.ms": 5, "max.partition.fetch.bytes": 262144})
+                                   "fetch.queue.backoff.ms": 5, "max.partition.fetch.bytes": 200 * size})
     ranges = watermarks(reader, topic, len(reader.list_topics(topic, timeout=10).topics[topic].partitions))
     plan = {p: ws for p, ws in sample_windows(ranges, windows, size).items() if ws}
     rb = ReadBack(total=sum(hi - lo for lo, hi in ranges.values()))
@@ -154,7 +157,7 @@ def read_sampled(bootstrap: str, topic: str, decode: Decode, windows: int = 64, 
         reader.assign([TopicPartition(topic, p, pos[p]) for p in plan])
     idle = time.monotonic()
     while at and time.monotonic() - idle < idle_s:
-        msgs = reader.consume(10000, 0.5)
+        msgs = reader.consume(10000, 0.002)   # whatever has come: a seek refills one window only
         if msgs:
             idle = time.monotonic()
         for m in msgs:

@@ -13,8 +13,8 @@ LogAppendTime, so latency = output append time - input append time of the same e
 generator's own leg excluded): p50 / p99 / max over the whole window, p99 per second, and the
 first second's p99 (``lat_<rate>_<contender>_*``, ``first_second_p99_ms`` the worst first second
 of streamscore). At 50% load the older figures (event_time -> output append, ``*_p50_ms``) are
-kept, and the batched loop runs there too. Each topic is read back in one pass, decoded up to
-20k events/s of load.
+kept (the fixed loads decode no record for them), and the batched loop runs there too. Each
+topic is read back in one pass.
 
 Soak: streamscore at 50% of its throughput for ``--soak-seconds`` (``$SOAK_SECONDS``, 180 by
 default: the median RSS of its last minute against that of 30-90 s); its read-back is a sample
@@ -326,13 +326,14 @@ def append_latency_summary(t_in: dict[str, int], t_out: dict[str, int]) -> dict[
 
 def run_latency(name: str, bootstrap: str, rate: float, seconds: float, work: Path,
                 soak: bool = False, warmup_s: float = 5.0, idle_s: float = 0.0,
-                append_step: int = 0, full_readback: bool = False) -> dict[str, Any]:
+                append_step: int = 0, full_readback: bool = False, event_time: bool = True) -> dict[str, Any]:
     """Offered load ``rate`` for ``seconds``; e2e latency from event_time to LogAppendTime.
 
     ``idle_s``: the contender sits idle that long after its probe batch before the load starts
     (the first second after an idle period is what ``first_second_p99_ms`` reports).
     ``append_step`` > 0: also input-append -> output-append latency (both topics stamp
     LogAppendTime, so the generator's own leg is excluded), over every ``append_step``-th id.
+    ``event_time``: False skips the event_time figures (no record decoded; the append ones stay).
     A soak's read-back is a sample of offset windows (``full_readback``: every 10th record too)."""
     from confluent_kafka import Consumer
 
@@ -376,9 +377,9 @@ def run_latency(name: str, bootstrap: str, rate: float, seconds: float, work: Pa
     if soak:    # tens of millions of records: offset windows spread over the run (bench/readback.py)
         got, got_in = read_sampled(bootstrap, t_out, decode), read_sampled(bootstrap, t_in, decode_event_time)
     else:       # every record fetched once; decoded up to 20k/s of load, then every step-th
-        step = max(1, round(rate / 20_000))
+        step = max(1, round(rate / 20_000)) if event_time else 0
         got = read_all(bootstrap, t_out, decode, step, append_step)
-        got_in = read_all(bootstrap, t_in, decode_event_time, 10, append_step)
+        got_in = read_all(bootstrap, t_in, decode_event_time, 10 if event_time else 0, append_step)
     seen = got.total
     out: dict[str, Any] = {"name": name, "offered_eps": round(rate), "scored": seen, "expected": total + 200,
                            "latency_samples": len(got.lat), "rss_peak_mb": round(rss.peak_mb, 1),
@@ -532,7 +533,7 @@ def main() -> int:
                     if name not in wanted or (name == "batched" and tag != "50pct"):
                         continue
                     lat = run_latency(name, bootstrap, load, a.latency_seconds, work, idle_s=a.idle_seconds,
-                                      append_step=max(1, round(load / 20_000)))
+                                      append_step=max(1, round(load / 20_000)), event_time=tag == "50pct")
                     runs[f"latency_{name}_{tag}"] = lat
                     ap_ = lat["append"]
                     for q in ("p50", "p99", "max"):
