@@ -66,20 +66,29 @@ def _reader(bootstrap: str, **settings: Any) -> Any:
 def read_all(bootstrap: str, topic: str, decode: Decode, step: int, append_step: int = 0,
              idle_s: float = 3.0) -> ReadBack:
     """Every record of ``topic`` in one pass: every ``step``-th decoded (``lat``/``sent``; none if 0) and, if
-    ``append_step`` > 0, the append time of each id whose crc32 is a multiple of it (``appended``)."""
+    ``append_step`` > 0, the append time of each id whose crc32 is a multiple of it (``appended``).
+    Nothing may still be writing to ``topic``: the read ends at the high watermarks it finds first
+    (or after ``idle_s`` without a record, should the last offsets hold no record)."""
+    from confluent_kafka import TopicPartition
+
     from bench.chaos_kit import event_id
 
+    t0 = time.monotonic()
     reader = _reader(bootstrap)
-    reader.subscribe([topic])
+    ranges = watermarks(reader, topic)
+    last = {p: hi - 1 for p, (lo, hi) in ranges.items() if hi > lo}     # partition -> its last offset
+    reader.assign([TopicPartition(topic, p, ranges[p][0]) for p in last])
     rb = ReadBack()
-    t0 = idle = time.monotonic()
-    while time.monotonic() - idle < idle_s:
+    idle = time.monotonic()
+    while last and time.monotonic() - idle < idle_s:
         msgs = reader.consume(10000, 0.5)
         if msgs:
             idle = time.monotonic()
         for m in msgs:
             if m.error() is not None:
                 continue
+            if m.offset() >= last.get(m.partition(), -1):
+                last.pop(m.partition(), None)
             rb.read += 1
             value, ts = m.value(), m.timestamp()[1]
             if step and rb.read % step == 0:
@@ -90,7 +99,7 @@ def read_all(bootstrap: str, topic: str, decode: Decode, step: int, append_step:
                         and not eid.startswith(PROBE_PREFIX):
                     rb.appended[eid] = ts
     reader.close()
-    rb.total, rb.seconds = rb.read, time.monotonic() - t0 - idle_s
+    rb.total, rb.seconds = rb.read, time.monotonic() - t0
     return rb
 
 
@@ -120,10 +129,13 @@ def sample_windows(ranges: Mapping[int, tuple[int, int]], windows: int, size: in
     return plan
 
 
-def watermarks(consumer: Any, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
-    """partition -> (low, high) watermarks of ``topic``, asked of the broker (not cached)."""
+def watermarks(consumer: Any, topic: str, partitions: int | None = None) -> dict[int, tuple[int, int]]:
+    """partition -> (low, high) watermarks of ``topic``'s first ``partitions`` (default: all),
+    asked of the broker (not cached)."""
     from confluent_kafka import KafkaException, TopicPartition
 
+    if partitions is None:
+        partitions = len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
     out: dict[int, tuple[int, int]] = {}
     for p in range(partitions):
         for _ in range(50):
@@ -148,7 +160,7 @@ def read_sampled(bootstrap: str, topic: str, decode: Decode, windows: int = 256,
     # prefetch about one window per partition, not librdkafka's 100k records (a seek drops them)
     reader = _reader(bootstrap, **{"queued.min.messages": size, "fetch.wait.max.ms": 20,
                                    "fetch.queue.backoff.ms": 5, "max.partition.fetch.bytes": 200 * size})
-    ranges = watermarks(reader, topic, len(reader.list_topics(topic, timeout=10).topics[topic].partitions))
+    ranges = watermarks(reader, topic)
     plan = {p: ws for p, ws in sample_windows(ranges, windows, size).items() if ws}
     rb = ReadBack(total=sum(hi - lo for lo, hi in ranges.values()))
     at = dict.fromkeys(plan, 0)                     # partition -> index of its current window
