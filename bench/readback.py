@@ -30,6 +30,7 @@ from typing import Any
 
 Decode = Callable[[bytes], tuple[str, int]]     # a record's value -> (event_id, event_time ms)
 PROBE_PREFIX = "evt-7-"       # the probe events produced before a load window: not part of it
+PROBE = PROBE_PREFIX.encode()
 
 
 @dataclass
@@ -71,7 +72,7 @@ def read_all(bootstrap: str, topic: str, decode: Decode, step: int, append_step:
     (or after ``idle_s`` without a record, should the last offsets hold no record)."""
     from confluent_kafka import TopicPartition
 
-    from bench.chaos_kit import event_id
+    from bench.chaos_kit import event_id_bytes
 
     t0 = time.monotonic()
     reader = _reader(bootstrap)
@@ -94,10 +95,9 @@ def read_all(bootstrap: str, topic: str, decode: Decode, step: int, append_step:
             if step and rb.read % step == 0:
                 rb.take(value, ts, decode)
             if append_step:
-                eid = event_id(value)       # the first field of a transaction and of a prediction
-                if (append_step == 1 or zlib.crc32(eid.encode()) % append_step == 0) \
-                        and not eid.startswith(PROBE_PREFIX):
-                    rb.appended[eid] = ts
+                eid = event_id_bytes(value)     # the first field of a transaction and of a prediction
+                if (append_step == 1 or zlib.crc32(eid) % append_step == 0) and not eid.startswith(PROBE):
+                    rb.appended[eid.decode()] = ts
     reader.close()
     rb.total, rb.seconds = rb.read, time.monotonic() - t0
     return rb
