@@ -13,7 +13,12 @@ LogAppendTime, so latency = output append time - input append time of the same e
 generator's own leg excluded): p50 / p99 / max over the whole window, p99 per second, and the
 first second's p99 (``lat_<rate>_<contender>_*``, ``first_second_p99_ms`` the worst first second
 of streamscore). At 50% load the older figures (event_time -> output append, ``*_p50_ms``) are
-kept, and the batched loop runs there too. Read-back is sampled above 20k events/s.
+kept (the fixed loads decode no record for them), and the batched loop runs there too. Each
+topic is read back in one pass.
+
+Soak: streamscore at 50% of its throughput for ``--soak-seconds`` (``$SOAK_SECONDS``, 180 by
+default: the median RSS of its last minute against that of 30-90 s); its read-back is a sample
+of offset windows spread over the run (bench/readback.py), not every record.
 
 ``byo_schema``: the streamscore run over the same events in a nested user schema resolved
 through a schema registry (Apicurio), scored by the demo model registered for the nested
@@ -43,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.readback import watermarks
 from streamscore.dev.util import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,22 +88,7 @@ def create_topic(bootstrap: str, name: str, partitions: int = PARTITIONS, append
 
 
 def high_watermark(consumer: Any, topic: str, partitions: int = PARTITIONS) -> int:
-    from confluent_kafka import TopicPartition
-
-    from confluent_kafka import KafkaException
-
-    total = 0
-    for p in range(partitions):
-        for _ in range(50):
-            try:
-                _lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
-                break
-            except KafkaException:   # leadership still settling: ask again
-                time.sleep(0.1)
-        else:
-            raise RuntimeError(f"no watermark for {topic}[{p}]")
-        total += max(hi, 0)
-    return total
+    return sum(max(hi, 0) for _lo, hi in watermarks(consumer, topic, partitions).values())
 
 
 class RssSampler(threading.Thread):
@@ -294,34 +285,6 @@ def decode_event_time(value: bytes) -> tuple[str, int]:
     return rec["event_id"], t if isinstance(t, int) else round(t.timestamp() * 1000)
 
 
-def read_latencies(bootstrap: str, topic: str, decode: Any, step: int) -> tuple[list[float], list[int], int]:
-    """Every ``step``-th record of ``topic``: append time - event_time, and event_time.
-
-    The probe events (``evt-7-*``, produced before the window to see the contender join)
-    are left out; the third value counts every record read."""
-    from confluent_kafka import Consumer
-
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}",
-                       "auto.offset.reset": "earliest"})
-    reader.subscribe([topic])
-    lat: list[float] = []
-    sent: list[int] = []
-    idle = time.monotonic()
-    seen = 0
-    while time.monotonic() - idle < 3:
-        msgs = reader.consume(10000, 0.5)
-        for m in msgs:
-            seen += 1
-            if m.error() is None and seen % step == 0:
-                event_id, event_time = decode(m.value())
-                if not event_id.startswith("evt-7-"):
-                    lat.append(m.timestamp()[1] - event_time)
-                    sent.append(event_time)
-                idle = time.monotonic()
-    reader.close()
-    return lat, sent, seen
-
-
 def latency_summary(lat: list[float], sent: list[int], warmup_s: float) -> dict[str, Any]:
     """p50/p99 of a window, p99 per 5-s slice of send time, and the window without its first
     ``warmup_s`` (reported beside the whole-window figures, not instead)."""
@@ -344,35 +307,6 @@ def latency_summary(lat: list[float], sent: list[int], warmup_s: float) -> dict[
 LAT_RATES = (10_000, 50_000, 100_000)      # the fixed loads of the latency matrix (plus 50% of streamscore_eps)
 
 
-def read_append_times(bootstrap: str, topic: str, step: int) -> dict[str, int]:
-    """event_id -> LogAppendTime (ms) of ``topic``'s records, for the ids whose crc32 is a
-    multiple of ``step`` (the same ids on every topic, so input and output samples join).
-    The probe events (``evt-7-*``) are left out."""
-    import zlib
-
-    from confluent_kafka import Consumer
-
-    from bench.chaos_kit import event_id
-
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}",
-                       "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    reader.subscribe([topic])
-    out: dict[str, int] = {}
-    idle = time.monotonic()
-    while time.monotonic() - idle < 3:
-        msgs = reader.consume(10000, 0.5)
-        if msgs:
-            idle = time.monotonic()
-        for m in msgs:
-            if m.error() is not None:
-                continue
-            eid = event_id(m.value())       # the first field of a transaction and of a prediction
-            if (step == 1 or zlib.crc32(eid.encode()) % step == 0) and not eid.startswith("evt-7-"):
-                out[eid] = m.timestamp()[1]
-    reader.close()
-    return out
-
-
 def append_latency_summary(t_in: dict[str, int], t_out: dict[str, int]) -> dict[str, Any]:
     """Input-append -> output-append latency of the ids in both: p50 / p99 / max over the
     whole window, p99 of each second of input append time, and the first second's p99.
@@ -392,14 +326,18 @@ def append_latency_summary(t_in: dict[str, int], t_out: dict[str, int]) -> dict[
 
 def run_latency(name: str, bootstrap: str, rate: float, seconds: float, work: Path,
                 soak: bool = False, warmup_s: float = 5.0, idle_s: float = 0.0,
-                append_step: int = 0) -> dict[str, Any]:
+                append_step: int = 0, full_readback: bool = False, event_time: bool = True) -> dict[str, Any]:
     """Offered load ``rate`` for ``seconds``; e2e latency from event_time to LogAppendTime.
 
     ``idle_s``: the contender sits idle that long after its probe batch before the load starts
     (the first second after an idle period is what ``first_second_p99_ms`` reports).
     ``append_step`` > 0: also input-append -> output-append latency (both topics stamp
-    LogAppendTime, so the generator's own leg is excluded), over every ``append_step``-th id."""
+    LogAppendTime, so the generator's own leg is excluded), over every ``append_step``-th id.
+    ``event_time``: False skips the event_time figures (no record decoded; the append ones stay).
+    A soak's read-back is a sample of offset windows (``full_readback``: every 10th record too)."""
     from confluent_kafka import Consumer
+
+    from bench.readback import read_all, read_sampled
 
     from streamscore.produce import produce_events
 
@@ -434,21 +372,32 @@ def run_latency(name: str, bootstrap: str, rate: float, seconds: float, work: Pa
         stop_process(proc)
         rss.stop()
         log.close()
-    # sampled read-back: every record up to 20k/s of load, then every step-th (a long soak's every 10th)
-    step = 10 if soak else max(1, round(rate / 20_000))
     # passthrough copies the input's bytes, so its output decodes as a transaction
     decode = decode_event_time if name == "passthrough" else _prediction_event_time
-    lat, sent, seen = read_latencies(bootstrap, t_out, decode, step)
+    if soak:    # tens of millions of records: offset windows spread over the run (bench/readback.py)
+        got, got_in = read_sampled(bootstrap, t_out, decode), read_sampled(bootstrap, t_in, decode_event_time)
+    else:       # every record fetched once; decoded up to 20k/s of load, then every step-th
+        step = max(1, round(rate / 20_000)) if event_time else 0
+        got = read_all(bootstrap, t_out, decode, step, append_step)
+        got_in = read_all(bootstrap, t_in, decode_event_time, 10 if event_time else 0, append_step)
+    seen = got.total
     out: dict[str, Any] = {"name": name, "offered_eps": round(rate), "scored": seen, "expected": total + 200,
-                           "latency_samples": len(lat), "rss_peak_mb": round(rss.peak_mb, 1)}
-    out.update(latency_summary(lat, sent, warmup_s))
+                           "latency_samples": len(got.lat), "rss_peak_mb": round(rss.peak_mb, 1),
+                           "readback_s": round(got.seconds + got_in.seconds, 1), "readback_records": got.read + got_in.read}
+    if soak:    # read falls short of planned only where a window's records were gone
+        out["readback_planned"] = got.planned + got_in.planned
+    out.update(latency_summary(got.lat, got.sent, warmup_s))
     # the generator -> broker leg alone (input append time - event_time), sampled: a floor
     # under every contender's end-to-end figure, measured in the same window
-    in_lat, in_sent, _ = read_latencies(bootstrap, t_in, decode_event_time, 10)
-    out["input_leg"] = latency_summary(in_lat, in_sent, warmup_s)
+    out["input_leg"] = latency_summary(got_in.lat, got_in.sent, warmup_s)
     if append_step:
-        out["append"] = append_latency_summary(read_append_times(bootstrap, t_in, append_step),
-                                               read_append_times(bootstrap, t_out, append_step))
+        out["append"] = append_latency_summary(got_in.appended, got.appended)
+    if soak and full_readback:      # the sample checked against every 10th record of the same topics
+        full, full_in = read_all(bootstrap, t_out, decode, 10), read_all(bootstrap, t_in, decode_event_time, 10)
+        out["full_readback"] = {**latency_summary(full.lat, full.sent, warmup_s), "latency_samples": len(full.lat),
+                                "input_leg": latency_summary(full_in.lat, full_in.sent, warmup_s),
+                                "readback_s": round(full.seconds + full_in.seconds, 1),
+                                "readback_records": full.read + full_in.read}
     if soak and seen < total + 200:
         # the generator fell behind or the contender stopped early: not a steady soak, no growth figure
         out["soak_incomplete"] = f"{seen:,} of {total + 200:,} events scored"
@@ -491,8 +440,10 @@ def main() -> int:
                     help="each latency run's loaded window (0 skips the latency runs)")
     ap.add_argument("--idle-seconds", type=float, default=5.0,
                     help="how long each latency contender sits idle after joining before its load starts")
-    ap.add_argument("--soak-seconds", type=float, default=float(os.environ.get("SOAK_SECONDS", 300)),
+    ap.add_argument("--soak-seconds", type=float, default=float(os.environ.get("SOAK_SECONDS", 180)),
                     help="RSS soak at 50%% load (0 to skip)")
+    ap.add_argument("--soak-full-readback", action="store_true",
+                    help="also read every 10th record of the soak's topics, to check the sampled read-back")
     ap.add_argument("--http-clients", type=int, default=32, help="concurrent clients of the HTTP load phase")
     ap.add_argument("--http-seconds", type=float, default=20.0)
     ap.add_argument("--out", default=str(RESULTS / "latest.json"))
@@ -507,6 +458,7 @@ def main() -> int:
     with_byo = wanted_names is None or "byo_schema" in wanted_names
     svc = ensure_services(work / "services", kafka_heap="1g", registry=with_byo)
     print(f"broker {svc.kafka_bootstrap} ({svc.source['kafka']}); work dir {work}", flush=True)
+    started = time.monotonic()
     try:
         bootstrap = svc.kafka_bootstrap
         t_in = f"bench-in-{uuid.uuid4().hex[:6]}"
@@ -545,10 +497,11 @@ def main() -> int:
         wanted = a.only.split(",") if a.only else [*counts, "http"]
         results: dict[str, Any] = {"host": host_info(), "events": a.events, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         runs: dict[str, Any] = {}
-        # the contenders the ratios are built from run `--repeat` times (interleaved, so a slow
-        # spell of the machine hits all of them); the table shows each one's median
-        repeated = [n for n in ("passthrough", "streamscore", "features", "features_online", "byo_schema", "backfill",
-                                "batched") if n in wanted]
+        phases: dict[str, float] = {"setup": time.monotonic() - started}   # where the bench's time went
+        mark = time.monotonic()
+        # the contenders the headline ratios are built from run `--repeat` times (interleaved, so a
+        # slow spell of the machine hits all of them); the table shows each one's median
+        repeated = [n for n in ("passthrough", "streamscore", "batched") if n in wanted]
         order = [n for _ in range(a.repeat) for n in repeated] + [n for n in wanted if n not in repeated and n in counts]
         for name in order:
             source = byo["topic"] if name == "byo_schema" and byo else online_topic if name == "features_online" else t_in
@@ -563,12 +516,14 @@ def main() -> int:
             results[key] = int(np.median(done)) if len(done) == len(rs) else None
             if len(rs) > 1:
                 results[f"{key}_runs"] = [r["eps"] for r in rs]
+        phases["throughput"], mark = time.monotonic() - mark, time.monotonic()
         if "http" in wanted:
             from bench.http_load import run_http_load
 
             results.update(run_http_load(work, clients=a.http_clients, seconds=a.http_seconds))
         results["model_only_eps"] = model_only_eps()
         print(f"  {'model_only_eps':24} {results['model_only_eps']:>10,} rows/s (batch 1024)", flush=True)
+        phases["http_and_model_only"], mark = time.monotonic() - mark, time.monotonic()
         if results.get("streamscore_eps") and a.latency_seconds > 0:
             half = 0.5 * results["streamscore_eps"]
             rate = half
@@ -580,7 +535,7 @@ def main() -> int:
                     if name not in wanted or (name == "batched" and tag != "50pct"):
                         continue
                     lat = run_latency(name, bootstrap, load, a.latency_seconds, work, idle_s=a.idle_seconds,
-                                      append_step=max(1, round(load / 20_000)))
+                                      append_step=max(1, round(load / 20_000)), event_time=tag == "50pct")
                     runs[f"latency_{name}_{tag}"] = lat
                     ap_ = lat["append"]
                     for q in ("p50", "p99", "max"):
@@ -602,13 +557,23 @@ def main() -> int:
             firsts = [results.get(f"lat_{t}_streamscore_first_second_p99_ms") for t in [*map(str, LAT_RATES), "50pct"]]
             if any(f is not None for f in firsts):
                 results["first_second_p99_ms"] = max(f for f in firsts if f is not None)
+            phases["latency_matrix"], mark = time.monotonic() - mark, time.monotonic()
             if a.soak_seconds > 0 and "streamscore" in wanted:
-                soak = run_latency("streamscore", bootstrap, rate, a.soak_seconds, work, soak=True)
+                soak = run_latency("streamscore", bootstrap, rate, a.soak_seconds, work, soak=True,
+                                   full_readback=a.soak_full_readback)
                 runs["soak"] = soak
                 results["soak_rss_growth"] = soak.get("rss_growth")
                 print(f"  soak {a.soak_seconds:.0f}s at {rate:,.0f}/s: rss {soak.get('rss_first_min_mb')} -> "
                       f"{soak.get('rss_last_min_mb')} MB (growth {soak.get('rss_growth')}), p99 {soak['p99_ms']} ms"
-                      + (f"; INCOMPLETE: {soak['soak_incomplete']}" if "soak_incomplete" in soak else ""), flush=True)
+                      + (f"; INCOMPLETE: {soak['soak_incomplete']}" if "soak_incomplete" in soak else "")
+                      + f"; read back {soak['readback_records']:,} sampled records in {soak['readback_s']} s", flush=True)
+                full = soak.get("full_readback")
+                if full:
+                    print(f"  soak read-back check: sampled p50 / p99 {soak['p50_ms']} / {soak['p99_ms']} ms "
+                          f"({soak['latency_samples']:,} records), every 10th {full['p50_ms']} / {full['p99_ms']} ms "
+                          f"({full['latency_samples']:,}); input leg {soak['input_leg']['p99_ms']} vs "
+                          f"{full['input_leg']['p99_ms']} ms p99; full read-back {full['readback_records']:,} records "
+                          f"in {full['readback_s']} s", flush=True)
                 if "soak_incomplete" in soak:
                     results["soak_incomplete"] = soak["soak_incomplete"]
         s, b, pt = results.get("streamscore_eps"), results.get("batched_eps"), results.get("passthrough_eps")
@@ -624,6 +589,8 @@ def main() -> int:
             results["byo_schema_vs_streamscore"] = round(results["byo_schema_eps"] / s, 2)
         if s and results.get("backfill_eps"):
             results["backfill_vs_streamscore"] = round(results["backfill_eps"] / s, 2)
+        phases["soak"] = time.monotonic() - mark if "latency_matrix" in phases else 0.0
+        results["phase_seconds"] = {k: round(v, 1) for k, v in phases.items()}
         results["runs"] = runs
         Path(a.out).write_text(json.dumps(results, indent=2))
         try:
