@@ -560,12 +560,12 @@ def _reduce(s: AggregateSpec, nq: int, qi: np.ndarray, ei: np.ndarray, ok: np.nd
     x = v[ei]
     ok = ok & (~np.isnan(x) if s.kind == "float" else x != NULL_HASH)
     q, x = qi[ok], x[ok]
-    cnt = np.bincount(q, minlength=nq).astype(np.float64)
-    if s.op == "count":
-        return cnt
     if s.op == "sum":
         return np.bincount(q, weights=x, minlength=nq)
-    if s.op == "mean":
+    if s.op in ("count", "mean"):
+        cnt = np.bincount(q, minlength=nq).astype(np.float64)
+        if s.op == "count":
+            return cnt
         total = np.bincount(q, weights=x, minlength=nq)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(cnt > 0, total / np.maximum(cnt, 1.0), np.nan)
