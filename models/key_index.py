@@ -1,7 +1,8 @@
 """Key bytes -> dense codes (0, 1, ... in order of first sight), looked up a batch at a time in numpy.
 
 A key of at most ``MAX_BYTES`` bytes is held as its length and its bytes zero-padded into 64-bit words;
-the index is a sorted array of hashes of those, and a hit is checked word for word against the key held
+the index is a sorted array of hashes of those (and a small sorted array of the latest ones, merged into
+it now and then, so adding keys costs little), and a hit is checked word for word against the key held
 under that code, so a hash collision never merges two keys. A longer key, or one whose hash another key
 already holds, is kept in a small dict instead (found there on every later lookup).
 """
@@ -47,10 +48,10 @@ class KeyIndex:
     """Codes of the keys of one store in one partition."""
 
     def __init__(self) -> None:
-        self._hash = np.zeros(0, np.uint64)          # sorted hashes of the indexed keys
-        self._code = np.zeros(0, np.int64)           # the code of each
+        self._levels = [(np.zeros(0, np.uint64), np.zeros(0, np.int64))] * 2   # (sorted hashes, their codes):
+        # the indexed keys, then the latest ones (a hash is in one level at most)
         self._spill: dict[bytes, int] = {}           # long keys, and keys whose hash another key holds
-        self._words = np.zeros((1024, 1), np.uint64)     # per code: its padded words (spare rows), its length
+        self._words = np.zeros((1, 1024), np.uint64)     # word j of code c at [j, c] (spare codes); lengths
         self._len = np.zeros(1024, np.int64)
         self._n = 0
 
@@ -60,10 +61,10 @@ class KeyIndex:
     def text(self, code: int) -> bytes:
         if self._len[code] > MAX_BYTES:
             return next(text for text, c in self._spill.items() if c == code)
-        return self._words[code].tobytes()[:int(self._len[code])]
+        return self._words[:, code].tobytes()[:int(self._len[code])]
 
     def nbytes(self) -> int:
-        arrays = (self._hash, self._code, self._words, self._len)
+        arrays = (*self._levels[0], *self._levels[1], self._words, self._len)
         return int(sum(a.nbytes for a in arrays)) + 120 * len(self._spill)
 
     def codes(self, keys: KeyTexts, which: np.ndarray | None = None) -> np.ndarray:
@@ -72,12 +73,16 @@ class KeyIndex:
         h = keys.hash[idx]
         code = np.full(len(idx), -1, np.int64)
         hit = np.zeros(len(idx), bool)
-        if len(self._hash):
-            pos = np.minimum(np.searchsorted(self._hash, h), len(self._hash) - 1)
-            hit = (self._hash[pos] == h) & ~keys.long[idx]
-            cand = np.flatnonzero(hit)
-            c = self._code[pos[cand]]
-            code[cand] = np.where(self._same(keys, idx[cand], c), c, -1)
+        for hashes, codes in self._levels:
+            if len(hashes):
+                pos = np.minimum(np.searchsorted(hashes, h), len(hashes) - 1)
+                found = hashes[pos] == h
+                code = np.where(found, codes[pos], code)
+                hit |= found
+        hit &= ~keys.long[idx]                       # a long key is never indexed (any hash it meets is another's)
+        code[~hit] = -1
+        cand = np.flatnonzero(hit)
+        code[cand] = np.where(self._same(keys, idx[cand], code[cand]), code[cand], -1)
         miss = np.flatnonzero(code < 0)
         if len(miss):
             code[miss] = self._add(keys, idx[miss], hit[miss])
@@ -87,28 +92,29 @@ class KeyIndex:
         """Keep only the codes ``live`` (ascending), renumbered 0, 1, ... in that order."""
         remap = np.full(self._n + 1, -1, np.int64)
         remap[live] = np.arange(len(live))
-        kept = remap[self._code] >= 0
-        self._hash, self._code = self._hash[kept], remap[self._code[kept]]
+        self._levels = [(hashes[remap[codes] >= 0], remap[codes[remap[codes] >= 0]]) for hashes, codes in self._levels]
         self._spill = {t: int(remap[c]) for t, c in self._spill.items() if remap[c] >= 0}
         rows = max(1024, 2 * len(live))
-        words, length = np.zeros((rows, self._words.shape[1]), np.uint64), np.zeros(rows, np.int64)
-        words[:len(live)], length[:len(live)] = self._words[live], self._len[live]
+        words, length = np.zeros((self._words.shape[0], rows), np.uint64), np.zeros(rows, np.int64)
+        words[:, :len(live)], length[:len(live)] = self._words[:, live], self._len[live]
         self._words, self._len, self._n = words, length, len(live)
 
     def _same(self, keys: KeyTexts, idx: np.ndarray, code: np.ndarray) -> np.ndarray:
         """Whether each key ``keys.texts[idx[i]]`` is the one held under ``code[i]``."""
-        width = min(keys.words.shape[1], self._words.shape[1])    # past it, the wider side holds zeros
         same = keys.length[idx] == self._len[code]
-        return same & (self._words[code, :width] == keys.words[idx, :width]).all(axis=1)
+        for j in range(min(keys.words.shape[1], self._words.shape[0])):   # past it, the wider side holds zeros
+            same &= self._words[j, code] == keys.words[idx, j]
+        return same
 
     def _add(self, keys: KeyTexts, idx: np.ndarray, hashed: np.ndarray) -> np.ndarray:
         """Codes of keys not found by hash (``hashed``: their hash is indexed, held by another key)."""
         h = keys.hash[idx]
         first = self._n
-        if not self._spill and not hashed.any() and not keys.long[idx].any() and len(np.unique(h)) == len(h):
+        order = np.argsort(h)
+        if not self._spill and not hashed.any() and not keys.long[idx].any() and bool(np.all(np.diff(h[order]))):
             codes = np.arange(first, first + len(idx))             # all new, each hash its own: no dict
             self._store(keys, idx)
-            self._index(h, codes)
+            self._index(h[order], codes[order])
             return codes
         out: list[int] = []
         new: dict[bytes, int] = {}
@@ -130,30 +136,37 @@ class KeyIndex:
                     fresh_c.append(c)
             out.append(c)
         self._store(keys, np.array(stored, np.int64))
-        self._index(np.array(fresh_h, np.uint64), np.array(fresh_c, np.int64))
+        fh, fc = np.array(fresh_h, np.uint64), np.array(fresh_c, np.int64)
+        order = np.argsort(fh)
+        self._index(fh[order], fc[order])
         return np.array(out, np.int64)
 
     def _store(self, keys: KeyTexts, idx: np.ndarray) -> None:
         """Append new codes (``len(self)``, ... in ``idx`` order): their words and lengths."""
         m, width = len(idx), keys.words.shape[1]
-        rows = self._words.shape[0]
-        if self._n + m > rows or width > self._words.shape[1]:
+        cols, rows = self._words.shape
+        if self._n + m > rows or width > cols:
             rows = max(rows, 2 * (self._n + m)) if self._n + m > rows else rows
-            words = np.zeros((rows, max(width, self._words.shape[1])), np.uint64)
-            words[:self._n, :self._words.shape[1]] = self._words[:self._n]
+            words = np.zeros((max(width, cols), rows), np.uint64)
+            words[:cols, :self._n] = self._words[:, :self._n]
             length = np.zeros(rows, np.int64)
             length[:self._n] = self._len[:self._n]
             self._words, self._len = words, length
-        self._words[self._n:self._n + m] = 0
-        self._words[self._n:self._n + m, :width] = keys.words[idx]
+        self._words[:, self._n:self._n + m] = 0
+        self._words[:width, self._n:self._n + m] = keys.words[idx].T
         self._len[self._n:self._n + m] = keys.length[idx]
         self._n += m
 
     def _index(self, h: np.ndarray, codes: np.ndarray) -> None:
+        """Index new hashes (ascending) with their codes: into the latest level, merged into the first when it
+        outgrows an eighth of it (each key is copied a few times, not once per batch)."""
         if not len(h):
             return
-        order = np.argsort(h)
-        h, codes = h[order], codes[order]
-        at = np.searchsorted(self._hash, h)
-        self._hash = np.insert(self._hash, at, h)
-        self._code = np.insert(self._code, at, codes)
+        (main_h, main_c), (new_h, new_c) = self._levels
+        at = np.searchsorted(new_h, h)
+        new_h, new_c = np.insert(new_h, at, h), np.insert(new_c, at, codes)
+        if len(new_h) > max(4096, len(main_h) >> 3):
+            at = np.searchsorted(main_h, new_h)
+            main_h, main_c = np.insert(main_h, at, new_h), np.insert(main_c, at, new_c)
+            new_h, new_c = new_h[:0], new_c[:0]
+        self._levels = [(main_h, main_c), (new_h, new_c)]

@@ -29,12 +29,15 @@ def _texts(rng: np.random.Generator, n: int, pool: int) -> list[bytes]:
     return list(dict.fromkeys(keys[i] for i in rng.integers(0, pool, n).tolist()))
 
 
-@pytest.mark.parametrize("buckets", [0, 1, 3])        # 0: the real hash; 1, 3: every key collides with others
-def test_codes_equal_a_dict_across_batches_and_renumbering(buckets: int) -> None:
+@pytest.mark.parametrize(("buckets", "batch", "pool"), [(0, 200, 500), (1, 200, 500), (3, 200, 500),
+                                                      (0, 3000, 40_000), (7000, 3000, 40_000)])
+def test_codes_equal_a_dict_across_batches_and_renumbering(buckets: int, batch: int, pool: int) -> None:
+    """``buckets``: 0 the real hash, else every key's hash modulo it (collisions forced); the larger pool
+    outgrows the index's latest level, so it is merged more than once."""
     rng = np.random.default_rng(buckets)
     index, ref = KeyIndex(), _Dict()
     for round_ in range(30):
-        texts = _texts(rng, 200, 500)
+        texts = _texts(rng, batch, pool)
         keys = KeyTexts(texts)
         if buckets:
             keys.hash = keys.hash % np.uint64(buckets)
