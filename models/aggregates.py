@@ -301,7 +301,7 @@ class AggregateEngine:
                 rows = np.concatenate(batch.rows)
                 for name, col in batch.compute(lay).items():
                     applied.columns[name][rows] = col
-                blocks = _Blocks((lay.id + SEP).encode(), kcodes, ktexts, times, offsets, raws)
+                blocks = _Blocks((lay.id + SEP).encode(), kcodes, keyed, times, offsets, raws)
                 for p, i in batch.index.items():
                     keys, values = blocks.records(states[p].parts[lay.id], batch.rows[i])
                     applied.keys.extend(keys)
@@ -400,11 +400,10 @@ class _Blocks:
     """A batch's changelog records for one store: per partition, its rows' entries in blocks of at most
     ``MAX_BYTES`` (``models.agg_records``). Key codes and text codes index the batch's tables."""
 
-    def __init__(self, head: bytes, kcodes: np.ndarray, ktexts: list[bytes], t: np.ndarray, o: np.ndarray,
+    def __init__(self, head: bytes, kcodes: np.ndarray, keys: KeyTexts, t: np.ndarray, o: np.ndarray,
                  raws: list[FieldValues]) -> None:
-        self.head, self.kcodes, self.ktexts, self.t, self.o, self.raws = head, kcodes, ktexts, t, o, raws
-        klen = np.fromiter(map(len, ktexts), np.int64, len(ktexts))
-        self.size = FIXED_BYTES + np.append(klen, 0)[kcodes]              # per row, as if its texts were new
+        self.head, self.kcodes, self.ktexts, self.t, self.o, self.raws = head, kcodes, keys.texts, t, o, raws
+        self.size = FIXED_BYTES + np.append(keys.length, 0)[kcodes]              # per row, as if its texts were new
         for raw in raws:
             if isinstance(raw, tuple):
                 tlen = np.fromiter(map(len, raw[1]), np.int64, len(raw[1]))
@@ -432,7 +431,7 @@ class _Blocks:
                 else:
                     fields.append(raw[chunk])
             key = self.head + b"%d-%d-%d" % (int(o.min()), int(o.max()), len(chunk))
-            values.append(encode(Block(o, t, kidx, [self.ktexts[c] for c in used.tolist()], fields)))
+            values.append(encode(Block(o, t, kidx, list(map(self.ktexts.__getitem__, used.tolist())), fields)))
             keys.append(key)
             heapq.heappush(st.logged, (int(t.max()), key))
         return keys, values
