@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from models import agg_window
 from models.agg_records import FIXED_BYTES, MAX_BYTES, Block, FieldValues, Kind, decode, encode
 from models.key_index import KeyIndex, KeyTexts
 from models.lookups import key_values, used_codes
@@ -266,6 +267,7 @@ class AggregateEngine:
             layouts.append(_Layout(key, cols, mine))
         self.layouts = tuple(layouts)
         self._by_id = {lay.id: lay for lay in self.layouts}
+        agg_window.lib()                                    # built (or found) now, not in the first batch
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -508,6 +510,12 @@ def _compute(lay: _Layout, ek: np.ndarray, et: np.ndarray, eo: np.ndarray, ev: l
     longest = lay.longest_ms
     lo = np.searchsorted(comp, qk * span + np.clip(qt - longest + 1 - tmin, 0, span - 1), "left")
     hi = np.searchsorted(comp, qk * span + (qt - tmin), "right")
+    if agg_window.lib() is not None:                       # the same entries in the same order, in C
+        for s in lay.specs:
+            v = None if s.field is None else ev[col[(s.field, s.kind)]]
+            op = 0 if s.field is None else agg_window.OPS[s.op]
+            out[s.name] = agg_window.window(op, s.window_ms, et, eo, v, NULL_HASH, lo, hi, qt, qo)
+        return out
     windows = sorted({s.window_ms for s in lay.specs})
     for q0, q1, qi, ei in _pairs(lo, hi):
         ok = eo[ei] <= qo[q0 + qi]                            # the entry is at or before the query
