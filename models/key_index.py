@@ -68,7 +68,7 @@ class KeyIndex:
         return int(sum(a.nbytes for a in arrays)) + 120 * len(self._spill)
 
     def codes(self, keys: KeyTexts, which: np.ndarray | None = None) -> np.ndarray:
-        """The codes of ``keys.texts[which]`` (every one when None; distinct texts), new keys numbered on."""
+        """The codes of ``keys.texts[which]`` (every one when None), keys not held numbered on in order."""
         idx = np.arange(len(keys.texts)) if which is None else which
         h = keys.hash[idx]
         code = np.full(len(idx), -1, np.int64)

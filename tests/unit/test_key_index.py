@@ -60,3 +60,9 @@ def test_keys_differing_only_in_trailing_zero_bytes_or_width_are_apart() -> None
     assert index.codes(KeyTexts([b"ab", b"a" * 8 + b"\x00", b"b" * 20])).tolist() == [5, 8, 9]   # a wider batch
     assert index.codes(KeyTexts([b"a", b"b" * 20])).tolist() == [3, 9]                          # a narrower one
     assert [index.text(c) for c in range(len(index))] == [*texts, b"b" * 20]
+
+
+def test_a_key_twice_in_one_call_gets_one_code() -> None:
+    index = KeyIndex()
+    assert index.codes(KeyTexts([b"a", b"b", b"a", b"x" * 70, b"x" * 70])).tolist() == [0, 1, 0, 2, 2]
+    assert index.codes(KeyTexts([b"c", b"c", b"b"])).tolist() == [3, 3, 1]
