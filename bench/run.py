@@ -220,6 +220,7 @@ def run_throughput(name: str, bootstrap: str, t_in: str, count: int, work: Path,
     rss = RssSampler(proc.pid)
     rss.start()
     first_t = first_n = None
+    first_cpu = end_cpu = None
     last_n = 0
     deadline = time.monotonic() + timeout
     try:
@@ -227,7 +228,7 @@ def run_throughput(name: str, bootstrap: str, t_in: str, count: int, work: Path,
             n = high_watermark(watcher, t_out)
             now = time.monotonic()
             if n > 0 and first_t is None:
-                first_t, first_n = now, n
+                first_t, first_n, first_cpu = now, n, cpu_seconds(proc.pid)
             last_n = n
             if n >= count:
                 break
@@ -238,6 +239,7 @@ def run_throughput(name: str, bootstrap: str, t_in: str, count: int, work: Path,
                     break
             time.sleep(0.02)
         end_t = time.monotonic()
+        end_cpu = cpu_seconds(proc.pid)
     finally:
         stop_process(proc)
         rss.stop()
@@ -245,7 +247,22 @@ def run_throughput(name: str, bootstrap: str, t_in: str, count: int, work: Path,
         watcher.close()
     ok = last_n >= count
     eps = (last_n - (first_n or 0)) / (end_t - first_t) if first_t and end_t > first_t else 0.0
-    return {"name": name, "eps": round(eps), "outputs": last_n, "complete": ok, "rss_mb": round(rss.peak_mb, 1)}
+    # the contender's CPU over the same window as eps (start-up left out): telling where the machine is shared
+    cpu_us = (end_cpu - first_cpu) / (last_n - first_n) * 1e6 \
+        if first_cpu is not None and end_cpu is not None and first_n is not None and last_n > first_n else None
+    return {"name": name, "eps": round(eps), "outputs": last_n, "complete": ok, "rss_mb": round(rss.peak_mb, 1),
+            "cpu_us_per_event": None if cpu_us is None else round(cpu_us, 2)}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process and its children so far (None once it is gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+    except psutil.Error:
+        return None
 
 
 def model_only_eps(batch: int = 1024, seconds: float = 3.0) -> int:
@@ -509,7 +526,7 @@ def main() -> int:
                                byo={**(byo or {}), "redis_url": svc.redis_url})
             runs.setdefault(name, []).append(r)
             print(f"  {name:24} {r['eps']:>10,} events/s  ({r['outputs']:,} outputs, complete={r['complete']}, "
-                  f"peak rss {r['rss_mb']} MB)", flush=True)
+                  f"peak rss {r['rss_mb']} MB, {r['cpu_us_per_event']} us CPU/event)", flush=True)
         for name, rs in runs.items():
             key = "streamscore_eps_2proc" if name == "streamscore_2proc" else f"{name}_eps"
             done = [r["eps"] for r in rs if r["complete"]]

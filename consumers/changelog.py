@@ -6,8 +6,10 @@
                          before the consumer fetches a single input record of it
     revoke(partitions)   the state is dropped; work already dispatched keeps the view it was given
     view()               source thread, at dispatch: the partitions' states this batch applies to
-    apply(view, work)    model thread: the aggregate columns join the decoded batch, and the
-                         batch's changelog records (a block of entries per partition) are put on
+    apply(view, work)    source thread, at dispatch, right after view() (so batches apply in consumption
+                         order and never beside an assign or revoke; it does no I/O, so it overlaps the
+                         model thread's work on the batch before): the aggregate columns join the
+                         decoded batch, and the batch's changelog records (a block of entries per partition) are put on
                          ``work.changelog``; the sink writes them under the batch's acknowledgement
                          (at-least-once) or inside its transaction (exactly-once), like every other output
 
@@ -155,7 +157,7 @@ class AggregateState:
         self.pipeline = pipeline
         self.metrics = metrics
         self._states: dict[int, Any] = {}
-        self._lock = threading.Lock()           # the source thread assigns and revokes; the model thread reports
+        self._lock = threading.Lock()           # the source thread assigns, revokes and applies; metrics read
 
     def assign(self, partitions: Sequence[int]) -> None:
         t0 = time.monotonic()

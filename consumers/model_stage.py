@@ -60,8 +60,6 @@ class ModelStage:
             parts = [(actives[0], np.arange(n))]
         good = np.ones(n, dtype=bool)
         missing = False
-        if rt.aggregates is not None:        # every decoded event counts, whatever happens to it later
-            rt.aggregates.apply(work.state, work)
         if rt.lookups is not None:           # waits while the store is down: no row is lost to an outage
             for r, msg in rt.lookups.enrich(work.decoded).items():
                 good[r] = False

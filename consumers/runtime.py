@@ -70,8 +70,8 @@ class KeyedState(Protocol):
     """Per-partition aggregate state with a changelog (``consumers.changelog.AggregateState``).
 
     ``assign`` restores the partitions' state before any of their records is scored; ``view``
-    (at dispatch, source thread) is what a batch applies to; ``apply(view, work)`` adds the
-    aggregate columns to ``work.decoded`` and sets ``work.changelog``."""
+    (at dispatch, source thread) is what a batch applies to; ``apply(view, work)`` (right after, on the
+    same thread) adds the aggregate columns to ``work.decoded`` and sets ``work.changelog``."""
 
     topic: str
 

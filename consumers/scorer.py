@@ -387,7 +387,10 @@ class Scorer:
         self.metrics.batch_closed(rt.name, len(msgs), batcher.stats.last_wait_s, reason)
         work = self._decode(rt, msgs)
         if rt.aggregates is not None:
+            # here, not in the model stage: it does no I/O, so it runs beside the previous batch's model and
+            # lookups; batches apply in dispatch order, and assign / revoke run on this thread too
             work.state = rt.aggregates.view()   # the states restored for what was consumed so far
+            rt.aggregates.apply(work.state, work)   # every decoded event counts, whatever happens to it later
         work.generation = self.commit.register(work.batch_id, work.ranges)
         self._put(self._q_model, work)
 

@@ -40,7 +40,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from models import agg_window
 from models.agg_records import FIXED_BYTES, MAX_BYTES, Block, FieldValues, Kind, decode, encode
+from models.key_index import KeyIndex, KeyTexts
 from models.lookups import key_values, used_codes
 from schemas.errors import ConfigError
 
@@ -50,7 +52,6 @@ UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 SEP = "\x1f"
 NULL_HASH = np.iinfo(np.int64).min       # a null text value among the hashes of a text field
 MAX_PAIRS = 1 << 22                      # (event, window entry) pairs handled at once: bounds a batch's memory
-KEY_BYTES = 120                          # estimated bytes per key held (dict slot, str object) for the metric
 RECORD_BYTES = 120                       # estimated bytes per changelog record tracked for its deletion
 log = logging.getLogger(__name__)
 Record = tuple[bytes, bytes | None]      # a changelog record: key, value (None: a tombstone)
@@ -118,8 +119,7 @@ class _Part:
 
     cols: list[np.ndarray]
     n: int = 0
-    codes: dict[bytes, int] = field(default_factory=dict)   # a key's bytes (as received) -> its code
-    texts: list[bytes] = field(default_factory=list)
+    keys: KeyIndex = field(default_factory=KeyIndex)        # a key's bytes (as received) <-> its code
     newest: int = -(1 << 62)
     max_offset: int = -1                     # the highest offset ever inserted: above it, nothing is a replay
     tombstones: list[bytes] = field(default_factory=list)    # wholly evicted records' keys, not yet written
@@ -161,19 +161,8 @@ class _Part:
             c[:len(a)] = a
         self.n = len(kept[0])
 
-    def codes_of(self, texts: Sequence[bytes]) -> np.ndarray:
-        """The codes of distinct key texts, new keys numbered on."""
-        got = np.fromiter(map(self.codes.get, texts, repeat(-1)), np.int64, len(texts))
-        miss = np.flatnonzero(got < 0).tolist()
-        if miss:
-            new = list(dict.fromkeys([texts[i] for i in miss]))
-            self.codes.update(zip(new, range(len(self.texts), len(self.texts) + len(new))))
-            self.texts.extend(new)
-            got[miss] = np.fromiter(map(self.codes.__getitem__, [texts[i] for i in miss]), np.int64, len(miss))
-        return got
-
     def nbytes(self) -> int:
-        return int(sum(c.nbytes for c in self.cols)) + KEY_BYTES * len(self.codes) + RECORD_BYTES * len(self.logged)
+        return int(sum(c.nbytes for c in self.cols)) + self.keys.nbytes() + RECORD_BYTES * len(self.logged)
 
 
 class PartitionState:
@@ -183,7 +172,7 @@ class PartitionState:
         self.parts = parts
 
     def keys(self) -> int:
-        return sum(len(p.codes) for p in self.parts.values())
+        return sum(len(p.keys) for p in self.parts.values())
 
     def nbytes(self) -> int:
         return sum(p.nbytes() for p in self.parts.values())
@@ -223,18 +212,18 @@ class _Gathered:
         self.ev: list[list[np.ndarray]] = []
         self._next = 0
 
-    def add(self, st: _Part, p: int, rows: np.ndarray, bcodes: np.ndarray, btexts: Sequence[bytes], t: np.ndarray,
+    def add(self, st: _Part, p: int, rows: np.ndarray, bcodes: np.ndarray, btexts: KeyTexts, t: np.ndarray,
             o: np.ndarray, vals: list[np.ndarray]) -> None:
-        used, inv = used_codes(bcodes, len(btexts))
-        k = st.codes_of([btexts[u] for u in used.tolist()])[inv]
+        used, inv = used_codes(bcodes, len(btexts.texts))
+        k = st.keys.codes(btexts, used)[inv]
         new = o > st.max_offset                                   # dedupe: an offset already held is a replay
         if not new.all():
             new[~new] = ~np.isin(o[~new], st.o)
-        touched = np.zeros(len(st.texts), bool)
+        touched = np.zeros(len(st.keys), bool)
         touched[k] = True
         held = np.flatnonzero(touched[st.k])                     # the touched keys' entries: one pass over the state
         base = self._next
-        self._next += len(st.texts)
+        self._next += len(st.keys)
         self.index[p] = len(self.rows)
         self.rows.append(rows)
         self.base.append(base)
@@ -278,6 +267,7 @@ class AggregateEngine:
             layouts.append(_Layout(key, cols, mine))
         self.layouts = tuple(layouts)
         self._by_id = {lay.id: lay for lay in self.layouts}
+        agg_window.lib()                                    # built (or found) now, not in the first batch
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -303,16 +293,17 @@ class AggregateEngine:
                 kcodes = np.where(knull, -1, kcodes)
             vals, raws = self._fields(lay, columns, nulls, symbols, n)
             batch = _Gathered()
+            keyed = KeyTexts(ktexts)
             for p in np.unique(parts).tolist():
                 rows = np.flatnonzero((parts == p) & (kcodes >= 0))
                 if len(rows):
-                    batch.add(states[p].parts[lay.id], p, rows, kcodes[rows], ktexts, times[rows], offsets[rows],
+                    batch.add(states[p].parts[lay.id], p, rows, kcodes[rows], keyed, times[rows], offsets[rows],
                               [v[rows] for v in vals])
             if batch.rows:
                 rows = np.concatenate(batch.rows)
                 for name, col in batch.compute(lay).items():
                     applied.columns[name][rows] = col
-                blocks = _Blocks((lay.id + SEP).encode(), kcodes, ktexts, times, offsets, raws)
+                blocks = _Blocks((lay.id + SEP).encode(), kcodes, keyed, times, offsets, raws)
                 for p, i in batch.index.items():
                     keys, values = blocks.records(states[p].parts[lay.id], batch.rows[i])
                     applied.keys.extend(keys)
@@ -411,11 +402,10 @@ class _Blocks:
     """A batch's changelog records for one store: per partition, its rows' entries in blocks of at most
     ``MAX_BYTES`` (``models.agg_records``). Key codes and text codes index the batch's tables."""
 
-    def __init__(self, head: bytes, kcodes: np.ndarray, ktexts: list[bytes], t: np.ndarray, o: np.ndarray,
+    def __init__(self, head: bytes, kcodes: np.ndarray, keys: KeyTexts, t: np.ndarray, o: np.ndarray,
                  raws: list[FieldValues]) -> None:
-        self.head, self.kcodes, self.ktexts, self.t, self.o, self.raws = head, kcodes, ktexts, t, o, raws
-        klen = np.fromiter(map(len, ktexts), np.int64, len(ktexts))
-        self.size = FIXED_BYTES + np.append(klen, 0)[kcodes]              # per row, as if its texts were new
+        self.head, self.kcodes, self.ktexts, self.t, self.o, self.raws = head, kcodes, keys.texts, t, o, raws
+        self.size = FIXED_BYTES + np.append(keys.length, 0)[kcodes]              # per row, as if its texts were new
         for raw in raws:
             if isinstance(raw, tuple):
                 tlen = np.fromiter(map(len, raw[1]), np.int64, len(raw[1]))
@@ -443,7 +433,7 @@ class _Blocks:
                 else:
                     fields.append(raw[chunk])
             key = self.head + b"%d-%d-%d" % (int(o.min()), int(o.max()), len(chunk))
-            values.append(encode(Block(o, t, kidx, [self.ktexts[c] for c in used.tolist()], fields)))
+            values.append(encode(Block(o, t, kidx, list(map(self.ktexts.__getitem__, used.tolist())), fields)))
             keys.append(key)
             heapq.heappush(st.logged, (int(t.max()), key))
         return keys, values
@@ -455,7 +445,7 @@ def _load(lay: _Layout, st: _Part, blocks: Sequence[tuple[bytes, Block]], grace_
     for key, b in blocks:
         if not len(b.offsets):
             continue
-        cols[0].append(st.codes_of(b.keys)[b.kidx])
+        cols[0].append(st.keys.codes(KeyTexts(b.keys))[b.kidx])
         cols[1].append(b.times)
         cols[2].append(b.offsets)
         for j, values in enumerate(b.fields):
@@ -497,10 +487,9 @@ def _evict(lay: _Layout, st: _Part, grace_ms: int) -> None:
     if not gone.any():
         return
     st.keep(~gone)
-    live = np.flatnonzero(np.bincount(st.k, minlength=len(st.texts)))
-    if len(st.texts) > 2 * len(live) + 1024:              # renumber the keys still held
-        st.texts = [st.texts[c] for c in live.tolist()]
-        st.codes = {text: i for i, text in enumerate(st.texts)}
+    live = np.flatnonzero(np.bincount(st.k, minlength=len(st.keys)))
+    if len(st.keys) > 2 * len(live) + 1024:               # renumber the keys still held
+        st.keys.keep(live)
         st.cols[0][:st.n] = np.searchsorted(live, st.k)
 
 
@@ -521,6 +510,12 @@ def _compute(lay: _Layout, ek: np.ndarray, et: np.ndarray, eo: np.ndarray, ev: l
     longest = lay.longest_ms
     lo = np.searchsorted(comp, qk * span + np.clip(qt - longest + 1 - tmin, 0, span - 1), "left")
     hi = np.searchsorted(comp, qk * span + (qt - tmin), "right")
+    if agg_window.lib() is not None:                       # the same entries in the same order, in C
+        for s in lay.specs:
+            v = None if s.field is None else ev[col[(s.field, s.kind)]]
+            op = 0 if s.field is None else agg_window.OPS[s.op]
+            out[s.name] = agg_window.window(op, s.window_ms, et, eo, v, NULL_HASH, lo, hi, qt, qo)
+        return out
     windows = sorted({s.window_ms for s in lay.specs})
     for q0, q1, qi, ei in _pairs(lo, hi):
         ok = eo[ei] <= qo[q0 + qi]                            # the entry is at or before the query
@@ -572,12 +567,12 @@ def _reduce(s: AggregateSpec, nq: int, qi: np.ndarray, ei: np.ndarray, ok: np.nd
     x = v[ei]
     ok = ok & (~np.isnan(x) if s.kind == "float" else x != NULL_HASH)
     q, x = qi[ok], x[ok]
-    cnt = np.bincount(q, minlength=nq).astype(np.float64)
-    if s.op == "count":
-        return cnt
     if s.op == "sum":
         return np.bincount(q, weights=x, minlength=nq)
-    if s.op == "mean":
+    if s.op in ("count", "mean"):
+        cnt = np.bincount(q, minlength=nq).astype(np.float64)
+        if s.op == "count":
+            return cnt
         total = np.bincount(q, weights=x, minlength=nq)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(cnt > 0, total / np.maximum(cnt, 1.0), np.nan)

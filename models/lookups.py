@@ -320,7 +320,7 @@ class _Coded:
         self.entries = ((col, symbols, n, codes, texts), *self.entries[:self.size - 1])
 
 
-_CODED = _Coded()
+_CODED = _Coded(16)    # aggregates (source thread) code a batch's keys up to ~5 batches before its lookups
 
 
 def key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[bytes]]:

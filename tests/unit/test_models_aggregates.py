@@ -162,8 +162,8 @@ def test_eviction_keeps_state_bounded_by_the_window_and_grace() -> None:
     restored = {p: engine.restore([(k, v) for q, k, v in live if q == p]) for p in range(3)}
     for p in range(3):                                   # what the compacted log keeps rebuilds the state exactly
         a, b = (x.parts[engine.layouts[0].id] for x in (states[p], restored[p]))
-        assert sorted(zip(a.o.tolist(), a.t.tolist(), (a.texts[c] for c in a.k.tolist()))) == \
-            sorted(zip(b.o.tolist(), b.t.tolist(), (b.texts[c] for c in b.k.tolist())))
+        assert sorted(zip(a.o.tolist(), a.t.tolist(), (a.keys.text(c) for c in a.k.tolist()))) == \
+            sorted(zip(b.o.tolist(), b.t.tolist(), (b.keys.text(c) for c in b.k.tolist())))
     keys = sum(s.keys() for s in states.values())
     assert keys <= 500 and sum(s.nbytes() for s in states.values()) < 200_000
 

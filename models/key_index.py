@@ -1,0 +1,172 @@
+"""Key bytes -> dense codes (0, 1, ... in order of first sight), looked up a batch at a time in numpy.
+
+A key of at most ``MAX_BYTES`` bytes is held as its length and its bytes zero-padded into 64-bit words;
+the index is a sorted array of hashes of those (and a small sorted array of the latest ones, merged into
+it now and then, so adding keys costs little), and a hit is checked word for word against the key held
+under that code, so a hash collision never merges two keys. A longer key, or one whose hash another key
+already holds, is kept in a small dict instead (found there on every later lookup).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+MAX_BYTES = 64                                       # longer keys are coded through the dict
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser (wrapping modulo 2**64)."""
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+class KeyTexts:
+    """Distinct keys of one batch as padded words, hashed once (shared by every partition's lookup)."""
+
+    def __init__(self, texts: Sequence[bytes]) -> None:
+        self.texts = texts
+        self.length = np.fromiter(map(len, texts), np.int64, len(texts))
+        longest = int(self.length.max()) if len(texts) else 0
+        self.long = self.length > MAX_BYTES
+        width = 8 * max(1, -(-min(longest, MAX_BYTES) // 8))
+        short = texts if not self.long.any() else [b"" if len(t) > MAX_BYTES else t for t in texts]
+        self.words = np.array(short, dtype=f"S{width}").view(np.uint64).reshape(len(texts), width // 8) \
+            if len(texts) else np.zeros((0, width // 8), np.uint64)
+        h = _mix(self.length.astype(np.uint64) * _GOLD)
+        used = -(-self.length // 8)                  # the words a key's bytes reach: the hash is width-free
+        for j in range(self.words.shape[1]):
+            h = np.where(used > j, _mix(h ^ self.words[:, j]), h)
+        self.hash = h
+
+
+class KeyIndex:
+    """Codes of the keys of one store in one partition."""
+
+    def __init__(self) -> None:
+        self._levels = [(np.zeros(0, np.uint64), np.zeros(0, np.int64))] * 2   # (sorted hashes, their codes):
+        # the indexed keys, then the latest ones (a hash is in one level at most)
+        self._spill: dict[bytes, int] = {}           # long keys, and keys whose hash another key holds
+        self._words = np.zeros((1, 1024), np.uint64)     # word j of code c at [j, c] (spare codes); lengths
+        self._len = np.zeros(1024, np.int64)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def text(self, code: int) -> bytes:
+        if self._len[code] > MAX_BYTES:
+            return next(text for text, c in self._spill.items() if c == code)
+        return self._words[:, code].tobytes()[:int(self._len[code])]
+
+    def nbytes(self) -> int:
+        arrays = (*self._levels[0], *self._levels[1], self._words, self._len)
+        return int(sum(a.nbytes for a in arrays)) + 120 * len(self._spill)
+
+    def codes(self, keys: KeyTexts, which: np.ndarray | None = None) -> np.ndarray:
+        """The codes of ``keys.texts[which]`` (every one when None), keys not held numbered on in order."""
+        idx = np.arange(len(keys.texts)) if which is None else which
+        h = keys.hash[idx]
+        code = np.full(len(idx), -1, np.int64)
+        hit = np.zeros(len(idx), bool)
+        for hashes, codes in self._levels:
+            if len(hashes):
+                pos = np.minimum(np.searchsorted(hashes, h), len(hashes) - 1)
+                found = hashes[pos] == h
+                code = np.where(found, codes[pos], code)
+                hit |= found
+        hit &= ~keys.long[idx]                       # a long key is never indexed (any hash it meets is another's)
+        code[~hit] = -1
+        cand = np.flatnonzero(hit)
+        code[cand] = np.where(self._same(keys, idx[cand], code[cand]), code[cand], -1)
+        miss = np.flatnonzero(code < 0)
+        if len(miss):
+            code[miss] = self._add(keys, idx[miss], hit[miss])
+        return code
+
+    def keep(self, live: np.ndarray) -> None:
+        """Keep only the codes ``live`` (ascending), renumbered 0, 1, ... in that order."""
+        remap = np.full(self._n + 1, -1, np.int64)
+        remap[live] = np.arange(len(live))
+        self._levels = [(hashes[remap[codes] >= 0], remap[codes[remap[codes] >= 0]]) for hashes, codes in self._levels]
+        self._spill = {t: int(remap[c]) for t, c in self._spill.items() if remap[c] >= 0}
+        rows = max(1024, 2 * len(live))
+        words, length = np.zeros((self._words.shape[0], rows), np.uint64), np.zeros(rows, np.int64)
+        words[:, :len(live)], length[:len(live)] = self._words[:, live], self._len[live]
+        self._words, self._len, self._n = words, length, len(live)
+
+    def _same(self, keys: KeyTexts, idx: np.ndarray, code: np.ndarray) -> np.ndarray:
+        """Whether each key ``keys.texts[idx[i]]`` is the one held under ``code[i]``."""
+        same = keys.length[idx] == self._len[code]
+        for j in range(min(keys.words.shape[1], self._words.shape[0])):   # past it, the wider side holds zeros
+            same &= self._words[j, code] == keys.words[idx, j]
+        return same
+
+    def _add(self, keys: KeyTexts, idx: np.ndarray, hashed: np.ndarray) -> np.ndarray:
+        """Codes of keys not found by hash (``hashed``: their hash is indexed, held by another key)."""
+        h = keys.hash[idx]
+        first = self._n
+        order = np.argsort(h)
+        if not self._spill and not hashed.any() and not keys.long[idx].any() and bool(np.all(np.diff(h[order]))):
+            codes = np.arange(first, first + len(idx))             # all new, each hash its own: no dict
+            self._store(keys, idx)
+            self._index(h[order], codes[order])
+            return codes
+        out: list[int] = []
+        new: dict[bytes, int] = {}
+        stored: list[int] = []
+        claimed: set[int] = set()
+        fresh_h: list[int] = []
+        fresh_c: list[int] = []
+        for i, hv, taken, long in zip(idx.tolist(), h.tolist(), hashed.tolist(), keys.long[idx].tolist()):
+            text = keys.texts[i]
+            c = new.get(text, self._spill.get(text, -1))
+            if c < 0:
+                c = new[text] = first + len(new)
+                stored.append(i)
+                if taken or long or hv in claimed:
+                    self._spill[text] = c
+                else:
+                    claimed.add(hv)
+                    fresh_h.append(hv)
+                    fresh_c.append(c)
+            out.append(c)
+        self._store(keys, np.array(stored, np.int64))
+        fh, fc = np.array(fresh_h, np.uint64), np.array(fresh_c, np.int64)
+        order = np.argsort(fh)
+        self._index(fh[order], fc[order])
+        return np.array(out, np.int64)
+
+    def _store(self, keys: KeyTexts, idx: np.ndarray) -> None:
+        """Append new codes (``len(self)``, ... in ``idx`` order): their words and lengths."""
+        m, width = len(idx), keys.words.shape[1]
+        cols, rows = self._words.shape
+        if self._n + m > rows or width > cols:
+            rows = max(rows, 2 * (self._n + m)) if self._n + m > rows else rows
+            words = np.zeros((max(width, cols), rows), np.uint64)
+            words[:cols, :self._n] = self._words[:, :self._n]
+            length = np.zeros(rows, np.int64)
+            length[:self._n] = self._len[:self._n]
+            self._words, self._len = words, length
+        self._words[:, self._n:self._n + m] = 0
+        self._words[:width, self._n:self._n + m] = keys.words[idx].T
+        self._len[self._n:self._n + m] = keys.length[idx]
+        self._n += m
+
+    def _index(self, h: np.ndarray, codes: np.ndarray) -> None:
+        """Index new hashes (ascending) with their codes: into the latest level, merged into the first when it
+        outgrows an eighth of it (each key is copied a few times, not once per batch)."""
+        if not len(h):
+            return
+        (main_h, main_c), (new_h, new_c) = self._levels
+        at = np.searchsorted(new_h, h)
+        new_h, new_c = np.insert(new_h, at, h), np.insert(new_c, at, codes)
+        if len(new_h) > max(4096, len(main_h) >> 3):
+            at = np.searchsorted(main_h, new_h)
+            main_h, main_c = np.insert(main_h, at, new_h), np.insert(main_c, at, new_c)
+            new_h, new_c = new_h[:0], new_c[:0]
+        self._levels = [(main_h, main_c), (new_h, new_c)]

@@ -1,0 +1,68 @@
+"""The numpy key index against a dict: same codes in order of first sight, across batches, with hash
+collisions forced, and after keys are dropped and renumbered."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.key_index import MAX_BYTES, KeyIndex, KeyTexts
+
+
+class _Dict:
+    """The reference: a dict numbering keys on."""
+
+    def __init__(self) -> None:
+        self.codes: dict[bytes, int] = {}
+
+    def get(self, texts: list[bytes]) -> list[int]:
+        return [self.codes.setdefault(t, len(self.codes)) for t in texts]
+
+    def keep(self, live: list[int]) -> None:
+        inv = {c: t for t, c in self.codes.items()}
+        self.codes = {inv[c]: i for i, c in enumerate(live)}
+
+
+def _texts(rng: np.random.Generator, n: int, pool: int) -> list[bytes]:
+    keys = [b"k%d" % k if k % 5 else b"\xff\x00" * (k % 7) + b"%d" % k for k in range(pool)]
+    keys[3::50] = [b"x" * (MAX_BYTES - 2 + k % 5) + b"%d" % k for k in range(3, pool, 50)]   # long ones too
+    return list(dict.fromkeys(keys[i] for i in rng.integers(0, pool, n).tolist()))
+
+
+@pytest.mark.parametrize(("buckets", "batch", "pool"), [(0, 200, 500), (1, 200, 500), (3, 200, 500),
+                                                      (0, 3000, 40_000), (7000, 3000, 40_000)])
+def test_codes_equal_a_dict_across_batches_and_renumbering(buckets: int, batch: int, pool: int) -> None:
+    """``buckets``: 0 the real hash, else every key's hash modulo it (collisions forced); the larger pool
+    outgrows the index's latest level, so it is merged more than once."""
+    rng = np.random.default_rng(buckets)
+    index, ref = KeyIndex(), _Dict()
+    for round_ in range(30):
+        texts = _texts(rng, batch, pool)
+        keys = KeyTexts(texts)
+        if buckets:
+            keys.hash = keys.hash % np.uint64(buckets)
+        which = np.flatnonzero(rng.random(len(texts)) < 0.7)
+        got = index.codes(keys, which)
+        assert got.tolist() == ref.get([texts[i] for i in which.tolist()])
+        assert [index.text(c) for c in got.tolist()] == [texts[i] for i in which.tolist()]
+        if round_ % 7 == 6:
+            live = np.flatnonzero(rng.random(len(index)) < 0.5)
+            index.keep(live)
+            ref.keep(live.tolist())
+            assert len(index) == len(ref.codes)
+
+
+def test_keys_differing_only_in_trailing_zero_bytes_or_width_are_apart() -> None:
+    texts = [b"", b"\x00", b"\x00\x00", b"a", b"a\x00", b"ab", b"ba", b"a" * 8, b"a" * 8 + b"\x00"]
+    index = KeyIndex()
+    assert index.codes(KeyTexts(texts)).tolist() == list(range(len(texts)))
+    assert len(set(KeyTexts(texts).hash.tolist())) == len(texts)
+    assert index.codes(KeyTexts([b"ab", b"a" * 8 + b"\x00", b"b" * 20])).tolist() == [5, 8, 9]   # a wider batch
+    assert index.codes(KeyTexts([b"a", b"b" * 20])).tolist() == [3, 9]                          # a narrower one
+    assert [index.text(c) for c in range(len(index))] == [*texts, b"b" * 20]
+
+
+def test_a_key_twice_in_one_call_gets_one_code() -> None:
+    index = KeyIndex()
+    assert index.codes(KeyTexts([b"a", b"b", b"a", b"x" * 70, b"x" * 70])).tolist() == [0, 1, 0, 2, 2]
+    assert index.codes(KeyTexts([b"c", b"c", b"b"])).tolist() == [3, 3, 1]
