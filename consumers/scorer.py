@@ -62,6 +62,10 @@ class _Stop:
 
 _STOP = _Stop()
 Chunk = TypeVar("Chunk", list[Message], RawBatch)   # what one consume call returns, on either path
+# The largest batch the source thread scores itself when the model stage is idle (docs/performance.md:
+# quiet interleaved runs, p50 / p99 at 10k events/s 17-18 / 53-79 -> 14-15 / 38-47 ms, at 100k/s
+# 28-30 / 78-116 -> 19-26 / 50-65 ms). Larger batches come at high load, where the stages overlap.
+INLINE_MAX_ROWS = 2048
 Item = Union[Work, _Stop]
 
 
@@ -75,6 +79,7 @@ class ScorerStats:
     produced: int = 0
     dead: int = 0
     batches: int = 0
+    scored_inline: int = 0          # batches the source thread scored itself (small, the model stage idle)
     committed: dict[TP, int] = field(default_factory=dict)
     latency_ms: list[float] = field(default_factory=list)   # recent e2e samples (event_time -> scored_at)
 
@@ -126,6 +131,10 @@ class Scorer:
         self._raw: dict[str, list[RawBatch]] = {t: [] for t in self.by_topic}
         self._paused = False
         self._model_busy = False                 # the model stage is scoring a batch
+        # batches handed to the model stage / passed on by it to the sink queue; each counter has one
+        # writer (the source thread, the model thread), so equal counts mean the model stage holds nothing
+        self._model_in = 0
+        self._model_out = 0
         self._sink_busy = False                  # the sink stage is emitting a batch
         self._lat_lock = threading.Lock()
         self.assigned = threading.Event()        # set once the group has given us partitions
@@ -392,6 +401,17 @@ class Scorer:
             work.state = rt.aggregates.view()   # the states restored for what was consumed so far
             rt.aggregates.apply(work.state, work)   # every decoded event counts, whatever happens to it later
         work.generation = self.commit.register(work.batch_id, work.ranges)
+        if reason != "size" and len(msgs) <= INLINE_MAX_ROWS and self._model_out == self._model_in \
+                and not self._q_sink.full() and rt.lookups is None and rt.kind != "embed":
+            # a small batch while the model stage holds nothing: scoring it here saves the hand-over
+            # (waking the model thread on a busy box costs more than the model does). Order is kept:
+            # every batch before it is already in the sink queue, and only this thread can add to it
+            # now, so the put below does not block
+            self._score(work)
+            self.stats.scored_inline += 1
+            self._put(self._q_sink, work)
+            return
+        self._model_in += 1
         self._put(self._q_model, work)
 
     def _decode(self, rt: PipelineRuntime, msgs: list[Message] | RawBatch) -> Work:
@@ -483,6 +503,7 @@ class Scorer:
             finally:
                 self._model_busy = False
             self._put(self._q_sink, work, force=True)
+            self._model_out += 1
 
     def _score(self, work: Work) -> None:
         if self._failure is None and self.commit.current(work.generation):

@@ -111,8 +111,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     short_gil_slices(cfg.gil_switch_ms)
     scorer.run(max_seconds=args.max_seconds)
     s = scorer.stats
-    print(json.dumps({"consumed": s.consumed, "produced": s.produced, "dead_letters": s.dead,
-                      "batches": s.batches, "seconds": round(time.monotonic() - t0, 3)}), flush=True)
+    print(json.dumps({"consumed": s.consumed, "produced": s.produced, "dead_letters": s.dead, "batches": s.batches,
+                      "scored_inline": s.scored_inline, "seconds": round(time.monotonic() - t0, 3)}), flush=True)
     return 0
 
 

@@ -79,6 +79,39 @@ def test_50k_events_one_prediction_each_matching_onnx(tmp_path: Path, bootstrap:
     assert not msgs[0].headers(), "no headers unless output.headers is set"
 
 
+def test_a_trickle_is_scored_on_the_source_thread_once_each_and_in_order(
+        tmp_path: Path, bootstrap: str, names: Callable[[str], str], topics: Callable[..., None]) -> None:
+    """At low load the source thread scores small batches itself (the model stage idle): nothing is
+    lost, doubled or reordered within a partition, and the scores are the model's."""
+    n, seed = 6_000, 12
+    t_in, t_out = names("tx"), names("pred")
+    topics({t_in: 4, t_out: 4})
+    cfg = write_config(tmp_path / "p.yaml", bootstrap, names("g"), [_pipeline(t_in, t_out)])
+    scorer = ScorerProcess(cfg, tmp_path / "scorer.log")
+    try:
+        # a probe event first: the scorer has joined its group before the trickle starts
+        produce_events({"bootstrap.servers": bootstrap}, t_in, 1, seed=seed, start=n)
+        read_all(bootstrap, t_out, expect=1, timeout=120, alive=scorer)
+        produce_events({"bootstrap.servers": bootstrap}, t_in, n, seed=seed, rate=2_000)
+        msgs = read_all(bootstrap, t_out, expect=n + 1, timeout=120, idle=2.0, alive=scorer)
+        assert scorer.terminate() == 0, scorer.output()
+    finally:
+        scorer.close()
+    summary = json.loads(next(line for line in scorer.output().splitlines() if line.startswith('{"consumed"')))
+    assert summary["scored_inline"] > 0, summary
+    preds = [decode_prediction(m.value()) for m in msgs]
+    counts = collections.Counter(p["event_id"] for p in preds)
+    expected = _expected_scores(n, seed)
+    assert len(counts) == n + 1 and max(counts.values()) == 1
+    assert max(abs(p["score"] - expected[p["event_id"]]) for p in preds if p["event_id"] in expected) <= 1e-5
+    # within each partition, predictions come in the order of their events
+    src = {decode_transaction(m.value())["event_id"]: (m.partition(), m.offset())
+           for m in read_all(bootstrap, t_in, expect=n + 1, timeout=60)}
+    for part in range(4):
+        offsets = [src[p["event_id"]][1] for m, p in zip(msgs, preds) if m.partition() == part]
+        assert offsets == sorted(offsets), f"partition {part} reordered"
+
+
 def test_sigkill_midstream_then_restart_loses_nothing(tmp_path: Path, bootstrap: str,
                                                       names: Callable[[str], str], topics: Callable[..., None]) -> None:
     n = 60_000
