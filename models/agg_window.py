@@ -9,17 +9,13 @@ first use into a cache keyed by the source's hash); without a compiler, or with 
 from __future__ import annotations
 
 import ctypes
-import logging
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from schemas.codec.native import build
+from schemas.codec.native import load
 
-log = logging.getLogger(__name__)
 _SRC = Path(__file__).with_name("agg_window.c")
 OPS = {"count": 1, "sum": 2, "mean": 3, "min": 4, "max": 5, "distinct_count": 6}   # a count without field: 0
 _lib: Any = None
@@ -32,15 +28,8 @@ def lib() -> Any:
     if _tried:
         return _lib
     _tried = True
-    if os.environ.get("STREAMSCORE_NATIVE", "1") == "0":
-        return None
-    try:
-        path = build(_SRC, "ss_agg_window")
-        if path is None:
-            return None
-        so = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("aggregate kernel unavailable, using numpy: %s", exc)
+    so = load(_SRC, "ss_agg_window", "aggregate kernel")
+    if so is None:
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     so.ss_window.argtypes = [p, p, p, p, i64, p, p, p, p, i64, i64, i64, p, p, p, i64]

@@ -61,21 +61,27 @@ def build(source: Path, stem: str) -> Path | None:
             os.unlink(tmp)
 
 
+def load(source: Path, stem: str, what: str) -> Any:
+    """``source`` built (``build``) and loaded with ctypes, or None where the numpy fallback runs:
+    ``STREAMSCORE_NATIVE=0``, no compiler, or a failed build or load (logged, naming ``what``)."""
+    if os.environ.get("STREAMSCORE_NATIVE", "1") == "0":
+        return None
+    try:
+        path = build(source, stem)
+        return None if path is None else ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("%s unavailable, using numpy: %s", what, exc)
+        return None
+
+
 def lib() -> Any:
     """The loaded kernels, or None (numpy fallbacks) when disabled or not buildable."""
     global _lib, _tried
     if _tried:
         return _lib
     _tried = True
-    if os.environ.get("STREAMSCORE_NATIVE", "1") == "0":
-        return None
-    try:
-        path = build(_SRC, "ss_native")
-        if path is None:
-            return None
-        so = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("native kernels unavailable, using numpy: %s", exc)
+    so = load(_SRC, "ss_native", "native kernels")
+    if so is None:
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     so.ss_copy_segments.argtypes = [p, p, p, p, p, i64]
