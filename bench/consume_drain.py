@@ -60,7 +60,7 @@ def _extract_plain(msgs: list[Message]) -> int:
 
 def _extract_native(raw: RawBatch) -> int:
     raw = raw.compact()
-    raw.key_list()
+    raw.key_column()
     return len(raw)
 
 

@@ -20,7 +20,7 @@ from consumers.raw_batch import RawBatch, RawValues
 from consumers.runtime import PipelineRuntime
 from consumers.work import Work
 from schemas.codec.vec import PAD
-from schemas.columns import DecodedBatch
+from schemas.columns import DecodedBatch, StrColumn
 
 
 def decode_work(rt: PipelineRuntime, msgs: list[Message] | RawBatch, *, batch_id: int) -> Work:
@@ -43,7 +43,7 @@ def decode_work(rt: PipelineRuntime, msgs: list[Message] | RawBatch, *, batch_id
     decoded = rt.decoder.decode(values)
     _finish(work, decoded, oversized)
     ok = decoded.ok_index
-    work.keys = list(map(key, msgs)) if len(ok) == n else [msgs[i].key() for i in ok.tolist()]
+    work.keys = StrColumn.from_bytes(list(map(key, msgs)) if len(ok) == n else [msgs[i].key() for i in ok.tolist()])
     work.in_parts = parts[ok]
     return work
 
@@ -63,7 +63,7 @@ def _decode_raw(rt: PipelineRuntime, raw: RawBatch, batch_id: int) -> Work:
         decoded = rt.decoder.decode_joined(raw.values + bytes(PAD), np.maximum(raw.vlen, 0), RawValues(raw))
     _finish(work, decoded, oversized)
     ok = decoded.ok_index
-    work.keys = raw.key_list() if len(ok) == len(raw) else raw.key_list(ok)
+    work.keys = raw.key_column(None if len(ok) == len(raw) else ok)
     work.in_parts = raw.partition[ok]
     return work
 

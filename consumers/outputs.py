@@ -104,8 +104,7 @@ class OutputWriter:
                         rows: np.ndarray, fields: dict[str, np.ndarray], now_ms: int) -> None:
         rt = work.rt
         n = len(rows)
-        keys = [work.keys[i] for i in rows.tolist()] if n != len(work.keys) else work.keys
-        kafka_keys = StrColumn.from_bytes(keys)            # length -1: a null Kafka key
+        kafka_keys = work.keys.take(rows) if n != len(work.keys) else work.keys   # length -1: a null Kafka key
         event_time = mapping.event_times_ms(work, rows)
         if event_time is None:
             event_time = np.full(n, now_ms, dtype=np.int64)
@@ -141,7 +140,7 @@ class OutputWriter:
         n = len(work.embeddings)
         cols = work.decoded.columns
         now_ms = int(time.time() * 1000)
-        kafka_keys = StrColumn.from_bytes(work.keys)
+        kafka_keys = work.keys
         out = {
             "event_id": cols["event_id"],
             "key": cols["key"] if "key" in cols else _non_null(kafka_keys),

@@ -15,6 +15,7 @@ from typing import Iterator, Sequence, Union, overload
 import numpy as np
 
 from consumers.offsets import TP
+from schemas.columns import StrColumn
 
 
 def _segments(buf: bytes, start: np.ndarray, length: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -69,11 +70,10 @@ class RawBatch:
     def value_list(self) -> list[bytes | None]:
         return [self.value(i) for i in range(len(self))]
 
-    def key_list(self, rows: np.ndarray | None = None) -> list[bytes | None]:
-        """Keys of ``rows`` (all when None) as bytes (None for a null key)."""
-        idx = range(len(self)) if rows is None else rows.tolist()
-        keys, start, length = self.keys, self.kstart.tolist(), self.klen.tolist()
-        return [None if length[i] < 0 else keys[start[i]:start[i] + length[i]] for i in idx]
+    def key_column(self, rows: np.ndarray | None = None) -> StrColumn:
+        """Keys of ``rows`` (all when None) as a column over this batch's key bytes (length -1: a null key)."""
+        buf = np.frombuffer(self.keys, np.uint8)
+        return StrColumn(buf, self.kstart, self.klen) if rows is None else StrColumn(buf, self.kstart[rows], self.klen[rows])
 
     def tps(self) -> np.ndarray:
         """Each row's (topic index, partition) as one int64, for membership tests."""

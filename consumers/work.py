@@ -11,6 +11,7 @@ from confluent_kafka import Message
 from consumers.offsets import TP
 from consumers.raw_batch import RawBatch
 from consumers.runtime import ActiveModel, PipelineRuntime
+from schemas.columns import StrColumn
 
 Messages = Union[Sequence[Message], RawBatch]   # a batch's records: Message objects, or drained into arrays
 
@@ -24,7 +25,7 @@ class Work:
     ranges: dict[TP, tuple[int, int]]
     msgs: Messages
     decoded: Any = None                       # schemas.columnar.DecodedBatch
-    keys: list[bytes | None] = field(default_factory=list)
+    keys: StrColumn = field(default_factory=lambda: StrColumn.from_bytes([]))   # Kafka keys (length -1: null)
     in_parts: np.ndarray | None = None
     dead: list[tuple[int, str, str]] = field(default_factory=list)  # (msg index, reason, message)
     ok_rows: np.ndarray | None = None         # rows of `decoded` that were scored

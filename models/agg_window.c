@@ -1,60 +1,88 @@
-/* One windowed aggregate per query over entries sorted by (key, time, offset): models/agg_window.py.
+/* The windowed aggregates of one store per query, over two runs of entries, each sorted by (key, time,
+ * offset): a partition's segment and its recent entries (models/aggregates.py, models/agg_window.py).
  *
- * Query q reads entries lo[q] .. hi[q]-1 (its key's, up to its time) and keeps those at or before it
- * (offset <= its offset) and inside the window (its time - the entry's time < window), in ascending
- * order: the same entries, in the same order, as the numpy path, so every result is bit for bit equal.
+ * Query q reads the segment's entries alo[q] .. ahi[q]-1 and the recent entries blo[q] .. bhi[q]-1 (its
+ * key's), merged in (time, offset) order, in one pass for every aggregate; an aggregate keeps the entries at
+ * or before the query (offset <= its offset) and inside its window (0 <= the query's time - the entry's time
+ * < window): the same entries, in the same order, as the numpy path, so every result is bit for bit equal.
+ * The queries are taken in the order ``order`` gives (by key: the entries are then read nearly in sequence).
  */
 #include <math.h>
 #include <stdint.h>
 
 enum { EVENTS = 0, COUNT = 1, SUM = 2, MEAN = 3, MIN = 4, MAX = 5, DISTINCT = 6 };
 
-void ss_window(const int64_t *et, const int64_t *eo, const double *xf, const int64_t *xi, int64_t null_hash,
-               const int64_t *lo, const int64_t *hi, const int64_t *qt, const int64_t *qo, int64_t nq,
-               int64_t window, int64_t op, double *out, int64_t *table, int64_t *stamp, int64_t mask) {
-    for (int64_t q = 0; q < nq; q++) {
-        int64_t n = 0, distinct = 0;
-        double acc = 0.0;
-        for (int64_t e = lo[q]; e < hi[q]; e++) {
-            if (eo[e] > qo[q] || qt[q] - et[e] >= window)
+typedef struct {
+    int64_t op, window;
+    const double *af, *bf;      /* the two runs' values: float64 (COUNT .. MAX) */
+    const int64_t *ai, *bi;     /* or int64 text hashes (DISTINCT) */
+    double *out;                /* one value per query */
+    int64_t *table, *stamp;     /* DISTINCT: an open-addressing set, a slot in use when stamp = query + 1 */
+    int64_t mask;
+} agg_t;
+
+void ss_windows(const int64_t *at, const int64_t *ao, const int64_t *bt, const int64_t *bo, const int64_t *alo,
+                const int64_t *ahi, const int64_t *blo, const int64_t *bhi, const int64_t *qt, const int64_t *qo,
+                const int64_t *order, int64_t nq, int64_t longest, int64_t null_hash, int64_t nagg, agg_t *aggs,
+                int64_t *n, double *acc) {
+    for (int64_t qq = 0; qq < nq; qq++) {
+        int64_t q = order[qq];
+        for (int64_t g = 0; g < nagg; g++) {
+            n[g] = 0;
+            acc[g] = 0.0;
+        }
+        int64_t i = alo[q], j = blo[q];
+        while (i < ahi[q] || j < bhi[q]) {
+            int from_a = j >= bhi[q] || (i < ahi[q] && (at[i] < bt[j] || (at[i] == bt[j] && ao[i] < bo[j])));
+            int64_t e = from_a ? i++ : j++;
+            int64_t t = from_a ? at[e] : bt[e], o = from_a ? ao[e] : bo[e];
+            int64_t age = qt[q] - t;
+            if (o > qo[q] || age < 0 || age >= longest)
                 continue;
-            if (op == EVENTS) {
-                n++;
-            } else if (op == DISTINCT) {
-                int64_t v = xi[e];
-                if (v == null_hash)
+            for (int64_t g = 0; g < nagg; g++) {
+                agg_t *a = &aggs[g];
+                if (age >= a->window)
                     continue;
-                uint64_t h = (uint64_t)v * 0x9E3779B97F4A7C15ULL;
-                int64_t slot = (int64_t)(h >> 20) & mask;
-                while (stamp[slot] == q + 1 && table[slot] != v)
-                    slot = (slot + 1) & mask;
-                if (stamp[slot] != q + 1) {
-                    stamp[slot] = q + 1;
-                    table[slot] = v;
-                    distinct++;
+                if (a->op == EVENTS) {
+                    n[g]++;
+                } else if (a->op == DISTINCT) {
+                    int64_t v = from_a ? a->ai[e] : a->bi[e];
+                    if (v == null_hash)
+                        continue;
+                    uint64_t h = (uint64_t)v * 0x9E3779B97F4A7C15ULL;
+                    int64_t slot = (int64_t)(h >> 20) & a->mask;
+                    while (a->stamp[slot] == q + 1 && a->table[slot] != v)
+                        slot = (slot + 1) & a->mask;
+                    if (a->stamp[slot] != q + 1) {
+                        a->stamp[slot] = q + 1;
+                        a->table[slot] = v;
+                        n[g]++;
+                    }
+                } else {
+                    double x = from_a ? a->af[e] : a->bf[e];
+                    if (isnan(x))
+                        continue;
+                    if (a->op == MIN)
+                        acc[g] = n[g] == 0 ? x : (acc[g] < x ? acc[g] : x);
+                    else if (a->op == MAX)
+                        acc[g] = n[g] == 0 ? x : (acc[g] > x ? acc[g] : x);
+                    else
+                        acc[g] += x;
+                    n[g]++;
                 }
-            } else {
-                double x = xf[e];
-                if (isnan(x))
-                    continue;
-                if (op == MIN)
-                    acc = n == 0 ? x : (acc < x ? acc : x);
-                else if (op == MAX)
-                    acc = n == 0 ? x : (acc > x ? acc : x);
-                else
-                    acc += x;
-                n++;
             }
         }
-        if (op == EVENTS || op == COUNT)
-            out[q] = (double)n;
-        else if (op == DISTINCT)
-            out[q] = (double)distinct;
-        else if (op == SUM)
-            out[q] = acc;
-        else if (op == MEAN)
-            out[q] = n ? acc / (double)n : NAN;
-        else
-            out[q] = n ? acc : NAN;
+        for (int64_t g = 0; g < nagg; g++) {
+            int64_t op = aggs[g].op;
+            double *out = aggs[g].out;
+            if (op == EVENTS || op == COUNT || op == DISTINCT)
+                out[q] = (double)n[g];
+            else if (op == SUM)
+                out[q] = acc[g];
+            else if (op == MEAN)
+                out[q] = n[g] ? acc[g] / (double)n[g] : NAN;
+            else
+                out[q] = n[g] ? acc[g] : NAN;
+        }
     }
 }

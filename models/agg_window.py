@@ -1,16 +1,19 @@
 """The windowed reductions of ``models.aggregates`` in C (``agg_window.c``), loaded with ctypes.
 
-One loop per aggregate over each query's entries, instead of numpy's (query, entry) pair arrays; the
-foreign call releases the GIL. Built like the codec's kernels (``schemas.codec.native.build``: compiled on
-first use into a cache keyed by the source's hash); without a compiler, or with ``STREAMSCORE_NATIVE=0``,
-``models.aggregates`` keeps its numpy path, with bit-for-bit the same results (the unit tests run both).
+One pass over each query's entries for every aggregate of a store, read in place from two runs sorted by
+(key, time, offset) (a partition's segment and its recent entries) and merged on the fly, instead of numpy's
+gathered, sorted entries and (query, entry) pair arrays; the foreign call releases the GIL. Built like the codec's kernels
+(``schemas.codec.native.build``: compiled on first use into a cache keyed by the source's hash); without a
+compiler, or with ``STREAMSCORE_NATIVE=0``, ``models.aggregates`` keeps its numpy path, with bit-for-bit the
+same results (the unit tests run both).
 """
 
 from __future__ import annotations
 
 import ctypes
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,6 +23,29 @@ _SRC = Path(__file__).with_name("agg_window.c")
 OPS = {"count": 1, "sum": 2, "mean": 3, "min": 4, "max": 5, "distinct_count": 6}   # a count without field: 0
 _lib: Any = None
 _tried = False
+
+
+class Run(NamedTuple):
+    """Entries sorted by (key, time, offset): their record times and offsets (int64)."""
+
+    t: np.ndarray
+    o: np.ndarray
+
+
+class Agg(NamedTuple):
+    """One aggregate: its op (of ``OPS``, 0: a count of events), window, and the values it reads of each run's
+    entries (float64, or int64 text hashes for a distinct count; None for a count of events)."""
+
+    op: int
+    window_ms: int
+    a: np.ndarray | None
+    b: np.ndarray | None
+
+
+class _CAgg(ctypes.Structure):
+    _fields_ = [("op", ctypes.c_int64), ("window", ctypes.c_int64), ("af", ctypes.c_void_p),
+                ("bf", ctypes.c_void_p), ("ai", ctypes.c_void_p), ("bi", ctypes.c_void_p), ("out", ctypes.c_void_p),
+                ("table", ctypes.c_void_p), ("stamp", ctypes.c_void_p), ("mask", ctypes.c_int64)]
 
 
 def lib() -> Any:
@@ -32,8 +58,8 @@ def lib() -> Any:
     if so is None:
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    so.ss_window.argtypes = [p, p, p, p, i64, p, p, p, p, i64, i64, i64, p, p, p, i64]
-    so.ss_window.restype = None
+    so.ss_windows.argtypes = [p, p, p, p, p, p, p, p, p, p, p, i64, i64, i64, i64, p, p, p]
+    so.ss_windows.restype = None
     _lib = so
     return _lib
 
@@ -46,34 +72,61 @@ def set_enabled(on: bool) -> None:
         _tried = True
 
 
-def window(op: int, window_ms: int, et: np.ndarray, eo: np.ndarray, x: np.ndarray | None, null_hash: int,
-           lo: np.ndarray, hi: np.ndarray, qt: np.ndarray, qo: np.ndarray) -> np.ndarray:
-    """One aggregate (``op`` of ``OPS``, 0: a count of events) per query: entries ``lo[q]:hi[q]`` (int64
-    arrays, contiguous; ``x`` float64, or int64 hashes for a distinct count) at or before the query and
-    inside the window. Only call when ``lib()`` is not None."""
-    so = _lib
-    et, eo, lo, hi, qt, qo = (np.ascontiguousarray(a, np.int64) for a in (et, eo, lo, hi, qt, qo))
-    if x is not None:
-        x = np.ascontiguousarray(x)
-    nq = len(lo)
-    out = np.empty(nq, np.float64)
-    if not nq:
-        return out
-    if not (len(et) == len(eo) and (x is None or len(x) == len(et)) and len(hi) == len(qt) == len(qo) == nq):
+def _values(x: np.ndarray | None, op: int, entries: int, keep: list[np.ndarray]) -> int | None:
+    """The address of one run's values for ``op``, checked."""
+    if op == 0:
+        return None
+    want = np.int64 if op == OPS["distinct_count"] else np.float64
+    if x is None or x.dtype != want:
+        raise ValueError(f"aggregate kernel: op {op} reads {np.dtype(want).name} values")
+    if len(x) != entries:
         raise ValueError("aggregate kernel: arrays of unequal lengths")
-    if int(lo.min()) < 0 or int(hi.max()) > len(et) or bool(np.any(hi < lo)):
-        raise ValueError("aggregate kernel: an entry range outside the entries")
-    xf = x if x is not None and x.dtype == np.float64 else None
-    xi = x if x is not None and x.dtype == np.int64 else None
-    size = 1
-    if op == OPS["distinct_count"]:
-        if xi is None:
-            raise ValueError("aggregate kernel: a distinct count reads int64 hashes")
-        size = 1 << max(1, int(2 * int((hi - lo).max()) + 1).bit_length())
-    elif op != 0 and xf is None:
-        raise ValueError("aggregate kernel: this op reads float64 values")
-    table, stamp = np.zeros(size, np.int64), np.zeros(size, np.int64)
-    so.ss_window(et.ctypes.data, eo.ctypes.data, 0 if xf is None else xf.ctypes.data,
-                 0 if xi is None else xi.ctypes.data, null_hash, lo.ctypes.data, hi.ctypes.data, qt.ctypes.data,
-                 qo.ctypes.data, nq, window_ms, op, out.ctypes.data, table.ctypes.data, stamp.ctypes.data, size - 1)
-    return out
+    x = np.ascontiguousarray(x)
+    keep.append(x)
+    return int(x.ctypes.data)
+
+
+def windows(aggs: Sequence[Agg], a: Run, b: Run, alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray,
+            bhi: np.ndarray, qt: np.ndarray, qo: np.ndarray, null_hash: int,
+            order: np.ndarray | None = None) -> list[np.ndarray]:
+    """Each aggregate per query over its entries ``a[alo:ahi]`` and ``b[blo:bhi]`` (index arrays, one per
+    query) that are at or before it and inside the aggregate's window, all in one pass; ``order``: a
+    permutation of the queries to work through them in (by key reads the entries nearly in sequence). Only
+    call when ``lib()`` is not None."""
+    so = _lib
+    at, ao, bt, bo = (np.ascontiguousarray(x, np.int64) for x in (*a, *b))
+    alo, ahi, blo, bhi, qt, qo = (np.ascontiguousarray(x, np.int64) for x in (alo, ahi, blo, bhi, qt, qo))
+    nq = len(alo)
+    outs = [np.empty(nq, np.float64) for _ in aggs]
+    if not nq or not aggs:
+        return outs
+    order = np.arange(nq, dtype=np.int64) if order is None else np.ascontiguousarray(order, np.int64)
+    if not (len(at) == len(ao) and len(bt) == len(bo)
+            and len(ahi) == len(blo) == len(bhi) == len(qt) == len(qo) == len(order) == nq):
+        raise ValueError("aggregate kernel: arrays of unequal lengths")
+    for lo, hi, entries in ((alo, ahi, len(at)), (blo, bhi, len(bt))):
+        if int(lo.min()) < 0 or int(hi.max()) > entries or bool(np.any(hi < lo)):
+            raise ValueError("aggregate kernel: an entry range outside the entries")
+    if not np.array_equal(np.bincount(order, minlength=nq), np.ones(nq, np.int64)):
+        raise ValueError("aggregate kernel: order is not a permutation of the queries")
+    keep: list[np.ndarray] = []                  # the arrays the structs point into, alive through the call
+    longest = max(g.window_ms for g in aggs)
+    most = int((ahi - alo + bhi - blo).max())
+    structs = (_CAgg * len(aggs))()
+    for c, g, out in zip(structs, aggs, outs):
+        if g.op not in (0, *OPS.values()) or g.window_ms <= 0:
+            raise ValueError(f"aggregate kernel: op {g.op}, window {g.window_ms}")
+        xa, xb = _values(g.a, g.op, len(at), keep), _values(g.b, g.op, len(bt), keep)
+        size = 1 << max(1, (2 * most + 1).bit_length()) if g.op == OPS["distinct_count"] else 1
+        table, stamp = np.zeros(size, np.int64), np.zeros(size, np.int64)
+        keep += [table, stamp]
+        floats = g.op != OPS["distinct_count"]
+        c.op, c.window, c.mask = g.op, g.window_ms, size - 1
+        c.af, c.bf = (xa, xb) if floats else (None, None)
+        c.ai, c.bi = (None, None) if floats else (xa, xb)
+        c.out, c.table, c.stamp = out.ctypes.data, table.ctypes.data, stamp.ctypes.data
+    n, acc = np.zeros(len(aggs), np.int64), np.zeros(len(aggs), np.float64)
+    so.ss_windows(at.ctypes.data, ao.ctypes.data, bt.ctypes.data, bo.ctypes.data, alo.ctypes.data, ahi.ctypes.data,
+                  blo.ctypes.data, bhi.ctypes.data, qt.ctypes.data, qo.ctypes.data, order.ctypes.data, nq, longest,
+                  null_hash, len(aggs), ctypes.addressof(structs), n.ctypes.data, acc.ctypes.data)
+    return outs

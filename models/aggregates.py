@@ -43,7 +43,7 @@ import numpy as np
 from models import agg_window
 from models.agg_records import FIXED_BYTES, MAX_BYTES, Block, FieldValues, Kind, decode, encode
 from models.key_index import KeyIndex, KeyTexts
-from models.lookups import key_values, used_codes
+from models.lookups import key_texts, key_values, used_codes
 from schemas.errors import ConfigError
 
 Op = Literal["count", "sum", "mean", "min", "max", "distinct_count"]
@@ -52,6 +52,7 @@ UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 SEP = "\x1f"
 NULL_HASH = np.iinfo(np.int64).min       # a null text value among the hashes of a text field
 MAX_PAIRS = 1 << 22                      # (event, window entry) pairs handled at once: bounds a batch's memory
+TAIL_MIN = 1 << 15                       # entries a partition's tail holds (at least) before it is merged
 RECORD_BYTES = 120                       # estimated bytes per changelog record tracked for its deletion
 log = logging.getLogger(__name__)
 Record = tuple[bytes, bytes | None]      # a changelog record: key, value (None: a tombstone)
@@ -113,56 +114,104 @@ class _Layout:
 
 @dataclass
 class _Part:
-    """One store's entries in one partition: columns with spare capacity (appends are amortised),
-    one row per entry: key code, record time (ms), offset, then one column per field (float64
-    with NaN for null, or int64 text hashes)."""
+    """One store's entries in one partition: columns of key code, record time (ms), offset, then one per field
+    (float64 with NaN for null, or int64 text hashes), in two runs:
 
-    cols: list[np.ndarray]
-    n: int = 0
+    - ``seg``, sorted by (key code, time, offset): a key's entries are one slice, found by binary search;
+    - ``tail``, the entries appended since the last merge, in arrival order (spare capacity: appends are
+      amortised). Once it holds more than ``max(TAIL_MIN, len(seg) // 8)`` entries it is merged into the
+      segment with one stable sort of the two (a sorted run and a short one), so a batch scans at most that
+      many entries for its keys' recent ones, and each entry is moved a bounded number of times on average.
+    """
+
+    seg: list[np.ndarray]
+    tail: list[np.ndarray]
+    nt: int = 0
     keys: KeyIndex = field(default_factory=KeyIndex)        # a key's bytes (as received) <-> its code
     newest: int = -(1 << 62)
+    oldest: int = 1 << 62                    # the oldest record time held: eviction scans nothing before it is due
     max_offset: int = -1                     # the highest offset ever inserted: above it, nothing is a replay
     tombstones: list[bytes] = field(default_factory=list)    # wholly evicted records' keys, not yet written
     logged: list[tuple[int, bytes]] = field(default_factory=list)   # a heap of (newest time, key) of live records
 
     @property
+    def n(self) -> int:
+        return len(self.seg[0]) + self.nt
+
+    def column(self, j: int) -> np.ndarray:
+        """Column ``j`` of every entry held (the segment's, then the tail's)."""
+        return np.concatenate([self.seg[j], self.tail[j][:self.nt]])
+
+    @property
     def k(self) -> np.ndarray:
-        return self.cols[0][:self.n]
+        return self.column(0)
 
     @property
     def t(self) -> np.ndarray:
-        return self.cols[1][:self.n]
+        return self.column(1)
 
     @property
     def o(self) -> np.ndarray:
-        return self.cols[2][:self.n]
+        return self.column(2)
 
-    @property
-    def v(self) -> list[np.ndarray]:
-        return [c[:self.n] for c in self.cols[3:]]
+    def in_tail(self, codes: np.ndarray) -> np.ndarray:
+        """The indexes in the tail (arrival order) of the entries of the keys ``codes``."""
+        if not self.nt:
+            return np.zeros(0, np.int64)
+        touched = np.zeros(len(self.keys) + 1, bool)
+        touched[codes] = True
+        return np.flatnonzero(touched[self.tail[0][:self.nt]])
 
     def append(self, arrays: Sequence[np.ndarray]) -> None:
         m = len(arrays[0])
-        if self.n + m > len(self.cols[0]):
-            cap = max(2 * len(self.cols[0]), self.n + m, 1024)
-            grown = [np.empty(cap, c.dtype) for c in self.cols]
-            for g, c in zip(grown, self.cols):
-                g[:self.n] = c[:self.n]
-            self.cols = grown
-        for c, a in zip(self.cols, arrays):
-            c[self.n:self.n + m] = a
-        self.n += m
-        if m:
-            self.max_offset = max(self.max_offset, int(arrays[2].max()))
+        if not m:
+            return
+        if self.nt + m > len(self.tail[0]):
+            cap = max(2 * len(self.tail[0]), self.nt + m, 1024)
+            grown = [np.empty(cap, c.dtype) for c in self.tail]
+            for g, c in zip(grown, self.tail):
+                g[:self.nt] = c[:self.nt]
+            self.tail = grown
+        for c, a in zip(self.tail, arrays):
+            c[self.nt:self.nt + m] = a
+        self.nt += m
+        self.max_offset = max(self.max_offset, int(arrays[2].max()))
+        self.oldest = min(self.oldest, int(arrays[1].min()))
+        if self.nt > max(TAIL_MIN, len(self.seg[0]) // 8):
+            self.merge()
+
+    def merge(self) -> None:
+        """The tail merged into the segment."""
+        if not self.nt:
+            return
+        cols = [self.column(j) for j in range(len(self.seg))]
+        comp = _key_time(cols[0], cols[1])
+        order = np.lexsort(cols[2::-1]) if comp is None else _by_key_time_offset(comp, cols[2])
+        self.seg = [c[order] for c in cols]
+        self.nt = 0
 
     def keep(self, mask: np.ndarray) -> None:
-        kept = [c[:self.n][mask] for c in self.cols]
-        for c, a in zip(self.cols, kept):
+        """Keep the entries where ``mask`` (over the segment's, then the tail's) is set."""
+        ns = len(self.seg[0])
+        ms, mt = mask[:ns], mask[ns:]
+        self.seg = [c[ms] for c in self.seg]
+        kept = [c[:self.nt][mt] for c in self.tail]
+        for c, a in zip(self.tail, kept):
             c[:len(a)] = a
-        self.n = len(kept[0])
+        self.nt = len(kept[0])
+        t = self.t
+        self.oldest = int(t.min()) if len(t) else 1 << 62
+
+    def recode(self, live: np.ndarray) -> None:
+        """Keep only the keys ``live`` (ascending codes, every held entry's among them), renumbered in that order
+        (the segment's order is kept)."""
+        self.keys.keep(live)
+        self.seg[0] = np.searchsorted(live, self.seg[0])
+        self.tail[0][:self.nt] = np.searchsorted(live, self.tail[0][:self.nt])
 
     def nbytes(self) -> int:
-        return int(sum(c.nbytes for c in self.cols)) + self.keys.nbytes() + RECORD_BYTES * len(self.logged)
+        arrays = (*self.seg, *self.tail)
+        return int(sum(c.nbytes for c in arrays)) + self.keys.nbytes() + RECORD_BYTES * len(self.logged)
 
 
 class PartitionState:
@@ -197,54 +246,84 @@ class Applied:
 
 
 class _Gathered:
-    """One store's share of a batch over all its partitions: per partition the queries (the batch's rows:
-    key code, time, offset), which of them are new, and the held entries of the keys they touch. Key codes
-    are shifted by a per-partition base, so every partition is computed in one pass."""
+    """One store's share of a batch, per partition: the queries (the batch's rows: key code, time, offset), which
+    of them are new, their values, and the entries of the keys they touch as two runs sorted by (key, time,
+    offset), read where they are: the partition's segment, and the recent ones (the tail's and the new)."""
 
     def __init__(self) -> None:
         self.index: dict[int, int] = {}
         self.rows: list[np.ndarray] = []
-        self.base: list[int] = []
-        self.q: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+        self.parts: list[_Part] = []
+        self.q: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.new: list[np.ndarray] = []
         self.vals: list[list[np.ndarray]] = []
-        self.e: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
-        self.ev: list[list[np.ndarray]] = []
-        self._next = 0
+        self.recent: list[list[np.ndarray]] = []       # key code, time, offset, fields: sorted
+        self.keyed: list[tuple[np.ndarray, np.ndarray]] = []   # the distinct key codes, each query's index among them
 
     def add(self, st: _Part, p: int, rows: np.ndarray, bcodes: np.ndarray, btexts: KeyTexts, t: np.ndarray,
             o: np.ndarray, vals: list[np.ndarray]) -> None:
         used, inv = used_codes(bcodes, len(btexts.texts))
-        k = st.keys.codes(btexts, used)[inv]
+        codes = st.keys.codes(btexts, used)
+        k = codes[inv]
         new = o > st.max_offset                                   # dedupe: an offset already held is a replay
         if not new.all():
             new[~new] = ~np.isin(o[~new], st.o)
-        touched = np.zeros(len(st.keys), bool)
-        touched[k] = True
-        held = np.flatnonzero(touched[st.k])                     # the touched keys' entries: one pass over the state
-        base = self._next
-        self._next += len(st.keys)
+        in_tail = st.in_tail(codes)
+        recent = [np.concatenate([c[in_tail], b[new]]) for c, b in zip(st.tail, (k, t, o, *vals))]
+        comp = _key_time(recent[0], recent[1])
+        order = np.lexsort(recent[2::-1]) if comp is None else _by_key_time_offset(comp, recent[2])
         self.index[p] = len(self.rows)
         self.rows.append(rows)
-        self.base.append(base)
-        for lst, a in zip(self.q, (k + base, t, o)):
-            lst.append(a)
+        self.parts.append(st)
+        self.q.append((k, t, o))
         self.new.append(new)
         self.vals.append(vals)
-        for lst, a, b in zip(self.e, (st.k, st.t, st.o), (k, t, o)):
-            lst.append(a[held])
-            lst.append(b[new])
-        self.e[0][-2] += base
-        self.e[0][-1] += base
-        self.ev.append([a[held] for a in st.v])
-        self.ev.append([b[new] for b in vals])
+        self.recent.append([c[order] for c in recent])
+        self.keyed.append((codes, inv))
+
+    def inserted(self, i: int) -> list[np.ndarray]:
+        """The columns of partition ``i``'s new entries."""
+        new = self.new[i]
+        return [a[new] for a in (*self.q[i], *self.vals[i])]
 
     def compute(self, lay: _Layout) -> dict[str, np.ndarray]:
         """Every aggregate of the store for each query, in the order the partitions were added."""
-        qk, qt, qo = (np.concatenate(lst) for lst in self.q)
-        ek, et, eo = (np.concatenate(lst) for lst in self.e)
-        ev = [np.concatenate(cols) for cols in zip(*self.ev)] if lay.fields else []
-        return _compute(lay, ek, et, eo, ev, qk, qt, qo)
+        outs = [self._partition(lay, i) for i in range(len(self.rows))]
+        return {s.name: np.concatenate([out[s.name] for out in outs]) for s in lay.specs}
+
+    def _partition(self, lay: _Layout, i: int) -> dict[str, np.ndarray]:
+        st, (qk, qt, qo), recent, (codes, inv) = self.parts[i], self.q[i], self.recent[i], self.keyed[i]
+        seg = st.seg
+        by_code = np.argsort(codes)
+        touched = codes[by_code]                            # ascending: each search starts where the last ended
+        rank = np.empty_like(by_code)
+        rank[by_code] = np.arange(len(by_code))
+        at = rank[inv]                                      # each query's key among them
+        lo, hi = np.searchsorted(seg[0], touched, "left"), np.searchsorted(seg[0], touched, "right")
+        if agg_window.lib() is None:                        # numpy: the touched keys' segment entries gathered
+            idx = _ranges(lo, hi)
+            ek, et, eo, *ev = (np.concatenate([c[idx], r]) for c, r in zip(seg, recent))
+            return _compute(lay, ek, et, eo, ev, qk, qt, qo)
+        rlo, rhi = np.searchsorted(recent[0], touched, "left"), np.searchsorted(recent[0], touched, "right")
+        order = np.argsort(at, kind="stable")               # the queries by key: the segment read nearly in sequence
+        col = {f: 3 + j for j, f in enumerate(lay.fields)}
+        aggs = []
+        for s in lay.specs:
+            j = None if s.field is None else col[(s.field, s.kind)]
+            op = 0 if s.field is None else agg_window.OPS[s.op]
+            aggs.append(agg_window.Agg(op, s.window_ms, None if j is None else seg[j], None if j is None else recent[j]))
+        got = agg_window.windows(aggs, agg_window.Run(seg[1], seg[2]), agg_window.Run(recent[1], recent[2]),
+                                 lo[at], hi[at], rlo[at], rhi[at], qt, qo, NULL_HASH, order)
+        return {s.name: v for s, v in zip(lay.specs, got)}
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The indexes ``lo[0]..hi[0]-1``, ``lo[1]..hi[1]-1``, ... in that order."""
+    sizes = hi - lo
+    total = int(sizes.sum())
+    if not total:
+        return np.zeros(0, np.int64)
+    return np.repeat(lo - (np.cumsum(sizes) - sizes), sizes) + np.arange(total)
 
 
 class AggregateEngine:
@@ -293,7 +372,7 @@ class AggregateEngine:
                 kcodes = np.where(knull, -1, kcodes)
             vals, raws = self._fields(lay, columns, nulls, symbols, n)
             batch = _Gathered()
-            keyed = KeyTexts(ktexts)
+            keyed = key_texts(ktexts)
             for p in np.unique(parts).tolist():
                 rows = np.flatnonzero((parts == p) & (kcodes >= 0))
                 if len(rows):
@@ -313,9 +392,8 @@ class AggregateEngine:
                 st = states[p].parts[lay.id]
                 if p in batch.index:
                     i = batch.index[p]
-                    st.append([batch.q[0][i][batch.new[i]] - batch.base[i], batch.q[1][i][batch.new[i]],
-                               batch.q[2][i][batch.new[i]], *(b[batch.new[i]] for b in batch.vals[i])])
-                    st.newest = max(st.newest, int(batch.q[1][i].max()))
+                    st.append(batch.inserted(i))
+                    st.newest = max(st.newest, int(batch.q[i][1].max()))
                     _evict(lay, st, self.grace_ms)
                 applied.tombstones.extend(zip(st.tombstones, repeat(p)))
                 st.tombstones = []
@@ -379,7 +457,7 @@ class AggregateEngine:
 
 def _empty(lay: _Layout) -> _Part:
     kinds = [np.int64, np.int64, np.int64, *(np.float64 if kind == "float" else np.int64 for _, kind in lay.fields)]
-    return _Part([np.zeros(0, dtype) for dtype in kinds])
+    return _Part([np.zeros(0, dtype) for dtype in kinds], [np.zeros(0, dtype) for dtype in kinds])
 
 
 def _items(col: Any) -> list[Any]:
@@ -460,6 +538,7 @@ def _load(lay: _Layout, st: _Part, blocks: Sequence[tuple[bytes, Block]], grace_
     arrays = [np.concatenate(c) for c in cols]
     _, first = np.unique(arrays[2], return_index=True)
     st.append([a[first] for a in arrays])
+    st.merge()
     st.newest = int(st.t.max())
     _evict(lay, st, grace_ms)
 
@@ -477,20 +556,17 @@ def _factorize(x: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _evict(lay: _Layout, st: _Part, grace_ms: int) -> None:
     """Drop entries no replay within the grace can need and delete the records holding only such entries;
-    forget keys with none left."""
+    forget keys with none left. Entries are dropped once the oldest is a sixteenth of the longest window past
+    the cutoff, so a steady stream compacts its state now and then, not at every batch."""
     cutoff = st.newest - lay.longest_ms - grace_ms
     while st.logged and st.logged[0][0] <= cutoff:
         st.tombstones.append(heapq.heappop(st.logged)[1])
-    if not st.n:
+    if not st.n or st.oldest > cutoff - lay.longest_ms // 16:
         return
-    gone = st.t <= cutoff
-    if not gone.any():
-        return
-    st.keep(~gone)
+    st.keep(st.t > cutoff)
     live = np.flatnonzero(np.bincount(st.k, minlength=len(st.keys)))
     if len(st.keys) > 2 * len(live) + 1024:               # renumber the keys still held
-        st.keys.keep(live)
-        st.cols[0][:st.n] = np.searchsorted(live, st.k)
+        st.recode(live)
 
 
 def _compute(lay: _Layout, ek: np.ndarray, et: np.ndarray, eo: np.ndarray, ev: list[np.ndarray],
@@ -510,12 +586,6 @@ def _compute(lay: _Layout, ek: np.ndarray, et: np.ndarray, eo: np.ndarray, ev: l
     longest = lay.longest_ms
     lo = np.searchsorted(comp, qk * span + np.clip(qt - longest + 1 - tmin, 0, span - 1), "left")
     hi = np.searchsorted(comp, qk * span + (qt - tmin), "right")
-    if agg_window.lib() is not None:                       # the same entries in the same order, in C
-        for s in lay.specs:
-            v = None if s.field is None else ev[col[(s.field, s.kind)]]
-            op = 0 if s.field is None else agg_window.OPS[s.op]
-            out[s.name] = agg_window.window(op, s.window_ms, et, eo, v, NULL_HASH, lo, hi, qt, qo)
-        return out
     windows = sorted({s.window_ms for s in lay.specs})
     for q0, q1, qi, ei in _pairs(lo, hi):
         ok = eo[ei] <= qo[q0 + qi]                            # the entry is at or before the query
@@ -529,10 +599,21 @@ def _compute(lay: _Layout, ek: np.ndarray, et: np.ndarray, eo: np.ndarray, ev: l
     return out
 
 
+def _key_time(k: np.ndarray, t: np.ndarray) -> np.ndarray | None:
+    """One int64 per entry that sorts as (key code, time), or None where the times span too far for it."""
+    if not len(k):
+        return k
+    tmin = int(t.min())
+    span = int(t.max()) - tmin + 1
+    if (int(k.max()) + 2) * span >= (1 << 62):
+        return None
+    return k * span + (t - tmin)
+
+
 def _by_key_time_offset(comp: np.ndarray, eo: np.ndarray) -> np.ndarray:
     """``np.lexsort((eo, comp))``: one sort by ``comp`` (key and time), then the few runs of equal ``comp``
     ordered by offset."""
-    order = np.argsort(comp)
+    order = np.argsort(comp, kind="stable")                 # timsort: sorted runs are merged, not sorted again
     sc = comp[order]
     tie = np.flatnonzero(sc[1:] == sc[:-1])
     if len(tie):

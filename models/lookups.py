@@ -23,12 +23,12 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice, repeat
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from models.features import string_bytes, string_values
+from models.key_index import KeyIndex, KeyTexts
 from models.resp import RespPipe, pack_hmget
 from schemas.columns import StrColumn
 from schemas.backoff import Backoff
@@ -123,48 +123,58 @@ class _Table:
 
 
 class _Cache:
-    """Key value (bytes) -> a slot of the cached table and when it was fetched; entries older than ``ttl_s`` are refetched,
-    and past ``max_keys`` the oldest fetches go first (the slot dict's order is fetch order)."""
+    """Fetched keys' values: a key's code (``models.key_index``: its bytes as received, looked up a batch at a time
+    in numpy) is its slot in the cached table, with when and in which order it was fetched. Entries older than
+    ``ttl_s`` are refetched, and past ``max_keys`` the oldest fetches are dropped; the codes of dropped keys are
+    reclaimed (the index renumbered) once they outnumber the cached ones."""
 
     def __init__(self, ttl_s: float, max_keys: int, kinds: Sequence[FieldKind]) -> None:
         self.ttl_s = ttl_s
         self.max_keys = max_keys
         self.kinds = tuple(kinds)
-        self.slots: dict[bytes, int] = {}
-        self.at = np.zeros(0)
+        self.index = KeyIndex()
+        self.at = np.zeros(0)                      # per code: when fetched (-inf: not cached)
+        self.seq = np.zeros(0, np.int64)           # per code: its fetch's place in fetch order
         self.table = _Table.empty(self.kinds, 0)
-        self._free: list[int] = []                 # slots of dropped keys, to reuse
-        self._next = 0                             # slots ever handed out
+        self.held = 0                              # codes cached
+        self._fetches = 0
 
-    def get(self, keys: Sequence[bytes], now: float) -> np.ndarray:
-        """Each key's slot, -1 where it is not cached or no longer fresh."""
-        slots = np.fromiter(map(self.slots.get, keys, repeat(-1)), np.int64, len(keys))
-        hit = np.flatnonzero(slots >= 0)
-        stale = hit[now - self.at[slots[hit]] >= self.ttl_s]
-        slots[stale] = -1
-        return slots
-
-    def put(self, keys: Sequence[bytes], table: _Table, now: float) -> None:
-        """Cache distinct ``keys`` (a refetched key keeps its slot and moves to the end: dict order is fetch order)."""
+    def codes(self, keys: KeyTexts, which: np.ndarray) -> np.ndarray | None:
+        """The codes of ``keys.texts[which]`` (None when nothing is cached: a ``ttl_s`` of 0)."""
         if self.ttl_s <= 0:
-            return
-        slots = np.fromiter(map(self.slots.pop, keys, repeat(-1)), np.int64, len(keys))
-        fresh = np.flatnonzero(slots < 0)
-        reused = self._free[max(0, len(self._free) - len(fresh)):]
-        del self._free[len(self._free) - len(reused):]
-        slots[fresh] = np.concatenate([np.asarray(reused, np.int64),
-                                       np.arange(self._next, self._next + len(fresh) - len(reused))])
-        self._next += len(fresh) - len(reused)
-        self.slots.update(zip(keys, slots.tolist()))
-        if self._next > len(self.at):
-            cap = max(self._next, 2 * len(self.at), 1024)
-            self.at = np.concatenate([self.at, np.zeros(cap - len(self.at))])
+            return None
+        codes = self.index.codes(keys, which)
+        if len(self.index) > len(self.at):
+            cap = max(len(self.index), 2 * len(self.at), 1024)
+            self.at = np.concatenate([self.at, np.full(cap - len(self.at), -np.inf)])
+            self.seq = np.concatenate([self.seq, np.zeros(cap - len(self.seq), np.int64)])
             self.table = self.table.grown(self.kinds, cap)
-        self.at[slots] = now
-        self.table.put(slots, table)
-        over = len(self.slots) - self.max_keys
+        return codes
+
+    def get(self, codes: np.ndarray | None, n: int, now: float) -> np.ndarray:
+        """Each key's slot, -1 where it is not cached or no longer fresh."""
+        if codes is None:
+            return np.full(n, -1, np.int64)
+        return np.where(now - self.at[codes] < self.ttl_s, codes, -1)
+
+    def put(self, codes: np.ndarray | None, table: _Table, now: float) -> None:
+        """Cache the fetched keys ``codes`` (distinct) with their values."""
+        if codes is None or not len(codes):
+            return
+        self.held += int(np.isneginf(self.at[codes]).sum())
+        self.at[codes] = now
+        self.seq[codes] = self._fetches + np.arange(len(codes))
+        self._fetches += len(codes)
+        self.table.put(codes, table)
+        over = self.held - self.max_keys
         if over > 0:                                   # the oldest fetches go first
-            self._free.extend(map(self.slots.pop, list(islice(self.slots, over))))
+            cached = np.flatnonzero(~np.isneginf(self.at[:len(self.index)]))
+            self.at[cached[np.argpartition(self.seq[cached], over - 1)[:over]]] = -np.inf
+            self.held -= over
+        if len(self.index) > 2 * self.held + 1024:    # renumber the keys still cached
+            live = np.flatnonzero(~np.isneginf(self.at[:len(self.index)]))
+            self.index.keep(live)
+            self.at, self.seq, self.table = self.at[live], self.seq[live], self.table.take(live)
 
 
 @dataclass
@@ -207,9 +217,10 @@ class Lookup:
         valid = codes >= 0
         used, inv = used_codes(codes[valid], len(uniques))          # the key values this batch has
         keys = uniques if len(used) == len(uniques) else [uniques[u] for u in used.tolist()]   # key values
+        cached = self._cache.codes(key_texts(uniques), used)
         codes = np.full(n, len(keys), np.int64)                     # a null key -> the extra "missing" slot
         codes[valid] = inv
-        table = self._fetch(keys)
+        table = self._fetch(keys, cached)
         exists = table.exists.copy()
         if spec.max_age_s is not None:
             with np.errstate(invalid="ignore"):
@@ -239,9 +250,10 @@ class Lookup:
                                  int(missing.sum()))
         return Joined(out, dead)
 
-    def _fetch(self, keys: list[bytes]) -> _Table:
-        """Every key value's parsed values: the cache's fresh ones, the rest in one round trip."""
-        slots = self._cache.get(keys, time.monotonic())
+    def _fetch(self, keys: list[bytes], codes: np.ndarray | None) -> _Table:
+        """Every key value's parsed values (``codes``: their cache codes): the cache's fresh ones, the rest in one
+        round trip."""
+        slots = self._cache.get(codes, len(keys), time.monotonic())
         todo = np.flatnonzero(slots < 0)
         self._last_fetched = len(todo)
         if not len(todo):
@@ -253,7 +265,7 @@ class Lookup:
         names = [(prefix + k + suffix).decode("utf-8", "replace") for k in wanted]     # the Redis keys
         fetched = _Table.parse(self._call(names), self._kinds)
         table.put(todo, fetched)
-        self._cache.put(wanted, fetched, time.monotonic())
+        self._cache.put(None if codes is None else codes[todo], fetched, time.monotonic())
         return table
 
     def _call(self, keys: list[str]) -> list[list[bytes | None]]:
@@ -308,6 +320,7 @@ class _Coded:
     def __init__(self, size: int = 4) -> None:
         self.size = size
         self.entries: tuple[tuple[Any, Sequence[str] | None, int, np.ndarray, list[bytes]], ...] = ()
+        self.texts: tuple[tuple[list[bytes], KeyTexts], ...] = ()     # the same, of ``key_texts``
 
     def get(self, col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[bytes]] | None:
         for c, s, m, codes, texts in self.entries:          # a snapshot: replaced whole, never changed
@@ -321,6 +334,17 @@ class _Coded:
 
 
 _CODED = _Coded(16)    # aggregates (source thread) code a batch's keys up to ~5 batches before its lookups
+
+
+def key_texts(texts: list[bytes]) -> KeyTexts:
+    """``KeyTexts(texts)`` of the texts ``key_values`` returned, built once for every reader of that batch's key
+    column (a snapshot replaced whole, as ``_Coded.entries``)."""
+    for t, keyed in _CODED.texts:
+        if t is texts:
+            return keyed
+    keyed = KeyTexts(texts)
+    _CODED.texts = ((texts, keyed), *_CODED.texts[:_CODED.size - 1])
+    return keyed
 
 
 def key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[bytes]]:

@@ -1,5 +1,6 @@
 """The aggregate engine against a plain Python computation: every op and window, the event itself
-included, replays deduplicated by offset, bounded eviction, and a changelog round trip."""
+included, replays deduplicated by offset, bounded eviction, and a changelog round trip; each with the
+partitions' tails merged into their sorted segments as in production, and every few entries."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from models import aggregates
 from models.agg_records import decode
 from models.aggregates import AggregateEngine, AggregateSpec, PartitionState, parse_window
 from schemas.errors import ConfigError
@@ -22,6 +24,13 @@ SPECS = [
     AggregateSpec("amounts_1m", "account_id", "count", 60_000, "amount"),
     AggregateSpec("merchants_5m", "merchant", "distinct_count", 300_000, "country"),
 ]
+
+
+@pytest.fixture(autouse=True, params=[aggregates.TAIL_MIN, 16], ids=["tail-default", "tail-16"])
+def tail_min(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The entries a partition's tail holds before it is merged: at 16, most entries are read from segments."""
+    monkeypatch.setattr(aggregates, "TAIL_MIN", request.param)
+    return int(request.param)
 
 
 def _events(n: int = 3000, parts: int = 3, keys: int = 40, seed: int = 1) -> dict[str, Any]:

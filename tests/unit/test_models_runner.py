@@ -122,7 +122,7 @@ def test_model_stage_joins_lookups_and_writes_features_for_primary_and_shadow(tm
                          encoder=None, slot=ModelSlot(active("primary")),  # type: ignore[arg-type]
                          shadows=[ModelSlot(active("shadow"))], lookups=Enricher(), include_features=True)
     batch = _batch(4)
-    work = Work(batch_id=1, rt=rt, ranges={}, msgs=[], decoded=batch, keys=[b""] * 4)
+    work = Work(batch_id=1, rt=rt, ranges={}, msgs=[], decoded=batch, keys=StrColumn.from_bytes([b""] * 4))
     ModelStage(batchers={"p": AdaptiveBatcher(max_size=8, max_wait_s=0.01)}, metrics=Metrics()).score(work)
     assert work.dead == [(1, "lookup_missing", "no entry")]
     assert work.ok_rows is not None and work.ok_rows.tolist() == [0, 2, 3]

@@ -80,7 +80,7 @@ def test_take_without_by_topic_and_concat_keep_every_byte() -> None:
     want = msgs[:10] + [m for m in msgs if (m.t, m.p) not in gone] + [m for m in msgs if m.p == 3]
     assert _rows(joined) == _rows(want)
     assert joined.values == b"".join(m.v or b"" for m in want), "compacted: values end to end"
-    assert joined.key_list() == [m.k for m in want]
+    assert joined.key_column()._items() == [m.k for m in want]
 
 
 def _runtime() -> Any:
@@ -95,7 +95,7 @@ def _runtime() -> Any:
 def _same_work(rt: Any, msgs: list[_Msg]) -> None:
     a = decode_work(rt, msgs, batch_id=1)  # type: ignore[arg-type]
     b = decode_work(rt, _raw(msgs), batch_id=1)
-    assert a.ranges == b.ranges and a.dead == b.dead and a.keys == b.keys
+    assert a.ranges == b.ranges and a.dead == b.dead and a.keys._items() == b.keys._items()
     assert np.array_equal(a.in_parts, b.in_parts)
     assert np.array_equal(a.decoded.ok_index, b.decoded.ok_index)
     assert a.decoded.columns.keys() == b.decoded.columns.keys()
