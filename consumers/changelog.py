@@ -185,7 +185,7 @@ class AggregateState:
     def apply(self, view: Mapping[int, Any], work: Any) -> None:
         """Add the aggregate columns to ``work.decoded`` and set ``work.changelog``."""
         batch = work.decoded
-        ok = batch.ok_index.tolist()
+        ok = np.asarray(batch.ok_index, np.int64)
         parts = np.asarray(work.in_parts, np.int32)
         offsets = message_offsets(work.msgs, ok)
         times = message_times_ms(work.msgs, ok)

@@ -37,7 +37,7 @@ def event_times_ms(work: Work, rows: np.ndarray) -> np.ndarray | None:
     """Event time (epoch ms) of ``rows``; None when the time field is absent from the batch."""
     rt = work.rt
     if rt.time_field is None:
-        return message_times_ms(work.msgs, work.decoded.ok_index[rows].tolist())
+        return message_times_ms(work.msgs, work.decoded.ok_index[rows])
     col = work.decoded.columns.get(rt.time_field)
     if col is None:
         return None

@@ -150,7 +150,7 @@ class OutputWriter:
             "embedding": embedding_column(work.embeddings),
             "label": np.array(work.labels if work.labels is not None else [None] * n, dtype=object),
             # TextEvent has no event time: the record's Kafka timestamp stands in for it
-            "event_time": message_times_ms(work.msgs, work.decoded.ok_index.tolist()),
+            "event_time": message_times_ms(work.msgs, work.decoded.ok_index),
             "scored_at": np.full(n, now_ms, dtype=np.int64),
         }
         encoded = rt.encoder.encode_buffer(out, n)

@@ -44,18 +44,18 @@ class Work:
     scored_at: float = 0.0
 
 
-def message_offsets(msgs: Messages, idx: list[int]) -> np.ndarray:
-    """The offsets of records ``idx``."""
+def message_offsets(msgs: Messages, idx: np.ndarray) -> np.ndarray:
+    """The offsets of records ``idx`` (an index array)."""
     if isinstance(msgs, RawBatch):
-        return msgs.offset[np.asarray(idx, np.int64)]
-    return np.fromiter((msgs[i].offset() for i in idx), np.int64, len(idx))
+        return np.asarray(msgs.offset[idx])
+    return np.fromiter((msgs[i].offset() for i in idx.tolist()), np.int64, len(idx))
 
 
-def message_times_ms(msgs: Messages, idx: list[int]) -> np.ndarray:
-    """The Kafka timestamps (ms) of records ``idx``."""
+def message_times_ms(msgs: Messages, idx: np.ndarray) -> np.ndarray:
+    """The Kafka timestamps (ms) of records ``idx`` (an index array)."""
     if isinstance(msgs, RawBatch):
-        return msgs.timestamp[np.asarray(idx, np.int64)]
-    return np.fromiter((msgs[i].timestamp()[1] for i in idx), np.int64, len(idx))
+        return np.asarray(msgs.timestamp[idx])
+    return np.fromiter((msgs[i].timestamp()[1] for i in idx.tolist()), np.int64, len(idx))
 
 
 class SyntheticMessage:

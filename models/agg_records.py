@@ -25,6 +25,7 @@ MAX_BYTES = 512 * 1024                   # a block stays well under Kafka's defa
 FIXED_BYTES = 8 + 8 + 4                  # per entry: offset, time, key index (a field adds 8 or 4)
 Kind = Literal["float", "text"]
 FieldValues = Union[np.ndarray, tuple[np.ndarray, list[bytes]]]   # f64 values, or (i32 index, text table)
+Texts = Union[list[bytes], tuple[np.ndarray, bytes]]      # a text table: the texts, or their lengths and bytes end to end
 
 _I64, _U32, _I32, _F64 = np.dtype("<i8"), np.dtype("<u4"), np.dtype("<i4"), np.dtype("<f8")
 
@@ -36,7 +37,7 @@ class Block:
     offsets: np.ndarray
     times: np.ndarray
     kidx: np.ndarray
-    keys: list[bytes]
+    keys: Texts                  # decode gives the list
     fields: list[FieldValues]
 
 
@@ -82,9 +83,12 @@ def decode(value: bytes, kinds: Sequence[Kind]) -> Block:
     return Block(offsets, times, kidx, keys, fields)
 
 
-def _table(texts: Sequence[bytes]) -> bytes:
-    lengths = np.fromiter(map(len, texts), _U32, len(texts))
-    return np.uint32(len(texts)).astype(_U32).tobytes() + lengths.tobytes() + b"".join(texts)
+def _table(texts: Texts) -> bytes:
+    if isinstance(texts, tuple):
+        lengths, data = texts[0].astype(_U32), texts[1]
+    else:
+        lengths, data = np.fromiter(map(len, texts), _U32, len(texts)), b"".join(texts)
+    return np.uint32(len(lengths)).astype(_U32).tobytes() + lengths.tobytes() + data
 
 
 def _read(view: memoryview, pos: int, dtype: np.dtype, count: int) -> tuple[np.ndarray, int]:

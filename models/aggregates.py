@@ -482,7 +482,7 @@ class _Blocks:
 
     def __init__(self, head: bytes, kcodes: np.ndarray, keys: KeyTexts, t: np.ndarray, o: np.ndarray,
                  raws: list[FieldValues]) -> None:
-        self.head, self.kcodes, self.ktexts, self.t, self.o, self.raws = head, kcodes, keys.texts, t, o, raws
+        self.head, self.kcodes, self.keys, self.t, self.o, self.raws = head, kcodes, keys, t, o, raws
         self.size = FIXED_BYTES + np.append(keys.length, 0)[kcodes]              # per row, as if its texts were new
         for raw in raws:
             if isinstance(raw, tuple):
@@ -498,7 +498,7 @@ class _Blocks:
         values: list[bytes] = []
         for chunk in np.split(rows, cuts):
             o, t = self.o[chunk], self.t[chunk]
-            used, kidx = used_codes(self.kcodes[chunk], len(self.ktexts))
+            used, kidx = used_codes(self.kcodes[chunk], len(self.keys.texts))
             fields: list[FieldValues] = []
             for raw in self.raws:
                 if isinstance(raw, tuple):
@@ -511,7 +511,7 @@ class _Blocks:
                 else:
                     fields.append(raw[chunk])
             key = self.head + b"%d-%d-%d" % (int(o.min()), int(o.max()), len(chunk))
-            values.append(encode(Block(o, t, kidx, list(map(self.ktexts.__getitem__, used.tolist())), fields)))
+            values.append(encode(Block(o, t, kidx, self.keys.joined(used), fields)))
             keys.append(key)
             heapq.heappush(st.logged, (int(t.max()), key))
         return keys, values
@@ -523,6 +523,7 @@ def _load(lay: _Layout, st: _Part, blocks: Sequence[tuple[bytes, Block]], grace_
     for key, b in blocks:
         if not len(b.offsets):
             continue
+        assert isinstance(b.keys, list)                    # decoded: the texts themselves
         cols[0].append(st.keys.codes(KeyTexts(b.keys))[b.kidx])
         cols[1].append(b.times)
         cols[2].append(b.offsets)

@@ -43,6 +43,14 @@ class KeyTexts:
             h = np.where(used > j, _mix(h ^ self.words[:, j]), h)
         self.hash = h
 
+    def joined(self, idx: np.ndarray) -> tuple[np.ndarray, bytes]:
+        """The byte lengths of ``texts[idx]`` and their bytes end to end, cut from the padded words."""
+        length = self.length[idx]
+        if self.long[idx].any():
+            return length, b"".join(self.texts[i] for i in idx.tolist())
+        padded = self.words[idx].view(np.uint8)
+        return length, padded[np.arange(padded.shape[1]) < length[:, None]].tobytes()
+
 
 class KeyIndex:
     """Codes of the keys of one store in one partition."""

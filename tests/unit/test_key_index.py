@@ -66,3 +66,13 @@ def test_a_key_twice_in_one_call_gets_one_code() -> None:
     index = KeyIndex()
     assert index.codes(KeyTexts([b"a", b"b", b"a", b"x" * 70, b"x" * 70])).tolist() == [0, 1, 0, 2, 2]
     assert index.codes(KeyTexts([b"c", b"c", b"b"])).tolist() == [3, 3, 1]
+
+
+@pytest.mark.parametrize("long", [False, True])
+def test_joined_gives_the_chosen_keys_lengths_and_bytes_end_to_end(long: bool) -> None:
+    texts = [b"acct-1", b"", b"a\x00b", b"x" * 17, *([b"y" * (MAX_BYTES + 3)] if long else [])]
+    keys = KeyTexts(texts)
+    idx = np.array([3, 0, 2, 1, 0, *([4] if long else [])])
+    length, data = keys.joined(idx)
+    assert length.tolist() == [len(texts[i]) for i in idx.tolist()]
+    assert data == b"".join(texts[i] for i in idx.tolist())
