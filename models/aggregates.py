@@ -133,6 +133,7 @@ class _Part:
     max_offset: int = -1                     # the highest offset ever inserted: above it, nothing is a replay
     tombstones: list[bytes] = field(default_factory=list)    # wholly evicted records' keys, not yet written
     logged: list[tuple[int, bytes]] = field(default_factory=list)   # a heap of (newest time, key) of live records
+    starts: np.ndarray | None = None         # where each key's entries begin in the segment (None: not built yet)
 
     @property
     def n(self) -> int:
@@ -153,6 +154,14 @@ class _Part:
     @property
     def o(self) -> np.ndarray:
         return self.column(2)
+
+    def in_segment(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each key's entries are in the segment: ``seg[lo[i]:hi[i]]`` (empty for a key it holds none of),
+        from an index of the keys' first entries built once per change of the segment."""
+        if self.starts is None:
+            self.starts = np.concatenate([[0], np.cumsum(np.bincount(self.seg[0], minlength=len(self.keys)))])
+        last = len(self.starts) - 1                        # a key coded since holds nothing here: lo = hi = the end
+        return self.starts[np.minimum(codes, last)], self.starts[np.minimum(codes + 1, last)]
 
     def in_tail(self, codes: np.ndarray) -> np.ndarray:
         """The indexes in the tail (arrival order) of the entries of the keys ``codes``."""
@@ -188,6 +197,7 @@ class _Part:
         comp = _key_time(cols[0], cols[1])
         order = np.lexsort(cols[2::-1]) if comp is None else _by_key_time_offset(comp, cols[2])
         self.seg = [c[order] for c in cols]
+        self.starts = None
         self.nt = 0
 
     def keep(self, mask: np.ndarray) -> None:
@@ -195,6 +205,7 @@ class _Part:
         ns = len(self.seg[0])
         ms, mt = mask[:ns], mask[ns:]
         self.seg = [c[ms] for c in self.seg]
+        self.starts = None
         kept = [c[:self.nt][mt] for c in self.tail]
         for c, a in zip(self.tail, kept):
             c[:len(a)] = a
@@ -207,6 +218,7 @@ class _Part:
         (the segment's order is kept)."""
         self.keys.keep(live)
         self.seg[0] = np.searchsorted(live, self.seg[0])
+        self.starts = None
         self.tail[0][:self.nt] = np.searchsorted(live, self.tail[0][:self.nt])
 
     def nbytes(self) -> int:
@@ -295,11 +307,11 @@ class _Gathered:
         st, (qk, qt, qo), recent, (codes, inv) = self.parts[i], self.q[i], self.recent[i], self.keyed[i]
         seg = st.seg
         by_code = np.argsort(codes)
-        touched = codes[by_code]                            # ascending: each search starts where the last ended
+        touched = codes[by_code]                            # ascending
         rank = np.empty_like(by_code)
         rank[by_code] = np.arange(len(by_code))
         at = rank[inv]                                      # each query's key among them
-        lo, hi = np.searchsorted(seg[0], touched, "left"), np.searchsorted(seg[0], touched, "right")
+        lo, hi = st.in_segment(touched)
         if agg_window.lib() is None:                        # numpy: the touched keys' segment entries gathered
             idx = _ranges(lo, hi)
             ek, et, eo, *ev = (np.concatenate([c[idx], r]) for c, r in zip(seg, recent))
