@@ -180,6 +180,12 @@ class FeatureBatch:
 def string_bytes(col: StrColumn, n: int) -> tuple[np.ndarray, list[bytes]] | None:
     """(codes into ``uniques``, uniques as bytes) of a string column whose values are at most ``_MAX_FIXED``
     bytes (None for a longer one), grouped with one ``np.unique``; code -1 = null."""
+    grouped = string_groups(col, n)
+    return None if grouped is None else (grouped[0], grouped[1].tolist())
+
+
+def string_groups(col: StrColumn, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``string_bytes`` with the uniques as one zero-padded fixed-width bytes array (``S<width>``)."""
     length = col.length
     width = int(length.max()) if n else 0
     if width > _MAX_FIXED:
@@ -192,7 +198,7 @@ def string_bytes(col: StrColumn, n: int) -> tuple[np.ndarray, list[bytes]] | Non
     uniq, inv = np.unique(fixed, return_inverse=True)
     codes = inv.reshape(n).astype(np.int64)
     codes[length < 0] = -1
-    return codes, uniq.tolist()
+    return codes, uniq
 
 
 def string_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, np.ndarray]:

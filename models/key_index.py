@@ -25,6 +25,15 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def _hash(words: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Each key's hash: its length, then the words its bytes reach (so the hash does not depend on the width)."""
+    h = _mix(length.astype(np.uint64) * _GOLD)
+    used = -(-length // 8)
+    for j in range(words.shape[1]):
+        h = np.where(used > j, _mix(h ^ words[:, j]), h)
+    return h
+
+
 class KeyTexts:
     """Distinct keys of one batch as padded words, hashed once (shared by every partition's lookup)."""
 
@@ -37,11 +46,26 @@ class KeyTexts:
         short = texts if not self.long.any() else [b"" if len(t) > MAX_BYTES else t for t in texts]
         self.words = np.array(short, dtype=f"S{width}").view(np.uint64).reshape(len(texts), width // 8) \
             if len(texts) else np.zeros((0, width // 8), np.uint64)
-        h = _mix(self.length.astype(np.uint64) * _GOLD)
-        used = -(-self.length // 8)                  # the words a key's bytes reach: the hash is width-free
-        for j in range(self.words.shape[1]):
-            h = np.where(used > j, _mix(h ^ self.words[:, j]), h)
-        self.hash = h
+        self.hash = _hash(self.words, self.length)
+
+    @classmethod
+    def padded(cls, texts: Sequence[bytes], fixed: np.ndarray) -> KeyTexts:
+        """``KeyTexts(texts)`` where ``texts`` is ``fixed.tolist()``, ``fixed`` an ``S<width>`` array (width at most
+        ``MAX_BYTES``): the words cut from its bytes, no Python per key. As ``tolist`` does, a key's length ends at
+        its last non-zero byte."""
+        m, width = len(fixed), fixed.dtype.itemsize
+        if len(texts) != m or width > MAX_BYTES:
+            raise ValueError("padded keys: the texts are not the padded array's, or wider than MAX_BYTES")
+        out = cls.__new__(cls)
+        buf = np.zeros((m, 8 * max(1, -(-width // 8))), np.uint8)
+        buf[:, :width] = np.ascontiguousarray(fixed).view(np.uint8).reshape(m, width)
+        nonzero = buf != 0
+        out.texts = texts
+        out.length = np.where(nonzero.any(axis=1), buf.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 0).astype(np.int64)
+        out.long = np.zeros(m, bool)
+        out.words = buf.view(np.uint64)
+        out.hash = _hash(out.words, out.length)
+        return out
 
     def joined(self, idx: np.ndarray) -> tuple[np.ndarray, bytes]:
         """The byte lengths of ``texts[idx]`` and their bytes end to end, cut from the padded words."""

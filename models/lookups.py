@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from models.features import string_bytes, string_values
+from models.features import string_groups, string_values
 from models.key_index import KeyIndex, KeyTexts
 from models.resp import RespPipe, pack_hmget
 from schemas.columns import StrColumn
@@ -379,9 +379,12 @@ def _key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.nda
             return codes, [(str(int(u)) if float(u).is_integer() else repr(float(u))).encode() for u in uniq.tolist()]
         return codes, [str(u).encode() for u in uniq.tolist()]
     if isinstance(col, StrColumn) and symbols is None:
-        grouped = string_bytes(col, n)
+        grouped = string_groups(col, n)
         if grouped is not None:
-            return grouped
+            codes, fixed = grouped
+            texts = fixed.tolist()
+            _CODED.texts = ((texts, KeyTexts.padded(texts, fixed)), *_CODED.texts[:_CODED.size - 1])
+            return codes, texts
     codes, uniques = string_values(col, symbols, n)
     return codes, [u.encode("utf-8", "surrogatepass") for u in uniques.tolist()]
 

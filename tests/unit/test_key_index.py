@@ -76,3 +76,16 @@ def test_joined_gives_the_chosen_keys_lengths_and_bytes_end_to_end(long: bool) -
     length, data = keys.joined(idx)
     assert length.tolist() == [len(texts[i]) for i in idx.tolist()]
     assert data == b"".join(texts[i] for i in idx.tolist())
+
+
+def test_keys_from_a_padded_array_equal_keys_from_their_texts() -> None:
+    fixed = np.array([b"acct-1", b"", b"a\x00b", b"x" * 17, b"zz"], dtype="S17")
+    texts = fixed.tolist()
+    a, b = KeyTexts.padded(texts, fixed), KeyTexts(texts)
+    assert a.length.tolist() == b.length.tolist() == [len(t) for t in texts]
+    assert a.hash.tolist() == b.hash.tolist()
+    index = KeyIndex()
+    assert index.codes(a).tolist() == index.codes(b).tolist() == [0, 1, 2, 3, 4]
+    assert a.joined(np.array([4, 2]))[1] == b"zza\x00b"
+    with pytest.raises(ValueError, match="padded"):
+        KeyTexts.padded(texts[:2], fixed)
