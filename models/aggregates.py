@@ -35,6 +35,7 @@ import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import repeat
 from typing import Any, Literal
 
@@ -98,8 +99,8 @@ class _Layout:
     fields: tuple[tuple[str, Kind], ...]
     specs: tuple[AggregateSpec, ...]
 
-    @property
-    def id(self) -> str:
+    @cached_property
+    def id(self) -> str:                     # read several times per batch: digested once
         digest = hashlib.sha1(repr(self.fields).encode()).hexdigest()[:8]
         return f"{self.key}#{digest}"
 
