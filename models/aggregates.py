@@ -118,7 +118,7 @@ class _Part:
     """One store's entries in one partition: columns of key code, record time (ms), offset, then one per field
     (float64 with NaN for null, or int64 text hashes), in two runs:
 
-    - ``seg``, sorted by (key code, time, offset): a key's entries are one slice, found by binary search;
+    - ``seg``, sorted by (key code, time, offset): a key's entries are one slice, found through ``starts``;
     - ``tail``, the entries appended since the last merge, in arrival order (spare capacity: appends are
       amortised). Once it holds more than ``max(TAIL_MIN, len(seg) // 8)`` entries it is merged into the
       segment with one stable sort of the two (a sorted run and a short one), so a batch scans at most that
@@ -195,8 +195,7 @@ class _Part:
         if not self.nt:
             return
         cols = [self.column(j) for j in range(len(self.seg))]
-        comp = _key_time(cols[0], cols[1])
-        order = np.lexsort(cols[2::-1]) if comp is None else _by_key_time_offset(comp, cols[2])
+        order = _sorted_order(cols[0], cols[1], cols[2])
         self.seg = [c[order] for c in cols]
         self.starts = None
         self.nt = 0
@@ -271,7 +270,7 @@ class _Gathered:
         self.new: list[np.ndarray] = []
         self.vals: list[list[np.ndarray]] = []
         self.recent: list[list[np.ndarray]] = []       # key code, time, offset, fields: sorted
-        self.keyed: list[tuple[np.ndarray, np.ndarray]] = []   # the distinct key codes, each query's index among them
+        self.touched: list[np.ndarray] = []            # the distinct key codes
 
     def add(self, st: _Part, p: int, rows: np.ndarray, bcodes: np.ndarray, btexts: KeyTexts, t: np.ndarray,
             o: np.ndarray, vals: list[np.ndarray]) -> None:
@@ -283,8 +282,7 @@ class _Gathered:
             new[~new] = ~np.isin(o[~new], st.o)
         in_tail = st.in_tail(codes)
         recent = [np.concatenate([c[in_tail], b[new]]) for c, b in zip(st.tail, (k, t, o, *vals))]
-        comp = _key_time(recent[0], recent[1])
-        order = np.lexsort(recent[2::-1]) if comp is None else _by_key_time_offset(comp, recent[2])
+        order = _sorted_order(recent[0], recent[1], recent[2])
         self.index[p] = len(self.rows)
         self.rows.append(rows)
         self.parts.append(st)
@@ -292,7 +290,7 @@ class _Gathered:
         self.new.append(new)
         self.vals.append(vals)
         self.recent.append([c[order] for c in recent])
-        self.keyed.append((codes, inv))
+        self.touched.append(codes)
 
     def inserted(self, i: int) -> list[np.ndarray]:
         """The columns of partition ``i``'s new entries."""
@@ -305,20 +303,15 @@ class _Gathered:
         return {s.name: np.concatenate([out[s.name] for out in outs]) for s in lay.specs}
 
     def _partition(self, lay: _Layout, i: int) -> dict[str, np.ndarray]:
-        st, (qk, qt, qo), recent, (codes, inv) = self.parts[i], self.q[i], self.recent[i], self.keyed[i]
+        st, (qk, qt, qo), recent = self.parts[i], self.q[i], self.recent[i]
         seg = st.seg
-        by_code = np.argsort(codes)
-        touched = codes[by_code]                            # ascending
-        rank = np.empty_like(by_code)
-        rank[by_code] = np.arange(len(by_code))
-        at = rank[inv]                                      # each query's key among them
-        lo, hi = st.in_segment(touched)
         if agg_window.lib() is None:                        # numpy: the touched keys' segment entries gathered
-            idx = _ranges(lo, hi)
+            idx = _ranges(*st.in_segment(self.touched[i]))
             ek, et, eo, *ev = (np.concatenate([c[idx], r]) for c, r in zip(seg, recent))
             return _compute(lay, ek, et, eo, ev, qk, qt, qo)
-        rlo, rhi = np.searchsorted(recent[0], touched, "left"), np.searchsorted(recent[0], touched, "right")
-        order = np.argsort(at, kind="stable")               # the queries by key: the segment read nearly in sequence
+        lo, hi = st.in_segment(qk)
+        rlo, rhi = np.searchsorted(recent[0], qk, "left"), np.searchsorted(recent[0], qk, "right")
+        order = np.argsort(qk, kind="stable")               # the queries by key: the segment read nearly in sequence
         col = {f: 3 + j for j, f in enumerate(lay.fields)}
         aggs = []
         for s in lay.specs:
@@ -326,7 +319,7 @@ class _Gathered:
             op = 0 if s.field is None else agg_window.OPS[s.op]
             aggs.append(agg_window.Agg(op, s.window_ms, None if j is None else seg[j], None if j is None else recent[j]))
         got = agg_window.windows(aggs, agg_window.Run(seg[1], seg[2]), agg_window.Run(recent[1], recent[2]),
-                                 lo[at], hi[at], rlo[at], rhi[at], qt, qo, NULL_HASH, order)
+                                 lo, hi, rlo, rhi, qt, qo, NULL_HASH, order)
         return {s.name: v for s, v in zip(lay.specs, got)}
 
 
@@ -613,15 +606,16 @@ def _compute(lay: _Layout, ek: np.ndarray, et: np.ndarray, eo: np.ndarray, ev: l
     return out
 
 
-def _key_time(k: np.ndarray, t: np.ndarray) -> np.ndarray | None:
-    """One int64 per entry that sorts as (key code, time), or None where the times span too far for it."""
+def _sorted_order(k: np.ndarray, t: np.ndarray, o: np.ndarray) -> np.ndarray:
+    """The order of entries by (key code, time, offset): one int64 per entry for (key, time), then the ties by
+    offset (``np.lexsort`` where the times span too far for one int64)."""
     if not len(k):
-        return k
+        return np.zeros(0, np.int64)
     tmin = int(t.min())
     span = int(t.max()) - tmin + 1
     if (int(k.max()) + 2) * span >= (1 << 62):
-        return None
-    return k * span + (t - tmin)
+        return np.lexsort((o, t, k))
+    return _by_key_time_offset(k * span + (t - tmin), o)
 
 
 def _by_key_time_offset(comp: np.ndarray, eo: np.ndarray) -> np.ndarray:

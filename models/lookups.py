@@ -320,7 +320,11 @@ class _Coded:
     def __init__(self, size: int = 4) -> None:
         self.size = size
         self.entries: tuple[tuple[Any, Sequence[str] | None, int, np.ndarray, list[bytes]], ...] = ()
-        self.texts: tuple[tuple[list[bytes], KeyTexts], ...] = ()     # the same, of ``key_texts``
+        self.texts: tuple[tuple[list[bytes], KeyTexts | np.ndarray], ...] = ()   # ``key_texts``: built, or the
+        # padded array the texts were grouped in (built from it when first asked for)
+
+    def remember(self, texts: list[bytes], keyed: KeyTexts | np.ndarray) -> None:
+        self.texts = ((texts, keyed), *self.texts[:self.size - 1])
 
     def get(self, col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, list[bytes]] | None:
         for c, s, m, codes, texts in self.entries:          # a snapshot: replaced whole, never changed
@@ -339,11 +343,11 @@ _CODED = _Coded(16)    # aggregates (source thread) code a batch's keys up to ~5
 def key_texts(texts: list[bytes]) -> KeyTexts:
     """``KeyTexts(texts)`` of the texts ``key_values`` returned, built once for every reader of that batch's key
     column (a snapshot replaced whole, as ``_Coded.entries``)."""
-    for t, keyed in _CODED.texts:
-        if t is texts:
-            return keyed
-    keyed = KeyTexts(texts)
-    _CODED.texts = ((texts, keyed), *_CODED.texts[:_CODED.size - 1])
+    found: KeyTexts | np.ndarray | None = next((k for t, k in _CODED.texts if t is texts), None)
+    if isinstance(found, KeyTexts):
+        return found
+    keyed = KeyTexts(texts) if found is None else KeyTexts.padded(texts, found)
+    _CODED.remember(texts, keyed)
     return keyed
 
 
@@ -383,7 +387,7 @@ def _key_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.nda
         if grouped is not None:
             codes, fixed = grouped
             texts = fixed.tolist()
-            _CODED.texts = ((texts, KeyTexts.padded(texts, fixed)), *_CODED.texts[:_CODED.size - 1])
+            _CODED.remember(texts, fixed)                   # KeyTexts from it only if a key index reads them
             return codes, texts
     codes, uniques = string_values(col, symbols, n)
     return codes, [u.encode("utf-8", "surrogatepass") for u in uniques.tolist()]
