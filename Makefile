@@ -38,10 +38,11 @@ kafka-jars:
 registry-jar:
 	@$(SETUP) report "schema registry" $(BIN)/python -c "from streamscore.dev.registry import APICURIO_VERSION, apicurio_jar; from streamscore.dev.util import cache_root; c = (cache_root() / f'apicurio-{APICURIO_VERSION}' / '.complete').exists(); apicurio_jar(); print('cached' if c else 'fetched')"
 
-# The codec's C kernels (byte copies, the non-ASCII scan) and the aggregates' window loop, compiled once into ~/.cache/streamscore/native (numpy fallback without a compiler).
+# The codec's C kernels (byte copies, the non-ASCII scan), the aggregates' window loop and the key index, compiled once into ~/.cache/streamscore/native (numpy fallback without a compiler).
 native:
 	@$(SETUP) report "native kernels" $(BIN)/python -c "from schemas.codec.native import lib; print('built' if lib() else 'unavailable, numpy fallback')"
 	@$(SETUP) report "aggregate kernel" $(BIN)/python -c "from models.agg_window import lib; print('built' if lib() else 'unavailable, numpy fallback')"
+	@$(SETUP) report "key index kernel" $(BIN)/python -c "from models.key_index import lib; print('built' if lib() else 'unavailable, numpy fallback')"
 	@$(SETUP) report "native consume helper" $(BIN)/python -c "from consumers.native_consume import helper_path; print('built' if helper_path() else 'unavailable, Consumer.consume')"
 
 demo: setup-demo

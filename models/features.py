@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from models import key_index
 from schemas.columns import StrColumn
 from schemas.errors import ConfigError
 
@@ -179,7 +180,8 @@ class FeatureBatch:
 
 def string_bytes(col: StrColumn, n: int) -> tuple[np.ndarray, list[bytes]] | None:
     """(codes into ``uniques``, uniques as bytes) of a string column whose values are at most ``_MAX_FIXED``
-    bytes (None for a longer one), grouped with one ``np.unique``; code -1 = null."""
+    bytes (None for a longer one), numbered in order of first sight (``models.key_index.group``, or one
+    ``np.unique``); code -1 = null."""
     grouped = string_groups(col, n)
     return None if grouped is None else (grouped[0], grouped[1].tolist())
 
@@ -190,15 +192,23 @@ def string_groups(col: StrColumn, n: int) -> tuple[np.ndarray, np.ndarray] | Non
     width = int(length.max()) if n else 0
     if width > _MAX_FIXED:
         return None
-    w = max(width, 1)
-    pos = col.start[:, None] + np.arange(w)[None, :]
-    inside = np.arange(w)[None, :] < length[:, None]
+    if key_index.lib() is not None:                  # one hashing pass; only the distinct values padded
+        return key_index.group(col.buf, col.start, length, max(width, 1))
+    valid = np.flatnonzero(length >= 0)
+    uniq, first, inv = np.unique(_padded(col, valid, max(width, 1)), return_index=True, return_inverse=True)
+    rank = np.empty(len(uniq), np.int64)
+    rank[np.argsort(first)] = np.arange(len(uniq))        # numbered in order of first sight, as the kernel does
+    codes = np.full(n, -1, np.int64)
+    codes[valid] = rank[inv.reshape(-1)]
+    return codes, uniq[np.argsort(first)]
+
+
+def _padded(col: StrColumn, rows: np.ndarray, w: int) -> np.ndarray:
+    """The values of ``rows`` (not null) as one zero-padded ``S<w>`` array."""
+    pos = col.start[rows][:, None] + np.arange(w)[None, :]
+    inside = np.arange(w)[None, :] < col.length[rows][:, None]
     src = col.buf[np.minimum(pos, max(col.buf.shape[0] - 1, 0))] if col.buf.shape[0] else np.zeros(pos.shape, np.uint8)
-    fixed = np.ascontiguousarray(np.where(inside, src, 0).astype(np.uint8)).view(f"S{w}").reshape(n)
-    uniq, inv = np.unique(fixed, return_inverse=True)
-    codes = inv.reshape(n).astype(np.int64)
-    codes[length < 0] = -1
-    return codes, uniq
+    return np.ascontiguousarray(np.where(inside, src, 0).astype(np.uint8)).view(f"S{w}").reshape(len(rows))
 
 
 def string_values(col: Any, symbols: Sequence[str] | None, n: int) -> tuple[np.ndarray, np.ndarray]:

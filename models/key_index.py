@@ -1,21 +1,87 @@
-"""Key bytes -> dense codes (0, 1, ... in order of first sight), looked up a batch at a time in numpy.
+"""Key bytes -> dense codes (0, 1, ... in order of first sight), looked up a batch at a time.
 
-A key of at most ``MAX_BYTES`` bytes is held as its length and its bytes zero-padded into 64-bit words;
-the index is a sorted array of hashes of those (and a small sorted array of the latest ones, merged into
-it now and then, so adding keys costs little), and a hit is checked word for word against the key held
-under that code, so a hash collision never merges two keys. A longer key, or one whose hash another key
-already holds, is kept in a small dict instead (found there on every later lookup).
+A key of at most ``MAX_BYTES`` bytes is held as its length and its bytes zero-padded into 64-bit words.
+With the C kernel (``key_index.c``, built like ``models.agg_window``'s) the index is an open-addressing
+hash table of codes, probed and filled in one call per batch with the GIL released. Without it (no
+compiler, ``STREAMSCORE_NATIVE=0``), in numpy: a sorted array of the keys' hashes (and a small sorted array
+of the latest ones, merged into it now and then, so adding keys costs little). Either way a hit is checked
+word for word against the key held under that code, so a hash collision never merges two keys. A longer key (and, in numpy, one whose hash another key already holds) is kept in a
+small dict instead (found there on every later lookup).
+
+``group`` codes a string column's rows by value (the rank of each value in order of first sight) through
+the same kernel, or ``np.unique`` without it.
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from schemas.codec.native import load
+
 MAX_BYTES = 64                                       # longer keys are coded through the dict
+_SRC = Path(__file__).with_name("key_index.c")
+_lib: Any = None
+_tried = False
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
+
+
+def lib() -> Any:
+    """The loaded kernel, or None (the numpy path) when disabled or not buildable."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    _tried = True
+    so = load(_SRC, "ss_key_index", "key index kernel")
+    if so is None:
+        return None
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    so.ss_group.argtypes = [p, p, p, i64, p, i64, p, p, p, p, i64]
+    so.ss_group.restype = i64
+    so.ss_index_build.argtypes = [p, i64, p, i64, p, i64, i64]
+    so.ss_index_build.restype = None
+    so.ss_index.argtypes = [p, i64, p, i64, i64, p, i64, p, i64, p, p, i64, p]
+    so.ss_index.restype = i64
+    _lib = so
+    return _lib
+
+
+def set_enabled(on: bool) -> None:
+    """Tests: switch between the kernel and the numpy path (for indexes made after the switch)."""
+    global _lib, _tried
+    _lib, _tried = None, False
+    if not on:
+        _tried = True
+
+
+def _table_size(n: int) -> int:
+    """Slots of a hash table for ``n`` entries: a power of two, at least twice as many."""
+    return 1 << max(4, (2 * n).bit_length())
+
+
+def group(buf: np.ndarray, start: np.ndarray, length: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, values): each row's value coded by its rank in order of first sight (-1 for a null row,
+    ``length < 0``), and the values in that order as one zero-padded ``S<width>`` array (``width``: at least the
+    longest). A row's value is ``buf[start:start + length]`` without its trailing zero bytes. Only call when
+    ``lib()`` is not None."""
+    n = len(length)
+    start, length = np.ascontiguousarray(start, np.int64), np.ascontiguousarray(length, np.int64)
+    if len(start) != n or width < 1 or (n and bool(np.any((length > 0) & ((start < 0) | (start + length > len(buf))))
+                                                   or int(length.max()) > width)):
+        raise ValueError("key index kernel: a string outside its buffer, or wider than the width")
+    buf = np.ascontiguousarray(buf, np.uint8)
+    table = np.full(_table_size(n), -1, np.int64)
+    codes, first, size = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    fixed = np.zeros(n * width, np.uint8)
+    k = _lib.ss_group(buf.ctypes.data, start.ctypes.data, length.ctypes.data, n, table.ctypes.data, len(table),
+                      codes.ctypes.data, first.ctypes.data, size.ctypes.data, fixed.ctypes.data, width)
+    return codes, fixed[:k * width].view(f"S{width}")
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -46,7 +112,10 @@ class KeyTexts:
         short = texts if not self.long.any() else [b"" if len(t) > MAX_BYTES else t for t in texts]
         self.words = np.array(short, dtype=f"S{width}").view(np.uint64).reshape(len(texts), width // 8) \
             if len(texts) else np.zeros((0, width // 8), np.uint64)
-        self.hash = _hash(self.words, self.length)
+
+    @cached_property
+    def hash(self) -> np.ndarray:                    # the numpy index's (the kernel hashes as it probes)
+        return _hash(self.words, self.length)
 
     @classmethod
     def padded(cls, texts: Sequence[bytes], fixed: np.ndarray) -> KeyTexts:
@@ -59,12 +128,10 @@ class KeyTexts:
         out = cls.__new__(cls)
         buf = np.zeros((m, 8 * max(1, -(-width // 8))), np.uint8)
         buf[:, :width] = np.ascontiguousarray(fixed).view(np.uint8).reshape(m, width)
-        nonzero = buf != 0
         out.texts = texts
-        out.length = np.where(nonzero.any(axis=1), buf.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 0).astype(np.int64)
+        out.length = np.char.str_len(fixed).astype(np.int64)
         out.long = np.zeros(m, bool)
         out.words = buf.view(np.uint64)
-        out.hash = _hash(out.words, out.length)
         return out
 
     def joined(self, idx: np.ndarray) -> tuple[np.ndarray, bytes]:
@@ -80,8 +147,10 @@ class KeyIndex:
     """Codes of the keys of one store in one partition."""
 
     def __init__(self) -> None:
+        self._lib = lib()
+        self._table = np.full(_table_size(0), -1, np.int64) if self._lib is not None else None   # the kernel's
         self._levels = [(np.zeros(0, np.uint64), np.zeros(0, np.int64))] * 2   # (sorted hashes, their codes):
-        # the indexed keys, then the latest ones (a hash is in one level at most)
+        # the indexed keys, then the latest ones (a hash is in one level at most); numpy only
         self._spill: dict[bytes, int] = {}           # long keys, and keys whose hash another key holds
         self._words = np.zeros((1, 1024), np.uint64)     # word j of code c at [j, c] (spare codes); lengths
         self._len = np.zeros(1024, np.int64)
@@ -96,12 +165,15 @@ class KeyIndex:
         return self._words[:, code].tobytes()[:int(self._len[code])]
 
     def nbytes(self) -> int:
-        arrays = (*self._levels[0], *self._levels[1], self._words, self._len)
+        arrays = (*self._levels[0], *self._levels[1], self._words, self._len,
+                  *(() if self._table is None else (self._table,)))
         return int(sum(a.nbytes for a in arrays)) + 120 * len(self._spill)
 
     def codes(self, keys: KeyTexts, which: np.ndarray | None = None) -> np.ndarray:
         """The codes of ``keys.texts[which]`` (every one when None), keys not held numbered on in order."""
         idx = np.arange(len(keys.texts)) if which is None else which
+        if self._table is not None:
+            return self._native_codes(keys, np.ascontiguousarray(idx, np.int64))
         h = keys.hash[idx]
         code = np.full(len(idx), -1, np.int64)
         hit = np.zeros(len(idx), bool)
@@ -130,6 +202,54 @@ class KeyIndex:
         words, length = np.zeros((self._words.shape[0], rows), np.uint64), np.zeros(rows, np.int64)
         words[:, :len(live)], length[:len(live)] = self._words[:, live], self._len[live]
         self._words, self._len, self._n = words, length, len(live)
+        if self._table is not None:
+            self._rebuild(_table_size(len(live)))
+
+    def _native_codes(self, keys: KeyTexts, idx: np.ndarray) -> np.ndarray:
+        """``codes`` through the kernel: the short keys in one call, the long ones through the dict."""
+        out = np.empty(len(idx), np.int64)
+        kwords = np.ascontiguousarray(keys.words, np.uint64)
+        klen = np.ascontiguousarray(keys.length, np.int64)
+        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= len(klen) or len(kwords) != len(klen)):
+            raise ValueError("key index kernel: a key outside the batch's keys")
+        self._reserve(len(idx), kwords.shape[1])
+        if len(self._table) < 2 * (self._n + len(idx)):
+            self._rebuild(_table_size(self._n + len(idx)))
+        at = 0
+        for i in [*np.flatnonzero(keys.long[idx]).tolist(), len(idx)]:   # the short keys between long ones: numbered
+            if i > at:                                                  # in order of first sight all the same
+                sub = np.ascontiguousarray(idx[at:i])
+                self._n = int(self._lib.ss_index(
+                    self._table.ctypes.data, len(self._table), self._words.ctypes.data, self._words.shape[1],
+                    self._words.shape[0], self._len.ctypes.data, self._n, kwords.ctypes.data, kwords.shape[1],
+                    klen.ctypes.data, sub.ctypes.data, len(sub), out[at:i].ctypes.data))
+            if i < len(idx):
+                text = keys.texts[int(idx[i])]
+                c = self._spill.get(text)
+                if c is None:
+                    c = self._spill[text] = self._n
+                    self._store(keys, idx[i:i + 1])
+                out[i] = c
+            at = i + 1
+        return out
+
+    def _reserve(self, m: int, width: int) -> None:
+        """Room for ``m`` more codes of keys ``width`` words wide (the kernel writes in place)."""
+        cols, rows = self._words.shape
+        if self._n + m > rows or width > cols:
+            rows = max(rows, 2 * (self._n + m)) if self._n + m > rows else rows
+            words = np.zeros((max(width, cols), rows), np.uint64)
+            words[:cols, :self._n] = self._words[:, :self._n]
+            length = np.zeros(rows, np.int64)
+            length[:self._n] = self._len[:self._n]
+            self._words, self._len = words, length
+            if self._table is not None:                    # the kernel reads words by row stride: re-placed
+                self._rebuild(len(self._table))
+
+    def _rebuild(self, size: int) -> None:
+        self._table = np.full(size, -1, np.int64)
+        self._lib.ss_index_build(self._table.ctypes.data, size, self._words.ctypes.data, self._words.shape[1],
+                                 self._len.ctypes.data, self._n, MAX_BYTES)
 
     def _same(self, keys: KeyTexts, idx: np.ndarray, code: np.ndarray) -> np.ndarray:
         """Whether each key ``keys.texts[idx[i]]`` is the one held under ``code[i]``."""
@@ -176,14 +296,7 @@ class KeyIndex:
     def _store(self, keys: KeyTexts, idx: np.ndarray) -> None:
         """Append new codes (``len(self)``, ... in ``idx`` order): their words and lengths."""
         m, width = len(idx), keys.words.shape[1]
-        cols, rows = self._words.shape
-        if self._n + m > rows or width > cols:
-            rows = max(rows, 2 * (self._n + m)) if self._n + m > rows else rows
-            words = np.zeros((max(width, cols), rows), np.uint64)
-            words[:cols, :self._n] = self._words[:, :self._n]
-            length = np.zeros(rows, np.int64)
-            length[:self._n] = self._len[:self._n]
-            self._words, self._len = words, length
+        self._reserve(m, width)
         self._words[:, self._n:self._n + m] = 0
         self._words[:width, self._n:self._n + m] = keys.words[idx].T
         self._len[self._n:self._n + m] = keys.length[idx]

@@ -1,12 +1,25 @@
-"""The numpy key index against a dict: same codes in order of first sight, across batches, with hash
-collisions forced, and after keys are dropped and renumbered."""
+"""The key index (its C kernel and its numpy path) against a dict: same codes in order of first sight, across
+batches, with hash collisions forced (numpy), and after keys are dropped and renumbered; and ``group``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from models import key_index
+from models.features import string_groups
 from models.key_index import MAX_BYTES, KeyIndex, KeyTexts
+from schemas.columns import StrColumn
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["kernel", "numpy"])
+def native(request: pytest.FixtureRequest) -> object:
+    key_index.set_enabled(True)
+    if request.param and key_index.lib() is None:
+        pytest.skip("no C compiler: the kernel is not built")
+    key_index.set_enabled(request.param)
+    yield request.param
+    key_index.set_enabled(True)
 
 
 class _Dict:
@@ -89,3 +102,19 @@ def test_keys_from_a_padded_array_equal_keys_from_their_texts() -> None:
     assert a.joined(np.array([4, 2]))[1] == b"zza\x00b"
     with pytest.raises(ValueError, match="padded"):
         KeyTexts.padded(texts[:2], fixed)
+
+
+def test_group_numbers_values_in_order_of_first_sight_and_nulls_minus_one() -> None:
+    items = [b"b", None, b"a", b"b", b"", b"a\x00", b"ab", None, b"", b"x" * 40]
+    codes, values = string_groups(StrColumn.from_bytes(items), len(items))
+    assert codes.tolist() == [0, -1, 1, 0, 2, 1, 3, -1, 2, 4]         # b"a\x00" reads as b"a", as numpy's S does
+    assert values.tolist() == [b"b", b"a", b"", b"ab", b"x" * 40]
+
+
+def test_group_of_many_keys_equals_a_dict() -> None:
+    rng = np.random.default_rng(5)
+    items = [b"acct-%d" % k for k in rng.integers(0, 3000, 20_000).tolist()]
+    codes, values = string_groups(StrColumn.from_bytes(items), len(items))
+    ref = _Dict()
+    assert codes.tolist() == ref.get(items)
+    assert values.tolist() == list(ref.codes)
