@@ -86,3 +86,24 @@ void ss_windows(const int64_t *at, const int64_t *ao, const int64_t *bt, const i
         }
     }
 }
+
+/* Merge run b (nb entries, sorted) into run a (na entries, sorted; its columns have room for na + nb) in place,
+   from the back, by (key, time, offset) (columns 0, 1, 2: int64); an entry of a stays before an equal one of b.
+   Every column is 8 bytes wide and moved whole (float columns as their bits). */
+void ss_merge(int64_t ncols, int64_t *const *a, int64_t na, const int64_t *const *b, int64_t nb) {
+    const int64_t *ak = a[0], *at = a[1], *ao = a[2], *bk = b[0], *bt = b[1], *bo = b[2];
+    int64_t i = na - 1, j = nb - 1, w = na + nb - 1;
+    while (j >= 0) {
+        int from_a = 0;
+        if (i >= 0)
+            from_a = ak[i] != bk[j] ? ak[i] > bk[j] : at[i] != bt[j] ? at[i] > bt[j] : ao[i] > bo[j];
+        if (from_a) {
+            for (int64_t c = 0; c < ncols; c++) a[c][w] = a[c][i];
+            i--;
+        } else {
+            for (int64_t c = 0; c < ncols; c++) a[c][w] = b[c][j];
+            j--;
+        }
+        w--;
+    }
+}

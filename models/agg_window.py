@@ -2,7 +2,8 @@
 
 One pass over each query's entries for every aggregate of a store, read in place from two runs sorted by
 (key, time, offset) (a partition's segment and its recent entries) and merged on the fly, instead of numpy's
-gathered, sorted entries and (query, entry) pair arrays; the foreign call releases the GIL. Built like the codec's kernels
+gathered, sorted entries and (query, entry) pair arrays; and the merge of a partition's recent entries into
+its segment in place, from the back (no new columns per merge). The foreign calls release the GIL. Built like the codec's kernels
 (``schemas.codec.native.build``: compiled on first use into a cache keyed by the source's hash); without a
 compiler, or with ``STREAMSCORE_NATIVE=0``, ``models.aggregates`` keeps its numpy path, with bit-for-bit the
 same results (the unit tests run both).
@@ -60,6 +61,8 @@ def lib() -> Any:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     so.ss_windows.argtypes = [p, p, p, p, p, p, p, p, p, p, p, i64, i64, i64, i64, p, p, p]
     so.ss_windows.restype = None
+    so.ss_merge.argtypes = [i64, p, i64, p, i64]
+    so.ss_merge.restype = None
     _lib = so
     return _lib
 
@@ -130,3 +133,16 @@ def windows(aggs: Sequence[Agg], a: Run, b: Run, alo: np.ndarray, ahi: np.ndarra
                   blo.ctypes.data, bhi.ctypes.data, qt.ctypes.data, qo.ctypes.data, order.ctypes.data, nq, longest,
                   null_hash, len(aggs), ctypes.addressof(structs), n.ctypes.data, acc.ctypes.data)
     return outs
+
+
+def merge(a: Sequence[np.ndarray], na: int, b: Sequence[np.ndarray], nb: int) -> None:
+    """Merge the sorted run ``b[c][:nb]`` into the sorted run ``a[c][:na]`` in place (``a``'s columns have room
+    for ``na + nb``), by (key, time, offset) (columns 0, 1, 2), ``a``'s entries first among equal ones. Every
+    column is 8 bytes wide and contiguous. Only call when ``lib()`` is not None."""
+    if len(a) != len(b) or len(a) < 3 or not all(
+            x.dtype.itemsize == 8 and x.flags.c_contiguous and x.ndim == 1 for x in (*a, *b)) \
+            or any(len(x) < na + nb for x in a) or any(len(x) < nb for x in b) or na < 0 or nb < 0 \
+            or any(x.dtype != np.int64 for x in (*a[:3], *b[:3])):
+        raise ValueError("merge kernel: columns of unequal count, width or room")
+    ptrs = ctypes.c_void_p * len(a)
+    _lib.ss_merge(len(a), ptrs(*(x.ctypes.data for x in a)), na, ptrs(*(x.ctypes.data for x in b)), nb)

@@ -29,6 +29,7 @@ deleted at the next restore.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import heapq
 import logging
@@ -120,13 +121,16 @@ class _Part:
 
     - ``seg``, sorted by (key code, time, offset): a key's entries are one slice, found through ``starts``;
     - ``tail``, the entries appended since the last merge, in arrival order (spare capacity: appends are
-      amortised). Once it holds more than ``max(TAIL_MIN, len(seg) // 8)`` entries it is merged into the
-      segment with one stable sort of the two (a sorted run and a short one), so a batch scans at most that
-      many entries for its keys' recent ones, and each entry is moved a bounded number of times on average.
+      amortised). Once it holds more than ``max(TAIL_MIN, len(seg) // 8)`` entries it is sorted and merged into
+      the segment, so a batch scans at most that many entries for its keys' recent ones, and each entry is
+      moved a bounded number of times on average. The segment's columns are the first entries of ``room``
+      (spare capacity, a quarter more when it grows): the merge writes there in place from the back (C), or
+      by one stable sort of the two runs (numpy), so a merge allocates no new columns.
     """
 
     seg: list[np.ndarray]
     tail: list[np.ndarray]
+    room: list[np.ndarray]
     nt: int = 0
     keys: KeyIndex = field(default_factory=KeyIndex)        # a key's bytes (as received) <-> its code
     newest: int = -(1 << 62)
@@ -194,17 +198,42 @@ class _Part:
         """The tail merged into the segment."""
         if not self.nt:
             return
-        cols = [self.column(j) for j in range(len(self.seg))]
-        order = _sorted_order(cols[0], cols[1], cols[2])
-        self.seg = [c[order] for c in cols]
+        ns, nt = len(self.seg[0]), self.nt
+        tail = [c[:nt] for c in self.tail]
+        order = _sorted_order(tail[0], tail[1], tail[2])
+        run = [c[order] for c in tail]
+        if len(self.room[0]) < ns + nt:
+            self._resize((ns + nt) * 5 // 4 + 64)
+        if agg_window.lib() is not None:
+            agg_window.merge(self.room, ns, run, nt)
+        else:
+            cols = [np.concatenate([c, r]) for c, r in zip(self.seg, run)]
+            order = _sorted_order(cols[0], cols[1], cols[2])          # stable: the segment's first among equals
+            for room, c in zip(self.room, cols):
+                np.take(c, order, out=room[:ns + nt])
+        self.seg = [room[:ns + nt] for room in self.room]
         self.starts = None
         self.nt = 0
+
+    def _resize(self, cap: int) -> None:
+        """The segment's columns moved to new ones with room for ``cap`` entries."""
+        ns = len(self.seg[0])
+        self.room = [np.empty(cap, c.dtype) for c in self.seg]
+        for room, c in zip(self.room, self.seg):
+            room[:ns] = c
+        self.seg = [room[:ns] for room in self.room]
+        _give_back()
 
     def keep(self, mask: np.ndarray) -> None:
         """Keep the entries where ``mask`` (over the segment's, then the tail's) is set."""
         ns = len(self.seg[0])
         ms, mt = mask[:ns], mask[ns:]
-        self.seg = [c[ms] for c in self.seg]
+        kept = int(np.count_nonzero(ms))
+        for room, c in zip(self.room, self.seg):
+            room[:kept] = c[ms]
+        self.seg = [room[:kept] for room in self.room]
+        if 4 * kept + 256 < len(self.room[0]):             # mostly evicted: the spare room is given back
+            self._resize(kept * 5 // 4 + 64)
         self.starts = None
         kept = [c[:self.nt][mt] for c in self.tail]
         for c, a in zip(self.tail, kept):
@@ -217,12 +246,12 @@ class _Part:
         """Keep only the keys ``live`` (ascending codes, every held entry's among them), renumbered in that order
         (the segment's order is kept)."""
         self.keys.keep(live)
-        self.seg[0] = np.searchsorted(live, self.seg[0])
+        self.seg[0][:] = np.searchsorted(live, self.seg[0])
         self.starts = None
         self.tail[0][:self.nt] = np.searchsorted(live, self.tail[0][:self.nt])
 
     def nbytes(self) -> int:
-        arrays = (*self.seg, *self.tail)
+        arrays = (*self.room, *self.tail)
         return int(sum(c.nbytes for c in arrays)) + self.keys.nbytes() + RECORD_BYTES * len(self.logged)
 
 
@@ -463,7 +492,24 @@ class AggregateEngine:
 
 def _empty(lay: _Layout) -> _Part:
     kinds = [np.int64, np.int64, np.int64, *(np.float64 if kind == "float" else np.int64 for _, kind in lay.fields)]
-    return _Part([np.zeros(0, dtype) for dtype in kinds], [np.zeros(0, dtype) for dtype in kinds])
+    room = [np.zeros(0, dtype) for dtype in kinds]
+    return _Part([c[:0] for c in room], [np.zeros(0, dtype) for dtype in kinds], room)
+
+
+_LIBC: Any = None
+
+
+def _give_back() -> None:
+    """Return the heap's free pages to the system (glibc's ``malloc_trim``; elsewhere nothing). Called when a
+    segment's columns move: the old ones, and the batches' temporaries, otherwise stay in the process."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC(0)
 
 
 def _items(col: Any) -> list[Any]:

@@ -78,3 +78,19 @@ def test_the_kernel_merges_the_two_runs_and_keeps_each_window(kernel: None) -> N
     assert got[0].tolist() == [6.0, 4.0]                   # every entry; those at offset <= 3
     assert got[1].tolist() == [(0.4 + 0.5) + 0.6, 0.4]    # times 3..5 (window 3 at time 5), then time 3 only
     assert got[2].tolist() == [3.0, 3.0]                   # hashes 7, 8, 9; at offset <= 3: 7, 8, 8, 9 -> 3
+
+
+def test_the_merge_kernel_merges_two_sorted_runs_in_place_by_key_time_offset(kernel: None) -> None:
+    rng = np.random.default_rng(2)
+    cols = [rng.integers(0, 30, 500), rng.integers(0, 20, 500), rng.permutation(500), rng.random(500)]
+    order = np.lexsort((cols[2], cols[1], cols[0]))
+    a_idx, b_idx = np.sort(order[:380]), np.sort(order[380:])      # two sorted runs of the entries
+    a_idx, b_idx = (idx[np.lexsort((cols[2][idx], cols[1][idx], cols[0][idx]))] for idx in (a_idx, b_idx))
+    room = [np.zeros(600, c.dtype) for c in cols]
+    for r, c in zip(room, cols):
+        r[:380] = c[a_idx]
+    agg_window.merge(room, 380, [np.ascontiguousarray(c[b_idx]) for c in cols], 120)
+    for r, c in zip(room, cols):
+        assert r[:500].tolist() == c[order].tolist()
+    with pytest.raises(ValueError, match="room"):
+        agg_window.merge([r[:450] for r in room], 380, [c[:120].copy() for c in cols], 120)
