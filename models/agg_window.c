@@ -107,3 +107,21 @@ void ss_merge(int64_t ncols, int64_t *const *a, int64_t na, const int64_t *const
         w--;
     }
 }
+
+/* ss_windows' arguments checked: each query's ranges inside its run (alo <= ahi within na entries, blo <= bhi
+   within nb) and order a permutation of the nq queries (seen: nq zeroed bytes). Returns the most entries one
+   query reads, or -1 (a range outside its run) or -2 (not a permutation). */
+int64_t ss_windows_check(const int64_t *alo, const int64_t *ahi, int64_t na, const int64_t *blo, const int64_t *bhi,
+                         int64_t nb, const int64_t *order, int64_t nq, uint8_t *seen) {
+    int64_t most = 0;
+    for (int64_t q = 0; q < nq; q++) {
+        if (alo[q] < 0 || ahi[q] < alo[q] || ahi[q] > na || blo[q] < 0 || bhi[q] < blo[q] || bhi[q] > nb)
+            return -1;
+        int64_t m = ahi[q] - alo[q] + bhi[q] - blo[q];
+        if (m > most) most = m;
+        int64_t o = order[q];
+        if (o < 0 || o >= nq || seen[o]) return -2;
+        seen[o] = 1;
+    }
+    return most;
+}

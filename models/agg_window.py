@@ -61,6 +61,8 @@ def lib() -> Any:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     so.ss_windows.argtypes = [p, p, p, p, p, p, p, p, p, p, p, i64, i64, i64, i64, p, p, p]
     so.ss_windows.restype = None
+    so.ss_windows_check.argtypes = [p, p, i64, p, p, i64, p, i64, p]
+    so.ss_windows_check.restype = i64
     so.ss_merge.argtypes = [i64, p, i64, p, i64]
     so.ss_merge.restype = None
     _lib = so
@@ -107,14 +109,15 @@ def windows(aggs: Sequence[Agg], a: Run, b: Run, alo: np.ndarray, ahi: np.ndarra
     if not (len(at) == len(ao) and len(bt) == len(bo)
             and len(ahi) == len(blo) == len(bhi) == len(qt) == len(qo) == len(order) == nq):
         raise ValueError("aggregate kernel: arrays of unequal lengths")
-    for lo, hi, entries in ((alo, ahi, len(at)), (blo, bhi, len(bt))):
-        if int(lo.min()) < 0 or int(hi.max()) > entries or bool(np.any(hi < lo)):
-            raise ValueError("aggregate kernel: an entry range outside the entries")
-    if not np.array_equal(np.bincount(order, minlength=nq), np.ones(nq, np.int64)):
+    seen = np.zeros(nq, np.uint8)
+    most = so.ss_windows_check(alo.ctypes.data, ahi.ctypes.data, len(at), blo.ctypes.data, bhi.ctypes.data, len(bt),
+                               order.ctypes.data, nq, seen.ctypes.data)
+    if most == -1:
+        raise ValueError("aggregate kernel: an entry range outside the entries")
+    if most == -2:
         raise ValueError("aggregate kernel: order is not a permutation of the queries")
     keep: list[np.ndarray] = []                  # the arrays the structs point into, alive through the call
     longest = max(g.window_ms for g in aggs)
-    most = int((ahi - alo + bhi - blo).max())
     structs = (_CAgg * len(aggs))()
     for c, g, out in zip(structs, aggs, outs):
         if g.op not in (0, *OPS.values()) or g.window_ms <= 0:
