@@ -125,3 +125,26 @@ int64_t ss_windows_check(const int64_t *alo, const int64_t *ahi, int64_t na, con
     }
     return most;
 }
+
+/* The n entries (key codes k in [0, nkeys), times t, offsets o) ordered by (key, time, offset) when that is the
+   order of a stable sort by key alone, the usual case (each key's entries arrive in time order): a counting
+   sort by key into order[], and starts[c] .. starts[c + 1] the place of key c's entries (starts: nkeys + 1
+   zeroed). Returns 0; or 1 when some key's entries are not in (time, offset) order, or -1 when a code is
+   outside [0, nkeys) (order then unset). */
+int64_t ss_by_key(const int64_t *k, const int64_t *t, const int64_t *o, int64_t n, int64_t nkeys, int64_t *starts,
+                  int64_t *order) {
+    for (int64_t i = 0; i < n; i++) {
+        if (k[i] < 0 || k[i] >= nkeys) return -1;
+        starts[k[i] + 1]++;
+    }
+    for (int64_t c = 0; c < nkeys; c++) starts[c + 1] += starts[c];
+    for (int64_t i = 0; i < n; i++) order[starts[k[i]]++] = i;     /* starts[c] now the end of key c */
+    for (int64_t c = nkeys; c > 0; c--) starts[c] = starts[c - 1];
+    starts[0] = 0;
+    for (int64_t j = 1; j < n; j++) {
+        int64_t a = order[j - 1], b = order[j];
+        if (k[a] == k[b] && (t[a] > t[b] || (t[a] == t[b] && o[a] > o[b]))) return 1;
+    }
+    return 0;
+}
+

@@ -63,6 +63,8 @@ def lib() -> Any:
     so.ss_windows.restype = None
     so.ss_windows_check.argtypes = [p, p, i64, p, p, i64, p, i64, p]
     so.ss_windows_check.restype = i64
+    so.ss_by_key.argtypes = [p, p, p, i64, i64, p, p]
+    so.ss_by_key.restype = i64
     so.ss_merge.argtypes = [i64, p, i64, p, i64]
     so.ss_merge.restype = None
     _lib = so
@@ -149,3 +151,21 @@ def merge(a: Sequence[np.ndarray], na: int, b: Sequence[np.ndarray], nb: int) ->
         raise ValueError("merge kernel: columns of unequal count, width or room")
     ptrs = ctypes.c_void_p * len(a)
     _lib.ss_merge(len(a), ptrs(*(x.ctypes.data for x in a)), na, ptrs(*(x.ctypes.data for x in b)), nb)
+
+
+def by_key(k: np.ndarray, t: np.ndarray, o: np.ndarray, nkeys: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(order, starts): the order of the entries by (key, time, offset) from a counting sort by key (codes in
+    ``[0, nkeys)``), and where each key's entries begin in that order (``nkeys + 1`` values); None when a key's
+    entries are not in (time, offset) order by arrival, or when ``nkeys`` dwarfs the entries (sort them
+    instead). Only call when ``lib()`` is not None."""
+    n = len(k)
+    if nkeys > 16 * n + 65536:
+        return None
+    k, t, o = (np.ascontiguousarray(x, np.int64) for x in (k, t, o))
+    if not len(t) == len(o) == n:
+        raise ValueError("by-key kernel: arrays of unequal lengths")
+    starts, order = np.zeros(nkeys + 1, np.int64), np.empty(n, np.int64)
+    got = _lib.ss_by_key(k.ctypes.data, t.ctypes.data, o.ctypes.data, n, nkeys, starts.ctypes.data, order.ctypes.data)
+    if got < 0:
+        raise ValueError("by-key kernel: a key code outside [0, nkeys)")
+    return None if got else (order, starts)

@@ -200,8 +200,7 @@ class _Part:
             return
         ns, nt = len(self.seg[0]), self.nt
         tail = [c[:nt] for c in self.tail]
-        order = _sorted_order(tail[0], tail[1], tail[2])
-        run = [c[order] for c in tail]
+        run = [c[_arrival_order(tail, len(self.keys))[0]] for c in tail]
         if len(self.room[0]) < ns + nt:
             self._resize((ns + nt) * 5 // 4 + 64)
         if agg_window.lib() is not None:
@@ -300,6 +299,7 @@ class _Gathered:
         self.vals: list[list[np.ndarray]] = []
         self.recent: list[list[np.ndarray]] = []       # key code, time, offset, fields: sorted
         self.touched: list[np.ndarray] = []            # the distinct key codes
+        self.starts: list[np.ndarray | None] = []      # where each key's recent entries begin (None: not counted)
 
     def add(self, st: _Part, p: int, rows: np.ndarray, bcodes: np.ndarray, btexts: KeyTexts, t: np.ndarray,
             o: np.ndarray, vals: list[np.ndarray]) -> None:
@@ -311,7 +311,7 @@ class _Gathered:
             new[~new] = ~np.isin(o[~new], st.o)
         in_tail = st.in_tail(codes)
         recent = [np.concatenate([c[in_tail], b[new]]) for c, b in zip(st.tail, (k, t, o, *vals))]
-        order = _sorted_order(recent[0], recent[1], recent[2])
+        order, starts = _arrival_order(recent, len(st.keys))
         self.index[p] = len(self.rows)
         self.rows.append(rows)
         self.parts.append(st)
@@ -319,6 +319,7 @@ class _Gathered:
         self.new.append(new)
         self.vals.append(vals)
         self.recent.append([c[order] for c in recent])
+        self.starts.append(starts)
         self.touched.append(codes)
 
     def inserted(self, i: int) -> list[np.ndarray]:
@@ -339,7 +340,11 @@ class _Gathered:
             ek, et, eo, *ev = (np.concatenate([c[idx], r]) for c, r in zip(seg, recent))
             return _compute(lay, ek, et, eo, ev, qk, qt, qo)
         lo, hi = st.in_segment(qk)
-        rlo, rhi = np.searchsorted(recent[0], qk, "left"), np.searchsorted(recent[0], qk, "right")
+        starts = self.starts[i]
+        if starts is None:
+            rlo, rhi = np.searchsorted(recent[0], qk, "left"), np.searchsorted(recent[0], qk, "right")
+        else:
+            rlo, rhi = starts[qk], starts[qk + 1]
         order = np.argsort(qk, kind="stable")               # the queries by key: the segment read nearly in sequence
         col = {f: 3 + j for j, f in enumerate(lay.fields)}
         aggs = []
@@ -650,6 +655,14 @@ def _compute(lay: _Layout, ek: np.ndarray, et: np.ndarray, eo: np.ndarray, ev: l
                     v = None if s.field is None else ev[col[(s.field, s.kind)]]
                     out[s.name][q0:q1] = _reduce(s, q1 - q0, qi, ei, okw, v)
     return out
+
+
+def _arrival_order(cols: Sequence[np.ndarray], nkeys: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The order of entries (key code, time, offset columns first; keys coded below ``nkeys``) by (key, time,
+    offset), and where each key's entries begin in it: a counting sort by key (C) where each key's entries came
+    in time order, else ``_sorted_order`` (starts None)."""
+    got = None if agg_window.lib() is None else agg_window.by_key(cols[0], cols[1], cols[2], nkeys)
+    return (_sorted_order(cols[0], cols[1], cols[2]), None) if got is None else got
 
 
 def _sorted_order(k: np.ndarray, t: np.ndarray, o: np.ndarray) -> np.ndarray:

@@ -94,3 +94,18 @@ def test_the_merge_kernel_merges_two_sorted_runs_in_place_by_key_time_offset(ker
         assert r[:500].tolist() == c[order].tolist()
     with pytest.raises(ValueError, match="room"):
         agg_window.merge([r[:450] for r in room], 380, [c[:120].copy() for c in cols], 120)
+
+
+def test_the_by_key_kernel_counts_entries_into_key_order_only_when_each_key_came_in_time_order(kernel: None) -> None:
+    rng = np.random.default_rng(3)
+    k = rng.integers(0, 50, 400)
+    o = np.arange(400) * 3
+    t = o // 7                                               # times rise with arrival, with ties
+    order, starts = agg_window.by_key(k, t, o, 60)
+    assert order.tolist() == np.lexsort((o, t, k)).tolist()
+    assert starts.tolist() == [0, *np.cumsum(np.bincount(k, minlength=60)).tolist()]
+    late = t.copy()
+    late[np.flatnonzero(k == k[-1])[-1]] = -1                # one entry older than its key's earlier ones
+    assert agg_window.by_key(k, late, o, 60) is None
+    with pytest.raises(ValueError, match="outside"):
+        agg_window.by_key(k, t, o, 49)
