@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 enum { EVENTS = 0, COUNT = 1, SUM = 2, MEAN = 3, MIN = 4, MAX = 5, DISTINCT = 6 };
+enum { PREFETCH = 6 };          /* queries ahead whose first segment entries are prefetched (memory latency) */
 
 typedef struct {
     int64_t op, window;
@@ -27,6 +28,17 @@ void ss_windows(const int64_t *at, const int64_t *ao, const int64_t *bt, const i
                 int64_t *n, double *acc) {
     for (int64_t qq = 0; qq < nq; qq++) {
         int64_t q = order[qq];
+        if (qq + PREFETCH < nq) {                /* a later query's segment entries: fetched while this one runs */
+            int64_t p = alo[order[qq + PREFETCH]];
+            if (p < ahi[order[qq + PREFETCH]]) {
+                __builtin_prefetch(at + p);
+                __builtin_prefetch(ao + p);
+                for (int64_t g = 0; g < nagg; g++) {
+                    if (aggs[g].af) __builtin_prefetch(aggs[g].af + p);
+                    if (aggs[g].ai) __builtin_prefetch(aggs[g].ai + p);
+                }
+            }
+        }
         for (int64_t g = 0; g < nagg; g++) {
             n[g] = 0;
             acc[g] = 0.0;

@@ -79,38 +79,57 @@ int64_t ss_group(const uint8_t *buf, const int64_t *start, const int64_t *length
     return k;
 }
 
-/* Insert code c (its words at words[j * rows + c], its length lens[c]) into the table. */
-static inline void place(int64_t *table, uint64_t mask, const uint64_t *words, int64_t rows, const int64_t *lens,
+enum { AHEAD = 8, RING = 16 };  /* keys hashed and their slots prefetched ahead of the probe (memory latency);
+                                   RING > AHEAD hashes held */
+
+/* Insert code c (its words at words[c * w ..], its length lens[c]) into the table. */
+static inline void place(int64_t *table, uint64_t mask, const uint64_t *words, int64_t w, const int64_t *lens,
                          int64_t c) {
-    uint64_t slot = hash_words(words + c, rows, lens[c]) & mask;
+    uint64_t slot = hash_words(words + c * w, 1, lens[c]) & mask;
     while (table[slot] >= 0) slot = (slot + 1) & mask;
     table[slot] = c;
 }
 
 /* The table rebuilt over codes 0 .. n-1 (every slot -1 on entry); a code longer than max_bytes (held by the
    caller's dict) is left out. */
-void ss_index_build(int64_t *table, int64_t cap, const uint64_t *words, int64_t rows, const int64_t *lens,
-                    int64_t n, int64_t max_bytes) {
+void ss_index_build(int64_t *table, int64_t cap, const uint64_t *words, int64_t w, const int64_t *lens, int64_t n,
+                    int64_t max_bytes) {
     for (int64_t c = 0; c < n; c++)
-        if (lens[c] <= max_bytes) place(table, (uint64_t)cap - 1, words, rows, lens, c);
+        if (lens[c] <= max_bytes) place(table, (uint64_t)cap - 1, words, w, lens, c);
 }
 
 /* The codes of m keys (key i: kwords[idx[i] * kw .. + kw), zero-padded, length klen[idx[i]]) in an index of n
-   codes (code c's words at words[j * rows + c] for j < w, its length at lens[c]). A key not held is given the
-   next code, its words and length stored and its slot taken. The caller guarantees rows >= n + m, w >= kw and
-   cap >= 2 (n + m). out[i] = key i's code; returns the new n. */
-int64_t ss_index(int64_t *table, int64_t cap, uint64_t *words, int64_t rows, int64_t w, int64_t *lens, int64_t n,
+   codes (code c's words at words[c * w ..], its length at lens[c]). A key not held is given the next code, its
+   words and length stored and its slot taken. The caller guarantees room for n + m codes, w >= kw and
+   cap >= 2 (n + m). out[i] = key i's code; returns the new n. Each key's slot is prefetched AHEAD keys before
+   it is probed, and the words of the code found there half as many before. */
+int64_t ss_index(int64_t *table, int64_t cap, uint64_t *words, int64_t w, int64_t *lens, int64_t n,
                  const uint64_t *kwords, int64_t kw, const int64_t *klen, const int64_t *idx, int64_t m,
                  int64_t *out) {
-    uint64_t mask = (uint64_t)cap - 1;
-    for (int64_t i = 0; i < m; i++) {
+    uint64_t mask = (uint64_t)cap - 1, ring[RING];
+    for (int64_t step = 0; step < m + AHEAD; step++) {
+        if (step < m) {
+            ring[step % RING] = hash_words(kwords + idx[step] * kw, 1, klen[idx[step]]);
+            __builtin_prefetch(table + (ring[step % RING] & mask));
+        }
+        int64_t half = step - AHEAD / 2;
+        if (half >= 0 && half < m) {
+            int64_t c = table[ring[half % RING] & mask];
+            if (c >= 0) {
+                __builtin_prefetch(words + c * w);
+                __builtin_prefetch(lens + c);
+            }
+        }
+        int64_t i = step - AHEAD;
+        if (i < 0)
+            continue;
         const uint64_t *key = kwords + idx[i] * kw;
         int64_t len = klen[idx[i]], used = (len + 7) / 8;
-        uint64_t slot = hash_words(key, 1, len) & mask;
+        uint64_t slot = ring[i % RING] & mask;
         for (;;) {
             int64_t c = table[slot];
             if (c < 0) {
-                for (int64_t j = 0; j < w; j++) words[j * rows + n] = j < kw ? key[j] : 0;
+                for (int64_t j = 0; j < w; j++) words[n * w + j] = j < kw ? key[j] : 0;
                 lens[n] = len;
                 table[slot] = n;
                 out[i] = n++;
@@ -118,7 +137,7 @@ int64_t ss_index(int64_t *table, int64_t cap, uint64_t *words, int64_t rows, int
             }
             if (lens[c] == len) {
                 int64_t j = 0;
-                while (j < used && words[j * rows + c] == key[j]) j++;
+                while (j < used && words[c * w + j] == key[j]) j++;
                 if (j == used) {
                     out[i] = c;
                     break;

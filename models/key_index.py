@@ -46,7 +46,7 @@ def lib() -> Any:
     so.ss_group.restype = i64
     so.ss_index_build.argtypes = [p, i64, p, i64, p, i64, i64]
     so.ss_index_build.restype = None
-    so.ss_index.argtypes = [p, i64, p, i64, i64, p, i64, p, i64, p, p, i64, p]
+    so.ss_index.argtypes = [p, i64, p, i64, p, i64, p, i64, p, p, i64, p]
     so.ss_index.restype = i64
     _lib = so
     return _lib
@@ -152,7 +152,7 @@ class KeyIndex:
         self._levels = [(np.zeros(0, np.uint64), np.zeros(0, np.int64))] * 2   # (sorted hashes, their codes):
         # the indexed keys, then the latest ones (a hash is in one level at most); numpy only
         self._spill: dict[bytes, int] = {}           # long keys, and keys whose hash another key holds
-        self._words = np.zeros((1, 1024), np.uint64)     # word j of code c at [j, c] (spare codes); lengths
+        self._words = np.zeros((1024, 1), np.uint64)     # word j of code c at [c, j] (spare codes); lengths
         self._len = np.zeros(1024, np.int64)
         self._n = 0
 
@@ -162,7 +162,7 @@ class KeyIndex:
     def text(self, code: int) -> bytes:
         if self._len[code] > MAX_BYTES:
             return next(text for text, c in self._spill.items() if c == code)
-        return self._words[:, code].tobytes()[:int(self._len[code])]
+        return self._words[code].tobytes()[:int(self._len[code])]
 
     def nbytes(self) -> int:
         arrays = (*self._levels[0], *self._levels[1], self._words, self._len,
@@ -199,8 +199,8 @@ class KeyIndex:
         self._levels = [(hashes[remap[codes] >= 0], remap[codes[remap[codes] >= 0]]) for hashes, codes in self._levels]
         self._spill = {t: int(remap[c]) for t, c in self._spill.items() if remap[c] >= 0}
         rows = max(1024, 2 * len(live))
-        words, length = np.zeros((self._words.shape[0], rows), np.uint64), np.zeros(rows, np.int64)
-        words[:, :len(live)], length[:len(live)] = self._words[:, live], self._len[live]
+        words, length = np.zeros((rows, self._words.shape[1]), np.uint64), np.zeros(rows, np.int64)
+        words[:len(live)], length[:len(live)] = self._words[live], self._len[live]
         self._words, self._len, self._n = words, length, len(live)
         if self._table is not None:
             self._rebuild(_table_size(len(live)))
@@ -221,8 +221,8 @@ class KeyIndex:
                 sub = np.ascontiguousarray(idx[at:i])
                 self._n = int(self._lib.ss_index(
                     self._table.ctypes.data, len(self._table), self._words.ctypes.data, self._words.shape[1],
-                    self._words.shape[0], self._len.ctypes.data, self._n, kwords.ctypes.data, kwords.shape[1],
-                    klen.ctypes.data, sub.ctypes.data, len(sub), out[at:i].ctypes.data))
+                    self._len.ctypes.data, self._n, kwords.ctypes.data, kwords.shape[1], klen.ctypes.data,
+                    sub.ctypes.data, len(sub), out[at:i].ctypes.data))
             if i < len(idx):
                 text = keys.texts[int(idx[i])]
                 c = self._spill.get(text)
@@ -235,16 +235,14 @@ class KeyIndex:
 
     def _reserve(self, m: int, width: int) -> None:
         """Room for ``m`` more codes of keys ``width`` words wide (the kernel writes in place)."""
-        cols, rows = self._words.shape
+        rows, cols = self._words.shape
         if self._n + m > rows or width > cols:
             rows = max(rows, 2 * (self._n + m)) if self._n + m > rows else rows
-            words = np.zeros((max(width, cols), rows), np.uint64)
-            words[:cols, :self._n] = self._words[:, :self._n]
+            words = np.zeros((rows, max(width, cols)), np.uint64)
+            words[:self._n, :cols] = self._words[:self._n]
             length = np.zeros(rows, np.int64)
             length[:self._n] = self._len[:self._n]
-            self._words, self._len = words, length
-            if self._table is not None:                    # the kernel reads words by row stride: re-placed
-                self._rebuild(len(self._table))
+            self._words, self._len = words, length        # the table holds codes: still valid
 
     def _rebuild(self, size: int) -> None:
         self._table = np.full(size, -1, np.int64)
@@ -254,8 +252,8 @@ class KeyIndex:
     def _same(self, keys: KeyTexts, idx: np.ndarray, code: np.ndarray) -> np.ndarray:
         """Whether each key ``keys.texts[idx[i]]`` is the one held under ``code[i]``."""
         same = keys.length[idx] == self._len[code]
-        for j in range(min(keys.words.shape[1], self._words.shape[0])):   # past it, the wider side holds zeros
-            same &= self._words[j, code] == keys.words[idx, j]
+        for j in range(min(keys.words.shape[1], self._words.shape[1])):   # past it, the wider side holds zeros
+            same &= self._words[code, j] == keys.words[idx, j]
         return same
 
     def _add(self, keys: KeyTexts, idx: np.ndarray, hashed: np.ndarray) -> np.ndarray:
@@ -297,8 +295,8 @@ class KeyIndex:
         """Append new codes (``len(self)``, ... in ``idx`` order): their words and lengths."""
         m, width = len(idx), keys.words.shape[1]
         self._reserve(m, width)
-        self._words[:, self._n:self._n + m] = 0
-        self._words[:width, self._n:self._n + m] = keys.words[idx].T
+        self._words[self._n:self._n + m] = 0
+        self._words[self._n:self._n + m, :width] = keys.words[idx]
         self._len[self._n:self._n + m] = keys.length[idx]
         self._n += m
 
