@@ -31,11 +31,14 @@ void ss_windows(const int64_t *at, const int64_t *ao, const int64_t *bt, const i
         if (qq + PREFETCH < nq) {                /* a later query's segment entries: fetched while this one runs */
             int64_t p = alo[order[qq + PREFETCH]];
             if (p < ahi[order[qq + PREFETCH]]) {
+                int64_t last = ahi[order[qq + PREFETCH]] - 1;      /* and the line of its last one */
                 __builtin_prefetch(at + p);
                 __builtin_prefetch(ao + p);
+                __builtin_prefetch(at + last);
+                __builtin_prefetch(ao + last);
                 for (int64_t g = 0; g < nagg; g++) {
-                    if (aggs[g].af) __builtin_prefetch(aggs[g].af + p);
-                    if (aggs[g].ai) __builtin_prefetch(aggs[g].ai + p);
+                    if (aggs[g].af) { __builtin_prefetch(aggs[g].af + p); __builtin_prefetch(aggs[g].af + last); }
+                    if (aggs[g].ai) { __builtin_prefetch(aggs[g].ai + p); __builtin_prefetch(aggs[g].ai + last); }
                 }
             }
         }

@@ -124,14 +124,16 @@ class _Part:
       amortised). Once it holds more than ``max(TAIL_MIN, len(seg) // 8)`` entries it is sorted and merged into
       the segment, so a batch scans at most that many entries for its keys' recent ones, and each entry is
       moved a bounded number of times on average. The segment's columns are the first entries of ``room``
-      (spare capacity, a quarter more when it grows): the merge writes there in place from the back (C), or
-      by one stable sort of the two runs (numpy), so a merge allocates no new columns.
+      (twice the entries when it grows; pages not yet written cost address space, not memory, so ``nbytes``
+      counts the room up to the most entries it has held): the merge writes there in place from the back (C),
+      or by one stable sort of the two runs (numpy), so a merge allocates no new columns.
     """
 
     seg: list[np.ndarray]
     tail: list[np.ndarray]
     room: list[np.ndarray]
     nt: int = 0
+    held: int = 0                            # the most entries the room has held since it was allocated
     keys: KeyIndex = field(default_factory=KeyIndex)        # a key's bytes (as received) <-> its code
     newest: int = -(1 << 62)
     oldest: int = 1 << 62                    # the oldest record time held: eviction scans nothing before it is due
@@ -202,7 +204,7 @@ class _Part:
         tail = [c[:nt] for c in self.tail]
         run = [c[_arrival_order(tail, len(self.keys))[0]] for c in tail]
         if len(self.room[0]) < ns + nt:
-            self._resize((ns + nt) * 5 // 4 + 64)
+            self._resize(2 * (ns + nt) + 64)
         if agg_window.lib() is not None:
             agg_window.merge(self.room, ns, run, nt)
         else:
@@ -211,6 +213,7 @@ class _Part:
             for room, c in zip(self.room, cols):
                 np.take(c, order, out=room[:ns + nt])
         self.seg = [room[:ns + nt] for room in self.room]
+        self.held = max(self.held, ns + nt)
         self.starts = None
         self.nt = 0
 
@@ -221,6 +224,7 @@ class _Part:
         for room, c in zip(self.room, self.seg):
             room[:ns] = c
         self.seg = [room[:ns] for room in self.room]
+        self.held = ns
         _give_back()
 
     def keep(self, mask: np.ndarray) -> None:
@@ -232,7 +236,7 @@ class _Part:
             room[:kept] = c[ms]
         self.seg = [room[:kept] for room in self.room]
         if 4 * kept + 256 < len(self.room[0]):             # mostly evicted: the spare room is given back
-            self._resize(kept * 5 // 4 + 64)
+            self._resize(2 * kept + 64)
         self.starts = None
         kept = [c[:self.nt][mt] for c in self.tail]
         for c, a in zip(self.tail, kept):
@@ -250,8 +254,8 @@ class _Part:
         self.tail[0][:self.nt] = np.searchsorted(live, self.tail[0][:self.nt])
 
     def nbytes(self) -> int:
-        arrays = (*self.room, *self.tail)
-        return int(sum(c.nbytes for c in arrays)) + self.keys.nbytes() + RECORD_BYTES * len(self.logged)
+        room = sum(c.itemsize for c in self.room) * self.held
+        return room + int(sum(c.nbytes for c in self.tail)) + self.keys.nbytes() + RECORD_BYTES * len(self.logged)
 
 
 class PartitionState:
@@ -402,6 +406,7 @@ class AggregateEngine:
         """Insert the batch's events (rows in partition order) and compute every aggregate for each row."""
         n = len(offsets)
         applied = Applied({s.name: np.full(n, np.nan) for s in self.specs})
+        present = np.flatnonzero(np.bincount(parts)).tolist() if n else []     # the batch's partitions
         for lay in self.layouts:
             kcol = columns.get(lay.key)
             if kcol is None:
@@ -413,7 +418,7 @@ class AggregateEngine:
             vals, raws = self._fields(lay, columns, nulls, symbols, n)
             batch = _Gathered()
             keyed = key_texts(ktexts)
-            for p in np.unique(parts).tolist():
+            for p in present:
                 rows = np.flatnonzero((parts == p) & (kcodes >= 0))
                 if len(rows):
                     batch.add(states[p].parts[lay.id], p, rows, kcodes[rows], keyed, times[rows], offsets[rows],
@@ -428,7 +433,7 @@ class AggregateEngine:
                     applied.keys.extend(keys)
                     applied.values.extend(values)
                     applied.partitions.extend(repeat(p, len(keys)))
-            for p in np.unique(parts).tolist():
+            for p in present:
                 st = states[p].parts[lay.id]
                 if p in batch.index:
                     i = batch.index[p]
