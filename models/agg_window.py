@@ -18,12 +18,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from schemas.codec.native import load
+from schemas.codec.native import I64, P, Kernel
 
 _SRC = Path(__file__).with_name("agg_window.c")
 OPS = {"count": 1, "sum": 2, "mean": 3, "min": 4, "max": 5, "distinct_count": 6}   # a count without field: 0
-_lib: Any = None
-_tried = False
 
 
 class Run(NamedTuple):
@@ -49,34 +47,20 @@ class _CAgg(ctypes.Structure):
                 ("table", ctypes.c_void_p), ("stamp", ctypes.c_void_p), ("mask", ctypes.c_int64)]
 
 
+_KERNEL = Kernel(_SRC, "ss_agg_window", "aggregate kernel", {
+    "ss_windows": ([P, P, P, P, P, P, P, P, P, P, P, I64, I64, I64, I64, P, P, P], None),
+    "ss_windows_check": ([P, P, I64, P, P, I64, P, I64, P], I64), "ss_by_key": ([P, P, P, I64, I64, P, P], I64),
+    "ss_merge": ([I64, P, I64, P, I64], None)})
+
+
 def lib() -> Any:
     """The loaded kernel, or None (the numpy path) when disabled or not buildable."""
-    global _lib, _tried
-    if _tried:
-        return _lib
-    _tried = True
-    so = load(_SRC, "ss_agg_window", "aggregate kernel")
-    if so is None:
-        return None
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    so.ss_windows.argtypes = [p, p, p, p, p, p, p, p, p, p, p, i64, i64, i64, i64, p, p, p]
-    so.ss_windows.restype = None
-    so.ss_windows_check.argtypes = [p, p, i64, p, p, i64, p, i64, p]
-    so.ss_windows_check.restype = i64
-    so.ss_by_key.argtypes = [p, p, p, i64, i64, p, p]
-    so.ss_by_key.restype = i64
-    so.ss_merge.argtypes = [i64, p, i64, p, i64]
-    so.ss_merge.restype = None
-    _lib = so
-    return _lib
+    return _KERNEL.get()
 
 
 def set_enabled(on: bool) -> None:
     """Tests: switch between the kernel and the numpy path."""
-    global _lib, _tried
-    _lib, _tried = None, False
-    if not on:
-        _tried = True
+    _KERNEL.set_enabled(on)
 
 
 def _values(x: np.ndarray | None, op: int, entries: int, keep: list[np.ndarray]) -> int | None:
@@ -100,7 +84,7 @@ def windows(aggs: Sequence[Agg], a: Run, b: Run, alo: np.ndarray, ahi: np.ndarra
     query) that are at or before it and inside the aggregate's window, all in one pass; ``order``: a
     permutation of the queries to work through them in (by key reads the entries nearly in sequence). Only
     call when ``lib()`` is not None."""
-    so = _lib
+    so = lib()
     at, ao, bt, bo = (np.ascontiguousarray(x, np.int64) for x in (*a, *b))
     alo, ahi, blo, bhi, qt, qo = (np.ascontiguousarray(x, np.int64) for x in (alo, ahi, blo, bhi, qt, qo))
     nq = len(alo)
@@ -150,7 +134,7 @@ def merge(a: Sequence[np.ndarray], na: int, b: Sequence[np.ndarray], nb: int) ->
             or any(x.dtype != np.int64 for x in (*a[:3], *b[:3])):
         raise ValueError("merge kernel: columns of unequal count, width or room")
     ptrs = ctypes.c_void_p * len(a)
-    _lib.ss_merge(len(a), ptrs(*(x.ctypes.data for x in a)), na, ptrs(*(x.ctypes.data for x in b)), nb)
+    lib().ss_merge(len(a), ptrs(*(x.ctypes.data for x in a)), na, ptrs(*(x.ctypes.data for x in b)), nb)
 
 
 def by_key(k: np.ndarray, t: np.ndarray, o: np.ndarray, nkeys: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -165,7 +149,7 @@ def by_key(k: np.ndarray, t: np.ndarray, o: np.ndarray, nkeys: int) -> tuple[np.
     if not len(t) == len(o) == n:
         raise ValueError("by-key kernel: arrays of unequal lengths")
     starts, order = np.zeros(nkeys + 1, np.int64), np.empty(n, np.int64)
-    got = _lib.ss_by_key(k.ctypes.data, t.ctypes.data, o.ctypes.data, n, nkeys, starts.ctypes.data, order.ctypes.data)
+    got = lib().ss_by_key(k.ctypes.data, t.ctypes.data, o.ctypes.data, n, nkeys, starts.ctypes.data, order.ctypes.data)
     if got < 0:
         raise ValueError("by-key kernel: a key code outside [0, nkeys)")
     return None if got else (order, starts)

@@ -231,12 +231,12 @@ class _Part:
         """Keep the entries where ``mask`` (over the segment's, then the tail's) is set."""
         ns = len(self.seg[0])
         ms, mt = mask[:ns], mask[ns:]
-        kept = int(np.count_nonzero(ms))
+        ns_kept = int(np.count_nonzero(ms))
         for room, c in zip(self.room, self.seg):
-            room[:kept] = c[ms]
-        self.seg = [room[:kept] for room in self.room]
-        if 4 * kept + 256 < len(self.room[0]):             # mostly evicted: the spare room is given back
-            self._resize(2 * kept + 64)
+            room[:ns_kept] = c[ms]
+        self.seg = [room[:ns_kept] for room in self.room]
+        if 4 * ns_kept + 256 < len(self.room[0]):          # mostly evicted: the spare room is given back
+            self._resize(2 * ns_kept + 64)
         self.starts = None
         kept = [c[:self.nt][mt] for c in self.tail]
         for c, a in zip(self.tail, kept):

@@ -14,7 +14,6 @@ the same kernel, or ``np.unique`` without it.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -22,42 +21,27 @@ from typing import Any
 
 import numpy as np
 
-from schemas.codec.native import load
+from schemas.codec.native import I64, P, Kernel
 
 MAX_BYTES = 64                                       # longer keys are coded through the dict
 _SRC = Path(__file__).with_name("key_index.c")
-_lib: Any = None
-_tried = False
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 
 
+_KERNEL = Kernel(_SRC, "ss_key_index", "key index kernel", {
+    "ss_group": ([P, P, P, I64, P, I64, P, P, P, P, I64], I64), "ss_index_build": ([P, I64, P, I64, P, I64, I64], None),
+    "ss_index": ([P, I64, P, I64, P, I64, P, I64, P, P, I64, P], I64)})
+
+
 def lib() -> Any:
     """The loaded kernel, or None (the numpy path) when disabled or not buildable."""
-    global _lib, _tried
-    if _tried:
-        return _lib
-    _tried = True
-    so = load(_SRC, "ss_key_index", "key index kernel")
-    if so is None:
-        return None
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    so.ss_group.argtypes = [p, p, p, i64, p, i64, p, p, p, p, i64]
-    so.ss_group.restype = i64
-    so.ss_index_build.argtypes = [p, i64, p, i64, p, i64, i64]
-    so.ss_index_build.restype = None
-    so.ss_index.argtypes = [p, i64, p, i64, p, i64, p, i64, p, p, i64, p]
-    so.ss_index.restype = i64
-    _lib = so
-    return _lib
+    return _KERNEL.get()
 
 
 def set_enabled(on: bool) -> None:
     """Tests: switch between the kernel and the numpy path (for indexes made after the switch)."""
-    global _lib, _tried
-    _lib, _tried = None, False
-    if not on:
-        _tried = True
+    _KERNEL.set_enabled(on)
 
 
 def _table_size(n: int) -> int:
@@ -79,7 +63,7 @@ def group(buf: np.ndarray, start: np.ndarray, length: np.ndarray, width: int) ->
     table = np.full(_table_size(n), -1, np.int64)
     codes, first, size = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
     fixed = np.zeros(n * width, np.uint8)
-    k = _lib.ss_group(buf.ctypes.data, start.ctypes.data, length.ctypes.data, n, table.ctypes.data, len(table),
+    k = lib().ss_group(buf.ctypes.data, start.ctypes.data, length.ctypes.data, n, table.ctypes.data, len(table),
                       codes.ctypes.data, first.ctypes.data, size.ctypes.data, fixed.ctypes.data, width)
     return codes, fixed[:k * width].view(f"S{width}")
 
@@ -207,6 +191,7 @@ class KeyIndex:
 
     def _native_codes(self, keys: KeyTexts, idx: np.ndarray) -> np.ndarray:
         """``codes`` through the kernel: the short keys in one call, the long ones through the dict."""
+        assert self._table is not None
         out = np.empty(len(idx), np.int64)
         kwords = np.ascontiguousarray(keys.words, np.uint64)
         klen = np.ascontiguousarray(keys.length, np.int64)

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 _SRC = Path(__file__).with_name("native.c")
-_lib: Any = None
-_tried = False
 
 
 def cache_dir() -> Path:
@@ -74,32 +73,47 @@ def load(source: Path, stem: str, what: str) -> Any:
         return None
 
 
+Signatures = Mapping[str, tuple[Sequence[Any], Any]]    # function name -> (argtypes, restype)
+P, I64 = ctypes.c_void_p, ctypes.c_int64
+
+
+class Kernel:
+    """One C source built and loaded on first use (``load``), its functions' signatures set: ``get()`` is
+    the library, or None where the numpy path runs; ``set_enabled`` switches between them (tests)."""
+
+    def __init__(self, source: Path, stem: str, what: str, signatures: Signatures) -> None:
+        self.source, self.stem, self.what, self.signatures = source, stem, what, dict(signatures)
+        self._lib: Any = None
+        self._tried = False
+
+    def get(self) -> Any:
+        if not self._tried:
+            self._tried = True
+            so = load(self.source, self.stem, self.what)
+            if so is not None:
+                for name, (args, res) in self.signatures.items():
+                    fn = getattr(so, name)
+                    fn.argtypes, fn.restype = list(args), res
+            self._lib = so
+        return self._lib
+
+    def set_enabled(self, on: bool) -> None:
+        self._lib, self._tried = None, not on
+
+
+_KERNEL = Kernel(_SRC, "ss_native", "native kernels", {
+    "ss_copy_segments": ([P, P, P, P, P, I64], None), "ss_copy_packed": ([P, P, P, P, I64], None),
+    "ss_copy_rows": ([P, P, P, I64, I64, I64], None), "ss_non_ascii": ([P, P, P, I64, P], None)})
+
+
 def lib() -> Any:
     """The loaded kernels, or None (numpy fallbacks) when disabled or not buildable."""
-    global _lib, _tried
-    if _tried:
-        return _lib
-    _tried = True
-    so = load(_SRC, "ss_native", "native kernels")
-    if so is None:
-        return None
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    so.ss_copy_segments.argtypes = [p, p, p, p, p, i64]
-    so.ss_copy_packed.argtypes = [p, p, p, p, i64]
-    so.ss_copy_rows.argtypes = [p, p, p, i64, i64, i64]
-    so.ss_non_ascii.argtypes = [p, p, p, i64, p]
-    for f in (so.ss_copy_segments, so.ss_copy_packed, so.ss_copy_rows, so.ss_non_ascii):
-        f.restype = None
-    _lib = so
-    return _lib
+    return _KERNEL.get()
 
 
 def set_enabled(on: bool) -> None:
     """Tests: switch between the C kernels and the numpy fallbacks."""
-    global _lib, _tried
-    _lib, _tried = None, False
-    if not on:
-        _tried = True
+    _KERNEL.set_enabled(on)
 
 
 def _i64(a: np.ndarray) -> np.ndarray:
