@@ -3,10 +3,11 @@
 One pass over each query's entries for every aggregate of a store, read in place from two runs sorted by
 (key, time, offset) (a partition's segment and its recent entries) and merged on the fly, instead of numpy's
 gathered, sorted entries and (query, entry) pair arrays; and the merge of a partition's recent entries into
-its segment in place, from the back (no new columns per merge). The foreign calls release the GIL. Built like the codec's kernels
-(``schemas.codec.native.build``: compiled on first use into a cache keyed by the source's hash); without a
-compiler, or with ``STREAMSCORE_NATIVE=0``, ``models.aggregates`` keeps its numpy path, with bit-for-bit the
-same results (the unit tests run both).
+its segment in place, from the back (no new columns per merge). The foreign calls release the GIL. Built
+like the codec's kernels (``schemas.codec.native.Kernel``: compiled on first use into a cache keyed by the
+source's hash); without a compiler, or with ``STREAMSCORE_NATIVE=0``, ``models.aggregates`` keeps its numpy
+path, with bit-for-bit the same results (the unit tests run both). Also ``by_key``, a counting sort of entries
+by key code, and the checks of ``windows``' arguments.
 """
 
 from __future__ import annotations

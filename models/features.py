@@ -42,7 +42,7 @@ _PARAMS: dict[str, tuple[str, ...]] = {
     "log1p": (), "bool": (), "hour": (), "weekday": (),
 }
 _UNKNOWN = ("extra", "ignore", "error")
-_MAX_FIXED = 64        # strings up to this many bytes are grouped with one np.unique
+_MAX_FIXED = 64        # strings up to this many bytes are grouped as fixed-width bytes (kernel or np.unique)
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,12 @@ With the C kernel (``key_index.c``, built like ``models.agg_window``'s) the inde
 hash table of codes, probed and filled in one call per batch with the GIL released. Without it (no
 compiler, ``STREAMSCORE_NATIVE=0``), in numpy: a sorted array of the keys' hashes (and a small sorted array
 of the latest ones, merged into it now and then, so adding keys costs little). Either way a hit is checked
-word for word against the key held under that code, so a hash collision never merges two keys. A longer key (and, in numpy, one whose hash another key already holds) is kept in a
-small dict instead (found there on every later lookup).
+word for word against the key held under that code, so a hash collision never merges two keys. A longer
+key (and, in numpy, one whose hash another key already holds) is kept in a small dict instead (found there
+on every later lookup).
 
-``group`` codes a string column's rows by value (the rank of each value in order of first sight) through
-the same kernel, or ``np.unique`` without it.
+``group`` (the kernel only; ``models.features.string_groups`` uses ``np.unique`` without it) codes a string
+column's rows by value, numbered in order of first sight.
 """
 
 from __future__ import annotations
