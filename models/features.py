@@ -196,11 +196,12 @@ def string_groups(col: StrColumn, n: int) -> tuple[np.ndarray, np.ndarray] | Non
         return key_index.group(col.buf, col.start, length, max(width, 1))
     valid = np.flatnonzero(length >= 0)
     uniq, first, inv = np.unique(_padded(col, valid, max(width, 1)), return_index=True, return_inverse=True)
+    by_first = np.argsort(first)                           # numbered in order of first sight, as the kernel does
     rank = np.empty(len(uniq), np.int64)
-    rank[np.argsort(first)] = np.arange(len(uniq))        # numbered in order of first sight, as the kernel does
+    rank[by_first] = np.arange(len(uniq))
     codes = np.full(n, -1, np.int64)
     codes[valid] = rank[inv.reshape(-1)]
-    return codes, uniq[np.argsort(first)]
+    return codes, uniq[by_first]
 
 
 def _padded(col: StrColumn, rows: np.ndarray, w: int) -> np.ndarray:
