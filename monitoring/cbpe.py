@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from monitoring.quality import score_bins
+from monitoring.quality import AUC_BINS, score_bins
 
 ESTIMATES = ("est_precision", "est_recall", "est_accuracy")
 
@@ -48,12 +48,19 @@ def calibration(hist_pos: Sequence[float], hist_neg: Sequence[float]) -> np.ndar
 
 def estimate(score: np.ndarray, decision: np.ndarray, calib: np.ndarray | None) -> dict[str, float]:
     """Expected precision, recall and accuracy of these rows (NaN without a calibration or rows)."""
-    s = np.asarray(score, dtype=np.float64)
-    if calib is None or s.size == 0:
-        return dict.fromkeys(ESTIMATES, math.nan)
-    p = calib[score_bins(s)]
+    bins = score_bins(np.asarray(score, dtype=np.float64))
     d = np.asarray(decision, dtype=bool)
-    tp, fp = float(p[d].sum()), float((1 - p[d]).sum())
-    fn, tn = float(p[~d].sum()), float((1 - p[~d]).sum())
+    return estimate_counts(np.bincount(bins[d], minlength=AUC_BINS), np.bincount(bins[~d], minlength=AUC_BINS), calib)
+
+
+def estimate_counts(decided: np.ndarray, not_decided: np.ndarray, calib: np.ndarray | None) -> dict[str, float]:
+    """``estimate`` from the rows' score-bin counts (``quality.score_bins``), split by the model's
+    decision: what the live estimate keeps per window instead of the rows themselves."""
+    yes, no = np.asarray(decided, dtype=np.float64), np.asarray(not_decided, dtype=np.float64)
+    n = float(yes.sum() + no.sum())
+    if calib is None or n == 0:
+        return dict.fromkeys(ESTIMATES, math.nan)
+    tp, fp = float(yes @ calib), float(yes @ (1 - calib))
+    fn, tn = float(no @ calib), float(no @ (1 - calib))
     return {"est_precision": tp / (tp + fp) if tp + fp else 0.0, "est_recall": tp / (tp + fn) if tp + fn else 0.0,
-            "est_accuracy": (tp + tn) / s.size}
+            "est_accuracy": (tp + tn) / n}

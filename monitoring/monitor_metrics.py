@@ -25,6 +25,10 @@ class MonitorMetrics:
         self.quality = Gauge("streamscore_model_quality", "Latest closed label-time window's model quality "
                              "(metric *_cumulative: since the version went live)",
                              ["metric", "model", "version", "variant"], **kw)
+        self.estimate = Gauge("streamscore_model_quality_estimate", "Live estimate (CBPE over every prediction, "
+                              "labelled or not) of the newest event-time window (metric est_precision, est_recall, "
+                              "est_accuracy, count)", ["metric", "model", "version", "variant"], **kw)
+        self._estimated: dict[tuple[str, str, str], int] = {}   # the newest window start shown per arm
         self.labels = Gauge("streamscore_ground_truth_labels", "Label counts of the join "
                             "per join partition (labels, duplicates, orphans, unlabelled, late, joined)",
                             ["pipeline", "partition", "kind"], **kw)
@@ -56,6 +60,16 @@ class MonitorMetrics:
             for metric, v in figures.items():
                 if not math.isnan(v):
                     self.quality.labels(metric + suffix, *ident).set(v)
+
+    def observe_estimate(self, result: Mapping[str, Any]) -> None:
+        ident = (result["model"], result["version"], result["variant"])
+        if int(result["window_start"]) < self._estimated.get(ident, int(result["window_start"])):
+            return          # an older window's estimate again: the gauge shows the newest
+        self._estimated[ident] = int(result["window_start"])
+        for metric in ("est_precision", "est_recall", "est_accuracy", "count"):
+            v = result[metric]
+            if not math.isnan(v):
+                self.estimate.labels(metric, *ident).set(v)
 
     def observe_labels(self, pipeline: str, partition: int, counts: Mapping[str, int]) -> None:
         for kind, n in counts.items():

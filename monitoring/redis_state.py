@@ -64,6 +64,7 @@ class Keys:
         self.windows = f"{prefix}:monitor:windows"
         self.quality_index = f"{prefix}:quality:index"
         self.quality_windows = f"{prefix}:quality:windows"
+        self.estimate_index = f"{prefix}:quality:estimate:index"
 
     def drift(self, model: str, feature: str) -> str:
         return f"{self.prefix}:drift:{model}:{feature}"
@@ -79,6 +80,9 @@ class Keys:
 
     def quality_pairs(self, model: str, version: str, variant: str) -> str:
         return f"{self.prefix}:quality:pairs:{model}:{version}:{variant}"
+
+    def quality_estimate(self, model: str, version: str, variant: str) -> str:
+        return f"{self.prefix}:quality:estimate:{model}:{version}:{variant}"
 
 
 def split_member(member: str) -> tuple[str, str]:
@@ -176,6 +180,20 @@ class RedisState:
             if len(starts) > keep_pairs:
                 self.client.hdel(pairs_key, *(str(w) for w in starts[:len(starts) - keep_pairs]))
         self.add_alerts(result.get("alerts", []))
+
+    def write_estimate(self, pipeline: str, result: Mapping[str, Any], *, keep: int = 48) -> None:
+        """One event-time window's live estimate (``est_*`` over every prediction, labelled or not)
+        as JSON under its window start; the newest ``keep`` windows are kept. Idempotent per window."""
+        key = self.keys.quality_estimate(result["model"], result["version"], result["variant"])
+        figures = {k: v for k, v in result.items() if k not in ("estimate", "model", "version", "variant")}
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, str(result["window_start"]), json.dumps(
+            {"pipeline": pipeline, **figures, "updated_at": int(time.time() * 1000)}, sort_keys=True))
+        pipe.sadd(self.keys.estimate_index, f"{result['model']}:{result['version']}:{result['variant']}")
+        pipe.execute()
+        starts = sorted(int(w) for w in self.client.hkeys(key))
+        if len(starts) > keep:
+            self.client.hdel(key, *(str(w) for w in starts[:len(starts) - keep]))
 
     def write_label_counts(self, pipeline: str, partition: int, counts: Mapping[str, int]) -> None:
         """One join partition's label counters (labels, duplicates, orphans, ...) as JSON."""

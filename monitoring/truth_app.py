@@ -31,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.redis_state import RedisState
 from monitoring.faust_state import DurableStore, persist, persist_staged, state_table, until_done
-from monitoring.truth_core import (HeadKind, JoinCore, JoinUpdate, Label, Op, Prediction, QualityCore, QualityDrop,
-                                   Staged, Store, write)
+from monitoring.truth_core import (EST_KEEP, HeadKind, JoinCore, JoinUpdate, Label, Op, Prediction, QualityCore,
+                                   QualityDrop, Staged, Store, write)
 from monitoring.windows import WindowSpec
 from schemas.errors import ConfigError, DecodeError
 
@@ -293,7 +293,7 @@ class JoinHandler:
             return
         self.flushed.difference_update(int(u.meta_key[2:]) for u in updates)   # until delivered
         await persist(self.table, updates, f"{self.cfg.name} join changelog write")
-        await self._deliver({p: box for p, box in ops.items() if box})
+        await self._deliver({int(u.meta_key[2:]): u.ops for u in updates if u.ops})   # the stored outboxes
         self.flushed.update(parts)
 
 
@@ -333,10 +333,16 @@ class QualityHandler:
             closed += results
             write(staged, update)
             last[partition] = offset
+        estimates = {(r["model"], r["version"], r["variant"], r["window_start"]): r for r in closed if r.get("estimate")}
         for result in closed:       # Redis first (idempotent): a crash before the table write replays the close
+            if result.get("estimate"):
+                continue
             await self.retry(lambda: self.sink.write_quality(self.cfg.name, result,
                                                              keep_pairs=self.cfg.compare_windows))
             self.metrics.observe_quality(result)
+        for result in estimates.values():    # each window's last estimate of the batch
+            await self.retry(lambda: self.sink.write_estimate(self.cfg.name, result, keep=EST_KEEP))
+            self.metrics.observe_estimate(result)
         for partition, offset in last.items():
             staged[f"o|{partition}"] = offset
         await persist_staged(self.table, staged, f"{self.cfg.name} quality changelog write")

@@ -15,12 +15,23 @@ sweep and a window close scan the store, once per window step).
                   "outbox": [the row operations of the last batch written]}
        e|p|<id>  {"t": earliest time seen, "label": {"y", "t"} | None,
                   "preds": {"model|version|variant": [score, decision]}}
+       h|p|<model|version|variant>|<start>  {"yes": {bin: rows}, "no": {bin: rows}}: the score-bin counts
+                  (``quality.score_bins``) of every prediction of a score head in that window of EVENT time,
+                  split by the model's decision, labelled or not (the live estimate's input). Each batch
+                  that changed one sends it whole (``est``); one past the horizon of the partition's newest
+                  prediction time (``pwm`` in the meta) is dropped when a new window starts.
 
 2. ``QualityCore`` -- partitioned by model|version|variant. Keys per quality partition ``q``::
 
        q|q                  {"wms": {source: wm}, "windows": {"key|start": {model, version, variant, start}},
-                             "totals": {key: totals of closed windows}, "late", "alerts", "gc": [key]}
+                             "totals": {key: totals of closed windows}, "late", "alerts", "gc": [key],
+                             "est": {key: [event-time window starts, the newest EST_KEEP]}}
        r|q|<key|start>|<id>  [score, label, decision]
+       x|q|<key|start>|<src> one join partition's ``h`` counts of that event-time window, as last sent
+
+   The live estimate of an event-time window (``est`` results) is CBPE over the sum of its ``x`` counts,
+   calibrated on the version's closed windows so far: computed when counts arrive and again, for every
+   kept window of the version, when a window of it closes (the calibration changed).
 
 Invariants:
 - Writes go in order to one changelog partition (``write``): the meta key first, then the keys
@@ -31,8 +42,9 @@ Invariants:
   and sends that outbox again after a crash: an operation is never derived twice, from states a
   replay reached in another order across topics (which could leave a row no operation undoes).
 - A record at or below its topic's applied offset is a replay: the join changes nothing.
-- Row operations are idempotent (set by event id, delete by event id, watermark by max), so
-  re-sending them after a crash cannot double-count.
+- Row operations are idempotent (set by event id, delete by event id, watermark by max, ``est`` by
+  window and source partition, with the counts whole), so re-sending them after a crash cannot
+  double-count.
 - A duplicate label replaces the row (last one wins) while its window is open; once closed, the
   duplicate is counted and dropped (a closed window's figures are final).
 - A pending entry older than the watermark minus the horizon is dropped: a label that never met
@@ -55,6 +67,7 @@ from monitoring import cbpe, quality
 from monitoring.windows import WindowSpec
 
 COUNTS = ("labels", "duplicates", "orphans", "unlabelled", "late", "joined")
+EST_KEEP = 48   # event-time windows of live estimates kept per model|version|variant (two days of hourly ones)
 Op = dict[str, Any]
 
 
@@ -213,7 +226,11 @@ class JoinCore:
         entry = {"t": min(int(old["t"]), p.event_time), "label": old["label"],
                  "preds": {**old["preds"], key: [p.score, p.decision]}}
         ops = [] if entry["label"] is None else self._join(meta, p.event_id, key, entry)
-        return self._update(meta, part, {ekey: entry}, [], ops)
+        put: dict[str, Any] = {ekey: entry}
+        delete: list[str] = []
+        if p.decision is not None and isinstance(p.score, float):   # a score head: count it for the live estimate
+            delete = self._tally(store, meta, part, key, p, put)
+        return self._update(meta, part, put, delete, ops)
 
     def apply_label(self, store: Store, part: int, topic: str, offset: int, lab: Label) -> JoinUpdate | None:
         meta = self._begin(store, part, topic, offset)
@@ -252,12 +269,16 @@ class JoinCore:
         its records are replayed, and none of its operations was sent) or applied with its operations
         known; operations are never derived twice from different states (a replay may see its records
         in another order across topics than the first run did)."""
-        mkey, prefix = f"m|{part}", f"e|{part}|"
+        mkey, prefixes, hists = f"m|{part}", (f"e|{part}|", f"h|{part}|"), f"h|{part}|"
         if mkey not in staged.over:
             return None
-        mine = [(k, v) for k, v in staged.over.items() if k.startswith(prefix)]
+        mine = [(k, v) for k, v in staged.over.items() if k.startswith(prefixes)]
         put = {k: v for k, v in mine if v is not Staged.GONE}
         delete = [k for k, v in mine if v is Staged.GONE and staged.base.get(k) is not None]
+        for k, v in put.items():     # each event-time window's counts the batch changed, whole (idempotent)
+            if k.startswith(hists):
+                key, _, start = k[len(hists):].rpartition("|")
+                ops = [*ops, {"op": "est", "key": key, "start": int(start), "hist": v}]
         meta = {**staged.over[mkey], "last": {"put": put, "del": delete}, "outbox": ops}
         return JoinUpdate(mkey, meta, put, delete, ops=ops)
 
@@ -280,6 +301,29 @@ class JoinCore:
                 ) -> JoinUpdate:
         meta["last"] = {"put": put, "del": delete}
         return JoinUpdate(f"m|{part}", meta, put, delete, ops=ops)
+
+    def _tally(self, store: Store, meta: dict[str, Any], part: int, key: str, p: Prediction,
+               put: dict[str, Any]) -> list[str]:
+        """Count ``p``'s score bin in its event-time window (into ``put``); a new window drops the
+        partition's windows past the horizon of its newest prediction time (returned, to delete)."""
+        meta["pwm"] = p.event_time if meta.get("pwm") is None else max(int(meta["pwm"]), p.event_time)
+        start = self.windows.assign(p.event_time)[0]
+        hkey = f"h|{part}|{key}|{start}"
+        old = store.get(hkey)
+        gone: list[str] = []
+        if old is None:
+            cutoff, prefix = int(meta["pwm"]) - self.horizon_ms, f"h|{part}|"
+            gone = [k for k, _ in store.items()
+                    if k.startswith(prefix) and self.windows.end(int(k.rpartition("|")[2])) <= cutoff]
+            if self.windows.end(start) <= cutoff:
+                return gone         # the prediction is itself past the horizon: not counted
+            old = {"yes": {}, "no": {}}
+        side = "yes" if p.decision else "no"
+        b = str(int(quality.score_bins(np.array([float(p.score)]))[0]))
+        counts = dict(old[side])
+        counts[b] = int(counts.get(b, 0)) + 1
+        put[hkey] = {**old, side: counts}
+        return gone
 
     def _closed(self, meta: Mapping[str, Any], start: int) -> bool:
         return meta["wm"] is not None and self.windows.closable(start, int(meta["wm"]))
@@ -313,7 +357,7 @@ class JoinCore:
 
 
 def quality_meta() -> dict[str, Any]:
-    return {"wms": {}, "windows": {}, "totals": {}, "late": 0, "alerts": {}, "gc": []}
+    return {"wms": {}, "windows": {}, "totals": {}, "late": 0, "alerts": {}, "gc": [], "est": {}}
 
 
 ReferenceAuc = Callable[[str, str], "float | None"]
@@ -348,13 +392,17 @@ class QualityCore:
 
     def apply(self, store: Store, part: int, source: int, op: Mapping[str, Any]
               ) -> tuple[Update, list[dict[str, Any]]]:
-        """The changes to write and the results of the windows this operation closed (to publish first)."""
+        """The changes to write and the results to publish first: of the windows this operation closed,
+        and live estimates (``"estimate": True``) of the event-time windows whose counts or calibration
+        it changed."""
         mkey = f"q|{part}"
         stored = store.get(mkey)
         meta: dict[str, Any] = stored if isinstance(stored, dict) else quality_meta()
         if op["op"] == "wm":
             return self._close(store, part, self._changed(store, meta, wms={
                 **meta["wms"], str(source): max(int(op["wm"]), int(meta["wms"].get(str(source), op["wm"])))}))
+        if op["op"] == "est":
+            return self._counts(store, part, source, meta, op)
         start = int(op["start"])
         wm = self._wm(meta)
         if wm is not None and self.windows.closable(start, wm):
@@ -369,6 +417,44 @@ class QualityCore:
             new = self._changed(store, meta, windows={
                 **meta["windows"], wkey: {"model": model, "version": version, "variant": variant, "start": start}})
         return Update(mkey, new, put={rkey: list(op["row"])}), []
+
+    def _counts(self, store: Store, part: int, source: int, meta: dict[str, Any], op: Mapping[str, Any]
+                ) -> tuple[Update, list[dict[str, Any]]]:
+        """One join partition's counts of an event-time window: stored, and the window's live estimate.
+        A new window beyond the newest ``EST_KEEP`` of its key drops the oldest one's counts."""
+        mkey, key, start = f"q|{part}", str(op["key"]), int(op["start"])
+        kept = [int(w) for w in meta.get("est", {}).get(key, [])]
+        new = None
+        gone: list[int] = []
+        if start not in kept:
+            kept = sorted([*kept, start])
+            kept, gone = kept[-EST_KEEP:], kept[:-EST_KEEP]
+            if start in gone:
+                return Update(mkey, None), []     # older than every kept window: its estimate is gone
+            new = self._changed(store, meta, est={**meta.get("est", {}), key: kept})
+            new["gc"] = [f"x|{part}|{key}|{w}|{src}" for w in gone for src in range(self.sources)]
+        xkey = f"x|{part}|{key}|{start}|{source}"
+        put = {xkey: op["hist"]}
+        result = self._estimate(store, part, new or meta, key, start, put)
+        return Update(mkey, new, put=put, delete=new["gc"] if new else []), [result]
+
+    def _estimate(self, store: Store, part: int, meta: Mapping[str, Any], key: str, start: int,
+                  fresh: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The live estimate of one event-time window: CBPE over its counts from every join partition
+        (``fresh``: counts not yet in ``store``), calibrated on the version's closed windows."""
+        yes, no = np.zeros(quality.AUC_BINS), np.zeros(quality.AUC_BINS)
+        for src in range(self.sources):
+            xkey = f"x|{part}|{key}|{start}|{src}"
+            hist = (fresh or {}).get(xkey) or store.get(xkey)
+            for side, acc in (("yes", yes), ("no", no)):
+                for b, n in (hist or {}).get(side, {}).items():
+                    acc[int(b)] += int(n)
+        totals = meta["totals"].get(key)
+        calib = None if totals is None else cbpe.calibration(totals["hist_pos"], totals["hist_neg"])
+        model, version, variant = key.split("|")
+        return {"estimate": True, "model": model, "version": version, "variant": variant, "window_start": start,
+                "window_end": self.windows.end(start), "count": int(yes.sum() + no.sum()),
+                "calibrated_on": 0 if totals is None else int(totals["n"]), **cbpe.estimate_counts(yes, no, calib)}
 
     @staticmethod
     def _changed(store: Store, meta: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
@@ -399,6 +485,10 @@ class QualityCore:
         results = [self._result(meta, closing[w], rows[w])
                    for w in sorted(closing, key=lambda k: (closing[k]["start"], k))]
         meta["gc"] = [f"{prefix}{w}|{eid}" for w in closing for eid in rows[w]]
+        if self.kind == "score":     # the versions' calibrations changed: their live estimates again
+            keys = sorted({f"{i['model']}|{i['version']}|{i['variant']}" for i in closing.values()})
+            results += [self._estimate(store, part, meta, key, int(w))
+                        for key in keys for w in meta.get("est", {}).get(key, [])]
         return Update(mkey, meta, delete=meta["gc"]), results
 
     def _result(self, meta: dict[str, Any], win: Mapping[str, Any], by_eid: Mapping[str, Any]) -> dict[str, Any]:

@@ -188,8 +188,76 @@ def test_quality_windows_equal_sklearn_across_a_kill(tmp_path: Path, bootstrap: 
         assert [(a["model"], a["version"], a["feature"], a["state"], a["window_start"]) for a in alerts] == [
             (MODEL, "1", "quality:primary:auc", "raised", str(WINDOW_MS))]
         _check_compare(redis_url, prefix, _joined(preds, labels), capsys)
+        # the live estimates count every prediction once across the kill (all in event-time window 0)
+        arms: dict[tuple[str, str], int] = {}
+        for p in preds:
+            arms[(p["version"], p["variant"])] = arms.get((p["version"], p["variant"]), 0) + 1
+        for (version, variant), n in arms.items():
+            est = json.loads(r.hget(keys.quality_estimate(MODEL, version, variant), "0") or "{}")
+            assert est.get("count") == n and est["calibrated_on"] > 0, (version, variant, est, n)
     finally:
         mon.stop()
+
+
+def test_the_live_estimate_of_unlabelled_predictions_tracks_their_realized_accuracy(
+        tmp_path: Path, bootstrap: str, redis_url: str, names: Callable[[str], str],
+        topics: Callable[..., None]) -> None:
+    """Calibrated scores (label ~ Bernoulli(score)): window 0 is labelled and closes; window 3's predictions
+    get no labels, yet their live estimate (CBPE over every prediction of the event-time window, calibrated
+    on window 0) reaches Redis with every prediction counted, within 0.02 of the accuracy their labels
+    would have shown."""
+    pred_topic, label_topic, tele = names("lepred"), names("lelabels"), names("letele")
+    topics({pred_topic: 1, label_topic: 1, tele: 1})
+    app_id, prefix = names("le-mon"), names("le")
+    rng = np.random.default_rng(5)
+
+    def preds(n: int, t0: int) -> tuple[list[tuple[str, bytes]], np.ndarray, np.ndarray]:
+        score = rng.random(n)
+        y = rng.random(n) < score
+        recs = [(f"acct-{i % 13}", json.dumps({
+            "event_id": f"w{t0}-{i}", "model": "live", "version": "1", "variant": "primary",
+            "score": float(score[i]), "decision": bool(score[i] >= 0.5), "event_time": t0 + i}).encode())
+            for i in range(n)]
+        return recs, score, y
+
+    labelled, _, y0 = preds(3000, 0)
+    unlabelled, score3, y3 = preds(4000, 3 * WINDOW_MS)
+    labels = [(k, json.dumps({"event_id": json.loads(v)["event_id"], "label": bool(y0[i]),
+                              "label_time": i % WINDOW_MS}).encode()) for i, (k, v) in enumerate(labelled)]
+    labels.append(("acct-end", json.dumps({"event_id": "end", "label": False, "label_time": 2 * WINDOW_MS}).encode()))
+    config = {"broker": bootstrap, "telemetry_topic": tele, "redis_url": redis_url, "redis_prefix": prefix,
+              "app_id": app_id, "commit_interval_s": 0.5,
+              "ground_truth": [{"name": "le", "predictions": [pred_topic], "labels": {"topic": label_topic},
+                                "window_ms": WINDOW_MS}]}
+    _produce(bootstrap, pred_topic, labelled)
+    mon = Monitor(tmp_path, "le", config)
+    r = connect(redis_url)
+    keys = Keys(prefix)
+    try:
+        def predicted() -> bool:     # labels after their predictions: none runs ahead of them
+            assert mon.proc.poll() is None, f"monitor exited:\n{mon.output()}"
+            return sum(committed(bootstrap, app_id, pred_topic, 1).values()) >= len(labelled)
+        wait_for(predicted, 120, "the monitor to read window 0's predictions")
+        _produce(bootstrap, label_topic, labels)
+        wait_for(lambda: len(r.hkeys(keys.quality_windows)) >= 1, 120, "window 0 to close")
+        _produce(bootstrap, pred_topic, unlabelled)
+
+        def estimated() -> dict[str, Any]:
+            return json.loads(r.hget(keys.quality_estimate("live", "1", "primary"), str(3 * WINDOW_MS)) or "{}")
+
+        def counted() -> bool:
+            assert mon.proc.poll() is None, f"monitor exited:\n{mon.output()}"
+            return estimated().get("count") == len(unlabelled)
+        wait_for(counted, 120, "window 3's live estimate")
+    finally:
+        mon.stop()
+    est = estimated()
+    realized = float(np.mean(y3 == (score3 >= 0.5)))
+    print({"estimated": est, "realized_accuracy": realized})
+    assert est["calibrated_on"] == len(labelled) and est["window_end"] == 4 * WINDOW_MS
+    assert abs(est["est_accuracy"] - realized) <= 0.02, (est, realized)
+    window0 = json.loads(r.hget(keys.quality_estimate("live", "1", "primary"), "0") or "{}")
+    assert window0["count"] == len(labelled), "the labelled window's predictions count too"
 
 
 def _check_compare(redis_url: str, prefix: str, joined: dict[str, list[tuple[float, bool, bool]]],

@@ -222,7 +222,8 @@ def test_a_crash_after_any_changelog_prefix_ends_with_the_same_windows() -> None
         for op in [o for batch in ops for o in batch]:
             update, res = quality.apply(qstore, 0, 0, op)
             write(qstore, update)
-            out |= {(r["variant"], r["window_start"]): json.dumps(r["metrics"], sort_keys=True) for r in res}
+            out |= {(("est:" if r.get("estimate") else "") + r["variant"], r["window_start"]):
+                    json.dumps(r.get("metrics", r), sort_keys=True) for r in res}   # live estimates: the whole result
         return out
 
     full = Changelog()
@@ -315,8 +316,10 @@ def test_join_handler_delivers_a_records_operations_after_storing_them() -> None
         await h.handle("labels", 0, 0, json.dumps({"event_id": "a", "label": False, "label_time": 5}).encode(), 0)
 
     asyncio.run(feed())
-    assert [(n, op) for n, op, _qp in sent if op == "set"] == [(4, "set")]     # after the label's writes
-    assert [op["op"] for op in json.loads(table.log[2][1] or "{}")["outbox"]] == ["set", "wm"]
+    # the prediction's writes: meta, event, its event-time window's counts; then they are sent (est)
+    assert [(n, op) for n, op, _qp in sent if op == "est"] == [(3, "est")]
+    assert [(n, op) for n, op, _qp in sent if op == "set"] == [(5, "set")]     # after the label's writes
+    assert [op["op"] for op in json.loads(table.log[3][1] or "{}")["outbox"]] == ["set", "wm"]
     assert sorted(qp for _n, op, qp in sent if op == "wm") == [0, 1, 2]         # the watermark to every partition
     assert registry.get_sample_value("streamscore_monitor_replayed_records_total") == 1   # the third: a replay
 
@@ -580,7 +583,8 @@ def test_a_crash_at_any_prefix_of_a_batchs_join_writes_neither_loses_nor_double_
         for op in ops:
             update, res = quality.apply(qstore, 0, int(op["src"]), op)
             write(qstore, update)
-            out |= {(r["variant"], r["window_start"]): json.dumps(r["metrics"], sort_keys=True) for r in res}
+            out |= {(("est:" if r.get("estimate") else "") + r["variant"], r["window_start"]):
+                    json.dumps(r.get("metrics", r), sort_keys=True) for r in res}   # live estimates: the whole result
         return out
 
     def counts(table: Changelog) -> list[dict[str, int]]:   # "joined" counts joins, which the order changes
@@ -589,7 +593,9 @@ def test_a_crash_at_any_prefix_of_a_batchs_join_writes_neither_loses_nor_double_
     full, sent = Changelog(), []    # type: ignore[var-annotated]
     feed(handler(full, sent), _batches(recs, rng))
     want, want_counts = windows([op for _n, op in sent]), counts(full)
-    assert len(want) == 12 and want_counts[0]["duplicates"] + want_counts[1]["duplicates"] > 0
+    assert len([k for k in want if not k[0].startswith("est:")]) == 12
+    assert len([k for k in want if k[0].startswith("est:")]) > 0, "the predictions' live estimates"
+    assert want_counts[0]["duplicates"] + want_counts[1]["duplicates"] > 0
     assert sum(c["orphans"] for c in want_counts) == 3 and sum(c["unlabelled"] for c in want_counts) > 0
     assert all(c["late"] == 0 for c in want_counts)
     sends_at = sorted({n for n, _op in sent})
@@ -670,3 +676,134 @@ def test_a_crash_at_any_prefix_of_a_batchs_quality_writes_ends_with_the_same_res
             again = feed(store, back).written
             assert published | {k: v for _n, k, v in again} == want, (cut, back)
             assert not [k for k in store if k.startswith("r|")], (cut, back)
+
+
+# -- the live estimate: CBPE over every prediction of an event-time window, before its labels -----------------
+
+def _timed(eid: str, score: float, t: int, version: str = "1") -> Prediction:
+    return Prediction(event_id=eid, model="m", version=version, variant="primary", score=score,
+                      decision=score >= 0.5, event_time=t)
+
+
+def _est_ops(core: JoinCore, store: dict[str, Any], part: int, preds: list[Prediction], first: int = 0
+             ) -> list[dict[str, Any]]:
+    """One batch of predictions through the join (as ``JoinHandler.handle_batch`` does): its est operations."""
+    from monitoring.truth_core import Staged
+
+    staged = Staged(store)
+    for off, p in enumerate(preds, start=first):
+        out = core.apply_prediction(staged, part, "p", off, p)
+        assert out is not None
+        write(staged, out)
+    update = JoinCore.batch_update(staged, part, [])
+    assert update is not None
+    write(store, update)
+    return [op for op in update.ops if op["op"] == "est"]
+
+
+def test_every_prediction_of_a_score_head_counts_in_its_event_time_window_labelled_or_not() -> None:
+    core, store = _core(), {}      # type: ignore[var-annotated]
+    preds = [_timed("a", 0.9, 10), _timed("b", 0.1, 20), _timed("c", 0.9004, 30), _timed("d", 0.2, W + 5)]
+    ops = _est_ops(core, store, 0, preds)
+    by_start = {op["start"]: op for op in ops}
+    assert sorted(by_start) == [0, W] and all(op["key"] == "m|1|primary" for op in ops)
+    assert by_start[0]["hist"] == {"yes": {"900": 2}, "no": {"100": 1}}      # the score bins, by decision
+    assert by_start[W]["hist"] == {"yes": {}, "no": {"200": 1}}
+    # a replayed batch (offsets already applied) counts nothing again
+    assert JoinCore.batch_update(_staged_replay(core, store, preds), 0, []) is None
+    # the next batch sends only the windows it changed, whole
+    [op] = _est_ops(core, store, 0, [_timed("e", 0.95, 40)], first=len(preds))
+    assert op["start"] == 0 and op["hist"] == {"yes": {"900": 2, "950": 1}, "no": {"100": 1}}
+
+
+def _staged_replay(core: JoinCore, store: dict[str, Any], preds: list[Prediction]) -> Any:
+    from monitoring.truth_core import Staged
+
+    staged = Staged(store)
+    for off, p in enumerate(preds):
+        assert core.apply_prediction(staged, 0, "p", off, p) is None
+    return staged
+
+
+def test_a_partitions_event_time_windows_past_the_horizon_are_dropped_when_a_new_one_starts() -> None:
+    core, store = _core(), {}      # type: ignore[var-annotated]     # horizon 10 windows
+    _est_ops(core, store, 0, [_timed("a", 0.9, 5)])
+    _est_ops(core, store, 0, [_timed("b", 0.9, 5 * W)], first=1)
+    assert {k for k in store if k.startswith("h|")} == {"h|0|m|1|primary|0", f"h|0|m|1|primary|{5 * W}"}
+    _est_ops(core, store, 0, [_timed("c", 0.9, 11 * W + 5)], first=2)
+    assert {k for k in store if k.startswith("h|")} == {f"h|0|m|1|primary|{5 * W}", f"h|0|m|1|primary|{11 * W}"}
+    assert _est_ops(core, store, 0, [_timed("d", 0.9, 5)], first=3) == [], "a prediction past the horizon"
+
+
+def _calibrate(q: QualityCore, store: dict[str, Any], rows: list[tuple[float, bool]], sources: int
+               ) -> list[dict[str, Any]]:
+    """Close label-time window 0 of m|1|primary with ``rows`` (score, label); returns the results."""
+    out = []
+    for i, (score, y) in enumerate(rows):
+        update, res = q.apply(store, 0, 0, {"op": "set", "key": "m|1|primary", "start": 0, "eid": f"c{i}",
+                                            "row": [score, y, score >= 0.5]})
+        write(store, update)
+        out += res
+    for src in range(sources):
+        update, res = q.apply(store, 0, src, {"op": "wm", "wm": 5 * W})
+        write(store, update)
+        out += res
+    return out
+
+
+def test_the_live_estimate_is_cbpe_over_the_windows_counts_from_every_source_calibrated_on_closed_windows() -> None:
+    from monitoring import cbpe
+
+    rng = np.random.default_rng(3)
+    q, store = QualityCore(windows=WindowSpec(size=W), sources=2), {}     # type: ignore[var-annotated]
+    ref = [(float(s), bool(rng.random() < s)) for s in rng.random(400)]
+    _calibrate(q, store, ref, sources=2)
+    # a later event-time window, unlabelled: predictions split over two join partitions
+    scores = rng.random(300)
+    core, jstores = _core(), [{}, {}]     # type: ignore[var-annotated]
+    results = []
+    for src in (0, 1):
+        mine = [_timed(f"u{i}", float(s), 20 * W + i) for i, s in enumerate(scores) if i % 2 == src]
+        for op in _est_ops(core, jstores[src], src, mine) * 2:        # each sent twice: idempotent
+            update, res = q.apply(store, 0, src, op)
+            write(store, update)
+            results += res
+    est = [r for r in results if r.get("estimate")]
+    assert len(est) == 4 and est[-1] == est[-2], "an operation sent again changes nothing"
+    last = est[-1]
+    ys, ss = np.array([y for _, y in ref]), np.array([s for s, _ in ref])
+    totals = quality.add_totals(quality.empty_totals(), ys, ss, ss >= 0.5)
+    calib = cbpe.calibration(totals["hist_pos"], totals["hist_neg"])
+    want = cbpe.estimate(scores, scores >= 0.5, calib)
+    assert last["count"] == 300 and last["window_start"] == 20 * W and last["calibrated_on"] == 400
+    for k, v in want.items():
+        assert abs(last[k] - v) <= 1e-12, (k, last[k], v)
+    assert est[0]["count"] == len(scores[::2]), "the first source's counts alone before the second's arrive"
+
+
+def test_a_closing_window_estimates_its_versions_event_time_windows_again() -> None:
+    q, store = QualityCore(windows=WindowSpec(size=W), sources=1), {}    # type: ignore[var-annotated]
+    core, jstore = _core(), {}    # type: ignore[var-annotated]
+    [op] = _est_ops(core, jstore, 0, [_timed(f"u{i}", i / 10, 20 * W) for i in range(10)])
+    update, [before] = q.apply(store, 0, 0, op)
+    write(store, update)
+    assert before["count"] == 10 and np.isnan(before["est_accuracy"]), "no closed window yet: no calibration"
+    results = _calibrate(q, store, [(0.1, False), (0.2, False), (0.8, True), (0.9, True), (0.6, False)], sources=1)
+    [after] = [r for r in results if r.get("estimate")]
+    assert after["window_start"] == 20 * W and after["count"] == 10 and not np.isnan(after["est_accuracy"])
+    assert [r["window_start"] for r in results if not r.get("estimate")] == [0]
+
+
+def test_only_the_newest_event_time_windows_keep_their_counts() -> None:
+    from monitoring.truth_core import EST_KEEP
+
+    q, store = QualityCore(windows=WindowSpec(size=W), sources=2), {}    # type: ignore[var-annotated]
+    hist = {"yes": {"900": 1}, "no": {}}
+    for w in range(1, EST_KEEP + 2):
+        for src in (0, 1):
+            update, _ = q.apply(store, 0, src, {"op": "est", "key": "m|1|primary", "start": w * W, "hist": hist})
+            write(store, update)
+    starts = sorted({int(k.split("|")[5]) for k in store if k.startswith("x|")})
+    assert starts == [w * W for w in range(2, EST_KEEP + 2)], "the oldest window's counts are gone"
+    update, res = q.apply(store, 0, 0, {"op": "est", "key": "m|1|primary", "start": W, "hist": hist})
+    assert res == [] and update.put == {}, "counts of a window older than every kept one are ignored"
