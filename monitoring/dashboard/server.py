@@ -6,6 +6,7 @@ Routes:
     GET /api/shadow        {"items": [shadow hash per model/shadow_model]}
     GET /api/alerts?n=50   {"items": [alerts stream entries, latest first]}
     GET /api/quality?last=100 {"items": [per model:version:variant, its newest closed quality windows]}
+    GET /api/estimate      {"items": [per model:version:variant, the live estimate of its newest event-time window]}
     GET /api/metrics       throughput (events/s from successive scrapes), lag, p99, targets
     GET /healthz           "ok"
 Redis being down answers 503 with {"error": ...}; the page shows it and keeps polling.
@@ -79,7 +80,8 @@ class _Handler(BaseHTTPRequestHandler):
         api = {"/api/drift": lambda q: self.server.state.drift(),
                "/api/shadow": lambda q: self.server.state.shadow(),
                "/api/alerts": lambda q: self.server.state.alerts(_int(q.get("n"), 50, 1, 1000)),
-               "/api/quality": lambda q: self.server.state.quality(_int(q.get("last"), 100, 1, 1000))}
+               "/api/quality": lambda q: self.server.state.quality(_int(q.get("last"), 100, 1, 1000)),
+               "/api/estimate": lambda q: self.server.state.estimates()}
         handler = api.get(url.path)
         if handler is None:
             return self._json(404, {"error": f"no route {url.path}"})

@@ -92,6 +92,23 @@ class RedisView:
             item["points"] = sorted(item["points"], key=lambda p: p["window_start"])[-last:]
         return [arms[k] for k in sorted(arms)]
 
+    def estimates(self) -> list[dict[str, Any]]:
+        """Per arm, the live estimate of its newest event-time window (every prediction, labelled or
+        not): ``{arm, model, version, variant, window_start, window_end, count, calibrated_on, est_*}``."""
+        out = []
+        for member in sorted(self.client.smembers(self.keys.estimate_index)):
+            model, version, variant = member.rsplit(":", 2)
+            windows = self.client.hgetall(self.keys.quality_estimate(model, version, variant))
+            if not windows:
+                continue
+            try:
+                newest = json.loads(windows[max(windows, key=int)])
+            except (ValueError, TypeError):
+                continue                          # not an estimate this page can read: skip it
+            out.append({"arm": member, "model": model, "version": version, "variant": variant,
+                        **{k: v for k, v in newest.items() if k != "pipeline"}})
+        return out
+
     def alerts(self, count: int = 50) -> list[dict[str, Any]]:
         """Latest first."""
         out = []

@@ -82,6 +82,15 @@ def seed(url: str, model: str) -> dict[str, Any]:
             r.hset("streamscore:quality:windows", f"{model}:{version}:{variant}:{start}", json.dumps({
                 "pipeline": "fraud", "model": model, "version": version, "variant": variant, "window_start": start,
                 "window_end": start + 60_000, "metrics": {"count": 400.0, "auc": auc, "accuracy": 0.97}}))
+    from monitoring.redis_state import RedisState
+
+    state = RedisState(url)
+    for start, acc in ((now - 120_000, 0.95), (now - 60_000, 0.962)):    # live estimates, as the monitor writes them
+        state.write_estimate("fraud", {"estimate": True, "model": model, "version": "3", "variant": "primary",
+                                       "window_start": start, "window_end": start + 60_000, "count": 5120,
+                                       "calibrated_on": 1200, "est_accuracy": acc, "est_precision": 0.7,
+                                       "est_recall": float("nan")})
+    state.close()
     r.close()
     return {"features": list(features)}
 
@@ -171,6 +180,10 @@ def test_json_endpoints_read_redis_and_metrics(dashboard: tuple[str, str]) -> No
     arms = {q["arm"]: q for q in quality["items"] if q["model"] == model}
     assert status == 200 and set(arms) == {f"{model}:3:primary", f"{model}:4:canary"}
     assert [p["auc"] for p in arms[f"{model}:4:canary"]["points"]] == [0.90, None, 0.86]   # oldest first, NaN null
+    status, est = _get(base + "api/estimate")
+    [mine] = [e for e in est["items"] if e["model"] == model]
+    assert status == 200 and mine["arm"] == f"{model}:3:primary" and mine["est_accuracy"] == 0.962   # the newest
+    assert mine["count"] == 5120 and mine["est_recall"] is None
     assert _get(base + "api/nope")[0] == 404
 
 
@@ -291,6 +304,8 @@ def test_page_renders_drift_table_alerts_and_charts(dashboard: tuple[str, str], 
     assert canvases["hist"].get("data-bins") == "10"
     assert int(canvases["tput-chart"].get("data-points", "0")) >= 1
     assert canvases["quality-chart"].get("data-series") == "2"       # primary and canary on one chart
+    arms = [a["data-arm"] for t, a in dom.tags if t == "tr" and "data-arm" in a]
+    assert f"{model}:3:primary" in arms                              # the live estimate's row
     text = " ".join(dom.text)
     assert "98.50%" in text and f"{model}-torch" in text             # shadow agreement
     assert "1234" in text                                            # consumer lag tile

@@ -230,6 +230,18 @@ function drawQuality(items) {
   });
 }
 
+function renderEstimates(items) {
+  const tbody = $("estimate-table").tBodies[0];
+  tbody.replaceChildren();
+  for (const e of items) {
+    tbody.append(el("tr", { "data-arm": e.arm },
+      el("td", {}, e.arm), el("td", {}, `${fmtTime(e.window_start)} – ${fmtTime(e.window_end)}`),
+      el("td", {}, fmtNum(e.count)), el("td", {}, fmtNum(e.est_accuracy, 3)),
+      el("td", {}, fmtNum(e.est_precision, 3)), el("td", {}, fmtNum(e.est_recall, 3)),
+      el("td", {}, e.calibrated_on ? `${fmtNum(e.calibrated_on)} labelled` : "no closed window yet")));
+  }
+}
+
 // ------------------------------------------------------------------ loop
 async function refresh() {
   const errors = [];
@@ -241,6 +253,7 @@ async function refresh() {
     take("api/alerts?n=50", (b) => renderAlerts(b.items)),
     take("api/shadow", (b) => renderShadow(b.items)),
     take("api/quality", (b) => drawQuality(b.items)),
+    take("api/estimate", (b) => renderEstimates(b.items)),
     take("api/metrics", renderMetrics),
   ]);
   const status = $("status");
