@@ -66,6 +66,7 @@ Chunk = TypeVar("Chunk", list[Message], RawBatch)   # what one consume call retu
 # quiet interleaved runs, p50 / p99 at 10k events/s 17-18 / 53-79 -> 14-15 / 38-47 ms, at 100k/s
 # 28-30 / 78-116 -> 19-26 / 50-65 ms). Larger batches come at high load, where the stages overlap.
 INLINE_MAX_ROWS = 2048
+MIN_WAIT_S = 0.001      # the shortest wait for more rows (both consume paths count whole milliseconds)
 Item = Union[Work, _Stop]
 
 
@@ -297,8 +298,11 @@ class Scorer:
         chunks = [consume(want, 0)]
         got = len(chunks[0])
         if got < want and open_ and not (self._model_idle() and all(b.close_by_need for b in open_)):
-            # a batch is open and not closing by need: wait for more rows, but no longer than its deadline
-            chunks.append(consume(want - got, min(b.time_left(now) for b in open_)))
+            # a batch is open and not closing by need: wait for more rows, but no longer than its deadline.
+            # Both consume paths wait in whole milliseconds: a wait under one would return at once, and
+            # the loop would spin on empty calls until the deadline, taking CPU and the GIL from the stages
+            left = min(b.time_left(now) for b in open_)
+            chunks.append(consume(want - got, max(left, MIN_WAIT_S) if left > 0 else 0.0))
         elif not got and not open_:
             # idle: wake on the first record, then take whatever else is already here
             chunks = [consume(1, 0.1)]
