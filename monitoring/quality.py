@@ -93,6 +93,14 @@ def score_bins(score: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(score, dtype=np.float64) * AUC_BINS).astype(np.int64), 0, AUC_BINS - 1)
 
 
+def score_bin(score: float) -> int:
+    """``score_bins`` of one score, without an array (the join counts predictions one at a time)."""
+    if not math.isfinite(score):
+        with np.errstate(invalid="ignore"):      # NaN and infinities land where the array cast puts them
+            return int(score_bins(np.array([score]))[0])
+    return min(max(int(score * AUC_BINS), 0), AUC_BINS - 1)
+
+
 def empty_totals() -> dict[str, Any]:
     """Additive totals of joined rows (JSON-safe): what cumulative quality is computed from."""
     return {"n": 0, "pos": 0, "ll": 0.0, "brier": 0.0, "tp": 0, "fp": 0, "fn": 0,

@@ -319,7 +319,7 @@ class JoinCore:
                 return gone         # the prediction is itself past the horizon: not counted
             old = {"yes": {}, "no": {}}
         side = "yes" if p.decision else "no"
-        b = str(int(quality.score_bins(np.array([float(p.score)]))[0]))
+        b = str(quality.score_bin(float(p.score)))
         counts = dict(old[side])
         counts[b] = int(counts.get(b, 0)) + 1
         put[hkey] = {**old, side: counts}

@@ -80,3 +80,11 @@ def test_class_and_value_quality_match_sklearn() -> None:
     assert abs(vq["mae"] - skm.mean_absolute_error(v, p)) < 1e-9
     assert abs(vq["rmse"] - np.sqrt(skm.mean_squared_error(v, p))) < 1e-9
     assert np.isnan(quality.class_quality({"pairs": {}})["accuracy"])
+
+
+def test_score_bin_of_one_score_is_its_score_bins_bin() -> None:
+    scores = [0.0, 1e-9, 0.0005, 0.001, 0.4999, 0.5, 0.9994, 0.9999999, 1.0, 1.5, -0.2, float("nan"), float("inf"),
+              float("-inf"), *np.random.default_rng(0).random(200).tolist()]
+    with np.errstate(invalid="ignore"):
+        want = quality.score_bins(np.array(scores)).tolist()
+    assert [quality.score_bin(s) for s in scores] == want
