@@ -173,7 +173,15 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:2] == ["micro"]:      # python -m bench.online micro [REDIS_URL [EVENTS [BATCH]]]
+        import redis
+
         args = sys.argv[2:]
-        print(micro(args[0] if args else None, *(int(a) for a in args[1:3])))
+        try:
+            print(micro(args[0] if args else None, *(int(a) for a in args[1:3])))
+        except ValueError as exc:
+            sys.exit(f"usage: python -m bench.online micro [REDIS_URL [EVENTS [BATCH]]]: {exc}")
+        except redis.exceptions.ConnectionError as exc:
+            sys.exit(f"bench.online micro: Redis at {args[0]} does not answer ({exc}); start one, e.g. "
+                     "redis-server --port 6399 --save '' --daemonize yes")
     else:
         print(state_rss())
