@@ -422,11 +422,15 @@ def redis_url_from_env(env: dict[str, str] | None = None) -> str:
 
 
 def monitor_env_overrides(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """KAFKA_BOOTSTRAP / REDIS_URL override the monitor file's broker and redis_url."""
+    """KAFKA_BOOTSTRAP / REDIS_URL / SCHEMA_REGISTRY_URL override the monitor file's broker, redis_url and
+    schema_registry_url (as they override the pipeline file's: `dev up` prints all three, and a monitor
+    without the registry the scorer wrote its Avro predictions with could read none of them)."""
     env = dict(os.environ if env is None else env)
     out: dict[str, Any] = {}
     if env.get("KAFKA_BOOTSTRAP"):
         out["broker"] = env["KAFKA_BOOTSTRAP"]
     if env.get("REDIS_URL"):
         out["redis_url"] = SecretStr(env["REDIS_URL"])
+    if env.get("SCHEMA_REGISTRY_URL"):
+        out["schema_registry_url"] = env["SCHEMA_REGISTRY_URL"]
     return out

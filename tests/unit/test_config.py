@@ -115,3 +115,15 @@ def test_batch_produce_and_output_headers_default_and_switch() -> None:
     with pytest.raises(ConfigError, match="output.headers"):
         parse_config({**MINIMAL, "pipelines": [{**MINIMAL["pipelines"][0],
                                                 "output": {"topic": "pred", "headers": "sometimes"}}]}, env={})
+
+
+def test_the_environment_overrides_the_monitor_files_broker_redis_and_schema_registry() -> None:
+    """`dev up` prints KAFKA_BOOTSTRAP, REDIS_URL and SCHEMA_REGISTRY_URL: serve and monitor both follow them, so a
+    monitor reads the Avro predictions a scorer wrote with that registry."""
+    from streamscore.config import monitor_env_overrides
+
+    out = monitor_env_overrides({"KAFKA_BOOTSTRAP": "b:1", "REDIS_URL": "redis://r:2/0",
+                                 "SCHEMA_REGISTRY_URL": "http://sr:3/apis/ccompat/v7"})
+    assert out["broker"] == "b:1" and out["redis_url"].get_secret_value() == "redis://r:2/0"
+    assert out["schema_registry_url"] == "http://sr:3/apis/ccompat/v7"
+    assert monitor_env_overrides({}) == {}
