@@ -119,7 +119,8 @@ def _ms(v: Any) -> int:
 
 
 class RecordDecoder:
-    """JSON, or Confluent-framed Avro whose writer schema comes from the registry by id."""
+    """JSON, or Confluent-framed Avro whose writer schema comes from the registry by id; without a
+    registry, from the bundled schemas' fixed ids (what a scorer without a registry writes with)."""
 
     def __init__(self, registry_url: str | None) -> None:
         self.registry_url = registry_url
@@ -141,15 +142,28 @@ class RecordDecoder:
 
         from schemas.wire import unframe
 
-        if self.registry_url is None:
-            raise DecodeError("an Avro record, but the monitor has no schema_registry_url", raw=value)
         if self._client is None:
-            from schemas.registry_client import RegistryClient, RegistrySettings
+            if self.registry_url is None:
+                from schemas.registry import SchemaRegistry
 
-            self._client = RegistryClient(RegistrySettings(url=self.registry_url))
+                self._client = SchemaRegistry.default()
+            else:
+                from schemas.registry_client import RegistryClient, RegistrySettings
+
+                self._client = RegistryClient(RegistrySettings(url=self.registry_url))
         schema_id, body = unframe(value)
+        if self.registry_url is None:
+            from schemas.errors import UnknownSchemaError
+
+            try:
+                schema = self._client.by_id(schema_id)
+            except UnknownSchemaError:
+                raise DecodeError(f"an Avro record of schema id {schema_id}, which is no bundled schema, and the "
+                                  "monitor has no schema_registry_url", raw=value) from None
+        else:
+            schema = self._client.by_id(schema_id)
         try:
-            rec = fastavro.schemaless_reader(io.BytesIO(bytes(body)), self._client.by_id(schema_id))
+            rec = fastavro.schemaless_reader(io.BytesIO(bytes(body)), schema)
         except (ValueError, EOFError, IndexError) as exc:
             raise DecodeError(f"Avro body does not match schema {schema_id}: {exc}", raw=value) from exc
         if not isinstance(rec, dict):

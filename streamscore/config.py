@@ -423,8 +423,8 @@ def redis_url_from_env(env: dict[str, str] | None = None) -> str:
 
 def monitor_env_overrides(env: dict[str, str] | None = None) -> dict[str, Any]:
     """KAFKA_BOOTSTRAP / REDIS_URL / SCHEMA_REGISTRY_URL override the monitor file's broker, redis_url and
-    schema_registry_url (as they override the pipeline file's: `dev up` prints all three, and a monitor
-    without the registry the scorer wrote its Avro predictions with could read none of them)."""
+    schema_registry_url; the last only where the file names a registry (``cmd_monitor``), as for a pipeline
+    file: a scorer without one writes with the bundled schemas' ids, which the monitor then reads."""
     env = dict(os.environ if env is None else env)
     out: dict[str, Any] = {}
     if env.get("KAFKA_BOOTSTRAP"):

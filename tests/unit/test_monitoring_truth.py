@@ -807,3 +807,30 @@ def test_only_the_newest_event_time_windows_keep_their_counts() -> None:
     assert starts == [w * W for w in range(2, EST_KEEP + 2)], "the oldest window's counts are gone"
     update, res = q.apply(store, 0, 0, {"op": "est", "key": "m|1|primary", "start": W, "hist": hist})
     assert res == [] and update.put == {}, "counts of a window older than every kept one are ignored"
+
+
+def test_without_a_registry_the_monitor_reads_avro_framed_with_the_bundled_schemas_ids() -> None:
+    """A scorer without a schema registry writes its predictions with the bundled schemas' fixed ids (the
+    demo does): the monitor reads them the same way; an id no bundled schema has is skipped, saying why."""
+    import io
+
+    import fastavro
+
+    from monitoring.truth_app import RecordDecoder
+    from schemas.errors import DecodeError
+    from schemas.registry import SchemaRegistry
+    from schemas.wire import frame
+
+    reg = SchemaRegistry.default()
+    sid = reg.id_for("prediction")
+    rec = {"event_id": "e1", "key": "acct-1", "model": "m", "version": "1", "variant": "primary", "score": 0.25,
+           "decision": False, "event_time": 5, "scored_at": 6}
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, reg.by_id(sid), rec)
+    from monitoring.truth_app import to_prediction
+
+    pred = to_prediction(RecordDecoder(None).decode(frame(sid, buf.getvalue())))
+    assert pred == Prediction(event_id="e1", model="m", version="1", variant="primary", score=0.25, decision=False,
+                              event_time=5)
+    with pytest.raises(DecodeError, match="schema id 999, which is no bundled schema"):
+        RecordDecoder(None).decode(frame(999, buf.getvalue()))
