@@ -20,6 +20,7 @@ from schemas.errors import ConfigError, ModelError, ServiceError, StreamscoreErr
 from streamscore.config import monitor_env_overrides
 
 if TYPE_CHECKING:
+    from consumers.scorer import Scorer
     from streamscore.config import PipelineFile
 
 log = logging.getLogger("streamscore")
@@ -90,11 +91,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     if args.processes > 1:
         return _serve_many(args, cfg)
-    from streamscore.stopping import StopSignals, StoppedDuringStartup
+    from streamscore.stopping import StopSignals, build_unless_stopped
 
     # Installed before the scorer is built: a stop asked for during startup is a clean stop too.
     stops = StopSignals(cfg.stop_timeout_s)
-    try:                                   # from the first moment a signal can raise StoppedDuringStartup
+
+    def build() -> Scorer:                 # from the first moment a signal can raise StoppedDuringStartup
         stops.install()
         faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1 PID`: every thread's stack to stderr
         from streamscore.app import build_scorer
@@ -103,7 +105,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stops.on_stop = scorer.stop
         if stops.backstop is not None:      # asked while building: the watcher had nobody to tell
             scorer.stop()
-    except StoppedDuringStartup:
+        return scorer
+
+    scorer = build_unless_stopped(stops, build)
+    if scorer is None:
         log.info("stopped while starting")
         return 0
     t0 = time.monotonic()

@@ -29,11 +29,12 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Callable
+from typing import Callable, TypeVar
 
 log = logging.getLogger("streamscore")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+T = TypeVar("T")
 
 
 class StoppedDuringStartup(BaseException):
@@ -97,3 +98,21 @@ class StopSignals:
             for signum in os.read(fd, 64):
                 if signum in STOP_SIGNALS:
                     self.request(signum)
+
+
+def build_unless_stopped(stops: StopSignals, build: Callable[[], T]) -> T | None:
+    """``build()`` (installing ``stops`` is part of it), or None when a stop signal came while it ran.
+
+    The signal raises ``StoppedDuringStartup`` wherever the main thread is, but a C extension's
+    module init can turn it into its own error (onnxruntime's, imported by a model loader, becomes
+    an ``ImportError`` and then "onnxruntime is not installed"). So once a stop was asked for, an
+    error while building is the stop's doing, not a failed start: exit 0, as for a clean stop."""
+    try:
+        return build()
+    except StoppedDuringStartup:
+        return None
+    except Exception as exc:
+        if stops.backstop is None:      # no stop asked for: a real start-up error
+            raise
+        log.info("a stop while starting interrupted it (%s: %s)", type(exc).__name__, exc)
+        return None

@@ -40,6 +40,24 @@ STARTING = textwrap.dedent("""
         print("stopped during startup", flush=True)
 """)
 
+# a C extension's module init (onnxruntime's) turns whatever its import raised into an ImportError
+CONVERTED = textwrap.dedent("""
+    import time
+    from streamscore.stopping import StopSignals, build_unless_stopped
+    stops = StopSignals(budget_s=30.0)
+
+    def build():
+        stops.install()
+        print("ready", flush=True)
+        try:
+            while True:
+                time.sleep(0.01)
+        except BaseException as exc:
+            raise ImportError("initialization failed") from None
+
+    print("built" if build_unless_stopped(stops, build) is not None else "stopped during startup", flush=True)
+""")
+
 
 def _run_until_ready(code: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, text=True,
@@ -69,6 +87,28 @@ def test_sigterm_before_the_scorer_exists_is_a_clean_startup_stop() -> None:
     out, _err = proc.communicate(timeout=30)
     assert "stopped during startup" in out and "swallowed" not in out
     assert proc.returncode == 0
+
+
+def test_a_stop_that_a_library_turned_into_its_own_error_is_still_a_clean_startup_stop() -> None:
+    """Seen under a CPU hog: a scorer child SIGTERMed while importing onnxruntime exited 2 with
+    "onnxruntime is not installed"."""
+    proc = _run_until_ready(CONVERTED)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert "stopped during startup" in out, (out, err)
+    assert proc.returncode == 0
+
+
+def test_a_start_up_error_without_a_stop_is_still_an_error() -> None:
+    import pytest
+
+    from streamscore.stopping import StopSignals, build_unless_stopped
+
+    def fail() -> None:
+        raise ImportError("onnxruntime is not installed")
+
+    with pytest.raises(ImportError):
+        build_unless_stopped(StopSignals(budget_s=30.0), fail)
 
 
 def test_a_second_signal_does_not_arm_a_second_backstop() -> None:
