@@ -34,7 +34,7 @@ from monitoring.faust_state import DurableStore, persist, persist_staged, state_
 from monitoring.truth_core import (EST_KEEP, HeadKind, JoinCore, JoinUpdate, Label, Op, Prediction, QualityCore,
                                    QualityDrop, Staged, Store, write)
 from monitoring.windows import WindowSpec
-from schemas.errors import ConfigError, DecodeError
+from schemas.errors import ConfigError, DecodeError, UnknownSchemaError
 
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
@@ -152,16 +152,13 @@ class RecordDecoder:
 
                 self._client = RegistryClient(RegistrySettings(url=self.registry_url))
         schema_id, body = unframe(value)
-        if self.registry_url is None:
-            from schemas.errors import UnknownSchemaError
-
-            try:
-                schema = self._client.by_id(schema_id)
-            except UnknownSchemaError:
-                raise DecodeError(f"an Avro record of schema id {schema_id}, which is no bundled schema, and the "
-                                  "monitor has no schema_registry_url", raw=value) from None
-        else:
+        try:
             schema = self._client.by_id(schema_id)
+        except UnknownSchemaError:
+            if self.registry_url is not None:
+                raise
+            raise DecodeError(f"an Avro record of schema id {schema_id}, which is no bundled schema, and the "
+                              "monitor has no schema_registry_url", raw=value) from None
         try:
             rec = fastavro.schemaless_reader(io.BytesIO(bytes(body)), schema)
         except (ValueError, EOFError, IndexError) as exc:

@@ -435,13 +435,21 @@ class QualityCore:
             new["gc"] = [f"x|{part}|{key}|{w}|{src}" for w in gone for src in range(self.sources)]
         xkey = f"x|{part}|{key}|{start}|{source}"
         put = {xkey: op["hist"]}
-        result = self._estimate(store, part, new or meta, key, start, put)
+        result = self._estimate(store, part, key, start, self._calibration(new or meta, key), put)
         return Update(mkey, new, put=put, delete=new["gc"] if new else []), [result]
 
-    def _estimate(self, store: Store, part: int, meta: Mapping[str, Any], key: str, start: int,
+    @staticmethod
+    def _calibration(meta: Mapping[str, Any], key: str) -> tuple[np.ndarray | None, int]:
+        """The version's calibration on its closed windows (None before one closed) and its labelled rows."""
+        totals = meta["totals"].get(key)
+        if totals is None:
+            return None, 0
+        return cbpe.calibration(totals["hist_pos"], totals["hist_neg"]), int(totals["n"])
+
+    def _estimate(self, store: Store, part: int, key: str, start: int, calib: tuple[np.ndarray | None, int],
                   fresh: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The live estimate of one event-time window: CBPE over its counts from every join partition
-        (``fresh``: counts not yet in ``store``), calibrated on the version's closed windows."""
+        (``fresh``: counts not yet in ``store``) with ``calib`` (``_calibration``)."""
         yes, no = np.zeros(quality.AUC_BINS), np.zeros(quality.AUC_BINS)
         for src in range(self.sources):
             xkey = f"x|{part}|{key}|{start}|{src}"
@@ -449,12 +457,10 @@ class QualityCore:
             for side, acc in (("yes", yes), ("no", no)):
                 for b, n in (hist or {}).get(side, {}).items():
                     acc[int(b)] += int(n)
-        totals = meta["totals"].get(key)
-        calib = None if totals is None else cbpe.calibration(totals["hist_pos"], totals["hist_neg"])
         model, version, variant = key.split("|")
         return {"estimate": True, "model": model, "version": version, "variant": variant, "window_start": start,
                 "window_end": self.windows.end(start), "count": int(yes.sum() + no.sum()),
-                "calibrated_on": 0 if totals is None else int(totals["n"]), **cbpe.estimate_counts(yes, no, calib)}
+                "calibrated_on": calib[1], **cbpe.estimate_counts(yes, no, calib[0])}
 
     @staticmethod
     def _changed(store: Store, meta: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
@@ -486,9 +492,9 @@ class QualityCore:
                    for w in sorted(closing, key=lambda k: (closing[k]["start"], k))]
         meta["gc"] = [f"{prefix}{w}|{eid}" for w in closing for eid in rows[w]]
         if self.kind == "score":     # the versions' calibrations changed: their live estimates again
-            keys = sorted({f"{i['model']}|{i['version']}|{i['variant']}" for i in closing.values()})
-            results += [self._estimate(store, part, meta, key, int(w))
-                        for key in keys for w in meta.get("est", {}).get(key, [])]
+            for key in sorted({f"{i['model']}|{i['version']}|{i['variant']}" for i in closing.values()}):
+                calib = self._calibration(meta, key)      # fitted once for all of the version's windows
+                results += [self._estimate(store, part, key, int(w), calib) for w in meta.get("est", {}).get(key, [])]
         return Update(mkey, meta, delete=meta["gc"]), results
 
     def _result(self, meta: dict[str, Any], win: Mapping[str, Any], by_eid: Mapping[str, Any]) -> dict[str, Any]:

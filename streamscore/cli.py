@@ -396,10 +396,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from monitoring.monitor_app import run_monitor
 
     cfg = load_monitor_config(args.config)
-    overrides = monitor_env_overrides()
-    if cfg.schema_registry_url is None:
-        # as serve: the env names the registry of a file that has one; without, the bundled schemas' ids
-        overrides.pop("schema_registry_url", None)
+    overrides = monitor_env_overrides(file_registry=cfg.schema_registry_url)
     if overrides:
         cfg = cfg.model_copy(update=overrides)
     if args.check:

@@ -421,9 +421,9 @@ def redis_url_from_env(env: dict[str, str] | None = None) -> str:
     return env.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 
-def monitor_env_overrides(env: dict[str, str] | None = None) -> dict[str, Any]:
+def monitor_env_overrides(env: dict[str, str] | None = None, *, file_registry: str | None = None) -> dict[str, Any]:
     """KAFKA_BOOTSTRAP / REDIS_URL / SCHEMA_REGISTRY_URL override the monitor file's broker, redis_url and
-    schema_registry_url; the last only where the file names a registry (``cmd_monitor``), as for a pipeline
+    schema_registry_url; the last only where the file names a registry (``file_registry``), as for a pipeline
     file: a scorer without one writes with the bundled schemas' ids, which the monitor then reads."""
     env = dict(os.environ if env is None else env)
     out: dict[str, Any] = {}
@@ -431,6 +431,6 @@ def monitor_env_overrides(env: dict[str, str] | None = None) -> dict[str, Any]:
         out["broker"] = env["KAFKA_BOOTSTRAP"]
     if env.get("REDIS_URL"):
         out["redis_url"] = SecretStr(env["REDIS_URL"])
-    if env.get("SCHEMA_REGISTRY_URL"):
+    if env.get("SCHEMA_REGISTRY_URL") and file_registry is not None:
         out["schema_registry_url"] = env["SCHEMA_REGISTRY_URL"]
     return out

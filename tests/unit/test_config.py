@@ -123,7 +123,7 @@ def test_the_environment_overrides_the_monitor_files_broker_redis_and_schema_reg
     from streamscore.config import monitor_env_overrides
 
     out = monitor_env_overrides({"KAFKA_BOOTSTRAP": "b:1", "REDIS_URL": "redis://r:2/0",
-                                 "SCHEMA_REGISTRY_URL": "http://sr:3/apis/ccompat/v7"})
+                                 "SCHEMA_REGISTRY_URL": "http://sr:3/apis/ccompat/v7"}, file_registry="http://sr:9")
     assert out["broker"] == "b:1" and out["redis_url"].get_secret_value() == "redis://r:2/0"
     assert out["schema_registry_url"] == "http://sr:3/apis/ccompat/v7"
     assert monitor_env_overrides({}) == {}
