@@ -49,6 +49,7 @@ from monitoring.faust_state import Resume, state_table, until_done
 from monitoring.monitor_core import MonitorCore
 from monitoring.monitor_metrics import MonitorMetrics
 from monitoring.redis_state import RedisState, redact
+from monitoring.skip_log import SkipLog
 from monitoring.telemetry import decode_telemetry
 from monitoring.truth_app import GroundTruthConfig, RecordDecoder, add_ground_truth, check_partitions
 from monitoring.truth_core import QualityDrop
@@ -249,6 +250,7 @@ class TelemetryHandler:
     def __init__(self, core: MonitorCore, table: Any, sink: RedisState, metrics: MonitorMetrics) -> None:
         self.core, self.table, self.sink, self.metrics = core, table, sink, metrics
         self._seen: set[str] = set()
+        self.skips = SkipLog(log, metrics.skipped)
 
     async def handle(self, partition: int, offset: int, value: bytes) -> None:
         key = str(partition)
@@ -257,7 +259,7 @@ class TelemetryHandler:
         try:
             summary = decode_telemetry(value)
         except DecodeError as exc:
-            log.warning("skipping undecodable telemetry at %s/%s: %s", partition, offset, exc)
+            self.skips.skip("telemetry", f"{partition}/{offset}", f"undecodable: {exc}")
             return
         before = self.table.get(key)
         out = self.core.apply(before, offset, summary)

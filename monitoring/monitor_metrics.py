@@ -34,6 +34,9 @@ class MonitorMetrics:
                             ["pipeline", "partition", "kind"], **kw)
         self.telemetry = Counter("streamscore_monitor_telemetry_records", "Telemetry records applied", **kw)
         self.replayed = Counter("streamscore_monitor_replayed_records", "Telemetry records skipped as replays", **kw)
+        self.skipped = Counter("streamscore_monitor_skipped_records", "Records skipped as unreadable (undecodable, "
+                               "or missing a field the stream needs), per stream (telemetry or a ground-truth "
+                               "entry's name)", ["stream"], **kw)
         self.skipped_starts = Counter("streamscore_monitor_skipped_starts",
                                       "Partitions whose reading began past the restored state (records skipped)", **kw)
         self.windows = Counter("streamscore_monitor_windows_closed", "Windows closed", ["model"], **kw)

@@ -29,6 +29,7 @@ import faust
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitoring.monitor_metrics import MonitorMetrics
+from monitoring.skip_log import SkipLog
 from monitoring.redis_state import RedisState
 from monitoring.faust_state import DurableStore, persist, persist_staged, state_table, until_done
 from monitoring.truth_core import (EST_KEEP, HeadKind, JoinCore, JoinUpdate, Label, Op, Prediction, QualityCore,
@@ -234,6 +235,7 @@ class JoinHandler:
         self.metrics, self.decoder, self.retry, self.send = metrics, decoder, retry, send
         self.quality_parts = quality_parts
         self.flushed: set[int] = set()   # partitions whose stored outbox this process has delivered
+        self.skips = SkipLog(log, metrics.skipped)
 
     async def handle(self, topic: str, partition: int, offset: int, value: bytes, timestamp_ms: int) -> None:
         await self.handle_batch([(topic, partition, offset, value, timestamp_ms)])
@@ -258,7 +260,7 @@ class JoinHandler:
             pred = to_prediction(rec, self.cfg.kind, self.cfg.field)
             return None if pred is None else self.core.apply_prediction(store, partition, topic, offset, pred)
         except (DecodeError, KeyError, TypeError, ValueError) as exc:
-            log.warning("skipping %s record at %s/%s: %s", self.cfg.name, partition, offset, exc)
+            self.skips.skip(self.cfg.name, f"{topic}/{partition}/{offset}", exc)
             return None
 
     async def _deliver(self, ops: Mapping[int, Sequence[Op]]) -> None:
@@ -299,6 +301,7 @@ class JoinHandler:
                 continue
             write(staged, out)
             ops[record[1]] += out.ops
+        self.skips.flush(self.cfg.name)
         updates = [u for p in parts if (u := JoinCore.batch_update(staged, p, ops[p])) is not None]
         if not updates:
             return
