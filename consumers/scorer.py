@@ -81,6 +81,7 @@ class ScorerStats:
     dead: int = 0
     batches: int = 0
     scored_inline: int = 0          # batches the source thread scored itself (small, the model stage idle)
+    emitted_inline: int = 0         # ... and produced itself too (the sink stage idle as well)
     committed: dict[TP, int] = field(default_factory=dict)
     latency_ms: list[float] = field(default_factory=list)   # recent e2e samples (event_time -> scored_at)
 
@@ -137,6 +138,13 @@ class Scorer:
         self._model_in = 0
         self._model_out = 0
         self._sink_busy = False                  # the sink stage is emitting a batch
+        # batches put in the sink queue by the source / the model thread, and finished by the sink thread
+        # (one writer each): equal sums mean the sink stage holds nothing. _sink_lock serialises emitting
+        # and the commit protocol's sink-side calls between the sink thread and the source thread
+        self._sink_in_src = 0
+        self._sink_in_model = 0
+        self._sink_done = 0
+        self._sink_lock = threading.Lock()
         self._lat_lock = threading.Lock()
         self.assigned = threading.Event()        # set once the group has given us partitions
         self._revoked_now: set[TP] = set()       # partitions revoked inside the current consume() call
@@ -413,6 +421,9 @@ class Scorer:
             # now, so the put below does not block
             self._score(work)
             self.stats.scored_inline += 1
+            if self._emit_inline(work):
+                return
+            self._sink_in_src += 1
             self._put(self._q_sink, work)
             return
         self._model_in += 1
@@ -506,6 +517,7 @@ class Scorer:
                 self._score(work)
             finally:
                 self._model_busy = False
+            self._sink_in_model += 1
             self._put(self._q_sink, work, force=True)
             self._model_out += 1
 
@@ -523,22 +535,50 @@ class Scorer:
                 work = None
             if isinstance(work, _Stop):
                 break
-            if work is not None and self._failure is None and self.commit.current(work.generation):
-                self._sink_busy = True
-                try:
-                    self._emit(work)
-                except DeliveryError as exc:
-                    self.commit.produce_failed(exc)
-                except KafkaException as exc:      # begin_transaction on a failed producer
-                    self.commit.produce_failed(DeliveryError(str(exc), kafka_error=exc.args[0]))
-                finally:
-                    self._sink_busy = False
-            self.commit.tick()
+            with self._sink_lock:
+                if work is not None:
+                    self._sink_busy = True
+                    try:
+                        self._sink_step(work)
+                    finally:
+                        self._sink_busy = False
+                    self._sink_done += 1
+                self.commit.tick()
         if self._failure is None:
             self.commit.finish(self._deadline())
         else:
             self.commit.abandon()
         self.stats.committed.update(self.commit.committed_positions())
+
+    def _sink_step(self, work: Work) -> None:
+        """Emit one batch unless it is stale; a produce that raised goes to the commit protocol.
+        The caller holds ``_sink_lock``."""
+        if self._failure is None and self.commit.current(work.generation):
+            try:
+                self._emit(work)
+            except DeliveryError as exc:
+                self.commit.produce_failed(exc)
+            except KafkaException as exc:      # begin_transaction on a failed producer
+                self.commit.produce_failed(DeliveryError(str(exc), kafka_error=exc.args[0]))
+
+    def _emit_inline(self, work: Work) -> bool:
+        """Emit a batch scored on the source thread right here, when the sink stage holds nothing
+        (every earlier batch is emitted, so order is kept) and is not emitting: waking the sink thread
+        costs a hand-over and the GIL passing back and forth, on a busy box a wait for a core each time
+        (docs/performance.md). False (nothing done): the caller queues the batch for the sink thread.
+
+        The sink thread still serves the commit protocol (``tick``, every 20 ms at the latest): a
+        transaction's commit never blocks consumption here."""
+        if self._sink_in_src + self._sink_in_model != self._sink_done or not self._sink_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._sink_in_src + self._sink_in_model != self._sink_done:
+                return False          # the sink thread took a batch between the two reads
+            self._sink_step(work)
+        finally:
+            self._sink_lock.release()
+        self.stats.emitted_inline += 1
+        return True
 
     def _emit(self, work: Work) -> None:
         rt = work.rt

@@ -117,7 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scorer.run(max_seconds=args.max_seconds)
     s = scorer.stats
     print(json.dumps({"consumed": s.consumed, "produced": s.produced, "dead_letters": s.dead, "batches": s.batches,
-                      "scored_inline": s.scored_inline, "seconds": round(time.monotonic() - t0, 3)}), flush=True)
+                      "scored_inline": s.scored_inline, "emitted_inline": s.emitted_inline, "seconds": round(time.monotonic() - t0, 3)}), flush=True)
     return 0
 
 

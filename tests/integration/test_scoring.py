@@ -81,8 +81,9 @@ def test_50k_events_one_prediction_each_matching_onnx(tmp_path: Path, bootstrap:
 
 def test_a_trickle_is_scored_on_the_source_thread_once_each_and_in_order(
         tmp_path: Path, bootstrap: str, names: Callable[[str], str], topics: Callable[..., None]) -> None:
-    """At low load the source thread scores small batches itself (the model stage idle): nothing is
-    lost, doubled or reordered within a partition, and the scores are the model's."""
+    """At low load the source thread scores small batches itself (the model stage idle), and produces
+    them itself (the sink stage idle too): nothing is lost, doubled or reordered within a partition,
+    and the scores are the model's."""
     n, seed = 6_000, 12
     t_in, t_out = names("tx"), names("pred")
     topics({t_in: 4, t_out: 4})
@@ -98,7 +99,7 @@ def test_a_trickle_is_scored_on_the_source_thread_once_each_and_in_order(
     finally:
         scorer.close()
     summary = json.loads(next(line for line in scorer.output().splitlines() if line.startswith('{"consumed"')))
-    assert summary["scored_inline"] > 0, summary
+    assert summary["scored_inline"] > 0 and summary["emitted_inline"] > 0, summary
     preds = [decode_prediction(m.value()) for m in msgs]
     counts = collections.Counter(p["event_id"] for p in preds)
     expected = _expected_scores(n, seed)
