@@ -42,6 +42,7 @@ from consumers.offsets import TP
 from consumers.outputs import OutputWriter
 from consumers.raw_batch import RawBatch
 from consumers.runtime import PipelineRuntime
+from consumers.sink_gate import SinkGate
 from consumers.warmup import warm_up
 from consumers.work import Work
 from schemas.errors import DeliveryError, StoppedWhileWaiting
@@ -66,6 +67,11 @@ Chunk = TypeVar("Chunk", list[Message], RawBatch)   # what one consume call retu
 # quiet interleaved runs, p50 / p99 at 10k events/s 17-18 / 53-79 -> 14-15 / 38-47 ms, at 100k/s
 # 28-30 / 78-116 -> 19-26 / 50-65 ms). Larger batches come at high load, where the stages overlap.
 INLINE_MAX_ROWS = 2048
+# How long the source thread waits for the sink stage to drain before it hands a batch it scored
+# itself to the sink thread (consumers/sink_gate.py). Interleaved runs, 20-s windows after 5 s idle,
+# p50 / p99 ms: at 10k events/s 12-15 / 121-136 without waiting -> 12-14 / 27-36 with 10-20 ms,
+# at 100k/s 22-27 / 195-261 -> 22-27 / 52-98.
+INLINE_EMIT_WAIT_S = 0.02
 MIN_WAIT_S = 0.001      # the shortest wait for more rows (both consume paths count whole milliseconds)
 Item = Union[Work, _Stop]
 
@@ -138,13 +144,8 @@ class Scorer:
         self._model_in = 0
         self._model_out = 0
         self._sink_busy = False                  # the sink stage is emitting a batch
-        # batches put in the sink queue by the source / the model thread, and finished by the sink thread
-        # (one writer each): equal sums mean the sink stage holds nothing. _sink_lock serialises emitting
-        # and the commit protocol's sink-side calls between the sink thread and the source thread
-        self._sink_in_src = 0
-        self._sink_in_model = 0
-        self._sink_done = 0
-        self._sink_lock = threading.Lock()
+        # whether the source thread may produce a batch it scored itself (consumers/sink_gate.py)
+        self._gate = SinkGate(INLINE_EMIT_WAIT_S)
         self._lat_lock = threading.Lock()
         self.assigned = threading.Event()        # set once the group has given us partitions
         self._revoked_now: set[TP] = set()       # partitions revoked inside the current consume() call
@@ -423,7 +424,7 @@ class Scorer:
             self.stats.scored_inline += 1
             if self._emit_inline(work):
                 return
-            self._sink_in_src += 1
+            self._gate.queued_by_source()
             self._put(self._q_sink, work)
             return
         self._model_in += 1
@@ -517,7 +518,7 @@ class Scorer:
                 self._score(work)
             finally:
                 self._model_busy = False
-            self._sink_in_model += 1
+            self._gate.queued_by_model()
             self._put(self._q_sink, work, force=True)
             self._model_out += 1
 
@@ -535,14 +536,14 @@ class Scorer:
                 work = None
             if isinstance(work, _Stop):
                 break
-            with self._sink_lock:
+            with self._gate.lock:
                 if work is not None:
                     self._sink_busy = True
                     try:
                         self._sink_step(work)
                     finally:
                         self._sink_busy = False
-                    self._sink_done += 1
+                    self._gate.finished()
                 self.commit.tick()
         if self._failure is None:
             self.commit.finish(self._deadline())
@@ -552,7 +553,7 @@ class Scorer:
 
     def _sink_step(self, work: Work) -> None:
         """Emit one batch unless it is stale; a produce that raised goes to the commit protocol.
-        The caller holds ``_sink_lock``."""
+        The caller holds the gate's lock."""
         if self._failure is None and self.commit.current(work.generation):
             try:
                 self._emit(work)
@@ -562,21 +563,14 @@ class Scorer:
                 self.commit.produce_failed(DeliveryError(str(exc), kafka_error=exc.args[0]))
 
     def _emit_inline(self, work: Work) -> bool:
-        """Emit a batch scored on the source thread right here, when the sink stage holds nothing
-        (every earlier batch is emitted, so order is kept) and is not emitting: waking the sink thread
-        costs a hand-over and the GIL passing back and forth, on a busy box a wait for a core each time
-        (docs/performance.md). False (nothing done): the caller queues the batch for the sink thread.
+        """Emit a batch scored on the source thread right here, once the sink stage holds nothing
+        (every earlier batch is emitted, so order is kept), waiting for that ``INLINE_EMIT_WAIT_S``
+        at most (consumers/sink_gate.py). False (nothing done): the caller queues the batch.
 
-        The sink thread still serves the commit protocol (``tick``, every 20 ms at the latest): a
-        transaction's commit never blocks consumption here."""
-        if self._sink_in_src + self._sink_in_model != self._sink_done or not self._sink_lock.acquire(blocking=False):
+        The sink thread still serves the commit protocol (``tick``, every 20 ms at the latest): the
+        bounded wait keeps a transaction's commit from blocking consumption for long."""
+        if not self._gate.emit_inline(lambda: self._sink_step(work)):
             return False
-        try:
-            if self._sink_in_src + self._sink_in_model != self._sink_done:
-                return False          # the sink thread took a batch between the two reads
-            self._sink_step(work)
-        finally:
-            self._sink_lock.release()
         self.stats.emitted_inline += 1
         return True
 

@@ -43,9 +43,13 @@ _SCHEMA: dict[str, Any] | None = None
 
 
 def telemetry_schema() -> dict[str, Any]:
+    """The telemetry schema, parsed by fastavro once: given the plain dict, fastavro parses it again
+    on every call, half of encoding one summary (27 vs 52 us)."""
     global _SCHEMA
     if _SCHEMA is None:
-        _SCHEMA = load_schema("telemetry")
+        parsed = fastavro.parse_schema(load_schema("telemetry"))
+        assert isinstance(parsed, dict)
+        _SCHEMA = parsed
     return _SCHEMA
 
 
