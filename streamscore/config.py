@@ -241,7 +241,7 @@ class BatchingConfig(_Strict):
     max_size: int | None = Field(None, ge=1, le=65536)   # None: SCORE_MAX_BATCH or EMBED_MAX_BATCH by kind
     max_wait_ms: float = Field(6.0, ge=0)
     latency_target_ms: float | None = Field(20.0, gt=0)
-    close_by_need: bool = False       # close once the fetched rows are drained and model + sink are idle (docs/performance.md)
+    close_by_need: bool = True        # close once the fetched rows are drained and model + sink are idle (docs/performance.md)
 
 
 class EmbedderConfig(_Strict):
