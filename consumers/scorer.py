@@ -69,8 +69,8 @@ Chunk = TypeVar("Chunk", list[Message], RawBatch)   # what one consume call retu
 INLINE_MAX_ROWS = 2048
 # How long the source thread waits for the sink stage to drain before it hands a batch it scored
 # itself to the sink thread (consumers/sink_gate.py). Interleaved runs, 20-s windows after 5 s idle,
-# p50 / p99 ms: at 10k events/s 12-15 / 121-136 without waiting -> 12-14 / 27-36 with 10-20 ms,
-# at 100k/s 22-27 / 195-261 -> 22-27 / 52-98.
+# p50 / p99 ms: at 10k events/s 12-15 / 39-136 without waiting -> 12-14 / 27-36 with 10-20 ms,
+# at 100k/s 22-29 / 81-261 -> 20-27 / 57-98.
 INLINE_EMIT_WAIT_S = 0.02
 MIN_WAIT_S = 0.001      # the shortest wait for more rows (both consume paths count whole milliseconds)
 Item = Union[Work, _Stop]
