@@ -95,6 +95,12 @@ class NativeDrain:
         self._rk, self._q = rk, rkqu
         self._lib, self._helper, self._fns = lib, helper, fns
         self._cs = np.zeros(CALLSTATE_BYTES, np.uint8)
+        self._scratch = _Scratch(1)
+        self._totals = (ctypes.c_int64(0), ctypes.c_int64(0), ctypes.c_int(0))
+        self._empty = RawBatch((), np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int64),
+                               np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.int32), b"",
+                               np.empty(0, np.int64), np.empty(0, np.int64), b"", np.empty(0, np.int64),
+                               np.empty(0, np.int64))
 
     @classmethod
     def attach(cls, consumer: Any) -> NativeDrain | None:
@@ -158,18 +164,18 @@ class NativeDrain:
                 return batch
 
     def _take(self, n: int, timeout_ms: int) -> RawBatch:
+        """One ``ss_take`` into the scratch arrays; the rows are copied out of them (the next call
+        overwrites them), and a call that got nothing returns the one empty batch."""
         if not self._q:
             raise RuntimeError("native consume: the drain is closed")
-        ptrs = np.zeros(max(n, 1), np.uintp)
-        vlen, klen = np.empty(n, np.int64), np.empty(n, np.int64)
-        part, off, ts = np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int64)
-        tstype, err, rkt = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.uintp)
-        vtotal, ktotal, code = ctypes.c_int64(0), ctypes.c_int64(0), ctypes.c_int(0)
+        if self._scratch.size < max(n, 1):
+            self._scratch = _Scratch(n)
+        s = self._scratch
+        vtotal, ktotal, code = self._totals
         self._cs[:] = 0
-        a = _addr
-        got = self._helper.ss_take(ctypes.byref(self._fns), id(self.consumer), self._q, timeout_ms, n, a(self._cs),
-                                   a(ptrs), a(vlen), a(klen), a(part), a(off), a(ts), a(tstype), a(err), a(rkt),
-                                   ctypes.byref(vtotal), ctypes.byref(ktotal), ctypes.byref(code))
+        got = self._helper.ss_take(ctypes.byref(self._fns), id(self.consumer), self._q, timeout_ms, n,
+                                   _addr(self._cs), *s.addrs, ctypes.byref(vtotal), ctypes.byref(ktotal),
+                                   ctypes.byref(code))
         if got == -2:
             from confluent_kafka import KafkaError, KafkaException
 
@@ -177,19 +183,25 @@ class NativeDrain:
         if got < 0:
             raise RuntimeError("native consume: interrupted without a Python error")   # ctypes raises the real one
         m = int(got)
+        if m == 0:
+            return self._empty
         values = np.empty(vtotal.value, np.uint8)
         keys = np.empty(ktotal.value, np.uint8)
         try:
-            topics, topic_idx = self._topic_index(rkt[:m])     # while the messages hold their topics
+            topics, topic_idx = self._topic_index(s.rkt[:m])     # while the messages hold their topics
         finally:
-            self._helper.ss_copy(ctypes.byref(self._fns), a(ptrs), got, a(values), a(keys))
-        vlen, klen = vlen[:m], klen[:m]
+            self._helper.ss_copy(ctypes.byref(self._fns), s.addrs[0], got, _addr(values), _addr(keys))
+        vlen, klen = s.vlen[:m].copy(), s.klen[:m].copy()
         vsize, ksize = np.maximum(vlen, 0), np.maximum(klen, 0)
-        return RawBatch(topics, topic_idx, part[:m], off[:m], ts[:m], tstype[:m], err[:m], values.tobytes(),
-                        np.cumsum(vsize) - vsize, vlen, keys.tobytes(), np.cumsum(ksize) - ksize, klen)
+        return RawBatch(topics, topic_idx, s.part[:m].copy(), s.off[:m].copy(), s.ts[:m].copy(),
+                        s.tstype[:m].copy(), s.err[:m].copy(), values.tobytes(), np.cumsum(vsize) - vsize, vlen,
+                        keys.tobytes(), np.cumsum(ksize) - ksize, klen)
 
     def _topic_index(self, rkt: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
         """Topic names by librdkafka topic handle (an errored event may have none: "")."""
+        if rkt[0] == rkt[-1] and bool((rkt == rkt[0]).all()):       # the common case: one topic
+            return ((self._lib.rd_kafka_topic_name(int(rkt[0])) or b"").decode() if rkt[0] else "",), \
+                np.zeros(rkt.shape[0], np.int32)
         uniq, idx = np.unique(rkt, return_inverse=True)
         names = [(self._lib.rd_kafka_topic_name(h) or b"").decode() if h else "" for h in uniq.tolist()]
         topics = tuple(dict.fromkeys(names))          # one index per name, whatever the handles
@@ -206,3 +218,18 @@ class NativeDrain:
 
 def _addr(a: np.ndarray) -> int:
     return int(a.ctypes.data)
+
+
+class _Scratch:
+    """The arrays ``ss_take`` fills for up to ``size`` messages, kept between calls, and their addresses in
+    ``ss_take``'s argument order. Allocating and addressing them on every call cost ~25 us, and the
+    source loop makes several calls a batch, most of them empty."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(size, 1)
+        n = self.size
+        self.ptrs, self.rkt = np.empty(n, np.uintp), np.empty(n, np.uintp)
+        self.vlen, self.klen, self.off, self.ts = (np.empty(n, np.int64) for _ in range(4))
+        self.part, self.tstype, self.err = (np.empty(n, np.int32) for _ in range(3))
+        self.addrs = tuple(_addr(a) for a in (self.ptrs, self.vlen, self.klen, self.part, self.off, self.ts,
+                                              self.tstype, self.err, self.rkt))
