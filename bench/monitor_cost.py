@@ -3,6 +3,7 @@
     python -m bench.monitor_cost telemetry            # µs per 2,000-row summarize
     python -m bench.monitor_cost monitor -s 60        # needs KAFKA_BOOTSTRAP and REDIS_URL
     python -m bench.monitor_cost truth -n 5000        # ground truth; its own Kafka + Redis unless those are set
+    python -m bench.monitor_cost faust-floor -n 300000   # a Faust agent that does nothing: records per CPU-second
 
 ``monitor`` runs the monitor as a child process and publishes telemetry at ``--rate``
 records/s (default 50: 100k events/s in 2,000-event batches, with a shadow model), event
@@ -250,6 +251,43 @@ def bench_truth(events: int, partitions: int, window_ms: int, lateness_ms: int, 
             "load_average_1m": os.getloadavg()[0]}
 
 
+def bench_faust_floor(records: int, partitions: int) -> dict[str, Any]:
+    """A no-op Faust agent (``bench/peers/faust_noop.py``, a child process) reading ``records`` pre-produced
+    150-byte records: records per second of wall time and per CPU-second, from its first batch to its
+    last. No Faust stage can do better than this per core, whatever it does with the records."""
+    from confluent_kafka import Producer
+
+    from consumers.kafka_client import ensure_topics
+
+    bootstrap, _, svc = _services()
+    run = uuid.uuid4().hex[:8]
+    topic = f"bench-faust-floor-{run}"
+    try:
+        ensure_topics({"bootstrap.servers": bootstrap}, {topic: partitions})
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000,
+                             "queue.buffering.max.messages": 2_000_000})
+        value = bytes(range(150))
+        for i in range(records):
+            producer.produce(topic, value, f"acct-{i % 997}".encode(), partition=i % partitions)
+            if i % 100_000 == 0:
+                producer.poll(0)
+        assert producer.flush(60) == 0
+        out = subprocess.run([sys.executable, "-m", "bench.peers.faust_noop", "--bootstrap", bootstrap, "--input", topic,
+                              "--output", topic, "--group", f"floor-{run}", "--count", str(records), "--seconds", "600"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=660)
+        # Faust's worker logs what its agents print: the line may arrive on stderr, behind a log prefix
+        lines = [ln[ln.index('{"records"'):] for ln in (out.stdout + out.stderr).splitlines() if '{"records"' in ln]
+        if out.returncode != 0 or not lines:
+            raise RuntimeError(f"the no-op agent exited {out.returncode}: {out.stderr.strip()[-2000:]}")
+        got = json.loads(lines[-1])
+    finally:
+        if svc is not None:
+            svc.stop()
+    return {"records": got["records"], "partitions": partitions, "seconds": round(got["seconds"], 2),
+            "cpu_seconds": round(got["cpu_seconds"], 2), "records_per_s": round(got["records"] / got["seconds"]),
+            "records_per_cpu_second": round(got["records"] / got["cpu_seconds"]), "load_average_1m": os.getloadavg()[0]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.monitor_cost")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -266,8 +304,13 @@ def main(argv: list[str] | None = None) -> None:
                        help="default: the labels' span plus a window, so none is late and the work is the same "
                        "each run (catching up a backlog, labels run ahead of their predictions by a varying span)")
     truth.add_argument("--batch", type=int, default=None, help="the entry's batch (default: the config's default)")
+    floor = sub.add_parser("faust-floor", help="a Faust agent that does nothing with its records: the floor")
+    floor.add_argument("-n", "--records", type=int, default=300_000)
+    floor.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args(argv)
-    if args.what == "truth":
+    if args.what == "faust-floor":
+        result = bench_faust_floor(args.records, args.partitions)
+    elif args.what == "truth":
         lateness = 11 * args.window_ms if args.lateness_ms is None else args.lateness_ms
         result = bench_truth(args.events, args.partitions, args.window_ms, lateness, args.batch)
     else:
