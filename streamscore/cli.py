@@ -255,7 +255,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     from models import DEMO_REGISTRY
     from models.registry import ModelRegistry
 
+    if args.registry and args.registry.startswith("mlflow+"):
+        raise ConfigError("models: --registry takes a registry directory; an MLflow registry (mlflow+...) is read by "
+                          "`serve` and managed with MLflow's own tools")
     root = Path(args.registry) if args.registry else DEMO_REGISTRY
+    if args.action not in ("register", "train-demo") and not root.is_dir():
+        # a mistyped path would otherwise list nothing, or say the model does not exist
+        raise ConfigError(f"registry: directory {root} does not exist")
     reg = ModelRegistry(root)
     need = {"show": ("name",), "register": ("name", "artifact"), "promote": ("name", "version"),
             "rollback": ("name",), "check": ("name", "sample"), "schema": ("name",),
@@ -271,8 +277,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(_jsonable(res), indent=2, default=str))
         return 0
     if args.action == "list":
-        for e in reg.list(args.name):
+        entries = reg.list(args.name)
+        for e in entries:
             print(f"{e.name:24} {e.version:>6}  {e.stage:11} {e.format:12} {e.sha256[:12]}  {e.created_at}")
+        if not entries:
+            print(f"no {'versions of ' + repr(args.name) if args.name else 'models'} in {root}", file=sys.stderr)
         return 0
     if args.action == "show":
         e = reg.get(args.name, args.version, stage=None if args.version else "production")

@@ -81,3 +81,26 @@ def test_a_new_model_registers_from_the_spec_file_the_help_describes(root: Path,
     assert main(["models", "register", "other", "--artifact", str(v1.artifact_path), "--registry", str(root),
                  "--input-spec", str(v1.artifact_path.parent / "model.json")]) == 0
     assert ModelRegistry(root).get("other", "1").reference_profile == v1.reference_profile
+
+
+def test_a_registry_directory_that_does_not_exist_is_an_error_not_an_empty_listing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-registry"
+    for argv in (["models", "list"], ["models", "show", "fraud-mlp"], ["models", "promote", "fraud-mlp", "2"]):
+        assert main([*argv, "--registry", str(missing)]) == 2
+        assert f"registry: directory {missing} does not exist" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def test_an_mlflow_registry_is_refused_by_the_models_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "list", "--registry", "mlflow+http://127.0.0.1:1"]) == 2
+    assert "--registry takes a registry directory" in capsys.readouterr().err
+
+
+def test_an_empty_listing_says_so_on_stderr(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "list", "no-such-model", "--registry", str(root)]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and f"no versions of 'no-such-model' in {root}" in out.err
+    (tmp_path / "empty").mkdir()
+    assert main(["models", "list", "--registry", str(tmp_path / "empty")]) == 0
+    assert "no models in" in capsys.readouterr().err
