@@ -130,6 +130,54 @@ class _Categorical:
         return np.bincount(idx, minlength=size)
 
 
+_K3 = np.uint64(0x94D049BB133111EB)
+
+
+class _StringCategoricals:
+    """The string categoricals of one batch counted in one pass: the rows' keys (``_str_keys``) of every
+    column at once, each XORed with its column's salt, looked up in one sorted table of every column's
+    salted category keys. Counts equal each ``_Categorical.counts`` alone: a key found in another column's
+    part of the table counts as that column's ``__other__``, and the table is only used when its salted
+    keys, and every column's salted null key, are distinct (``usable``). A batch whose columns do not
+    share one buffer (or has fewer than two) is counted column by column. Per batch this is ~15 numpy calls where each column
+    alone took ~17, a fixed cost that dominated small batches."""
+
+    def __init__(self, cats: Mapping[str, _Categorical]) -> None:
+        self.names = [c for c, cat in cats.items() if cat.hashable]
+        sizes = [len(cats[c].categories) for c in self.names]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        salts = (np.arange(len(self.names), dtype=np.uint64) + np.uint64(1)) * _K3
+        keys = [cats[c].sorted_keys ^ salt for c, salt in zip(self.names, salts)]
+        bins = [cats[c].order + off for c, off in zip(self.names, self.offsets[:-1].tolist())]
+        owner = [np.full(len(cats[c].categories), j, np.int64) for j, c in enumerate(self.names)]
+        flat = np.concatenate(keys) if keys else np.empty(0, np.uint64)
+        order = np.argsort(flat, kind="stable")
+        self.keys, self.bins = flat[order], np.concatenate(bins or [np.empty(0, np.int64)])[order]
+        self.owner = np.concatenate(owner or [np.empty(0, np.int64)])[order]
+        self.salts = salts
+        self.others = np.array([off + cats[c].other for c, off in zip(self.names, self.offsets[:-1].tolist())],
+                               np.int64)
+        self.usable = len(self.names) > 1 and len(np.unique(flat)) == len(flat) \
+            and not np.isin(salts, flat).any()
+
+    def counts(self, cols: Mapping[str, StrColumn]) -> dict[str, np.ndarray] | None:
+        """The counts of ``cols`` (any of ``names``); None when they do not share one buffer."""
+        names = [c for c in self.names if c in cols]
+        if not self.usable or len(names) < 2 or any(cols[c].buf is not cols[names[0]].buf for c in names[1:]):
+            return None
+        which = np.array([self.names.index(c) for c in names], np.int64)
+        lens = np.array([len(cols[c].start) for c in names], np.int64)
+        joined = StrColumn(cols[names[0]].buf, np.concatenate([cols[c].start for c in names]),
+                           np.concatenate([cols[c].length for c in names]))
+        rowcol = np.repeat(which, lens)
+        key = _str_keys(joined) ^ self.salts[rowcol]
+        pos = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
+        hit = (self.keys[pos] == key) & (self.owner[pos] == rowcol)
+        idx = np.where(hit, self.bins[pos], self.others[rowcol])
+        flat = np.bincount(idx, minlength=int(self.offsets[-1]))
+        return {c: flat[self.offsets[j]:self.offsets[j + 1]] for c, j in zip(names, which.tolist())}
+
+
 class TelemetryBuilder:
     """Summarises scored micro-batches on one model's reference profile."""
 
@@ -160,6 +208,7 @@ class TelemetryBuilder:
         self._bins = np.array([len(e) + 1 for e in self._edges], np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(self._bins)[:-1]])
         self._cats = {c: _Categorical(categories_of(reference_profile, c)) for c in categorical}
+        self._strings = _StringCategoricals(self._cats)
         score_edges = reference_profile["score"]["edges"]
         self._score_interior = _interior(score_edges)
         inner = np.asarray(score_edges, dtype=np.float64)
@@ -178,10 +227,20 @@ class TelemetryBuilder:
         first = columns[self.feature_names[0]][::step]
         out = np.empty((len(self.feature_names), first.shape[0]), np.int64)
         for j, name in enumerate(self.feature_names):
-            out[j] = np.searchsorted(self._edges[j], columns[name][::step], side="right")
+            out[j] = self._edges[j].searchsorted(columns[name][::step], side="right")   # the method: no dispatch wrapper
         out += self._offsets[:, None]
         flat = np.bincount(out.ravel(), minlength=int(self._bins.sum())).tolist()
         return {name: flat[o : o + b] for name, o, b in zip(self.feature_names, self._offsets.tolist(), self._bins.tolist())}
+
+    def _categorical_counts(self, columns: Mapping[str, Any], step: int,
+                            syms: Mapping[str, Sequence[str]]) -> dict[str, list[int]]:
+        """Each categorical's counts: the string columns in one pass where they allow (``_StringCategoricals``),
+        the rest (enum codes, other values) column by column."""
+        strs = {c: _sampled(columns[c], step) for c in self._strings.names if isinstance(columns[c], StrColumn)}
+        got = self._strings.counts(strs)
+        together = {} if got is None else {c: g.tolist() for c, g in got.items()}
+        return {c: together[c] if c in together else cat.counts(_sampled(columns[c], step), syms.get(c)).tolist()
+                for c, cat in self._cats.items()}
 
     def _score_counts(self, scores: np.ndarray) -> list[int]:
         if self._score_uniform:
@@ -224,7 +283,7 @@ class TelemetryBuilder:
         step = 1 if self.sample is None or n <= self.sample else math.ceil(n / self.sample)
         feats = self._feature_counts(columns, step)
         syms = symbols or {}
-        cats = {c: cat.counts(_sampled(columns[c], step), syms.get(c)).tolist() for c, cat in self._cats.items()}
+        cats = self._categorical_counts(columns, step, syms)
         now = int(time.time() * 1000)
         window_ts = int(event_time_ms.max()) if event_time_ms is not None and len(event_time_ms) else now
         shadow = None

@@ -88,3 +88,53 @@ def test_core_replay_is_idempotent_and_drift_alerts() -> None:
     raised = [(a["feature"], a["window_start"] - EPOCH_MS) for r in results for a in r["alerts"]]
     assert raised == [("f03", 250_000)]  # drift from window 4 (event 20,000); k = 2
     assert results[0]["features"]["f01"]["status"] == "ok"
+
+
+def _shared_buffer_columns(values: dict[str, list[str | None]]) -> dict[str, StrColumn]:
+    """String columns over one buffer, as the decoder makes them (each row a segment of the batch's bytes)."""
+    data, at, out = bytearray(), 0, {}
+    for name, rows in values.items():
+        start, length = [], []
+        for v in rows:
+            b = b"" if v is None else v.encode()
+            start.append(at)
+            length.append(-1 if v is None else len(b))
+            data += b
+            at += len(b)
+        out[name] = (start, length)
+    buf = np.frombuffer(bytes(data) + b"\0" * 8, np.uint8)
+    return {n: StrColumn(buf, np.array(s, np.int64), np.array(ln, np.int64)) for n, (s, ln) in out.items()}
+
+
+@pytest.mark.parametrize("step_rows", [1, 3])
+def test_string_categoricals_counted_together_equal_each_column_counted_alone(step_rows: int) -> None:
+    tb, _ = _builder(sample=None if step_rows == 1 else 700)
+    cols = generate(2100, seed=5)
+    rng = np.random.default_rng(5)
+    strings: dict[str, list[str | None]] = {}
+    for c in ("currency", "country", "merchant_category"):
+        rows: list[str | None] = [str(v) for v in cols[c]]
+        # nulls, unknowns, a value of another column's categories, an empty and a long string
+        for i, odd in zip(rng.choice(len(rows), 40, replace=False).tolist(),
+                          [None, "XX", "grocery-and-supermarkets-long", "", "DE", "EUR"] * 7):
+            rows[i] = odd
+        strings[c] = rows
+    shared = {**cols, **_shared_buffer_columns(strings)}
+    assert shared["currency"].buf is shared["country"].buf
+    together = tb.summarize(shared, np.zeros(2100, np.float32))["categorical_counts"]
+    step = 1 if step_rows == 1 else 3
+    from monitoring.telemetry import _sampled
+
+    alone = {c: cat.counts(_sampled(shared[c], step), None).tolist() for c, cat in tb._cats.items()}
+    assert together == alone
+    assert sum(together["country"]) == len(range(0, 2100, step))
+    assert tb._strings.usable and tb._strings.counts({c: shared[c] for c in strings}) is not None
+
+
+def test_string_categoricals_on_separate_buffers_are_counted_column_by_column() -> None:
+    tb, _ = _builder(sample=None)
+    cols = generate(500, seed=6)
+    own = {c: StrColumn.from_list([str(v) for v in cols[c]]) for c in ("currency", "country", "merchant_category")}
+    assert tb._strings.counts(own) is None
+    got = tb.summarize({**cols, **own}, np.zeros(500, np.float32))["categorical_counts"]
+    assert got == {c: cat.counts(own.get(c, cols[c]), None).tolist() for c, cat in tb._cats.items()}
