@@ -191,6 +191,14 @@ class ModelRegistry:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    @classmethod
+    def existing(cls, root: Path) -> ModelRegistry:
+        """The registry at ``root``, which must already be a directory (a mistyped path would otherwise
+        read as a registry with no models)."""
+        if not Path(root).is_dir():
+            raise ConfigError(f"registry: directory {root} does not exist")
+        return cls(root)
+
     # --- reading ---------------------------------------------------------------------
 
     def names(self) -> list[str]:

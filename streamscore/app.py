@@ -77,9 +77,7 @@ def registry_for(cfg: PipelineFile) -> ModelSource:
     root = Path(cfg.registry) if cfg.registry else DEMO_REGISTRY
     if all(p.kind == "embed" for p in cfg.pipelines):
         return ModelRegistry(root)
-    if not root.is_dir():
-        raise ConfigError(f"registry: directory {root} does not exist")
-    return ModelRegistry(root)
+    return ModelRegistry.existing(root)
 
 
 def load_active(registry: ModelSource, p: PipelineConfig, *, name: str | None = None, version: str | None = None,

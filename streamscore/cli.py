@@ -259,10 +259,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         raise ConfigError("models: --registry takes a registry directory; an MLflow registry (mlflow+...) is read by "
                           "`serve` and managed with MLflow's own tools")
     root = Path(args.registry) if args.registry else DEMO_REGISTRY
-    if args.action not in ("register", "train-demo") and not root.is_dir():
-        # a mistyped path would otherwise list nothing, or say the model does not exist
-        raise ConfigError(f"registry: directory {root} does not exist")
-    reg = ModelRegistry(root)
+    # register and train-demo make their registry; the rest read one that must exist
+    reg = ModelRegistry(root) if args.action in ("register", "train-demo") else ModelRegistry.existing(root)
     need = {"show": ("name",), "register": ("name", "artifact"), "promote": ("name", "version"),
             "rollback": ("name",), "check": ("name", "sample"), "schema": ("name",),
             "compare": ("name",)}.get(args.action, ())
